@@ -1,0 +1,212 @@
+"""gpuflat: master flat fields the way the astropy CCD guide combines them, fast.
+
+>>> import gpuflat
+>>> result = gpuflat.combine(["flat1.fits", "flat2.fits", "flat3.fits"])  # doctest: +SKIP
+>>> result.image, result.uncertainty, result.count, result.mask, result.scales  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+from importlib.metadata import PackageNotFoundError, version
+
+import numpy as np
+from astropy.nddata import CCDData
+
+from ._config import CombineConfig
+from ._pipeline import CombineResult
+from .errors import (
+    BackendUnavailableError,
+    BadLevelError,
+    FrameReadError,
+    GpuflatError,
+    NoFramesError,
+    ShapeMismatchError,
+)
+
+try:
+    __version__ = version("gpuflat")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = "0+unknown"
+
+__all__ = [
+    "BackendUnavailableError",
+    "BadLevelError",
+    "CombineConfig",
+    "CombineResult",
+    "FrameReadError",
+    "GpuflatError",
+    "NoFramesError",
+    "ShapeMismatchError",
+    "__version__",
+    "combine",
+]
+
+
+def combine(
+    inputs,
+    *,
+    method: str = "average",
+    scale: str | Sequence[float] | Callable | None = "median",
+    clip: str = "sigma",
+    sigma_low: float = 5.0,
+    sigma_high: float = 5.0,
+    center: str = "median",
+    dev: str = "mad_std",
+    maxiters: int | None = 1,
+    min_value: float | None = None,
+    max_value: float | None = None,
+    nlow: int = 0,
+    nhigh: int = 0,
+    weights: Sequence[float] | None = None,
+    mask=None,
+    mem_limit: float = 350e6,
+    backend: str = "auto",
+    progress: Callable[[int, int], None] | None = None,
+) -> CombineResult:
+    """Combine flat frames: scale, sigma-clip per pixel across the stack, average.
+
+    Parameters
+    ----------
+    inputs : sequence of path, CCDData or 2-D array; or a 3-D array
+        The frames. Files are opened once and streamed in row bands.
+    method : {'average', 'median', 'sum'}
+        How the surviving samples of a pixel are combined.
+    scale : {'median', 'mean', 'none'}, 'exptime:KEYWORD', sequence or callable
+        Per-frame scale: 1/median (default), 1/mean, none, 1/exposure time from a header
+        keyword, explicit factors, or a callable evaluated on each whole frame that returns
+        the factor (the guide's ``inv_median``).
+    clip : {'sigma', 'none'}
+        Sigma clipping on the scaled values. ``min_value``/``max_value`` (raw values) and
+        ``nlow``/``nhigh`` (extrema) reject too, with or without it.
+    sigma_low, sigma_high : float
+        Clipping bounds in units of the width; ``inf`` disables a side.
+    center : {'median', 'mean'}
+    dev : {'mad_std', 'std'}
+        Width: 1.4826 x median absolute deviation, or the standard deviation.
+    maxiters : int or None
+        Clipping passes; None repeats until nothing changes.
+    weights : sequence of float, optional
+        Per-frame weights, renormalised over each pixel's survivors.
+    mask : 2-D array or path, optional
+        A bad-pixel mask (nonzero = bad) applied to every frame, on top of CCDData masks.
+        NaN and inf samples never count either.
+    mem_limit : float
+        Bytes of working memory for the streamed stack (see the README, "Memory").
+    backend : {'auto', 'cpu', 'cuda'}
+    progress : callable(done, total), optional
+        Called after each band.
+
+    Returns
+    -------
+    CombineResult
+        ``image`` and ``uncertainty`` (float32), ``count`` (survivors), ``mask`` (no
+        survivor), ``scales``, the frames' ``names``, ``levels`` and ``header``;
+        ``to_ccddata()``.
+    """
+    from ._pipeline import combine_frames
+    from .backends import get_backend
+
+    config = CombineConfig(
+        method=method,
+        scale=scale,
+        clip=clip,
+        sigma_low=sigma_low,
+        sigma_high=sigma_high,
+        center=center,
+        dev=dev,
+        maxiters=maxiters,
+        min_value=min_value,
+        max_value=max_value,
+        nlow=nlow,
+        nhigh=nhigh,
+        weights=None if weights is None else tuple(np.asarray(weights, float).ravel()),
+        mem_limit=mem_limit,
+        backend=backend,
+    )
+    bad_pixels = _bad_pixel_mask(mask)
+    chosen = get_backend(config.backend)
+    with ExitStack() as stack:
+        frames = open_frames(inputs, stack)
+        return combine_frames(frames, config, chosen, bad_pixel_mask=bad_pixels, progress=progress)
+
+
+def open_frames(inputs, stack: ExitStack, *, hdu=None, ccd_kwargs=None):
+    """Turn the accepted input kinds into frame objects, closed when ``stack`` closes."""
+    from ._io import ArrayFrame, FitsFrame
+
+    if isinstance(inputs, (str, os.PathLike, CCDData)):
+        inputs = [inputs]
+    if isinstance(inputs, np.ndarray):
+        if inputs.ndim == 2:
+            inputs = [inputs]
+        elif inputs.ndim != 3:
+            raise ValueError(
+                f"inputs: an array must be 2-D or 3-D (frames, rows, cols), got {inputs.ndim}-D"
+            )
+    if not isinstance(inputs, (Sequence, np.ndarray)):
+        raise TypeError(
+            f"inputs must be a sequence of paths, CCDData or arrays, got {type(inputs).__name__}"
+        )
+    frames = []
+    for i, item in enumerate(inputs):
+        if isinstance(item, (str, os.PathLike)):
+            frame = FitsFrame(item, hdu=hdu)
+            stack.callback(frame.close)
+        elif isinstance(item, CCDData):
+            frame = ArrayFrame(
+                item.data,
+                name=f"ccddata[{i}]",
+                mask=item.mask,
+                header=_header(item.meta),
+                unit=item.unit,
+            )
+        elif isinstance(item, np.ndarray) or hasattr(item, "__array__"):
+            arr = np.ma.getdata(item)
+            mask = np.ma.getmask(item) if np.ma.isMaskedArray(item) else None
+            if arr.ndim != 2:
+                raise ValueError(f"inputs[{i}]: a frame must be a 2-D array, got shape {arr.shape}")
+            frame = ArrayFrame(
+                np.asarray(arr), name=f"array[{i}]", mask=mask if mask is not np.ma.nomask else None
+            )
+        else:
+            raise TypeError(
+                f"inputs[{i}]: expected a path, CCDData or 2-D array, got {type(item).__name__}"
+            )
+        frames.append(frame)
+    if not frames:
+        raise NoFramesError("no frames to combine: the input is empty")
+    return frames
+
+
+def _header(meta):
+    from astropy.io import fits
+
+    if isinstance(meta, fits.Header):
+        return meta
+    header = fits.Header()
+    for key, value in (meta or {}).items():
+        try:
+            header[key] = value
+        except (ValueError, TypeError):
+            pass
+    return header
+
+
+def _bad_pixel_mask(mask):
+    if mask is None:
+        return None
+    if isinstance(mask, (str, os.PathLike)):
+        from astropy.io import fits
+
+        try:
+            data = fits.getdata(mask)
+        except (OSError, ValueError, IndexError) as exc:
+            raise FrameReadError(f"{mask}: cannot read the bad-pixel mask ({exc})") from None
+        mask = data
+    arr = np.asarray(mask)
+    if arr.ndim != 2:
+        raise ValueError(f"mask must be a 2-D array or FITS file, got shape {arr.shape}")
+    return arr != 0

@@ -1,0 +1,49 @@
+"""Backends: one small protocol (``frame_level``, ``combine_band``), numba and CUDA siblings."""
+
+from __future__ import annotations
+
+import logging
+
+from ..errors import BackendUnavailableError
+
+log = logging.getLogger("gpuflat")
+
+
+class NumbaBackend:
+    """The CPU backend (numba, parallel over pixels)."""
+
+    name = "cpu"
+
+    def frame_level(self, frame, mask, how):
+        from . import _numba
+
+        return _numba.frame_level(frame, mask, how)
+
+    def combine_band(self, data, mask, scale, weight, params):
+        from . import _numba
+
+        return _numba.combine_band(data, mask, scale, weight, params)
+
+
+def cuda_status() -> tuple[bool, str]:
+    """Whether the CUDA backend can run here, and why not."""
+    try:
+        from . import _cuda
+    except ImportError as exc:  # pragma: no cover - the module ships with gpuflat
+        return False, f"CUDA backend failed to import: {exc}"
+    return _cuda.available()
+
+
+def get_backend(name: str = "auto"):
+    """The backend object for 'auto', 'cpu' or 'cuda'."""
+    if name == "cpu":
+        return NumbaBackend()
+    ok, why = cuda_status()
+    if ok:
+        from ._cuda import CudaBackend
+
+        return CudaBackend()
+    if name == "cuda":
+        raise BackendUnavailableError(f"backend 'cuda' cannot run here: {why}")
+    log.info("using the CPU backend: %s", why)
+    return NumbaBackend()

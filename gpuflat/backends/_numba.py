@@ -218,9 +218,7 @@ def _combine_pixels(
 
 
 @nb.njit(cache=True, nogil=True, parallel=True)
-def _combine_parallel(
-    data, mask, has_mask, scale, weight, has_weight, prm, image, uncert, count
-):
+def _combine_parallel(data, mask, has_mask, scale, weight, has_weight, prm, image, uncert, count):
     npix = data.shape[1]
     nchunks = (npix + _CHUNK - 1) // _CHUNK
     for c in nb.prange(nchunks):

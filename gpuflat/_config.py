@@ -1,0 +1,153 @@
+"""The frozen, validated configuration of one combination. Defaults follow the astropy CCD
+reduction guide ("Combining flats"): median scaling, 5-sigma clipping about the median with
+a MAD-based width, one pass, average, 350 MB."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from .backends._params import CENTERS, DEVS, METHODS, KernelParams
+
+SCALE_WORDS = ("median", "mean", "none")
+CLIPS = ("sigma", "none")
+BACKENDS = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class CombineConfig:
+    """Every option of a combination, validated once (see :func:`gpuflat.combine`)."""
+
+    method: str = "average"
+    scale: str | tuple[float, ...] | Callable = "median"
+    clip: str = "sigma"
+    sigma_low: float = 5.0
+    sigma_high: float = 5.0
+    center: str = "median"
+    dev: str = "mad_std"
+    maxiters: int | None = 1
+    min_value: float | None = None
+    max_value: float | None = None
+    nlow: int = 0
+    nhigh: int = 0
+    weights: tuple[float, ...] | None = None
+    mem_limit: float = 350e6
+    backend: str = "auto"
+
+    def __post_init__(self):
+        _choice("method", self.method, tuple(METHODS))
+        _choice("clip", self.clip, CLIPS)
+        _choice("center", self.center, tuple(CENTERS))
+        _choice("dev", self.dev, tuple(DEVS))
+        _choice("backend", self.backend, BACKENDS)
+        for name in ("sigma_low", "sigma_high"):
+            value = getattr(self, name)
+            _number(name, value)
+            if not value >= 0:  # also rejects NaN
+                raise ValueError(
+                    f"{name} must be >= 0 (inf for no bound on that side), got {value!r}"
+                )
+        if self.maxiters is not None:
+            _integer("maxiters", self.maxiters, minimum=1, extra=" or None (until nothing changes)")
+        for name in ("min_value", "max_value"):
+            value = getattr(self, name)
+            if value is not None:
+                _number(name, value)
+                if math.isnan(value):
+                    raise ValueError(f"{name} must be a number or None, got nan")
+        if (
+            self.min_value is not None
+            and self.max_value is not None
+            and self.min_value > self.max_value
+        ):
+            raise ValueError(
+                f"min_value ({self.min_value}) must not be greater than max_value ({self.max_value})"
+            )
+        _integer("nlow", self.nlow, minimum=0)
+        _integer("nhigh", self.nhigh, minimum=0)
+        _number("mem_limit", self.mem_limit)
+        if not self.mem_limit > 0 or math.isinf(self.mem_limit):
+            raise ValueError(
+                f"mem_limit must be a positive number of bytes, got {self.mem_limit!r}"
+            )
+        object.__setattr__(self, "scale", _normalise_scale(self.scale))
+        if self.weights is not None:
+            object.__setattr__(self, "weights", _positive_vector("weights", self.weights))
+
+    def kernel_params(self, *, clip_scaled: bool = True) -> KernelParams:
+        """The numbers the backends' combine kernel takes."""
+        return KernelParams(
+            clip_scaled=int(clip_scaled),
+            min_value=-math.inf if self.min_value is None else float(self.min_value),
+            max_value=math.inf if self.max_value is None else float(self.max_value),
+            nlow=self.nlow,
+            nhigh=self.nhigh,
+            sigma=int(self.clip == "sigma"),
+            center=CENTERS[self.center],
+            dev=DEVS[self.dev],
+            sigma_low=float(self.sigma_low),
+            sigma_high=float(self.sigma_high),
+            maxiters=-1 if self.maxiters is None else self.maxiters,
+            method=METHODS[self.method],
+        )
+
+    def describe(self) -> dict:
+        """The parameters as plain JSON-able values (for provenance and reports)."""
+        out = asdict(self)
+        scale = self.scale
+        if callable(scale):
+            out["scale"] = f"callable {getattr(scale, '__name__', type(scale).__name__)}"
+        elif isinstance(scale, tuple):
+            out["scale"] = list(scale)
+        if self.weights is not None:
+            out["weights"] = list(self.weights)
+        return out
+
+
+def _choice(name, value, allowed):
+    if not isinstance(value, str) or value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}; got {value!r}")
+
+
+def _number(name, value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
+
+
+def _integer(name, value, *, minimum, extra=""):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer{extra}, got {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}{extra}, got {value!r}")
+
+
+def _positive_vector(name, values) -> tuple[float, ...]:
+    if isinstance(values, (str, bytes)) or not isinstance(values, (Sequence, np.ndarray)):
+        raise TypeError(f"{name} must be a sequence of numbers, got {type(values).__name__}")
+    arr = np.asarray(values, dtype=float).ravel()
+    if arr.size == 0 or not np.all(np.isfinite(arr)) or not np.all(arr > 0):
+        raise ValueError(f"{name} must be finite positive numbers, one per frame; got {values!r}")
+    return tuple(float(v) for v in arr)
+
+
+def _normalise_scale(scale):
+    """'median' | 'mean' | 'none' | 'exptime:KEY' | sequence of factors | callable."""
+    if callable(scale):
+        return scale
+    if isinstance(scale, str):
+        if scale in SCALE_WORDS:
+            return scale
+        word, _, key = scale.partition(":")
+        if word == "exptime" and key.strip():
+            return f"exptime:{key.strip().upper()}"
+        raise ValueError(
+            "scale must be 'median', 'mean', 'none', 'exptime:KEYWORD' (e.g. 'exptime:EXPTIME'), "
+            f"a sequence of per-frame factors or a callable; got {scale!r}"
+        )
+    if scale is None:
+        return "none"
+    return _positive_vector("scale", scale)

@@ -1,0 +1,222 @@
+"""Backend-agnostic orchestration: pass 1 measures frame levels, pass 2 streams row bands
+through a backend's ``combine_band`` while the next band is being read."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+from astropy.io import fits
+from astropy.nddata import CCDData, StdDevUncertainty
+
+from ._config import CombineConfig
+from ._plan import BandPlan, plan_bands
+from .errors import BadLevelError, GpuflatError, NoFramesError, ShapeMismatchError
+
+log = logging.getLogger("gpuflat")
+
+
+@dataclass
+class CombineResult:
+    """The combined flat and what went into it.
+
+    ``image`` and ``uncertainty`` are NaN where no sample survived; ``count`` is the number
+    of survivors per pixel; ``mask`` is True where ``count`` is 0.
+    """
+
+    image: np.ndarray
+    uncertainty: np.ndarray
+    count: np.ndarray
+    mask: np.ndarray
+    scales: np.ndarray
+    names: list[str]
+    levels: dict[str, list[float]]
+    header: fits.Header
+    unit: str | None
+    config: CombineConfig
+    backend: str
+    plan: BandPlan
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def to_ccddata(self) -> CCDData:
+        """The result as a CCDData (StdDevUncertainty, boolean mask, the first frame's header)."""
+        return CCDData(
+            self.image,
+            unit=self.unit or "adu",
+            uncertainty=StdDevUncertainty(self.uncertainty),
+            mask=self.mask,
+            meta=self.header.copy(),
+        )
+
+
+def combine_frames(
+    frames,
+    config: CombineConfig,
+    backend,
+    *,
+    dtype=np.float32,
+    out_dtype=np.float32,
+    clip_scaled=True,
+    bad_pixel_mask=None,
+    want_levels=(),
+    band_combiner=None,
+    progress=None,
+) -> CombineResult:
+    """Combine opened frames (``_io.FitsFrame`` / ``_io.ArrayFrame``) band by band.
+
+    ``band_combiner(data, mask, scales, weights)`` replaces the backend's kernel (the
+    ccdproc compatibility path uses it); ``progress(done, total)`` is called per band.
+    """
+    if not frames:
+        raise NoFramesError("no frames to combine")
+    n = len(frames)
+    shape = frames[0].shape
+    for f in frames[1:]:
+        if f.shape != shape:
+            raise ShapeMismatchError(
+                f"{f.name}: shape {f.shape[0]}x{f.shape[1]} differs from "
+                f"{frames[0].name}: {shape[0]}x{shape[1]}"
+            )
+    if bad_pixel_mask is not None and bad_pixel_mask.shape != shape:
+        raise ShapeMismatchError(
+            f"bad-pixel mask shape {bad_pixel_mask.shape} differs from the frames' {shape}"
+        )
+    if config.weights is not None and len(config.weights) != n:
+        raise ValueError(f"weights has {len(config.weights)} values for {n} frames")
+    masked = bad_pixel_mask is not None or any(f.mask is not None for f in frames)
+    itemsize = np.dtype(dtype).itemsize
+    plan = plan_bands(n, shape, itemsize=itemsize, masked=masked, mem_limit=config.mem_limit)
+    nrows, cols = shape
+    timings = {}
+    t0 = time.perf_counter()
+    log.debug(
+        "plan: %d band(s) of %d rows for %d frames of %dx%d", plan.nbands, plan.rows, n, *shape
+    )
+
+    # Pass 1: frame levels (whole frames). With one band the stack is read once, here.
+    need = set(want_levels)
+    if isinstance(config.scale, str) and config.scale in ("median", "mean"):
+        need.add(config.scale)
+    # 1-D buffers so that every band, the last short one too, is a contiguous view
+    buffers = [np.empty(n * plan.rows * cols, dtype) for _ in range(1 if plan.single else 2)]
+    stack = buffers[0].reshape(n, nrows, cols) if plan.single else None
+    levels = {how: [] for how in sorted(need)}
+    user_scales = []
+    if need or callable(config.scale):
+        frame = None if plan.single else np.empty(shape, dtype)
+        for i, f in enumerate(frames):
+            buf = stack[i] if plan.single else frame
+            f.read_rows(0, nrows, buf)
+            fmask = _frame_mask(f, bad_pixel_mask, 0, nrows)
+            for how in levels:
+                levels[how].append(backend.frame_level(buf, fmask, how))
+            if callable(config.scale):
+                user_scales.append(config.scale(buf))
+        timings["levels"] = time.perf_counter() - t0
+    scales = _scales(config, frames, levels, user_scales)
+
+    # Pass 2: bands.
+    image = np.empty(shape, out_dtype)
+    uncert = np.empty(shape, out_dtype)
+    count = np.empty(shape, np.int32)
+    weights = None if config.weights is None else np.asarray(config.weights, np.float64)
+    params = config.kernel_params(clip_scaled=clip_scaled)
+    combiner = band_combiner or (lambda d, m, s, w: backend.combine_band(d, m, s, w, params))
+    bands = [(r, min(nrows, r + plan.rows)) for r in range(0, nrows, plan.rows)]
+    t1 = time.perf_counter()
+
+    def band_view(k):
+        r0, r1 = bands[k]
+        return buffers[k % len(buffers)][: n * (r1 - r0) * cols].reshape(n, r1 - r0, cols)
+
+    def read(k):
+        r0, r1 = bands[k]
+        if stack is None or not (need or callable(config.scale)):
+            buf = band_view(k)
+            for i, f in enumerate(frames):
+                f.read_rows(r0, r1, buf[i])
+        return _band_mask(frames, bad_pixel_mask, r0, r1) if masked else None
+
+    with ThreadPoolExecutor(1, thread_name_prefix="gpuflat-reader") as reader:
+        pending = reader.submit(read, 0)
+        for k, (r0, r1) in enumerate(bands):
+            mask = pending.result()
+            if k + 1 < len(bands):
+                pending = reader.submit(read, k + 1)
+            rows = r1 - r0
+            data = band_view(k).reshape(n, rows * cols)
+            img, unc, cnt = combiner(data, mask, scales, weights)
+            image[r0:r1] = img.reshape(rows, cols)
+            uncert[r0:r1] = unc.reshape(rows, cols)
+            count[r0:r1] = cnt.reshape(rows, cols)
+            if progress is not None:
+                progress(k + 1, len(bands))
+    timings["combine"] = time.perf_counter() - t1
+    first = frames[0]
+    return CombineResult(
+        image=image,
+        uncertainty=uncert,
+        count=count,
+        mask=count == 0,
+        scales=scales,
+        names=[f.name for f in frames],
+        levels=levels,
+        header=first.header.copy(),
+        unit=str(first.unit) if first.unit is not None else None,
+        config=config,
+        backend=getattr(backend, "name", "custom"),
+        plan=plan,
+        timings=timings,
+    )
+
+
+def _frame_mask(frame, bad_pixel_mask, r0, r1):
+    m = frame.read_mask_rows(r0, r1)
+    if bad_pixel_mask is not None:
+        m = bad_pixel_mask[r0:r1] if m is None else (m | bad_pixel_mask[r0:r1])
+    return m
+
+
+def _band_mask(frames, bad_pixel_mask, r0, r1):
+    out = np.zeros((len(frames), (r1 - r0) * frames[0].shape[1]), np.uint8)
+    for i, f in enumerate(frames):
+        m = _frame_mask(f, bad_pixel_mask, r0, r1)
+        if m is not None:
+            out[i] = m.ravel()
+    return out
+
+
+def _scales(config: CombineConfig, frames, levels, user_scales) -> np.ndarray:
+    scale = config.scale
+    n = len(frames)
+    if callable(scale):
+        values, what = user_scales, "scale"
+    elif isinstance(scale, tuple):
+        if len(scale) != n:
+            raise ValueError(f"scale has {len(scale)} factors for {n} frames")
+        return np.asarray(scale, np.float64)
+    elif scale == "none":
+        return np.ones(n)
+    elif scale.startswith("exptime:"):
+        key = scale.partition(":")[2]
+        values, what = [], f"{key} (exposure time)"
+        for f in frames:
+            if key not in f.header:
+                raise GpuflatError(f"{f.name}: no {key} keyword in the header, needed to scale")
+            values.append(f.header[key])
+    else:
+        values, what = levels[scale], f"{scale} level"
+    out = np.empty(n)
+    for i, (f, v) in enumerate(zip(frames, values, strict=True)):
+        try:
+            v = float(v)
+        except (TypeError, ValueError):
+            raise BadLevelError(f"{f.name}: {what} {v!r} is not a number") from None
+        if not (math.isfinite(v) and v > 0):
+            raise BadLevelError(f"{f.name}: {what} is {v!r}; it must be finite and > 0 to scale")
+        out[i] = v if callable(scale) else 1.0 / v
+    return out

@@ -1,0 +1,51 @@
+"""Band planning: how many rows of every frame to hold at once, from explicit byte counts.
+
+Working memory of pass 2 for a band of ``rows`` rows of ``n`` frames of ``cols`` columns:
+
+- two stack buffers (one being combined, the next being read): ``2 * n * rows * cols * itemsize``
+- two mask buffers when any frame has a mask: ``2 * n * rows * cols`` bytes
+- the raw bytes of one frame's band while it is converted: ``rows * cols * 8`` at most
+- the kernel's per-band outputs (float64 image and uncertainty, int32 count):
+  ``rows * cols * 20``
+
+Pass 1 (frame levels) holds one whole frame and the copy that the median partitions:
+``2 * frame_pixels * itemsize + frame_pixels * 8``. Both passes stay under ``mem_limit``.
+The combined outputs (image, uncertainty, count, mask: one frame each) are not part of the
+limit: they are the size of one frame, whatever the number of frames.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class BandPlan:
+    rows: int  # rows per band
+    nbands: int
+    bytes_per_row: int  # pass-2 working bytes per band row
+    pass1_bytes: int
+
+    @property
+    def single(self) -> bool:
+        return self.nbands == 1
+
+
+def plan_bands(n, shape, *, itemsize, masked, mem_limit) -> BandPlan:
+    """Largest band height whose working memory fits ``mem_limit`` (bytes)."""
+    nrows, cols = shape
+    per_sample = itemsize + (1 if masked else 0)
+    bytes_per_row = cols * (2 * n * per_sample + 8 + 20)
+    pass1 = nrows * cols * (2 * itemsize + 8)
+    if pass1 > mem_limit or bytes_per_row > mem_limit:
+        need = max(pass1, bytes_per_row)
+        raise ValueError(
+            f"mem_limit={mem_limit:.4g} bytes is too small for {n} frames of {nrows}x{cols}: "
+            f"at least {need:.4g} bytes are needed"
+        )
+    # One band holding everything needs no second buffer and no pass-1 re-read.
+    whole = nrows * cols * (n * per_sample + 8 + 20)
+    if whole <= mem_limit:
+        return BandPlan(nrows, 1, bytes_per_row, pass1)
+    rows = min(nrows, int(mem_limit // bytes_per_row))
+    return BandPlan(rows, -(-nrows // rows), bytes_per_row, pass1)
