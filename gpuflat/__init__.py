@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from contextlib import ExitStack
+from contextlib import ExitStack, suppress
 from importlib.metadata import PackageNotFoundError, version
 
 import numpy as np
@@ -188,10 +188,8 @@ def _header(meta):
         return meta
     header = fits.Header()
     for key, value in (meta or {}).items():
-        try:
+        with suppress(ValueError, TypeError):
             header[key] = value
-        except (ValueError, TypeError):
-            pass
     return header
 
 

@@ -65,7 +65,8 @@ class CombineConfig:
             and self.min_value > self.max_value
         ):
             raise ValueError(
-                f"min_value ({self.min_value}) must not be greater than max_value ({self.max_value})"
+                f"min_value ({self.min_value}) must not be greater than "
+                f"max_value ({self.max_value})"
             )
         _integer("nlow", self.nlow, minimum=0)
         _integer("nhigh", self.nhigh, minimum=0)

@@ -1,0 +1,163 @@
+"""Header-only selection and grouping of flat frames."""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from astropy.io import fits
+
+FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.fz", ".fit.fz", ".fz")
+
+
+@dataclass(frozen=True)
+class FrameInfo:
+    path: Path
+    header: fits.Header = field(repr=False)
+    shape: tuple[int, int]
+    binning: tuple[int, int]
+
+    def get(self, key, default=""):
+        return self.header.get(key, default)
+
+
+@dataclass
+class Group:
+    key: tuple[str, ...]  # the group-by values
+    shape: tuple[int, int]
+    binning: tuple[int, int]
+    frames: list[FrameInfo]
+    split: bool = False  # another group shares the key but not the shape/binning
+
+    def label(self) -> str:
+        text = ",".join(v if v != "" else "''" for v in self.key)
+        if self.split:
+            text += f" [{self.shape[0]}x{self.shape[1]} bin {self.binning[0]}x{self.binning[1]}]"
+        return text
+
+    def product_name(self) -> str:
+        name = "combined_flat_filter_" + "_".join(safe_name(v) for v in self.key)
+        if self.split:
+            name += f"_{self.shape[0]}x{self.shape[1]}_bin{self.binning[0]}x{self.binning[1]}"
+        return name + ".fits"
+
+
+def safe_name(value: str) -> str:
+    """A filesystem-safe rendering of a header value: primes become 'p' as in the guide
+    (g'' -> gpp, '' -> p), anything else outside [A-Za-z0-9.+-] becomes '_'."""
+    text = str(value).replace("'", "p")
+    text = re.sub(r"[^A-Za-z0-9.+-]", "_", text).strip(".")
+    return text or "none"
+
+
+def expand_inputs(items, *, recursive=False) -> tuple[list[Path], list[str]]:
+    """Files from directories, files, globs and @list files; returns (paths, missing)."""
+    paths, missing = [], []
+    for item in items:
+        if item.startswith("@"):
+            listfile = Path(item[1:])
+            if not listfile.is_file():
+                missing.append(f"{item}: list file not found")
+                continue
+            lines = [ln.strip() for ln in listfile.read_text().splitlines()]
+            entries = [ln for ln in lines if ln and not ln.startswith("#")]
+            sub, miss = expand_inputs(
+                [e if os.path.isabs(e) else str(listfile.parent / e) for e in entries],
+                recursive=recursive,
+            )
+            paths += sub
+            missing += miss
+        elif os.path.isdir(item):
+            pattern = "**/*" if recursive else "*"
+            found = sorted(
+                p for p in Path(item).glob(pattern) if p.is_file() and _is_fits_name(p.name)
+            )
+            paths += found
+        elif os.path.isfile(item):
+            paths.append(Path(item))
+        elif glob.has_magic(item):
+            found = sorted(
+                Path(p) for p in glob.glob(item, recursive=recursive) if os.path.isfile(p)
+            )
+            if not found:
+                missing.append(f"{item}: no file matches")
+            paths += found
+        else:
+            missing.append(f"{item}: no such file or directory")
+    seen, unique = set(), []
+    for p in paths:
+        key = os.path.realpath(p)
+        if key not in seen:
+            seen.add(key)
+            unique.append(p)
+    return unique, missing
+
+
+def _is_fits_name(name):
+    return name.lower().endswith(FITS_SUFFIXES)
+
+
+def read_info(path: Path) -> FrameInfo:
+    """Header, shape and binning of the first image HDU (no data read)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with fits.open(path, memmap=False) as hdul:
+            for h in hdul:
+                is_image = isinstance(h, (fits.PrimaryHDU, fits.ImageHDU, fits.CompImageHDU))
+                if (is_image and h.header.get("NAXIS", 0) == 2) or isinstance(h, fits.CompImageHDU):
+                    header = h.header.copy()
+                    shape = tuple(int(s) for s in h.shape)
+                    break
+            else:
+                raise ValueError("no 2-D image HDU")
+    # a primary header's keywords apply to a compressed or extension image too
+    binning = _binning(header)
+    return FrameInfo(Path(path), header, shape, binning)
+
+
+def _binning(header):
+    if "CCDSUM" in header:
+        parts = str(header["CCDSUM"]).split()
+        if len(parts) == 2 and all(p.isdigit() for p in parts):
+            return int(parts[0]), int(parts[1])
+    return int(header.get("XBINNING", 1) or 1), int(header.get("YBINNING", 1) or 1)
+
+
+def is_selected(info: FrameInfo, *, imagetyp=(), where=()) -> bool:
+    """Default: IMAGETYP contains 'flat' (any case). ``imagetyp``: exact values (any case).
+    ``where``: (KEY, VALUE) pairs that must match (numbers numerically, text in any case)."""
+    value = str(info.get("IMAGETYP", "")).strip()
+    if imagetyp:
+        if value.lower() not in {v.strip().lower() for v in imagetyp}:
+            return False
+    elif "flat" not in value.lower():
+        return False
+    return all(_matches(info.get(key, None), wanted) for key, wanted in where)
+
+
+def _matches(actual, wanted: str) -> bool:
+    if actual is None:
+        return False
+    try:
+        return float(actual) == float(wanted)
+    except (TypeError, ValueError):
+        return str(actual).strip().lower() == wanted.strip().lower()
+
+
+def group_frames(infos, group_by=("FILTER",)) -> list[Group]:
+    """Group by the header keys; frames of different shape or binning are never mixed."""
+    groups: dict[tuple, Group] = {}
+    for info in infos:
+        key = tuple(str(info.get(k, "")).strip() for k in group_by)
+        full = (key, info.shape, info.binning)
+        if full not in groups:
+            groups[full] = Group(key, info.shape, info.binning, [])
+        groups[full].frames.append(info)
+    out = list(groups.values())
+    for g in out:
+        g.split = sum(1 for h in out if h.key == g.key) > 1
+    return sorted(out, key=lambda g: (g.key, g.shape, g.binning))
