@@ -83,7 +83,11 @@ def reference_combine(
             else:
                 w = np.asarray(weight, np.float64)[:, None]
                 total = np.nansum(ys * w, axis=0)
-                image = total / np.sum(np.where(survive, w, 0), axis=0) if method == "average" else total
+                image = (
+                    total / np.sum(np.where(survive, w, 0), axis=0)
+                    if method == "average"
+                    else total
+                )
             uncert = sd / np.sqrt(k) if method == "average" else sd * np.sqrt(k)
     image = np.where(k == 0, np.nan, image)
     uncert = np.where(k == 0, np.nan, uncert)
