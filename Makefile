@@ -1,0 +1,36 @@
+# Every target creates the environment it needs (.venv, from pyproject.toml).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTHON ?= python3
+
+.PHONY: demo test lint bench bench-quick clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/gpuflat simulate demo/night --overwrite -q
+	$(VENV)/bin/gpuflat run demo/night -o demo/masters --plots --overwrite --report demo/masters/report.json
+	@echo
+	@echo "products: demo/masters/combined_flat_filter_*.fits"
+	@echo "plots:    demo/masters/*.png"
+	@echo "report:   demo/masters/report.json"
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check gpuflat tests bench
+	$(VENV)/bin/ruff format --check gpuflat tests bench
+
+bench: $(VENV)/.installed
+	$(PY) bench/bench.py
+
+bench-quick: $(VENV)/.installed
+	$(PY) bench/bench.py --quick
+
+clean:
+	rm -rf demo .pytest_cache build *.egg-info

@@ -1,0 +1,181 @@
+"""`gpuflat` end to end through main(argv)."""
+
+import json
+
+import numpy as np
+import pytest
+from astropy.io import fits
+from astropy.nddata import CCDData
+from conftest import flat_stack, write_fits
+
+import gpuflat
+from gpuflat.cli import main
+
+
+@pytest.fixture
+def night(tmp_path, rng):
+    """Two filters (one named with primes), a twilight set, and frames that are not flats."""
+    d = tmp_path / "night"
+    d.mkdir()
+    for filt, imagetyp, n in (
+        ("g''", "flatfield", 5),
+        ("r''", "Flat Field", 4),
+        ("V", "SKYFLAT", 6),
+    ):
+        for i, a in enumerate(flat_stack(rng, n=n, shape=(40, 30))):
+            write_fits(
+                d / f"flat-{filt.strip(chr(39))}-{i}.fits",
+                a,
+                IMAGETYP=imagetyp,
+                FILTER=filt,
+                EXPTIME=1.0 + i,
+            )
+    write_fits(d / "bias.fits", np.zeros((40, 30), np.float32), IMAGETYP="BIAS")
+    write_fits(d / "light.fits", np.ones((40, 30), np.float32), IMAGETYP="LIGHT", FILTER="V")
+    (d / "notes.txt").write_text("not fits")
+    return d
+
+
+def test_run_writes_one_product_per_filter(night, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["run", str(night), "-o", str(out), "-q"]) == 0
+    names = sorted(p.name for p in out.glob("*.fits"))
+    assert names == [
+        "combined_flat_filter_V.fits",
+        "combined_flat_filter_gpp.fits",
+        "combined_flat_filter_rpp.fits",
+    ]
+    ccd = CCDData.read(out / "combined_flat_filter_gpp.fits")
+    files = sorted(str(p) for p in night.glob("flat-g-*.fits"))
+    expected = gpuflat.combine(files)
+    np.testing.assert_array_equal(ccd.data, expected.image)
+    np.testing.assert_array_equal(ccd.uncertainty.array, expected.uncertainty)
+    with fits.open(out / "combined_flat_filter_gpp.fits") as hdul:
+        assert [h.name for h in hdul] == ["PRIMARY", "MASK", "UNCERT", "NCOMBINE"] or {
+            h.name for h in hdul
+        } == {"PRIMARY", "MASK", "UNCERT", "NCOMBINE"}
+        h = hdul[0].header
+        np.testing.assert_array_equal(hdul["NCOMBINE"].data, expected.count)
+        assert h["NCOMBINE"] == 5 and h["FILTER"] == "g''" and h["IMAGETYP"] == "flatfield"
+        assert h["IMCMB001"] == "flat-g-0.fits" and h["SCALE001"] == pytest.approx(
+            expected.scales[0]
+        )
+        assert h["GPF_BACK"] == "cpu" and h["GPF_VERS"] == gpuflat.__version__
+        assert h["HIERARCH GPUFLAT SIGMA_LOW"] == 5.0 and h["HIERARCH GPUFLAT CENTER"] == "median"
+        assert "BZERO" not in h
+
+
+def test_skip_existing_and_overwrite(night, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    target = out / "combined_flat_filter_V.fits"
+    target.write_text("keep me")
+    assert main(["run", str(night), "-o", str(out)]) == 0
+    assert target.read_text() == "keep me"
+    assert "exists, skipped" in capsys.readouterr().err
+    assert main(["run", str(night), "-o", str(out), "--overwrite", "-q"]) == 0
+    assert CCDData.read(target).shape == (40, 30)
+    assert not list(out.glob(".*tmp*"))
+
+
+def test_selection_grouping_and_inspect(night, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["run", str(night), "-o", str(out), "--imagetyp", "flat field", "-q"]) == 0
+    assert [p.name for p in out.glob("*.fits")] == ["combined_flat_filter_rpp.fits"]
+    assert (
+        main(
+            [
+                "run",
+                str(night / "*.fits"),
+                "-o",
+                str(out),
+                "--where",
+                "FILTER=V",
+                "-q",
+                "--group-by",
+                "FILTER,EXPTIME",
+            ]
+        )
+        == 0
+    )
+    assert len(list(out.glob("combined_flat_filter_V_*.fits"))) == 6
+    listfile = tmp_path / "list.txt"
+    listfile.write_text("\n".join(str(p) for p in sorted(night.glob("flat-r-*.fits"))))
+    assert main(["inspect", f"@{listfile}"]) == 0
+    text = capsys.readouterr().out
+    assert "4 flat(s) selected, 1 group(s)" in text and "combined_flat_filter_rpp.fits" in text
+
+
+def test_shapes_are_never_mixed(night, tmp_path, capsys):
+    write_fits(
+        night / "flat-V-big.fits", np.ones((50, 30), np.float32), IMAGETYP="FLAT", FILTER="V"
+    )
+    out = tmp_path / "out"
+    assert main(["run", str(night), "-o", str(out), "-q"]) == 0
+    assert sorted(p.name for p in out.glob("combined_flat_filter_V*")) == [
+        "combined_flat_filter_V_40x30_bin1x1.fits",
+        "combined_flat_filter_V_50x30_bin1x1.fits",
+    ]
+
+
+def test_plots_and_report(night, tmp_path):
+    out = tmp_path / "out"
+    report = tmp_path / "report.json"
+    assert main(["run", str(night), "-o", str(out), "--plots", "--report", str(report), "-q"]) == 0
+    data = json.loads(report.read_text())
+    assert data["backend"] == "cpu" and len(data["groups"]) == 3
+    group = data["groups"][0]
+    assert group["status"] == "written" and len(group["frames"]) == len(group["files"])
+    assert 0 <= group["rejected_fraction"] < 0.1
+    for path in group["plots"].values():
+        assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_truncated_file_fails_its_group_only(night, tmp_path, capsys):
+    bad = night / "flat-g-0.fits"
+    bad.write_bytes(bad.read_bytes()[:-3000])
+    out = tmp_path / "out"
+    assert main(["run", str(night), "-o", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "flat-g-0.fits" in err and "truncated" in err and "Traceback" not in err
+    assert sorted(p.name for p in out.glob("*.fits")) == [
+        "combined_flat_filter_V.fits",
+        "combined_flat_filter_rpp.fits",
+    ]
+    assert main(["run", str(night), "-o", str(out), "--skip-bad"]) == 0
+    assert "skipped" in capsys.readouterr().err
+    assert fits.getheader(out / "combined_flat_filter_gpp.fits")["NCOMBINE"] == 4
+
+
+@pytest.mark.parametrize(
+    ("argv", "code", "words"),
+    [
+        (["run", "does-not-exist"], 2, "does-not-exist: no such file"),
+        (["run", "{night}", "--sigma-low", "-1"], 2, "sigma_low"),
+        (["run", "{night}", "--scale", "bogus"], 2, "scale"),
+        (["run", "{night}", "--where", "FILTER"], 2, "KEY=VALUE"),
+        (["run", "{night}", "--imagetyp", "nothing"], 1, "no flat frames"),
+        (["run", "{night}", "--device", "cuda"], 1, "cuda"),
+        (["run", "{night}", "--mem-limit", "1000"], 1, "mem_limit"),
+        (["simulate", "{tmp}/sim", "--size", "big"], 2, "--size"),
+    ],
+)
+def test_errors_are_one_line_with_exit_codes(night, tmp_path, capsys, argv, code, words):
+    if "--device" in argv and gpuflat.backends.cuda_status()[0]:
+        pytest.skip("a GPU is present")
+    argv = [a.format(night=night, tmp=tmp_path) for a in argv]
+    assert main([*argv, "-o", str(tmp_path / "o")] if argv[0] == "run" else argv) == code
+    err = capsys.readouterr().err
+    assert words in err and "Traceback" not in err
+
+
+def test_help_version_and_info(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0 and gpuflat.__version__ in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    assert "--sigma-low" in capsys.readouterr().out
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "cpu backend: available" in out and "cuda backend" in out
