@@ -1,0 +1,30 @@
+"""The benchmark runs end to end on a tiny workload and writes valid JSON (no speed assertions)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[1] / "bench" / "bench.py"
+
+
+def test_bench_quick_runs_and_writes_json(tmp_path):
+    out = tmp_path / "results.json"
+    cmd = [
+        sys.executable,
+        str(BENCH),
+        "--quick",
+        "--cache",
+        str(tmp_path / "cache"),
+        "--json",
+        str(out),
+    ]
+    run = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    assert "gpuflat" in run.stdout and "ccdproc" in run.stdout
+    data = json.loads(out.read_text())
+    results = data["workloads"]["tiny"]["results"]
+    assert set(results) == {"gpuflat", "ccdproc", "astropy", "io_floor"}
+    assert results["gpuflat"]["ratio_to_gpuflat"] == 1.0
+    # gpuflat clips the scaled values like the astropy reference: same survivors
+    assert results["gpuflat"]["max_rel_diff_vs_astropy"] < 1e-5
+    assert data["machine"]["cpus"] >= 1
