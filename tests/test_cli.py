@@ -1,6 +1,7 @@
 """`gpuflat` end to end through main(argv)."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -128,7 +129,7 @@ def test_plots_and_report(night, tmp_path):
     assert group["status"] == "written" and len(group["frames"]) == len(group["files"])
     assert 0 <= group["rejected_fraction"] < 0.1
     for path in group["plots"].values():
-        assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+        assert Path(path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_truncated_file_fails_its_group_only(night, tmp_path, capsys):
