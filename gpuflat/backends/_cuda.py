@@ -1,0 +1,349 @@
+"""The CUDA backend: CuPy drives the kernels in ``kernels/*.cu``.
+
+The backend is thin. A band is cut into pixel chunks; each chunk is staged in a pinned
+host buffer, copied to the device on a non-blocking stream, combined there and copied
+back, with two buffer slots so that one chunk's transfers overlap the other's kernel.
+All device work goes through a small device object (:class:`CupyDevice` here; the tests
+substitute a fake whose queued work only runs at synchronisation), so that the ordering
+of copies, launches and synchronisations is tested without a GPU.
+
+CuPy is imported lazily: importing this module never needs it.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from ._params import KernelParams
+
+#: nvcc/NVRTC options: no fused multiply-add, or results drift from the numba backend.
+COMPILE_OPTIONS = ("--fmad=false", "-std=c++17")
+BLOCK = 128  # threads per block
+CHUNK_BYTES = 64 << 20  # input bytes per chunk and slot
+LEVEL_COPIES = 32  # GF_COPIES in level.cu
+_KEY_SIGN = np.uint32(0x80000000)
+
+
+def _kernel_source(name: str) -> str:
+    """The text of ``kernels/<name>``: from the installed package, else the repository."""
+    try:
+        path = resources.files("gpuflat.kernels").joinpath(name)
+        if path.is_file():
+            return path.read_text(encoding="utf-8")
+    except ModuleNotFoundError:
+        pass
+    return (Path(__file__).resolve().parents[2] / "kernels" / name).read_text(encoding="utf-8")
+
+
+def available() -> tuple[bool, str]:
+    """Whether the CUDA backend can run here; the reason when it cannot."""
+    try:
+        import cupy
+    except ImportError as exc:
+        return False, f"CuPy is not installed ({exc}); install gpuflat[cuda12] or [cuda13]"
+    try:
+        if not cupy.cuda.is_available():
+            return False, "CuPy found no usable CUDA device"
+    except Exception as exc:  # a broken driver or runtime raises here
+        return False, f"CUDA is not usable: {exc}"
+    return True, "CUDA device available"
+
+
+def combine_kernel(n: int) -> str:
+    """The combine kernel for a stack of ``n`` frames."""
+    for cap in (16, 32, 64):
+        if n <= cap:
+            return f"gpuflat_combine_{cap}"
+    return "gpuflat_combine_n"
+
+
+class CupyDevice:
+    """Device operations on CuPy: allocation, async copies, launches, synchronisation.
+
+    Every method that takes a ``stream`` only queues work on it.
+    """
+
+    def __init__(self):
+        import cupy
+
+        self._cp = cupy
+        self._modules: dict[tuple[int, str], object] = {}
+
+    def _function(self, source: str, name: str):
+        cp = self._cp
+        key = (cp.cuda.Device().id, source)
+        module = self._modules.get(key)
+        if module is None:
+            module = cp.RawModule(code=_kernel_source(source), options=COMPILE_OPTIONS)
+            self._modules[key] = module
+        return module.get_function(name)
+
+    def stream(self):
+        return self._cp.cuda.Stream(non_blocking=True)
+
+    def pinned(self, shape, dtype) -> np.ndarray:
+        import cupyx
+
+        return cupyx.empty_pinned(shape, dtype)
+
+    def empty(self, shape, dtype):
+        return self._cp.empty(shape, dtype)
+
+    def zeros(self, shape, dtype, stream):
+        out = self._cp.empty(shape, dtype)
+        out.data.memset_async(0, out.nbytes, stream)
+        return out
+
+    def upload(self, dst, src: np.ndarray, stream) -> None:
+        dst.set(src, stream=stream)
+
+    def download(self, dst: np.ndarray, src, stream) -> None:
+        src.get(stream=stream, out=dst, blocking=False)
+
+    def launch(self, source: str, name: str, grid: int, block: int, args, stream) -> None:
+        null = np.uint64(0)
+        args = tuple(null if a is None else a for a in args)
+        with stream:
+            self._function(source, name)((grid,), (block,), args)
+
+    def synchronize(self, stream) -> None:
+        stream.synchronize()
+
+
+def device_info() -> dict:
+    """Name, memory and versions of the current CUDA device (needs CuPy and a GPU)."""
+    import cupy
+
+    dev = cupy.cuda.Device()
+    props = cupy.cuda.runtime.getDeviceProperties(dev.id)
+    attrs = dev.attributes
+    name = props["name"]
+    clock_khz = attrs.get("MemoryClockRate", 0)
+    bus_bits = attrs.get("GlobalMemoryBusWidth", 0)
+    return {
+        "name": name.decode() if isinstance(name, bytes) else str(name),
+        "compute_capability": dev.compute_capability,
+        "memory_bytes": int(props["totalGlobalMem"]),
+        "peak_bandwidth_gb_s": 2.0 * clock_khz * 1e3 * bus_bits / 8 / 1e9,
+        "cupy_version": cupy.__version__,
+        "cuda_runtime_version": cupy.cuda.runtime.runtimeGetVersion(),
+        "cuda_driver_version": cupy.cuda.runtime.driverGetVersion(),
+    }
+
+
+class _Slot:
+    """One chunk in flight: its stream, pinned staging buffers and device buffers."""
+
+    def __init__(self, dev, n: int, width: int, has_mask: bool, scratch_bytes: int):
+        self.stream = dev.stream()
+        self.h_data = dev.pinned((n, width), np.float32)
+        self.h_mask = dev.pinned((n, width), np.uint8) if has_mask else None
+        self.h_image = dev.pinned(width, np.float64)
+        self.h_uncert = dev.pinned(width, np.float64)
+        self.h_count = dev.pinned(width, np.int32)
+        self.d_data = dev.empty((n, width), np.float32)
+        self.d_mask = dev.empty((n, width), np.uint8) if has_mask else None
+        self.d_image = dev.empty(width, np.float64)
+        self.d_uncert = dev.empty(width, np.float64)
+        self.d_count = dev.empty(width, np.int32)
+        self.d_scratch = dev.empty(scratch_bytes, np.uint8) if scratch_bytes else None
+        self.pending: tuple[int, int] | None = None  # pixel range queued on this slot
+
+
+class CudaBackend:
+    """Frame levels and band combination on a CUDA device (see docs/kernel-contract.md).
+
+    Parameters
+    ----------
+    device : object, optional
+        The device operations (default: :class:`CupyDevice`); tests pass a fake.
+    chunk_pixels : int, optional
+        Pixels per chunk; by default about ``CHUNK_BYTES`` of input per chunk.
+    """
+
+    name = "cuda"
+
+    def __init__(self, device=None, *, chunk_pixels: int | None = None):
+        self.device = CupyDevice() if device is None else device
+        self.chunk_pixels = chunk_pixels
+
+    # -- pass 1 ---------------------------------------------------------------------------
+
+    def frame_level(self, frame: np.ndarray, mask: np.ndarray | None, how: str) -> float:
+        """The median or mean of the finite, unmasked values of one frame (NaN if none)."""
+        dev = self.device
+        stream = dev.stream()
+        frame = np.ascontiguousarray(frame, np.float32)
+        rows, cols = frame.shape
+        d_frame = dev.empty(frame.shape, np.float32)
+        dev.upload(d_frame, frame, stream)
+        d_mask = None
+        if mask is not None:
+            d_mask = dev.empty(frame.shape, np.uint8)
+            dev.upload(d_mask, np.ascontiguousarray(mask, np.uint8), stream)
+        if how == "mean":
+            d_sums = dev.empty(rows, np.float64)
+            d_counts = dev.empty(rows, np.int64)
+            args = (d_frame, d_mask, np.int64(rows), np.int64(cols), d_sums, d_counts)
+            dev.launch("level.cu", "gpuflat_level_rowsum", _blocks(rows), BLOCK, args, stream)
+            sums = dev.pinned(rows, np.float64)
+            counts = dev.pinned(rows, np.int64)
+            dev.download(sums, d_sums, stream)
+            dev.download(counts, d_counts, stream)
+            dev.synchronize(stream)
+            k = int(counts.sum())
+            total = float(np.cumsum(sums)[-1]) if rows else 0.0  # row order, as numba
+            return total / k if k else float("nan")
+        if how != "median":
+            raise ValueError(f"how must be 'median' or 'mean', not {how!r}")
+        npix = np.int64(rows * cols)
+        d_state = dev.zeros(8, np.uint32, stream)
+        d_hist = dev.zeros(2 * LEVEL_COPIES * 256, np.uint32, stream)
+        grid = min(_blocks(int(npix)), 1024)
+        for shift in (24, 16, 8, 0):
+            args = (d_frame, d_mask, npix, np.int32(shift), d_state, d_hist)
+            dev.launch("level.cu", "gpuflat_level_hist", grid, BLOCK, args, stream)
+            args = (d_state, d_hist, np.int32(shift))
+            dev.launch("level.cu", "gpuflat_level_select", 1, 1, args, stream)
+        state = dev.pinned(8, np.uint32)
+        dev.download(state, d_state, stream)
+        dev.synchronize(stream)
+        return median_from_state(state)
+
+    # -- pass 2 ---------------------------------------------------------------------------
+
+    def combine_band(
+        self,
+        data: np.ndarray,
+        mask: np.ndarray | None,
+        scale: np.ndarray,
+        weight: np.ndarray | None,
+        params: KernelParams,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Reject and combine one band ``data[n, npix]``; returns (image, uncert, count)."""
+        dev = self.device
+        n, npix = data.shape
+        image = np.empty(npix, np.float64)
+        uncert = np.empty(npix, np.float64)
+        count = np.empty(npix, np.int32)
+        if npix == 0:
+            return image, uncert, count
+        kernel = combine_kernel(n)
+        per_pixel = n * (5 if mask is not None else 4)
+        width = self.chunk_pixels or max(BLOCK, CHUNK_BYTES // per_pixel // BLOCK * BLOCK)
+        width = min(width, npix)
+        scratch = 9 * n * width if kernel == "gpuflat_combine_n" else 0
+        slots = [_Slot(dev, n, width, mask is not None, scratch) for _ in range(2)]
+        # per-frame vectors, uploaded once; every slot's stream reads them, hence the wait
+        d_scale = dev.empty(n, np.float64)
+        dev.upload(d_scale, np.ascontiguousarray(scale, np.float64), slots[0].stream)
+        d_weight = None
+        if weight is not None:
+            d_weight = dev.empty(n, np.float64)
+            dev.upload(d_weight, np.ascontiguousarray(weight, np.float64), slots[0].stream)
+        dev.synchronize(slots[0].stream)
+        p = KernelParams(*params)
+        prm = (
+            np.int32(p.clip_scaled),
+            np.float64(p.min_value),
+            np.float64(p.max_value),
+            np.int32(p.nlow),
+            np.int32(p.nhigh),
+            np.int32(p.sigma),
+            np.int32(p.center),
+            np.int32(p.dev),
+            np.float64(p.sigma_low),
+            np.float64(p.sigma_high),
+            np.int32(p.maxiters),
+            np.int32(p.method),
+        )
+        outputs = (image, uncert, count)
+        for c, p0 in enumerate(range(0, npix, width)):
+            slot = slots[c % 2]
+            if slot.pending is not None:  # the slot's previous chunk must be done
+                dev.synchronize(slot.stream)
+                _drain(slot, outputs)
+            p1 = min(npix, p0 + width)
+            w = p1 - p0
+            # stage in pinned memory; the chunk is a [n, w] array with row stride w
+            h_data = slot.h_data.reshape(-1)[: n * w].reshape(n, w)
+            h_data[...] = data[:, p0:p1]
+            d_data = slot.d_data.reshape(-1)[: n * w].reshape(n, w)
+            dev.upload(d_data, h_data, slot.stream)
+            d_mask = None
+            if mask is not None:
+                h_mask = slot.h_mask.reshape(-1)[: n * w].reshape(n, w)
+                h_mask[...] = mask[:, p0:p1]
+                d_mask = slot.d_mask.reshape(-1)[: n * w].reshape(n, w)
+                dev.upload(d_mask, h_mask, slot.stream)
+            args = (
+                d_data,
+                d_mask,
+                d_scale,
+                d_weight,
+                np.int32(n),
+                np.int64(w),
+                np.int64(0),
+                np.int64(w),
+                slot.d_scratch,
+                *prm,
+                slot.d_image,
+                slot.d_uncert,
+                slot.d_count,
+            )
+            dev.launch("combine.cu", kernel, _blocks(w), BLOCK, args, slot.stream)
+            dev.download(slot.h_image[:w], slot.d_image[:w], slot.stream)
+            dev.download(slot.h_uncert[:w], slot.d_uncert[:w], slot.stream)
+            dev.download(slot.h_count[:w], slot.d_count[:w], slot.stream)
+            slot.pending = (p0, p1)
+        for slot in slots:
+            if slot.pending is not None:
+                dev.synchronize(slot.stream)
+                _drain(slot, outputs)
+        return image, uncert, count
+
+    def convert(self, raw: np.ndarray, bitpix: int, bscale: float, bzero: float) -> np.ndarray:
+        """Raw big-endian FITS data bytes -> float32 values, as astropy reads them."""
+        kernel = {16: "i16", 32: "i32", -32: "f32", -64: "f64"}[bitpix]
+        dev = self.device
+        stream = dev.stream()
+        raw = np.ascontiguousarray(raw).view(np.uint8).reshape(-1)
+        count = raw.size // (abs(bitpix) // 8)
+        d_raw = dev.empty(raw.size, np.uint8)
+        dev.upload(d_raw, raw, stream)
+        d_out = dev.empty(count, np.float32)
+        args = (d_raw, np.int64(count), np.float64(bscale), np.float64(bzero), d_out)
+        dev.launch("convert.cu", f"gpuflat_convert_{kernel}", _blocks(count), BLOCK, args, stream)
+        out = dev.pinned(count, np.float32)
+        dev.download(out, d_out, stream)
+        dev.synchronize(stream)
+        return np.array(out)
+
+
+def _drain(slot: _Slot, outputs) -> None:
+    """Copy a finished chunk from the slot's pinned buffers into the band's outputs."""
+    p0, p1 = slot.pending
+    w = p1 - p0
+    for out, h in zip(outputs, (slot.h_image, slot.h_uncert, slot.h_count), strict=True):
+        out[p0:p1] = h[:w]
+    slot.pending = None
+
+
+def _blocks(threads: int) -> int:
+    return max(1, (threads + BLOCK - 1) // BLOCK)
+
+
+def _float_of_key(key) -> float:
+    key = np.uint32(key)
+    bits = key & ~_KEY_SIGN if key & _KEY_SIGN else ~key
+    return float(np.array(bits, np.uint32).view(np.float32))
+
+
+def median_from_state(state: np.ndarray) -> float:
+    """The frame median from the radix-select state that ``level.cu`` leaves."""
+    if state[4] == 0:
+        return float("nan")
+    return (_float_of_key(state[0]) + _float_of_key(state[1])) * 0.5

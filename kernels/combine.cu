@@ -1,0 +1,408 @@
+// combine.cu: per-pixel rejection and combination of one band of a flat-field stack.
+//
+// Implements docs/kernel-contract.md operation for operation, so that the results equal
+// the numba backend (gpuflat/backends/_numba.py) bit for bit. Compile without fused
+// multiply-add (nvcc/NVRTC --fmad=false; g++ -ffp-contract=off) and never with fast-math.
+// No standard headers are included: the file compiles under NVRTC as it is.
+//
+// One thread per output pixel; threads never communicate (no shared memory, no
+// __syncthreads), so the harness in tests/ can also run the grid on the CPU through
+// kernels/cuda_shim.h.
+//
+// Kernels (all with the same argument list, below):
+//   gpuflat_combine_16, gpuflat_combine_32, gpuflat_combine_64
+//       for stacks of n <= 16 / 32 / 64 frames: the per-thread sort buffer is a fixed-size
+//       local array (double[CAP]) and the per-frame flags are two 64-bit registers;
+//   gpuflat_combine_n
+//       any n: the sort buffer and flags live in a caller-provided global scratch buffer.
+//
+// Arguments, in order (C types; pass exactly these widths from the host):
+//   const float         *data        [n * npix], frame-major: data[i * npix + p]
+//   const unsigned char *mask        [n * npix] or NULL; nonzero = bad sample
+//   const double        *scale       [n]
+//   const double        *weight      [n] or NULL
+//   int                  n           number of frames
+//   long long            npix        pixels per frame in this band (row stride of data)
+//   long long            p0          first pixel handled by this launch
+//   long long            nthreads    pixels handled by this launch: p in [p0, p0 + nthreads)
+//   void                *scratch     gpuflat_combine_n only (NULL for the others):
+//                                    n * nthreads doubles followed by n * nthreads bytes
+//   int                  clip_scaled
+//   double               min_value, max_value
+//   int                  nlow, nhigh
+//   int                  sigma, center, dev
+//   double               sigma_low, sigma_high
+//   int                  maxiters
+//   int                  method
+//   double              *image       [npix]  (written at p0 .. p0 + nthreads - 1)
+//   double              *uncert      [npix]
+//   int                 *count       [npix]
+// Launch with any 1-D grid covering nthreads threads; surplus threads return at once.
+
+#define GF_MAD_TO_STD 1.482602218505602
+
+__device__ __forceinline__ double gf_inf() { return __longlong_as_double(0x7ff0000000000000LL); }
+__device__ __forceinline__ double gf_nan() { return __longlong_as_double(0x7ff8000000000000LL); }
+__device__ __forceinline__ bool gf_isfinite(float x) {
+  return (__float_as_uint(x) & 0x7f800000u) != 0x7f800000u;
+}
+
+// Per-thread working storage for n <= CAP frames: sort buffer in a local array, two flag
+// bits per frame (valid; in the extrema window) in registers.
+template <int CAP>
+struct LocalStore {
+  double buf[CAP];
+  unsigned long long valid_bits;
+  unsigned long long inwin_bits;
+  __device__ __forceinline__ void init(int) {
+    valid_bits = 0ull;
+    inwin_bits = 0ull;
+  }
+  __device__ __forceinline__ double &s(int q) { return buf[q]; }
+  __device__ __forceinline__ bool valid(int i) const { return (valid_bits >> i) & 1ull; }
+  __device__ __forceinline__ bool inwin(int i) const { return (inwin_bits >> i) & 1ull; }
+  __device__ __forceinline__ void set_valid(int i) { valid_bits |= 1ull << i; }
+  __device__ __forceinline__ void set_inwin(int i, bool on) {
+    if (on)
+      inwin_bits |= 1ull << i;
+    else
+      inwin_bits &= ~(1ull << i);
+  }
+};
+
+// Working storage for any n in global scratch: element j of thread t at [j * stride + t],
+// so that neighbouring threads touch neighbouring words.
+struct GlobalStore {
+  double *sbuf;
+  unsigned char *flags;  // bit 0: valid, bit 1: in the window
+  long long stride;
+  __device__ __forceinline__ void init(int n) {
+    for (int i = 0; i < n; ++i) flags[i * stride] = 0;
+  }
+  __device__ __forceinline__ double &s(int q) { return sbuf[q * stride]; }
+  __device__ __forceinline__ bool valid(int i) const { return flags[i * stride] & 1; }
+  __device__ __forceinline__ bool inwin(int i) const { return (flags[i * stride] >> 1) & 1; }
+  __device__ __forceinline__ void set_valid(int i) { flags[i * stride] |= 1; }
+  __device__ __forceinline__ void set_inwin(int i, bool on) {
+    unsigned char f = flags[i * stride];
+    flags[i * stride] = on ? (unsigned char)(f | 2) : (unsigned char)(f & ~2);
+  }
+};
+
+struct Params {
+  int clip_scaled;
+  double min_value, max_value;
+  int nlow, nhigh, sigma, center, dev;
+  double sigma_low, sigma_high;
+  int maxiters, method;
+};
+
+// The inputs of one pixel: recomputing x, y and v from the band is cheaper than storing
+// them, and gives the same bits every time.
+struct Pixel {
+  const float *data;
+  const double *scale;
+  long long npix;
+  long long p;
+  int clip_scaled;
+  __device__ __forceinline__ void values(int i, double &v, double &y) const {
+    double x = (double)data[(long long)i * npix + p];
+    y = x * scale[i];
+    v = clip_scaled ? y : x;
+  }
+  __device__ __forceinline__ double y(int i) const {
+    return (double)data[(long long)i * npix + p] * scale[i];
+  }
+};
+
+// Stable insertion sort of s[0, k): the order of equal values (+0.0 / -0.0) is the input
+// order, as in the numba backend.
+template <class W>
+__device__ __forceinline__ void sort_range(W &w, int k) {
+  for (int i = 1; i < k; ++i) {
+    double x = w.s(i);
+    int j = i - 1;
+    while (j >= 0 && w.s(j) > x) {
+      w.s(j + 1) = w.s(j);
+      --j;
+    }
+    w.s(j + 1) = x;
+  }
+}
+
+template <class W>
+__device__ __forceinline__ double median_range(W &w, int a, int b) {
+  int k = b - a;
+  return (w.s(a + (k - 1) / 2) + w.s(a + k / 2)) * 0.5;
+}
+
+// Median of |s[q] - med| over the sorted range [a, b), exact: merge the two sorted
+// sequences of deviations walking outward from med (the "V walk").
+template <class W>
+__device__ __forceinline__ double mad_range(W &w, int a, int b, double med) {
+  int k = b - a;
+  int r1 = (k - 1) / 2;
+  int r2 = k / 2;
+  int j = a;
+  while (j < b && w.s(j) < med) ++j;
+  int i = j - 1;
+  double d1 = 0.0;
+  double d2 = 0.0;
+  for (int r = 0; r <= r2; ++r) {
+    double dv;
+    if (i >= a && (j >= b || med - w.s(i) <= w.s(j) - med)) {
+      dv = med - w.s(i);
+      --i;
+    } else {
+      dv = w.s(j) - med;
+      ++j;
+    }
+    if (r == r1) d1 = dv;
+    d2 = dv;
+  }
+  return (d1 + d2) * 0.5;
+}
+
+template <class W>
+__device__ __forceinline__ void combine_pixel(W &w, const Pixel &px, const unsigned char *mask,
+                                              const double *weight, int n, const Params &pr,
+                                              double *image, double *uncert, int *count) {
+  const long long p = px.p;
+  const long long npix = px.npix;
+  w.init(n);
+  // 1-3: valid frames, clip values, sort
+  int m = 0;
+  for (int i = 0; i < n; ++i) {
+    float x = px.data[(long long)i * npix + p];
+    double xd = (double)x;
+    bool ok = gf_isfinite(x) && xd >= pr.min_value && xd <= pr.max_value;
+    if (mask && mask[(long long)i * npix + p] != 0) ok = false;
+    if (ok) {
+      double v, y;
+      px.values(i, v, y);
+      w.set_valid(i);
+      w.set_inwin(i, true);
+      w.s(m) = v;
+      ++m;
+    }
+  }
+  sort_range(w, m);
+
+  // 4: extrema window [w0, w1); ranks break ties by frame index. Only the frames equal to
+  // the window's end values need a rank: they take the ranks first, first + 1, ... in
+  // frame order, first being the sorted position of that value's first occurrence.
+  int w0 = pr.nlow;
+  int w1 = m - pr.nhigh;
+  if (w1 < w0) w1 = w0;
+  if (pr.nlow + pr.nhigh > 0 && m > 0) {
+    if (w1 == w0) {
+      for (int i = 0; i < n; ++i) w.set_inwin(i, false);
+    } else {
+      double lowv = w.s(w0);
+      double highv = w.s(w1 - 1);
+      int lo_first = 0;
+      while (w.s(lo_first) < lowv) ++lo_first;
+      int hi_first = lo_first;
+      while (w.s(hi_first) < highv) ++hi_first;
+      int lo_seen = 0;
+      int hi_seen = 0;
+      for (int i = 0; i < n; ++i) {
+        if (!w.valid(i)) continue;
+        double v, y;
+        px.values(i, v, y);
+        bool in;
+        if (v < lowv || v > highv) {
+          in = false;
+        } else if (v > lowv && v < highv) {
+          in = true;
+        } else {
+          int rank = (v == lowv) ? lo_first + lo_seen++ : hi_first + hi_seen++;
+          in = rank >= w0 && rank < w1;
+        }
+        w.set_inwin(i, in);
+      }
+    }
+  }
+
+  // 5: sigma clipping, astropy sigma_clip semantics
+  int af = w0;
+  int bf = w1;
+  if (pr.sigma && w1 > w0) {
+    const double inf = gf_inf();
+    int a = w0;
+    int b = w1;
+    double lo = -inf;
+    double hi = inf;
+    int it = 0;
+    while (b > a && (pr.maxiters < 0 || it < pr.maxiters)) {
+      ++it;
+      int k = b - a;
+      double med = median_range(w, a, b);
+      double mean = 0.0;
+      double sd = 0.0;
+      if (pr.center == 1 || pr.dev == 1) {
+        // members: frames in the window whose value lies within [s[a], s[b-1]]
+        double vlo = w.s(a);
+        double vhi = w.s(b - 1);
+        double sum = 0.0;
+        for (int i = 0; i < n; ++i) {
+          if (!w.inwin(i)) continue;
+          double v, y;
+          px.values(i, v, y);
+          if (v >= vlo && v <= vhi) sum += v;
+        }
+        mean = sum / (double)k;
+        double ss = 0.0;
+        for (int i = 0; i < n; ++i) {
+          if (!w.inwin(i)) continue;
+          double v, y;
+          px.values(i, v, y);
+          if (v >= vlo && v <= vhi) {
+            double dv = v - mean;
+            ss += dv * dv;
+          }
+        }
+        sd = sqrt(ss / (double)k);
+      }
+      double c = pr.center == 0 ? med : mean;
+      double d = pr.dev == 0 ? GF_MAD_TO_STD * mad_range(w, a, b, med) : sd;
+      lo = pr.sigma_low == inf ? -inf : c - pr.sigma_low * d;
+      hi = pr.sigma_high == inf ? inf : c + pr.sigma_high * d;
+      int a2 = a;
+      while (a2 < b && w.s(a2) < lo) ++a2;
+      int b2 = b;
+      while (b2 > a2 && w.s(b2 - 1) > hi) --b2;
+      if (b2 - a2 == b - a) break;
+      a = a2;
+      b = b2;
+    }
+    while (af < bf && w.s(af) < lo) ++af;
+    while (bf > af && w.s(bf - 1) > hi) --bf;
+  }
+
+  // 6: combine the survivors
+  int k = bf - af;
+  count[p] = k;
+  if (k == 0) {
+    image[p] = gf_nan();
+    uncert[p] = gf_nan();
+    return;
+  }
+  const double vlo = w.s(af);
+  const double vhi = w.s(bf - 1);
+  if (pr.method == 1) {
+    double med;
+    double mad;
+    if (pr.clip_scaled) {
+      med = median_range(w, af, bf);
+      mad = mad_range(w, af, bf, med);
+    } else {
+      // the sorted clip values are no longer needed: reuse the buffer for the survivors' y
+      int q = 0;
+      for (int i = 0; i < n; ++i) {
+        if (!w.inwin(i)) continue;
+        double v, y;
+        px.values(i, v, y);
+        if (v >= vlo && v <= vhi) {
+          w.s(q) = y;
+          ++q;
+        }
+      }
+      sort_range(w, k);
+      med = median_range(w, 0, k);
+      mad = mad_range(w, 0, k, med);
+    }
+    image[p] = med;
+    uncert[p] = GF_MAD_TO_STD * mad / sqrt((double)k);
+    return;
+  }
+  double sy = 0.0;
+  double swy = 0.0;
+  double sw = 0.0;
+  for (int i = 0; i < n; ++i) {
+    if (!w.inwin(i)) continue;
+    double v, y;
+    px.values(i, v, y);
+    if (v >= vlo && v <= vhi) {
+      sy += y;
+      if (weight) {
+        swy += weight[i] * y;
+        sw += weight[i];
+      }
+    }
+  }
+  double my = sy / (double)k;
+  double ssy = 0.0;
+  for (int i = 0; i < n; ++i) {
+    if (!w.inwin(i)) continue;
+    double v, y;
+    px.values(i, v, y);
+    if (v >= vlo && v <= vhi) {
+      double dy = y - my;
+      ssy += dy * dy;
+    }
+  }
+  double sd = sqrt(ssy / (double)k);
+  if (pr.method == 0) {
+    image[p] = weight ? swy / sw : my;
+    uncert[p] = sd / sqrt((double)k);
+  } else {
+    image[p] = weight ? swy : sy;
+    uncert[p] = sd * sqrt((double)k);
+  }
+}
+
+#define GF_COMBINE_ARGS                                                                     \
+  const float *__restrict__ data, const unsigned char *__restrict__ mask,                  \
+      const double *__restrict__ scale, const double *__restrict__ weight, int n,          \
+      long long npix, long long p0, long long nthreads, void *scratch, int clip_scaled,    \
+      double min_value, double max_value, int nlow, int nhigh, int sigma, int center,      \
+      int dev, double sigma_low, double sigma_high, int maxiters, int method,              \
+      double *__restrict__ image, double *__restrict__ uncert, int *__restrict__ count
+
+#define GF_COMBINE_SETUP                                                                    \
+  long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x;                           \
+  if (t >= nthreads) return;                                                                \
+  Params pr{clip_scaled, min_value, max_value, nlow, nhigh, sigma,                          \
+            center,      dev,       sigma_low, sigma_high, maxiters, method};               \
+  Pixel px{data, scale, npix, p0 + t, clip_scaled};
+
+template <int CAP>
+__device__ __forceinline__ void combine_local(GF_COMBINE_ARGS) {
+  (void)scratch;
+  GF_COMBINE_SETUP
+  LocalStore<CAP> w;
+  combine_pixel(w, px, mask, weight, n, pr, image, uncert, count);
+}
+
+extern "C" __global__ void gpuflat_combine_16(GF_COMBINE_ARGS) {
+  combine_local<16>(data, mask, scale, weight, n, npix, p0, nthreads, scratch, clip_scaled,
+                    min_value, max_value, nlow, nhigh, sigma, center, dev, sigma_low,
+                    sigma_high, maxiters, method, image, uncert, count);
+}
+
+extern "C" __global__ void gpuflat_combine_32(GF_COMBINE_ARGS) {
+  combine_local<32>(data, mask, scale, weight, n, npix, p0, nthreads, scratch, clip_scaled,
+                    min_value, max_value, nlow, nhigh, sigma, center, dev, sigma_low,
+                    sigma_high, maxiters, method, image, uncert, count);
+}
+
+extern "C" __global__ void gpuflat_combine_64(GF_COMBINE_ARGS) {
+  combine_local<64>(data, mask, scale, weight, n, npix, p0, nthreads, scratch, clip_scaled,
+                    min_value, max_value, nlow, nhigh, sigma, center, dev, sigma_low,
+                    sigma_high, maxiters, method, image, uncert, count);
+}
+
+extern "C" __global__ void gpuflat_combine_n(GF_COMBINE_ARGS) {
+  GF_COMBINE_SETUP
+  GlobalStore w{(double *)scratch + t,
+                (unsigned char *)((double *)scratch + (long long)n * nthreads) + t, nthreads};
+  combine_pixel(w, px, mask, weight, n, pr, image, uncert, count);
+}
+
+#ifdef GPUFLAT_HOST_SHIM
+GPUFLAT_HOST_ENTRY(gpuflat_combine_16)
+GPUFLAT_HOST_ENTRY(gpuflat_combine_32)
+GPUFLAT_HOST_ENTRY(gpuflat_combine_64)
+GPUFLAT_HOST_ENTRY(gpuflat_combine_n)
+#endif

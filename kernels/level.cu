@@ -1,0 +1,126 @@
+// level.cu: the level of one whole frame (docs/kernel-contract.md, "Frame level").
+//
+// Median: exact, by radix select on order-preserving 32-bit keys of the float32 values,
+// four passes of 8 bits. Both middle ranks, (k-1)/2 and k/2, are selected together; the
+// host then returns ((double)lo + (double)hi) * 0.5. Values that are not finite, or
+// masked, are left out.
+//
+//   state: unsigned int[8], zero on entry:
+//     [0] key prefix of rank lo   [1] key prefix of rank hi
+//     [2] rank lo within prefix   [3] rank hi within prefix
+//     [4] k, the number of usable values (set by the first select)
+//   hist:  unsigned int[2 * GF_COPIES * 256], zero on entry (each select zeroes it again):
+//     GF_COPIES sub-histograms for rank lo, then GF_COPIES for rank hi; a block adds into
+//     sub-histogram blockIdx.x % GF_COPIES, which spreads the atomics of a stack of nearly
+//     equal values over many addresses.
+//
+//   for shift in 24, 16, 8, 0:
+//     gpuflat_level_hist(const float *data, const unsigned char *mask /* or NULL */,
+//                        long long npix, int shift, const unsigned int *state,
+//                        unsigned int *hist)                  any 1-D grid (grid-stride)
+//     gpuflat_level_select(unsigned int *state, unsigned int *hist, int shift)
+//                                                             grid 1, block 1
+//   then read state[0], state[1], state[4] and turn the keys back into floats.
+//
+// Mean: gpuflat_level_rowsum(const float *data, const unsigned char *mask /* or NULL */,
+//                            long long rows, long long cols, double *sums,
+//                            long long *counts)
+//   one thread per row: the float64 sum of the row's usable values in column order, and
+//   their count. The host adds the row sums in row order.
+
+#define GF_COPIES 32
+
+__device__ __forceinline__ bool gf_usable(float x, const unsigned char *mask, long long e) {
+  return (__float_as_uint(x) & 0x7f800000u) != 0x7f800000u && !(mask && mask[e] != 0);
+}
+
+// Monotone map float32 -> uint32: a < b (as floats, with -0 < +0) iff key(a) < key(b).
+__device__ __forceinline__ unsigned int gf_key(float x) {
+  unsigned int u = __float_as_uint(x);
+  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+extern "C" __global__ void gpuflat_level_hist(const float *__restrict__ data,
+                                              const unsigned char *__restrict__ mask,
+                                              long long npix, int shift,
+                                              const unsigned int *__restrict__ state,
+                                              unsigned int *__restrict__ hist) {
+  const unsigned int plo = state[0];
+  const unsigned int phi = state[1];
+  const bool same = plo == phi;
+  // the bits above this digit must equal the prefix (none on the first pass)
+  const unsigned int high = shift == 24 ? 0u : (0xffffffffu << (shift + 8));
+  unsigned int *hlo = hist + (blockIdx.x % GF_COPIES) * 256;
+  unsigned int *hhi = hlo + GF_COPIES * 256;
+  const long long step = (long long)gridDim.x * blockDim.x;
+  for (long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x; e < npix; e += step) {
+    float x = data[e];
+    if (!gf_usable(x, mask, e)) continue;
+    unsigned int key = gf_key(x);
+    unsigned int digit = (key >> shift) & 255u;
+    if (((key ^ plo) & high) == 0u) atomicAdd(hlo + digit, 1u);
+    if (!same && ((key ^ phi) & high) == 0u) atomicAdd(hhi + digit, 1u);
+  }
+}
+
+__device__ __forceinline__ void gf_pick(unsigned int *prefix, unsigned int *rank,
+                                        const unsigned int *h, int shift) {
+  unsigned int cum = 0;
+  for (unsigned int b = 0; b < 256u; ++b) {
+    unsigned int c = 0;
+    for (int j = 0; j < GF_COPIES; ++j) c += h[j * 256 + b];
+    if (*rank < cum + c) {
+      *prefix |= b << shift;
+      *rank -= cum;
+      return;
+    }
+    cum += c;
+  }
+}
+
+extern "C" __global__ void gpuflat_level_select(unsigned int *state, unsigned int *hist,
+                                                int shift) {
+  if (blockIdx.x != 0 || threadIdx.x != 0) return;
+  // hi's histogram as the hist pass saw it: shared with lo while the prefixes are equal
+  const unsigned int *hlo = hist;
+  const unsigned int *hhi = state[0] == state[1] ? hist : hist + GF_COPIES * 256;
+  if (shift == 24) {
+    unsigned int k = 0;
+    for (int j = 0; j < GF_COPIES * 256; ++j) k += hist[j];
+    state[4] = k;
+    state[2] = k ? (k - 1) / 2 : 0u;
+    state[3] = k / 2;
+  }
+  if (state[4] != 0u) {
+    gf_pick(&state[0], &state[2], hlo, shift);
+    gf_pick(&state[1], &state[3], hhi, shift);
+  }
+  for (int j = 0; j < 2 * GF_COPIES * 256; ++j) hist[j] = 0u;
+}
+
+extern "C" __global__ void gpuflat_level_rowsum(const float *__restrict__ data,
+                                                const unsigned char *__restrict__ mask,
+                                                long long rows, long long cols,
+                                                double *__restrict__ sums,
+                                                long long *__restrict__ counts) {
+  long long r = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+  if (r >= rows) return;
+  double s = 0.0;
+  long long k = 0;
+  for (long long c = 0; c < cols; ++c) {
+    long long e = r * cols + c;
+    float x = data[e];
+    if (gf_usable(x, mask, e)) {
+      s += (double)x;
+      ++k;
+    }
+  }
+  sums[r] = s;
+  counts[r] = k;
+}
+
+#ifdef GPUFLAT_HOST_SHIM
+GPUFLAT_HOST_ENTRY(gpuflat_level_hist)
+GPUFLAT_HOST_ENTRY(gpuflat_level_select)
+GPUFLAT_HOST_ENTRY(gpuflat_level_rowsum)
+#endif

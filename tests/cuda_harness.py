@@ -1,0 +1,260 @@
+"""Run gpuflat's CUDA kernels on the CPU.
+
+``kernels/cuda_shim.h`` lets g++ compile the very same ``.cu`` files as C++; this module
+builds them into a shared library (once per session, per flavour), loads it with ctypes
+and runs a kernel's launch grid through the ``gpuflat_host_<kernel>(grid, block, args)``
+entries, which take their arguments as ``cudaLaunchKernel`` does (an array of pointers to
+the values). On top of that it offers ``combine_band``, ``frame_level`` and ``convert``
+with the CUDA backend's signatures, each a single direct launch (no streaming).
+
+Flavours: ``"release"`` (-O2) and ``"asan"`` (AddressSanitizer + UBSan; load it only in a
+process started with ``LD_PRELOAD`` of libasan, see :func:`asan_env`).
+"""
+
+from __future__ import annotations
+
+import atexit
+import ctypes
+import hashlib
+import itertools
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+KERNELS = ROOT / "kernels"
+SOURCES = ("combine.cu", "level.cu", "convert.cu")
+BLOCK = 128
+
+BASE_FLAGS = (
+    "-std=c++17",
+    "-ffp-contract=off",
+    "-fno-fast-math",
+    "-fPIC",
+    "-shared",
+    "-Wall",
+    "-Wextra",
+    "-Werror",
+    "-DGPUFLAT_HOST_SHIM",
+)
+FLAVOURS = {
+    "release": ("-O2",),
+    "asan": (
+        "-O1",
+        "-g",
+        "-fsanitize=address,undefined",
+        "-fno-sanitize-recover=all",
+        "-fno-omit-frame-pointer",
+    ),
+}
+
+# Kernel parameter types, in order: P pointer, i int, q long long, d double.
+_COMBINE = "PPPPiqqqPiddiiiiiddiiPPP"
+SIGNATURES = {
+    "gpuflat_combine_16": _COMBINE,
+    "gpuflat_combine_32": _COMBINE,
+    "gpuflat_combine_64": _COMBINE,
+    "gpuflat_combine_n": _COMBINE,
+    "gpuflat_level_hist": "PPqiPP",
+    "gpuflat_level_select": "PPi",
+    "gpuflat_level_rowsum": "PPqqPP",
+    "gpuflat_convert_i16": "PqddP",
+    "gpuflat_convert_i32": "PqddP",
+    "gpuflat_convert_f32": "PqddP",
+    "gpuflat_convert_f64": "PqddP",
+}
+_CTYPES = {"P": ctypes.c_void_p, "i": ctypes.c_int32, "q": ctypes.c_int64, "d": ctypes.c_double}
+# Positions of the pointer arguments a kernel writes (the rest it only reads).
+WRITES = {name: (8, 21, 22, 23) for name in SIGNATURES if name.startswith("gpuflat_combine")}
+WRITES |= {
+    "gpuflat_level_hist": (5,),
+    "gpuflat_level_select": (0, 1),
+    "gpuflat_level_rowsum": (4, 5),
+}
+WRITES |= {name: (4,) for name in SIGNATURES if name.startswith("gpuflat_convert")}
+
+_libs: dict[str, ctypes.CDLL] = {}
+_paths: dict[str, Path] = {}
+_tmp: Path | None = None
+
+
+def compiler() -> str | None:
+    return shutil.which(os.environ.get("CXX", "g++"))
+
+
+def _tmpdir() -> Path:
+    global _tmp
+    if _tmp is None:
+        _tmp = Path(tempfile.mkdtemp(prefix="gpuflat-shim-"))
+        atexit.register(shutil.rmtree, _tmp, True)
+    return _tmp
+
+
+def build(flavour: str = "release") -> Path:
+    """Compile the kernels with the host shim; the path of the shared library (cached)."""
+    if flavour in _paths:
+        return _paths[flavour]
+    cxx = compiler()
+    if cxx is None:
+        raise RuntimeError("no host C++ compiler (g++) found")
+    digest = hashlib.sha256()
+    for name in (*SOURCES, "cuda_shim.h"):
+        digest.update((KERNELS / name).read_bytes())
+    out = _tmpdir() / f"gpuflat_kernels_{flavour}_{digest.hexdigest()[:12]}.so"
+    cmd = [
+        cxx,
+        *BASE_FLAGS,
+        *FLAVOURS[flavour],
+        "-include",
+        str(KERNELS / "cuda_shim.h"),
+        "-x",
+        "c++",
+        *(str(KERNELS / s) for s in SOURCES),
+        "-o",
+        str(out),
+    ]
+    res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if res.returncode != 0:
+        raise RuntimeError(f"shim build failed:\n{' '.join(cmd)}\n{res.stderr}")
+    _paths[flavour] = out
+    return out
+
+
+def load(flavour: str = "release") -> ctypes.CDLL:
+    if flavour not in _libs:
+        _libs[flavour] = ctypes.CDLL(str(build(flavour)))
+    return _libs[flavour]
+
+
+def asan_env() -> dict[str, str]:
+    """Environment for a subprocess that loads the ``asan`` flavour."""
+    libasan = subprocess.run(
+        [compiler() or "g++", "-print-file-name=libasan.so"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    env = dict(os.environ)
+    env["LD_PRELOAD"] = libasan
+    env["ASAN_OPTIONS"] = "detect_leaks=0:abort_on_error=0:exitcode=23"
+    env["UBSAN_OPTIONS"] = "halt_on_error=1:print_stacktrace=1:exitcode=24"
+    env["GPUFLAT_SHIM_FLAVOUR"] = "asan"
+    return env
+
+
+def default_flavour() -> str:
+    return os.environ.get("GPUFLAT_SHIM_FLAVOUR", "release")
+
+
+def ptr(a) -> ctypes.c_void_p:
+    """A pointer argument: the data of a NumPy array, or NULL for None."""
+    return ctypes.c_void_p(None if a is None else a.ctypes.data)
+
+
+def launch(name: str, grid: int, block: int, args, flavour: str | None = None) -> None:
+    """Run kernel ``name`` over a 1-D grid on the CPU; ``args`` are ctypes values."""
+    sig = SIGNATURES[name]
+    if len(args) != len(sig):
+        raise TypeError(f"{name} takes {len(sig)} arguments, got {len(args)}")
+    for pos, (code, a) in enumerate(zip(sig, args, strict=True)):
+        if not isinstance(a, _CTYPES[code]):
+            raise TypeError(f"{name} argument {pos} must be {_CTYPES[code].__name__}, got {a!r}")
+    lib = load(flavour or default_flavour())
+    entry = getattr(lib, f"gpuflat_host_{name}")
+    entry.restype = None
+    dims = ctypes.c_uint * 3
+    argv = (ctypes.c_void_p * len(args))(
+        *(ctypes.cast(ctypes.byref(a), ctypes.c_void_p) for a in args)
+    )
+    entry(dims(grid, 1, 1), dims(block, 1, 1), argv)
+
+
+def _blocks(threads: int) -> int:
+    return max(1, (threads + BLOCK - 1) // BLOCK)
+
+
+def combine_args(data, mask, scale, weight, params, p0, nthreads, scratch, image, uncert, count):
+    """The combine kernels' argument list as ctypes values."""
+    n, npix = data.shape
+    (clip_scaled, min_value, max_value, nlow, nhigh, sigma, center, dev, sigma_low, sigma_high,
+     maxiters, method) = params  # fmt: skip
+    i32, i64, f64 = ctypes.c_int32, ctypes.c_int64, ctypes.c_double
+    return [
+        ptr(data), ptr(mask), ptr(scale), ptr(weight),
+        i32(n), i64(npix), i64(p0), i64(nthreads), ptr(scratch),
+        i32(int(clip_scaled)), f64(min_value), f64(max_value), i32(nlow), i32(nhigh),
+        i32(int(sigma)), i32(center), i32(dev), f64(sigma_low), f64(sigma_high),
+        i32(maxiters), i32(method),
+        ptr(image), ptr(uncert), ptr(count),
+    ]  # fmt: skip
+
+
+def combine_band(data, mask, scale, weight, params, *, kernel=None, pieces=1, flavour=None):
+    """The combine kernel on the CPU, with the CUDA backend's signature.
+
+    ``kernel`` forces one of the combine kernels (default: the one the backend picks);
+    ``pieces`` splits the pixels over that many launches (exercises ``p0``).
+    """
+    from gpuflat.backends._cuda import combine_kernel
+
+    data = np.ascontiguousarray(data, np.float32)
+    n, npix = data.shape
+    mask = None if mask is None else np.ascontiguousarray(mask, np.uint8)
+    scale = np.ascontiguousarray(scale, np.float64)
+    weight = None if weight is None else np.ascontiguousarray(weight, np.float64)
+    kernel = kernel or combine_kernel(n)
+    image = np.full(npix, -1.0)
+    uncert = np.full(npix, -1.0)
+    count = np.full(npix, -1, np.int32)
+    bounds = np.linspace(0, npix, pieces + 1).astype(int)
+    for p0, p1 in itertools.pairwise(bounds):
+        w = int(p1 - p0)
+        if w == 0:
+            continue
+        scratch = np.empty(9 * n * w, np.uint8) if kernel == "gpuflat_combine_n" else None
+        args = combine_args(
+            data, mask, scale, weight, params, int(p0), w, scratch, image, uncert, count
+        )
+        launch(kernel, _blocks(w), BLOCK, args, flavour)
+    return image, uncert, count
+
+
+def frame_level(frame, mask, how, *, flavour=None) -> float:
+    """The level kernels on the CPU, with the CUDA backend's signature."""
+    from gpuflat.backends._cuda import LEVEL_COPIES, median_from_state
+
+    frame = np.ascontiguousarray(frame, np.float32)
+    mask = None if mask is None else np.ascontiguousarray(mask, np.uint8)
+    rows, cols = frame.shape
+    i32, i64 = ctypes.c_int32, ctypes.c_int64
+    if how == "mean":
+        sums = np.empty(rows)
+        counts = np.empty(rows, np.int64)
+        args = [ptr(frame), ptr(mask), i64(rows), i64(cols), ptr(sums), ptr(counts)]
+        launch("gpuflat_level_rowsum", _blocks(rows), BLOCK, args, flavour)
+        k = int(counts.sum())
+        total = float(np.cumsum(sums)[-1]) if rows else 0.0
+        return total / k if k else float("nan")
+    state = np.zeros(8, np.uint32)
+    hist = np.zeros(2 * LEVEL_COPIES * 256, np.uint32)
+    npix = rows * cols
+    for shift in (24, 16, 8, 0):
+        args = [ptr(frame), ptr(mask), i64(npix), i32(shift), ptr(state), ptr(hist)]
+        launch("gpuflat_level_hist", min(_blocks(npix), 40), BLOCK, args, flavour)
+        launch("gpuflat_level_select", 1, 1, [ptr(state), ptr(hist), i32(shift)], flavour)
+    return median_from_state(state)
+
+
+def convert(raw, bitpix, bscale, bzero, *, flavour=None) -> np.ndarray:
+    """The convert kernels on the CPU: big-endian FITS bytes -> float32."""
+    kernel = {16: "i16", 32: "i32", -32: "f32", -64: "f64"}[bitpix]
+    raw = np.ascontiguousarray(raw).view(np.uint8).reshape(-1)
+    count = raw.size // (abs(bitpix) // 8)
+    out = np.empty(count, np.float32)
+    args = [ptr(raw), ctypes.c_int64(count), ctypes.c_double(bscale), ctypes.c_double(bzero)]
+    launch(f"gpuflat_convert_{kernel}", _blocks(count), BLOCK, [*args, ptr(out)], flavour)
+    return out

@@ -1,0 +1,574 @@
+"""The CUDA kernels, checked without a GPU.
+
+- compile gate: nvcc builds every kernel for sm_80 and sm_90, warnings as errors, no FMA,
+  and no kernel spills registers;
+- CPU execution: the same .cu sources, built with g++ through kernels/cuda_shim.h, give
+  bit for bit the numba backend's results (and a plain-Python transcription of
+  docs/kernel-contract.md, kept here as a third opinion), on fixed cases and under
+  hypothesis;
+- the same build under AddressSanitizer + UBSan, in a subprocess.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import math
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import cuda_harness as harness
+import numpy as np
+import pytest
+from astropy.io import fits
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gpuflat.backends._params import KernelParams
+
+ROOT = Path(__file__).resolve().parents[1]
+KERNEL_FILES = ("combine.cu", "level.cu", "convert.cu")
+MAD_TO_STD = 1.482602218505602
+
+needs_cxx = pytest.mark.skipif(harness.compiler() is None, reason="no host C++ compiler (g++)")
+pytestmark = needs_cxx
+
+if importlib.util.find_spec("gpuflat.backends._numba") is not None:
+    from gpuflat.backends import _numba as numba_backend
+else:  # pragma: no cover - while the numba backend is being written
+    numba_backend = None
+
+
+# -- a plain-Python transcription of docs/kernel-contract.md ------------------------------
+
+
+def _median(s, a, b):
+    k = b - a
+    return (s[a + (k - 1) // 2] + s[a + k // 2]) * 0.5
+
+
+def _mad(s, a, b, med):
+    dev = sorted(abs(s[q] - med) for q in range(a, b))
+    return _median(dev, 0, len(dev))
+
+
+def contract_pixel(x, msk, scale, weight, prm: KernelParams):
+    """One pixel, literally as the contract says (Python floats are IEEE doubles)."""
+    n = len(x)
+    valid = [
+        (msk is None or msk[i] == 0)
+        and math.isfinite(float(x[i]))
+        and prm.min_value <= float(x[i]) <= prm.max_value
+        for i in range(n)
+    ]
+    y = [float(x[i]) * float(scale[i]) for i in range(n)]
+    v = [y[i] if prm.clip_scaled else float(x[i]) for i in range(n)]
+    frames = [i for i in range(n) if valid[i]]
+    m = len(frames)
+    s = sorted(v[i] for i in frames)  # stable, as the kernels' insertion sort
+    w0, w1 = prm.nlow, max(prm.nlow, m - prm.nhigh)
+    inwin = {}
+    for i in frames:
+        rank = sum(1 for j in frames if v[j] < v[i] or (v[j] == v[i] and j < i))
+        inwin[i] = w0 <= rank < w1
+    window = [i for i in frames if inwin[i]]
+
+    def members(a, b):
+        return [i for i in window if s[a] <= v[i] <= s[b - 1]]
+
+    af, bf = w0, w1
+    if prm.sigma and w1 > w0:
+        a, b, lo, hi, it = w0, w1, -math.inf, math.inf, 0
+        while b > a and (prm.maxiters < 0 or it < prm.maxiters):
+            it += 1
+            k = b - a
+            med = _median(s, a, b)
+            total = 0.0
+            for i in members(a, b):
+                total += v[i]
+            mean = total / k
+            ss = 0.0
+            for i in members(a, b):
+                ss += (v[i] - mean) * (v[i] - mean)
+            c = med if prm.center == 0 else mean
+            d = MAD_TO_STD * _mad(s, a, b, med) if prm.dev == 0 else math.sqrt(ss / k)
+            lo = -math.inf if prm.sigma_low == math.inf else c - prm.sigma_low * d
+            hi = math.inf if prm.sigma_high == math.inf else c + prm.sigma_high * d
+            kept = [q for q in range(a, b) if not (s[q] < lo or s[q] > hi)]
+            if len(kept) == b - a:
+                break
+            a, b = (kept[0], kept[-1] + 1) if kept else (a, a)
+        kept = [q for q in range(w0, w1) if not (s[q] < lo or s[q] > hi)]
+        af, bf = (kept[0], kept[-1] + 1) if kept else (w0, w0)
+    k = bf - af
+    if k == 0:
+        return math.nan, math.nan, 0
+    surv = members(af, bf)
+    assert len(surv) == k
+    if prm.method == 1:
+        ys = sorted(y[i] for i in surv)
+        med = _median(ys, 0, k)
+        return med, MAD_TO_STD * _mad(ys, 0, k, med) / math.sqrt(k), k
+    sy = swy = sw = 0.0
+    for i in surv:
+        sy += y[i]
+        if weight is not None:
+            swy += float(weight[i]) * y[i]
+            sw += float(weight[i])
+    my = sy / k
+    ssy = 0.0
+    for i in surv:
+        ssy += (y[i] - my) * (y[i] - my)
+    sd = math.sqrt(ssy / k)
+    if prm.method == 0:
+        return (swy / sw if weight is not None else my), sd / math.sqrt(k), k
+    return (swy if weight is not None else sy), sd * math.sqrt(k), k
+
+
+def contract_combine(data, mask, scale, weight, params):
+    npix = data.shape[1]
+    image, uncert = np.empty(npix), np.empty(npix)
+    count = np.empty(npix, np.int32)
+    for p in range(npix):
+        msk = None if mask is None else mask[:, p]
+        image[p], uncert[p], count[p] = contract_pixel(data[:, p], msk, scale, weight, params)
+    return image, uncert, count
+
+
+# -- comparisons ---------------------------------------------------------------------------
+
+
+def assert_identical(got, want, what=""):
+    """Equal bit for bit (NaN only where NaN), dtype and shape included."""
+    for name, g, w in zip(("image", "uncert", "count"), got, want, strict=True):
+        assert g.dtype == w.dtype and g.shape == w.shape, (what, name)
+        if g.dtype.kind == "f":
+            nan_g, nan_w = np.isnan(g), np.isnan(w)
+            np.testing.assert_array_equal(nan_g, nan_w, err_msg=f"{what} {name}: NaN positions")
+            bits = g.view(f"u{g.itemsize}")[~nan_g], w.view(f"u{w.itemsize}")[~nan_w]
+            bad = np.flatnonzero(bits[0] != bits[1])
+            assert bad.size == 0, (
+                f"{what} {name}: {bad.size} differ, e.g. "
+                f"{g[~nan_g][bad[:3]]} vs {w[~nan_w][bad[:3]]}"
+            )
+        else:
+            np.testing.assert_array_equal(g, w, err_msg=f"{what} {name}")
+
+
+def check_combine(data, mask, scale, weight, params, *, kernels=None, reference=True):
+    """The shim kernels against numba (bit for bit) and the transcription of the contract."""
+    want = (
+        numba_backend.combine_band(data, mask, scale, weight, params)
+        if numba_backend is not None
+        else contract_combine(data, mask, scale, weight, params)
+    )
+    n = data.shape[0]
+    for kernel in kernels or (None, "gpuflat_combine_n"):
+        got = harness.combine_band(data, mask, scale, weight, params, kernel=kernel, pieces=2)
+        assert_identical(got, want, f"{kernel or harness_default(n)} {params}")
+    if reference and numba_backend is not None:
+        assert_identical(contract_combine(data, mask, scale, weight, params), want, "contract")
+    return want
+
+
+def harness_default(n):
+    from gpuflat.backends._cuda import combine_kernel
+
+    return combine_kernel(n)
+
+
+# -- compile gate --------------------------------------------------------------------------
+
+NVCC = shutil.which("nvcc")
+_PTXAS = re.compile(
+    r"Compiling entry function '(\w+)' for '(sm_\d+)'.*?"
+    r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads.*?"
+    r"Used (\d+) registers",
+    re.S,
+)
+
+
+def nvcc_resources(source: str, tmp_path: Path) -> dict:
+    """Compile one kernel file with nvcc; {(kernel, arch): (regs, stack, spill st, spill ld)}."""
+    cmd = [
+        NVCC,
+        "-gencode=arch=compute_80,code=sm_80",
+        "-gencode=arch=compute_90,code=sm_90",
+        "--fmad=false",
+        "-std=c++17",
+        "-Werror",
+        "all-warnings",
+        "-Xptxas",
+        "-v,-warn-spills",
+        "-c",
+        str(ROOT / "kernels" / source),
+        "-o",
+        str(tmp_path / (source + ".o")),
+    ]
+    res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    assert res.returncode == 0, f"{' '.join(cmd)}\n{res.stdout}\n{res.stderr}"
+    found = {
+        (m[1], m[2]): (int(m[6]), int(m[3]), int(m[4]), int(m[5]))
+        for m in _PTXAS.finditer(res.stdout + res.stderr)
+    }
+    return found
+
+
+@pytest.mark.skipif(NVCC is None, reason="nvcc not found on PATH")
+@pytest.mark.parametrize("source", KERNEL_FILES)
+def test_nvcc_compiles_without_spills(source, tmp_path):
+    found = nvcc_resources(source, tmp_path)
+    kernels = set(
+        re.findall(r'extern "C" __global__ void (\w+)\(', (ROOT / "kernels" / source).read_text())
+    )
+    assert kernels and {(k, a) for k in kernels for a in ("sm_80", "sm_90")} == set(found)
+    for (kernel, arch), (regs, stack, spill_st, spill_ld) in found.items():
+        assert spill_st == 0 and spill_ld == 0, f"{kernel} {arch} spills: {regs=} {stack=}"
+        assert regs <= 64, f"{kernel} {arch} uses {regs} registers"
+        if kernel in ("gpuflat_combine_16", "gpuflat_combine_32", "gpuflat_combine_64"):
+            # the sort buffer lives in local memory and nothing else does
+            assert stack <= 8 * int(kernel.rsplit("_", 1)[1]) + 16, (kernel, arch, stack)
+        elif source != "combine.cu":
+            assert stack == 0, (kernel, arch, stack)
+
+
+def test_sources_are_standalone():
+    """No includes (NVRTC has no standard headers) and no fast-math anywhere."""
+    for source in KERNEL_FILES:
+        text = (ROOT / "kernels" / source).read_text()
+        assert "#include" not in text, source
+        assert "fast" not in text.lower().replace("fast-math", "").replace("fast_math", ""), source
+        assert text.count("#ifdef GPUFLAT_HOST_SHIM") == 1, source
+    from gpuflat.backends._cuda import COMPILE_OPTIONS, _kernel_source
+
+    assert "--fmad=false" in COMPILE_OPTIONS
+    assert _kernel_source("combine.cu") == (ROOT / "kernels" / "combine.cu").read_text()
+
+
+# -- CPU execution: combine ------------------------------------------------------------------
+
+PARAMS = {
+    "guide": KernelParams(),
+    "median": KernelParams(method=1),
+    "sum": KernelParams(method=2),
+    "ccdproc": KernelParams(clip_scaled=0, center=1, dev=1, sigma_low=3.0, sigma_high=3.0),
+    "raw-median": KernelParams(clip_scaled=0, method=1, sigma_low=2.0, sigma_high=2.0),
+    "iterate": KernelParams(maxiters=-1, sigma_low=2.0, sigma_high=2.0),
+    "iterate-mean-std": KernelParams(center=1, dev=1, maxiters=-1, sigma_low=1.5, sigma_high=1.5),
+    "mean-mad": KernelParams(center=1, dev=0, maxiters=3, sigma_low=2.5, sigma_high=2.5),
+    "median-std": KernelParams(center=0, dev=1, maxiters=2, sigma_low=1.0, sigma_high=2.0),
+    "one-sided": KernelParams(sigma_low=float("inf"), sigma_high=1.0, maxiters=-1),
+    "minmax": KernelParams(min_value=900.0, max_value=1100.0),
+    "nlow-nhigh": KernelParams(nlow=1, nhigh=2, sigma=0),
+    "nlow-nhigh-clip": KernelParams(nlow=2, nhigh=1, maxiters=-1, sigma_low=2.0, method=1),
+    "no-clip": KernelParams(sigma=0),
+    "maxiters-0": KernelParams(maxiters=0, method=2),
+}
+
+
+def flat_band(rng, n, npix, *, nan=0.05, outliers=0.03, ties=False):
+    data = rng.normal(1000.0, 20.0, (n, npix)) * rng.uniform(0.5, 2.0, (n, 1))
+    if ties:
+        data = np.round(data / 50.0) * 50.0
+    data[rng.random(data.shape) < outliers] *= 50.0
+    data[rng.random(data.shape) < outliers] = -1e30
+    data = data.astype(np.float32)
+    data[rng.random(data.shape) < nan] = np.nan
+    data[rng.random(data.shape) < nan / 3] = np.inf
+    return data
+
+
+@pytest.mark.parametrize("name", PARAMS)
+@pytest.mark.parametrize("n", [1, 2, 3, 15, 16, 17, 33, 64, 65, 100])
+def test_combine_matches_numba(name, n):
+    rng = np.random.default_rng(n * 1000 + len(name))
+    npix = 40 if n <= 64 else 15
+    data = flat_band(rng, n, npix, ties=n % 2 == 1)
+    mask = (rng.random(data.shape) < 0.05).astype(np.uint8) if n % 3 else None
+    scale = 1.0 / rng.uniform(500.0, 2000.0, n)
+    weight = rng.uniform(0.5, 2.0, n) if n % 4 in (1, 2) else None
+    check_combine(data, mask, scale, weight, PARAMS[name], reference=n <= 65)
+
+
+def test_combine_large_stack():
+    """More frames than any local buffer: the global-scratch kernel."""
+    rng = np.random.default_rng(7)
+    n = 300
+    data = flat_band(rng, n, 6, ties=True)
+    scale = 1.0 / rng.uniform(500.0, 2000.0, n)
+    for params in (KernelParams(maxiters=-1), KernelParams(clip_scaled=0, method=1, nlow=5)):
+        check_combine(data, None, scale, None, params, kernels=(None,), reference=False)
+
+
+def test_combine_degenerate_pixels():
+    """All values equal (MAD = 0), all masked, all NaN, one value, a single outlier."""
+    n = 9
+    data = np.full((n, 8), 1000.0, np.float32)
+    data[:, 1] = np.nan
+    data[4, 2] = 5000.0  # MAD 0: the outlier goes, the rest stays
+    data[:, 3] = np.float32(-0.0)
+    data[::2, 3] = 0.0
+    data[:, 4] = np.arange(n)
+    data[:5, 5] = np.nan  # four left
+    data[:, 6] = [1, 1, 2, 2, 2, 3, 3, 3, 3]
+    mask = np.zeros(data.shape, np.uint8)
+    mask[:, 7] = 1
+    scale = np.ones(n)
+    for params in PARAMS.values():
+        image, _, count = check_combine(data, mask, scale, None, params)
+        assert count[1] == 0 and count[7] == 0 and np.isnan(image[[1, 7]]).all()
+    image, uncert, count = check_combine(data, mask, scale, None, KernelParams())
+    assert count[0] == n and image[0] == 1000.0 and uncert[0] == 0.0
+    assert count[2] == n - 1 and image[2] == 1000.0
+
+
+def test_combine_wide_band_all_kernels():
+    """Many pixels, every local capacity forced, several launches."""
+    rng = np.random.default_rng(3)
+    data = flat_band(rng, 12, 3000)
+    scale = 1.0 / rng.uniform(500.0, 2000.0, 12)
+    kernels = (
+        "gpuflat_combine_16",
+        "gpuflat_combine_32",
+        "gpuflat_combine_64",
+        "gpuflat_combine_n",
+    )
+    check_combine(data, None, scale, None, KernelParams(), kernels=kernels, reference=False)
+
+
+SIGMAS = st.sampled_from([0.0, 0.5, 1.0, 2.0, 3.0, 5.0, float("inf")])
+
+
+@st.composite
+def params_strategy(draw):
+    lo = draw(st.sampled_from([-math.inf, -1e31, 0.0, 900.0]))
+    return KernelParams(
+        clip_scaled=draw(st.integers(0, 1)),
+        min_value=lo,
+        max_value=draw(st.sampled_from([math.inf, 1e31, 1100.0, 3000.0])),
+        nlow=draw(st.integers(0, 3)),
+        nhigh=draw(st.integers(0, 3)),
+        sigma=draw(st.integers(0, 1)),
+        center=draw(st.integers(0, 1)),
+        dev=draw(st.integers(0, 1)),
+        sigma_low=draw(SIGMAS),
+        sigma_high=draw(SIGMAS),
+        maxiters=draw(st.sampled_from([-1, 0, 1, 2, 5])),
+        method=draw(st.integers(0, 2)),
+    )
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    n=st.integers(1, 100),
+    npix=st.integers(1, 12),
+    seed=st.integers(0, 2**32 - 1),
+    distinct=st.sampled_from([1, 2, 3, 7, 0]),  # 0: continuous values
+    nan=st.sampled_from([0.0, 0.1, 0.5]),
+    outliers=st.sampled_from([0.0, 0.05, 0.3]),
+    use_mask=st.booleans(),
+    use_weight=st.booleans(),
+    params=params_strategy(),
+)
+def test_combine_hypothesis(n, npix, seed, distinct, nan, outliers, use_mask, use_weight, params):
+    rng = np.random.default_rng(seed)
+    if distinct:
+        data = rng.choice(rng.normal(1000.0, 30.0, distinct), size=(n, npix))
+    else:
+        data = rng.normal(1000.0, 30.0, (n, npix))
+    big = rng.random(data.shape) < outliers
+    data[big] = rng.choice([-1e30, 1e30, 0.0, 1e5, 10.0], size=big.sum())
+    data = data.astype(np.float32)
+    data[rng.random(data.shape) < nan] = rng.choice([np.nan, np.inf, -np.inf])
+    mask = (rng.random(data.shape) < 0.2).astype(np.uint8) if use_mask else None
+    scale = rng.choice([1.0, 1e-3, 1.0 / 3.0, 2.5], n) * rng.uniform(0.9, 1.1, n)
+    weight = rng.uniform(0.1, 3.0, n) if use_weight else None
+    check_combine(data, mask, scale, weight, params, reference=n <= 40)
+
+
+# -- CPU execution: frame level --------------------------------------------------------------
+
+
+def numba_level(frame, mask, how):
+    if numba_backend is not None:
+        return numba_backend.frame_level(frame, mask, how)
+    good = np.isfinite(frame) & (True if mask is None else mask == 0)
+    values = frame[good].astype(np.float64)
+    if how == "median":
+        return float(np.median(values)) if values.size else math.nan
+    sums = [
+        sum(float(x) for x, g in zip(r, gr, strict=True) if g)
+        for r, gr in zip(frame, good, strict=True)
+    ]
+    total = 0.0
+    for s in sums:
+        total += s
+    return total / values.size if values.size else math.nan
+
+
+def assert_same_float(a, b):
+    assert (math.isnan(a) and math.isnan(b)) or np.float64(a).view(np.uint64) == np.float64(b).view(
+        np.uint64
+    ), (a, b)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 2), (3, 5), (64, 64), (101, 203)])
+@pytest.mark.parametrize("kind", ["normal", "ties", "negative", "nan", "masked", "empty", "wide"])
+def test_frame_level(shape, kind):
+    rng = np.random.default_rng(shape[0] * 7 + len(kind))
+    frame = rng.normal(1000.0, 50.0, shape)
+    mask = None
+    if kind == "ties":
+        frame = np.round(frame / 40.0)
+    elif kind == "negative":
+        frame -= 1000.0
+        frame.flat[::3] = -0.0
+        frame.flat[1::3] = 0.0
+    elif kind == "nan":
+        frame[rng.random(shape) < 0.3] = np.nan
+        frame[rng.random(shape) < 0.1] = -np.inf
+    elif kind == "masked":
+        mask = (rng.random(shape) < 0.4).astype(np.uint8)
+    elif kind == "empty":
+        frame[:] = np.nan
+    elif kind == "wide":
+        frame = rng.choice([-3e38, -1e-40, 1e-45, 3e38, 1.0, 2.0], shape) * rng.uniform(
+            1, 1.1, shape
+        )
+    frame = frame.astype(np.float32)
+    assert_same_float(harness.frame_level(frame, mask, "mean"), numba_level(frame, mask, "mean"))
+    # the median is compared by value: when it is zero, which of +0.0 / -0.0 numba's
+    # np.partition returns depends on the data's order (a zero level is an error anyway)
+    got, want = harness.frame_level(frame, mask, "median"), numba_level(frame, mask, "median")
+    assert (math.isnan(got) and math.isnan(want)) or got == want
+    good = np.isfinite(frame) & (True if mask is None else mask == 0)
+    want = float(np.median(frame[good].astype(np.float64))) if good.any() else math.nan
+    got = harness.frame_level(frame, mask, "median")
+    assert (math.isnan(want) and math.isnan(got)) or got == want
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    values=st.lists(
+        st.floats(width=32, allow_nan=True, allow_infinity=True), min_size=1, max_size=300
+    )
+)
+def test_frame_median_hypothesis(values):
+    frame = np.array(values, np.float32).reshape(1, -1)
+    good = frame[np.isfinite(frame)].astype(np.float64)
+    want = float(np.median(good)) if good.size else math.nan
+    got = harness.frame_level(frame, None, "median")
+    assert (math.isnan(want) and math.isnan(got)) or got == want
+    assert_same_float(harness.frame_level(frame, None, "mean"), numba_level(frame, None, "mean"))
+
+
+# -- CPU execution: FITS conversion ----------------------------------------------------------
+
+
+def _fits_pair(raw, bscale, bzero):
+    """(big-endian raw bytes, astropy's scaled data as float32) for an in-memory FITS file."""
+    hdu = fits.PrimaryHDU(raw)
+    hdu.header["BSCALE"] = bscale
+    hdu.header["BZERO"] = bzero
+    buf = io.BytesIO()
+    hdu.writeto(buf)
+    with fits.open(io.BytesIO(buf.getvalue()), do_not_scale_image_data=True) as f:
+        raw_be = np.array(f[0].data).astype(f[0].data.dtype.newbyteorder(">"))
+    with fits.open(io.BytesIO(buf.getvalue())) as f:
+        want = np.array(f[0].data).astype(np.float32)
+    return raw_be, want
+
+
+@pytest.mark.parametrize(
+    ("dtype", "bitpix"), [(np.int16, 16), (np.int32, 32), (np.float32, -32), (np.float64, -64)]
+)
+@pytest.mark.parametrize(
+    ("bscale", "bzero"),
+    [(1, 0), (1, 32768), (1, 2**31), (2.5, 100), (0.1, -3.3), (1, 1.5), (1e-3, 0), (-1, 0)],
+)
+def test_convert_matches_astropy(dtype, bitpix, bscale, bzero):
+    rng = np.random.default_rng(abs(bitpix))
+    info = np.iinfo(dtype) if np.dtype(dtype).kind == "i" else None
+    if info is not None:
+        raw = rng.integers(info.min, info.max, 5000, endpoint=True).astype(dtype)
+        raw[:4] = [info.min, info.max, 0, -1]
+    else:
+        raw = (rng.normal(0, 1e4, 5000) * rng.choice([1, 1e-30, 1e30], 5000)).astype(dtype)
+        raw[:6] = [0.0, -0.0, np.nan, np.inf, -np.inf, 1e-40]
+    raw_be, want = _fits_pair(raw, bscale, bzero)
+    assert raw_be.dtype.itemsize == abs(bitpix) // 8
+    got = harness.convert(raw_be, bitpix, bscale, bzero)
+    np.testing.assert_array_equal(got, want)
+    finite = np.isfinite(want)
+    np.testing.assert_array_equal(got.view(np.uint32)[finite], want.view(np.uint32)[finite])
+
+
+# -- AddressSanitizer + UBSan ---------------------------------------------------------------
+
+_ASAN_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    sys.path.insert(0, {tests!r})
+    import numpy as np
+    import cuda_harness as h
+    from gpuflat.backends._params import KernelParams as P
+    rng = np.random.default_rng(0)
+    for n in (1, 5, 16, 17, 40, 64, 65, 130):
+        d = rng.normal(1000, 30, (n, 257)).astype(np.float32)
+        d[rng.random(d.shape) < 0.1] = np.nan
+        m = (rng.random(d.shape) < 0.1).astype(np.uint8)
+        s = rng.uniform(0.5, 2, n)
+        w = rng.uniform(0.5, 2, n)
+        for p in (P(), P(method=1, clip_scaled=0, nlow=1, nhigh=1, maxiters=-1),
+                  P(center=1, dev=1, method=2, maxiters=-1, sigma_low=1.0, sigma_high=1.0)):
+            for k in (None, "gpuflat_combine_n"):
+                h.combine_band(d, m, s, w, p, kernel=k, pieces=3)
+                h.combine_band(d, None, s, None, p, kernel=k)
+    f = rng.normal(1000, 30, (77, 131)).astype(np.float32)
+    fm = (rng.random(f.shape) < 0.3).astype(np.uint8)
+    for how in ("median", "mean"):
+        h.frame_level(f, None, how); h.frame_level(f, fm, how)
+        h.frame_level(np.full((3, 3), np.nan, np.float32), None, how)
+    for bitpix, dt in ((16, ">i2"), (32, ">i4"), (-32, ">f4"), (-64, ">f8")):
+        h.convert(np.arange(1001).astype(dt), bitpix, 2.0, 1.0)
+    {extra}
+    print("asan-run-ok")
+    """
+)
+
+
+def _run_asan(extra=""):
+    script = _ASAN_SCRIPT.format(tests=str(ROOT / "tests"), extra=extra)
+    harness.build("asan")
+    return subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env=harness.asan_env(),
+        cwd=str(ROOT),
+        timeout=300,
+        check=False,
+    )
+
+
+def test_asan_ubsan_clean():
+    res = _run_asan()
+    report = res.stdout + res.stderr
+    assert res.returncode == 0 and "asan-run-ok" in res.stdout, report[-4000:]
+    assert "AddressSanitizer" not in report and "runtime error" not in report, report[-4000:]
+
+
+def test_asan_catches_out_of_bounds():
+    """Negative control: a launch that reads past the data must be reported."""
+    bad = (
+        "d = np.ones((3, 100), np.float32); out = np.empty(100); c = np.empty(100, np.int32);"
+        " a = h.combine_args(d, None, np.ones(3), None, P(), 0, 100, None, out, out, c);"
+        " a[4] = h.ctypes.c_int32(4);"  # claims 4 frames: the 4th row is past the end
+        " h.launch('gpuflat_combine_16', 1, 128, a)"
+    )
+    res = _run_asan(bad)
+    assert res.returncode != 0 and "AddressSanitizer" in res.stderr, res.stderr[-2000:]
