@@ -6,6 +6,8 @@ kernels in ``kernels/`` do the same, so the two agree bit for bit.
 
 from __future__ import annotations
 
+import math
+
 import numba as nb
 import numpy as np
 
@@ -13,7 +15,7 @@ from ._params import KernelParams
 
 MAD_TO_STD = 1.482602218505602
 _INF = np.inf
-_CHUNK = 1024  # pixels per parallel work item: the scratch stays in L1/L2
+_NAN = np.nan
 
 
 @nb.njit(cache=True, nogil=True, inline="always")
@@ -217,27 +219,690 @@ def _combine_pixels(
             uncert[p] = sd * np.sqrt(k)
 
 
+# --------------------------------------------------------------------------------------
+# The block path: the same steps on _L pixels ("lanes") at a time. Scratch tiles
+# ``tl[T, frame_or_position, lane]`` and per-lane rows ``il[K, lane]`` / ``fl[K, lane]`` are
+# indexed directly (no row views, whose reference counting would cost more than the work).
+# --------------------------------------------------------------------------------------
+
+_L = 64  # lanes per block
+_CHUNK = 4096  # pixels per parallel work item (a whole number of blocks)
+# tiles
+_TS = 0  # clip values of the valid frames, sorted ascending, then +inf
+_TV = 1  # clip values in frame order; NaN when not valid or outside the extrema window
+_TD = 2  # deviations; sorted survivors' combine values
+# integer lane rows
+_M, _W1, _A, _B, _ACT, _BAD, _CL, _CH, _AF, _BF = range(10)
+# float lane rows
+_MED, _MAD, _LO, _HI, _S1, _S2, _S3, _MEAN, _VLO, _VHI = range(10)
+
+
+def _sort_network(n):
+    """Comparators (i, j), i < j, of Batcher's odd-even merge sort for ``n`` values.
+
+    Built for the next power of two and restricted to indices below ``n``: the missing
+    values act as +inf at the end, which every comparator (min to i, max to j) leaves there.
+    """
+    size = 1
+    while size < n:
+        size *= 2
+    pairs = []
+    p = 1
+    while p < size:
+        k = p
+        while k >= 1:
+            for j in range(k % p, size - k, 2 * k):
+                for i in range(min(k, size - j - k)):
+                    lo, hi = i + j, i + j + k
+                    if lo // (2 * p) == hi // (2 * p) and hi < n:
+                        pairs.append((lo, hi))
+            k //= 2
+        p *= 2
+    return pairs
+
+
+def _bitonic_merger(n):
+    """Comparators of a bitonic merger for ``n`` values (+inf padding as above). It sorts a
+    sequence that is +inf, then non-increasing, then non-decreasing, then +inf: exactly the
+    deviations ``|S[q] - med|`` of a sorted range, with +inf outside the range."""
+    size = 1
+    while size < n:
+        size *= 2
+    pairs = []
+    d = size // 2
+    while d >= 1:
+        pairs.extend((i, i + d) for i in range(size) if not i & d and i + d < n)
+        d //= 2
+    return pairs
+
+
+_NETWORKS: dict = {}
+
+
+def _networks(n):
+    """Sorting network and bitonic merger for ``n`` frames, each int64 ``[2, ncomparators]``."""
+    if n not in _NETWORKS:
+        _NETWORKS[n] = tuple(
+            np.ascontiguousarray(np.array(pairs, np.int64).reshape(-1, 2).T)
+            for pairs in (_sort_network(n), _bitonic_merger(n))
+        )
+    return _NETWORKS[n]
+
+
+@nb.njit(cache=True, nogil=True)
+def _apply_network(tl, t, net):
+    """Comparators ``net[:, c]`` on every lane of tile ``t``: min to the lower position.
+
+    ``np.minimum``/``np.maximum`` of two non-NaN values is one of them, so the result is
+    a permutation of the inputs (lanes with NaN take the per-pixel path)."""
+    for c in range(net.shape[1]):
+        i = net[0, c]
+        j = net[1, c]
+        for lane in range(_L):
+            x0 = tl[t, i, lane]
+            x1 = tl[t, j, lane]
+            tl[t, i, lane] = np.minimum(x0, x1)
+            tl[t, j, lane] = np.maximum(x0, x1)
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _cx(a, b):
+    """Compare-exchange of two non-NaN values: (min, max), each one of the inputs."""
+    return (a if a < b else b), (b if a < b else a)
+
+
+@nb.njit(cache=True, nogil=True)
+def _sort16(tl, t):
+    """Sort rows 0-15 of tile ``t`` on every lane (Batcher, 63 comparators)."""
+    for lane in range(_L):
+        x0, x1, x2, x3, x4, x5, x6, x7, x8, x9, x10, x11, x12, x13, x14, x15 = (
+            tl[t, 0, lane],
+            tl[t, 1, lane],
+            tl[t, 2, lane],
+            tl[t, 3, lane],
+            tl[t, 4, lane],
+            tl[t, 5, lane],
+            tl[t, 6, lane],
+            tl[t, 7, lane],
+            tl[t, 8, lane],
+            tl[t, 9, lane],
+            tl[t, 10, lane],
+            tl[t, 11, lane],
+            tl[t, 12, lane],
+            tl[t, 13, lane],
+            tl[t, 14, lane],
+            tl[t, 15, lane],
+        )
+        x0, x1 = _cx(x0, x1)
+        x2, x3 = _cx(x2, x3)
+        x4, x5 = _cx(x4, x5)
+        x6, x7 = _cx(x6, x7)
+        x8, x9 = _cx(x8, x9)
+        x10, x11 = _cx(x10, x11)
+        x12, x13 = _cx(x12, x13)
+        x14, x15 = _cx(x14, x15)
+        x0, x2 = _cx(x0, x2)
+        x1, x3 = _cx(x1, x3)
+        x4, x6 = _cx(x4, x6)
+        x5, x7 = _cx(x5, x7)
+        x8, x10 = _cx(x8, x10)
+        x9, x11 = _cx(x9, x11)
+        x12, x14 = _cx(x12, x14)
+        x13, x15 = _cx(x13, x15)
+        x1, x2 = _cx(x1, x2)
+        x5, x6 = _cx(x5, x6)
+        x9, x10 = _cx(x9, x10)
+        x13, x14 = _cx(x13, x14)
+        x0, x4 = _cx(x0, x4)
+        x1, x5 = _cx(x1, x5)
+        x2, x6 = _cx(x2, x6)
+        x3, x7 = _cx(x3, x7)
+        x8, x12 = _cx(x8, x12)
+        x9, x13 = _cx(x9, x13)
+        x10, x14 = _cx(x10, x14)
+        x11, x15 = _cx(x11, x15)
+        x2, x4 = _cx(x2, x4)
+        x3, x5 = _cx(x3, x5)
+        x10, x12 = _cx(x10, x12)
+        x11, x13 = _cx(x11, x13)
+        x1, x2 = _cx(x1, x2)
+        x3, x4 = _cx(x3, x4)
+        x5, x6 = _cx(x5, x6)
+        x9, x10 = _cx(x9, x10)
+        x11, x12 = _cx(x11, x12)
+        x13, x14 = _cx(x13, x14)
+        x0, x8 = _cx(x0, x8)
+        x1, x9 = _cx(x1, x9)
+        x2, x10 = _cx(x2, x10)
+        x3, x11 = _cx(x3, x11)
+        x4, x12 = _cx(x4, x12)
+        x5, x13 = _cx(x5, x13)
+        x6, x14 = _cx(x6, x14)
+        x7, x15 = _cx(x7, x15)
+        x4, x8 = _cx(x4, x8)
+        x5, x9 = _cx(x5, x9)
+        x6, x10 = _cx(x6, x10)
+        x7, x11 = _cx(x7, x11)
+        x2, x4 = _cx(x2, x4)
+        x3, x5 = _cx(x3, x5)
+        x6, x8 = _cx(x6, x8)
+        x7, x9 = _cx(x7, x9)
+        x10, x12 = _cx(x10, x12)
+        x11, x13 = _cx(x11, x13)
+        x1, x2 = _cx(x1, x2)
+        x3, x4 = _cx(x3, x4)
+        x5, x6 = _cx(x5, x6)
+        x7, x8 = _cx(x7, x8)
+        x9, x10 = _cx(x9, x10)
+        x11, x12 = _cx(x11, x12)
+        x13, x14 = _cx(x13, x14)
+        tl[t, 0, lane] = x0
+        tl[t, 1, lane] = x1
+        tl[t, 2, lane] = x2
+        tl[t, 3, lane] = x3
+        tl[t, 4, lane] = x4
+        tl[t, 5, lane] = x5
+        tl[t, 6, lane] = x6
+        tl[t, 7, lane] = x7
+        tl[t, 8, lane] = x8
+        tl[t, 9, lane] = x9
+        tl[t, 10, lane] = x10
+        tl[t, 11, lane] = x11
+        tl[t, 12, lane] = x12
+        tl[t, 13, lane] = x13
+        tl[t, 14, lane] = x14
+        tl[t, 15, lane] = x15
+
+
+@nb.njit(cache=True, nogil=True)
+def _merge16(tl, t):
+    """Bitonic merger on rows 0-15 of tile ``t`` on every lane (32 comparators)."""
+    for lane in range(_L):
+        x0, x1, x2, x3, x4, x5, x6, x7, x8, x9, x10, x11, x12, x13, x14, x15 = (
+            tl[t, 0, lane],
+            tl[t, 1, lane],
+            tl[t, 2, lane],
+            tl[t, 3, lane],
+            tl[t, 4, lane],
+            tl[t, 5, lane],
+            tl[t, 6, lane],
+            tl[t, 7, lane],
+            tl[t, 8, lane],
+            tl[t, 9, lane],
+            tl[t, 10, lane],
+            tl[t, 11, lane],
+            tl[t, 12, lane],
+            tl[t, 13, lane],
+            tl[t, 14, lane],
+            tl[t, 15, lane],
+        )
+        x0, x8 = _cx(x0, x8)
+        x1, x9 = _cx(x1, x9)
+        x2, x10 = _cx(x2, x10)
+        x3, x11 = _cx(x3, x11)
+        x4, x12 = _cx(x4, x12)
+        x5, x13 = _cx(x5, x13)
+        x6, x14 = _cx(x6, x14)
+        x7, x15 = _cx(x7, x15)
+        x0, x4 = _cx(x0, x4)
+        x1, x5 = _cx(x1, x5)
+        x2, x6 = _cx(x2, x6)
+        x3, x7 = _cx(x3, x7)
+        x8, x12 = _cx(x8, x12)
+        x9, x13 = _cx(x9, x13)
+        x10, x14 = _cx(x10, x14)
+        x11, x15 = _cx(x11, x15)
+        x0, x2 = _cx(x0, x2)
+        x1, x3 = _cx(x1, x3)
+        x4, x6 = _cx(x4, x6)
+        x5, x7 = _cx(x5, x7)
+        x8, x10 = _cx(x8, x10)
+        x9, x11 = _cx(x9, x11)
+        x12, x14 = _cx(x12, x14)
+        x13, x15 = _cx(x13, x15)
+        x0, x1 = _cx(x0, x1)
+        x2, x3 = _cx(x2, x3)
+        x4, x5 = _cx(x4, x5)
+        x6, x7 = _cx(x6, x7)
+        x8, x9 = _cx(x8, x9)
+        x10, x11 = _cx(x10, x11)
+        x12, x13 = _cx(x12, x13)
+        x14, x15 = _cx(x14, x15)
+        tl[t, 0, lane] = x0
+        tl[t, 1, lane] = x1
+        tl[t, 2, lane] = x2
+        tl[t, 3, lane] = x3
+        tl[t, 4, lane] = x4
+        tl[t, 5, lane] = x5
+        tl[t, 6, lane] = x6
+        tl[t, 7, lane] = x7
+        tl[t, 8, lane] = x8
+        tl[t, 9, lane] = x9
+        tl[t, 10, lane] = x10
+        tl[t, 11, lane] = x11
+        tl[t, 12, lane] = x12
+        tl[t, 13, lane] = x13
+        tl[t, 14, lane] = x14
+        tl[t, 15, lane] = x15
+
+
+@nb.njit(cache=True, nogil=True)
+def _sort_tile(tl, t, net):
+    """Sort tile ``t`` (rows: frames) on every lane."""
+    if tl.shape[1] == 16:
+        _sort16(tl, t)
+    else:
+        _apply_network(tl, t, net)
+
+
+@nb.njit(cache=True, nogil=True)
+def _merge_tile(tl, t, net):
+    """Bitonic merger on tile ``t`` on every lane."""
+    if tl.shape[1] == 16:
+        _merge16(tl, t)
+    else:
+        _apply_network(tl, t, net)
+
+
+@nb.njit(cache=True, nogil=True, error_model="numpy")
+def _load_lanes(data, mask, use_mask, i, sc, prm, p0, nl, tl, il):
+    clip_scaled = prm[0]
+    min_value = prm[1]
+    max_value = prm[2]
+    for lane in range(nl):
+        xd = np.float64(data[i, p0 + lane])
+        ok = (abs(xd) < _INF) & (xd >= min_value) & (xd <= max_value)
+        if use_mask:
+            ok = ok & (mask[i, p0 + lane] == 0)
+        yv = xd * sc
+        vv = yv if clip_scaled else xd
+        tl[_TV, i, lane] = vv if ok else _NAN
+        tl[_TS, i, lane] = vv if ok else _INF
+        il[_M, lane] += ok
+        # values whose order the network and the merge could give differently from the
+        # literal sort and walk: NaN and infinities (from the scale), negative zeros
+        odd = (
+            ((yv - yv) != 0.0)
+            | ((yv == 0.0) & (math.copysign(1.0, yv) < 0.0))
+            | ((xd == 0.0) & (math.copysign(1.0, xd) < 0.0))
+        )
+        il[_BAD, lane] |= ok & odd
+
+
+@nb.njit(cache=True, nogil=True, error_model="numpy")
+def _load_block(data, mask, has_mask, scale, prm, p0, nl, tl, il):
+    """Steps 1-2: valid samples, clip values, valid counts; lanes past ``nl`` are empty."""
+    n = data.shape[0]
+    for lane in range(_L):
+        il[_M, lane] = 0
+        il[_BAD, lane] = 0
+    for i in range(n):
+        # two calls (with and without the mask) so that each loop vectorises
+        if has_mask:
+            _load_lanes(data, mask, True, i, scale[i], prm, p0, nl, tl, il)
+        else:
+            _load_lanes(data, mask, False, i, scale[i], prm, p0, nl, tl, il)
+        for lane in range(nl, _L):
+            tl[_TV, i, lane] = _NAN
+            tl[_TS, i, lane] = _INF
+
+
+@nb.njit(cache=True, nogil=True)
+def _window(tl, il, n, w0):
+    """Step 4 for nlow/nhigh: frames outside [w0, w1) by rank get NaN in the _TV tile.
+
+    The frames valued S[w0] have consecutive ranks from that value's first position, in
+    frame order, so the first (w0 - first) of them fall below the window; likewise the
+    frames valued S[w1 - 1] from its first position up to w1 stay inside."""
+    for lane in range(_L):
+        w1 = il[_W1, lane]
+        if w1 <= w0:
+            continue  # nothing survives, the members do not matter
+        lv = tl[_TS, w0, lane]
+        q = w0
+        while q > 0 and tl[_TS, q - 1, lane] == lv:
+            q -= 1
+        lskip = w0 - q
+        uv = tl[_TS, w1 - 1, lane]
+        q = w1 - 1
+        while q > 0 and tl[_TS, q - 1, lane] == uv:
+            q -= 1
+        ukeep = w1 - q
+        nlo = 0
+        nhi = 0
+        for i in range(n):
+            x = tl[_TV, i, lane]
+            if x == x:
+                inside = (x > lv or (x == lv and nlo >= lskip)) and (
+                    x < uv or (x == uv and nhi < ukeep)
+                )
+                if x == lv:
+                    nlo += 1
+                if x == uv:
+                    nhi += 1
+                if not inside:
+                    tl[_TV, i, lane] = _NAN
+
+
+@nb.njit(cache=True, nogil=True, error_model="numpy")
+def _medians(tl, t, il, a_row, b_row, fl, out_row):
+    """``fl[out_row]`` = median of the sorted range [a, b) of tile ``t``, per lane (garbage
+    where the range is empty)."""
+    last = tl.shape[1] - 1
+    for lane in range(_L):
+        a = il[a_row, lane]
+        k = max(il[b_row, lane] - a, 1)
+        i1 = min(a + ((k - 1) >> 1), last)
+        i2 = min(a + (k >> 1), last)
+        fl[out_row, lane] = (tl[t, i1, lane] + tl[t, i2, lane]) * 0.5
+
+
+@nb.njit(cache=True, nogil=True, error_model="numpy")
+def _range_mad(tl, src, il, a_row, b_row, fl, mrg):
+    """``fl[_MAD]`` = median of ``|tile_src[q] - fl[_MED]|`` over the sorted range [a, b),
+    per lane: deviations (+inf outside the range) into _TD, bitonic merger."""
+    for q in range(tl.shape[1]):
+        for lane in range(_L):
+            inr = (il[a_row, lane] <= q) & (q < il[b_row, lane])
+            dv = abs(tl[src, q, lane] - fl[_MED, lane])
+            tl[_TD, q, lane] = dv if inr else _INF
+    _merge_tile(tl, _TD, mrg)
+    for lane in range(_L):
+        k = max(il[b_row, lane] - il[a_row, lane], 1)
+        fl[_MAD, lane] = (tl[_TD, (k - 1) >> 1, lane] + tl[_TD, k >> 1, lane]) * 0.5
+
+
+@nb.njit(cache=True, nogil=True, error_model="numpy")
+def _member_bounds(tl, il, a_row, b_row, fl):
+    """``fl[_VLO]``, ``fl[_VHI]`` = S[a], S[b-1] (+inf, -inf for an empty range): the
+    members are the frames in the window with S[a] <= v <= S[b-1]."""
+    last = tl.shape[1] - 1
+    for lane in range(_L):
+        a = il[a_row, lane]
+        b = il[b_row, lane]
+        vlo = tl[_TS, min(a, last), lane]
+        vhi = tl[_TS, max(b - 1, 0), lane]
+        fl[_VLO, lane] = vlo if b > a else _INF
+        fl[_VHI, lane] = vhi if b > a else -_INF
+
+
+@nb.njit(cache=True, nogil=True, error_model="numpy")
+def _member_stats(tl, n, il, fl):
+    """Member mean (``fl[_MEAN]``) and sum of squared deviations (``fl[_S2]``) of the clip
+    values over the range [a, b), in frame order."""
+    _member_bounds(tl, il, _A, _B, fl)
+    for lane in range(_L):
+        fl[_S1, lane] = 0.0
+        fl[_S2, lane] = 0.0
+    for i in range(n):
+        for lane in range(_L):
+            x = tl[_TV, i, lane]
+            inm = (x >= fl[_VLO, lane]) & (x <= fl[_VHI, lane])
+            fl[_S1, lane] += x if inm else 0.0
+    for lane in range(_L):
+        fl[_MEAN, lane] = fl[_S1, lane] / (il[_B, lane] - il[_A, lane])
+    for i in range(n):
+        for lane in range(_L):
+            x = tl[_TV, i, lane]
+            inm = (x >= fl[_VLO, lane]) & (x <= fl[_VHI, lane])
+            dv = x - fl[_MEAN, lane]
+            fl[_S2, lane] += dv * dv if inm else 0.0
+
+
+@nb.njit(cache=True, nogil=True, error_model="numpy")
+def _count_clipped(tl, n, il, a_row, b_row, fl):
+    """``il[_CL]``, ``il[_CH]``: positions of the sorted range [a, b) below ``fl[_LO]`` and
+    above ``fl[_HI]``."""
+    for lane in range(_L):
+        il[_CL, lane] = 0
+        il[_CH, lane] = 0
+    for q in range(n):
+        for lane in range(_L):
+            inr = (il[a_row, lane] <= q) & (q < il[b_row, lane])
+            x = tl[_TS, q, lane]
+            il[_CL, lane] += inr & (x < fl[_LO, lane])
+            il[_CH, lane] += inr & (x > fl[_HI, lane])
+
+
+@nb.njit(cache=True, nogil=True, error_model="numpy")
+def _sigma_clip(tl, il, fl, n, w0, prm, mrg):
+    """Step 5 on every lane: the surviving sorted positions ``[af, bf)``.
+
+    Active lanes iterate on [a, b); a lane that stops gets an empty range, so it adds no
+    deviations, members or clipped counts, and keeps its last bounds."""
+    sigma = prm[5]
+    center = prm[6]
+    dev = prm[7]
+    sigma_low = prm[8]
+    sigma_high = prm[9]
+    maxiters = prm[10]
+    nact = 0
+    for lane in range(_L):
+        w1 = il[_W1, lane]
+        act = sigma & (w1 > w0)
+        il[_ACT, lane] = act
+        il[_A, lane] = w0
+        il[_B, lane] = w1 if act else w0
+        il[_AF, lane] = w0
+        il[_BF, lane] = w1
+        fl[_LO, lane] = -_INF
+        fl[_HI, lane] = _INF
+        nact += act
+    it = 0
+    while nact > 0 and (maxiters < 0 or it < maxiters):
+        it += 1
+        _medians(tl, _TS, il, _A, _B, fl, _MED)
+        if dev == 0:
+            _range_mad(tl, _TS, il, _A, _B, fl, mrg)
+        if center == 1 or dev == 1:
+            _member_stats(tl, n, il, fl)
+        for lane in range(_L):
+            c = fl[_MED, lane] if center == 0 else fl[_MEAN, lane]
+            if dev == 0:
+                d = MAD_TO_STD * fl[_MAD, lane]
+            else:
+                d = np.sqrt(fl[_S2, lane] / (il[_B, lane] - il[_A, lane]))
+            lo = -_INF if sigma_low == _INF else c - sigma_low * d
+            hi = _INF if sigma_high == _INF else c + sigma_high * d
+            act = il[_ACT, lane] != 0
+            fl[_LO, lane] = lo if act else fl[_LO, lane]
+            fl[_HI, lane] = hi if act else fl[_HI, lane]
+        _count_clipped(tl, n, il, _A, _B, fl)
+        nact = 0
+        for lane in range(_L):
+            a = il[_A, lane]
+            b = il[_B, lane]
+            a2 = a + il[_CL, lane]
+            b2 = max(a2, b - il[_CH, lane])
+            if it == 1:
+                # the final bounds apply to the whole window [w0, w1): after the first
+                # iteration that is the range just narrowed
+                act = il[_ACT, lane] != 0
+                il[_AF, lane] = a2 if act else il[_AF, lane]
+                il[_BF, lane] = b2 if act else il[_BF, lane]
+            go = (b2 - a2 != b - a) & (b2 > a2)
+            il[_ACT, lane] = go
+            il[_A, lane] = a2
+            il[_B, lane] = b2 if go else a2
+            nact += go
+    if it > 1:
+        # some lane iterated again: apply the final bounds to the whole window
+        for lane in range(_L):
+            il[_A, lane] = w0
+            il[_B, lane] = il[_W1, lane]
+        _count_clipped(tl, n, il, _A, _B, fl)
+        for lane in range(_L):
+            af = w0 + il[_CL, lane]
+            il[_AF, lane] = af
+            il[_BF, lane] = max(af, il[_W1, lane] - il[_CH, lane])
+
+
+@nb.njit(cache=True, nogil=True, error_model="numpy")
+def _combine_lanes(
+    tl, il, fl, n, scale, weight, has_weight, prm, srt, mrg, p0, nl, image, uncert, count
+):
+    """Step 6: the survivors are the frames in the window with S[af] <= v <= S[bf-1]; their
+    combine values are ``v`` (clip_scaled) or ``v * scale``, as in step 2."""
+    clip_scaled = prm[0]
+    method = prm[11]
+    _member_bounds(tl, il, _AF, _BF, fl)
+    if method == 1:
+        if clip_scaled:
+            _medians(tl, _TS, il, _AF, _BF, fl, _MED)
+            _range_mad(tl, _TS, il, _AF, _BF, fl, mrg)
+        else:
+            # the survivors' combine values, sorted into _TD (+inf after them)
+            for i in range(n):
+                sc = scale[i]
+                for lane in range(_L):
+                    x = tl[_TV, i, lane]
+                    inm = (x >= fl[_VLO, lane]) & (x <= fl[_VHI, lane])
+                    tl[_TD, i, lane] = x * sc if inm else _INF
+            for i in range(n, tl.shape[1]):
+                for lane in range(_L):
+                    tl[_TD, i, lane] = _INF
+            _sort_tile(tl, _TD, srt)
+            for lane in range(_L):
+                il[_A, lane] = 0
+                il[_B, lane] = il[_BF, lane] - il[_AF, lane]
+            _medians(tl, _TD, il, _A, _B, fl, _MED)
+            _range_mad(tl, _TD, il, _A, _B, fl, mrg)
+        for lane in range(nl):
+            k = il[_BF, lane] - il[_AF, lane]
+            p = p0 + lane
+            count[p] = k
+            image[p] = fl[_MED, lane] if k > 0 else _NAN
+            unc = MAD_TO_STD * fl[_MAD, lane] / np.sqrt(k)
+            uncert[p] = unc if k > 0 else _NAN
+        return
+    # frame-order sums; adding +0.0 for a non-member leaves a sum's bits unchanged (a sum
+    # that starts at +0.0 is never -0.0)
+    for lane in range(_L):
+        fl[_S1, lane] = 0.0
+        fl[_S2, lane] = 0.0
+        fl[_S3, lane] = 0.0
+    for i in range(n):
+        sc = scale[i]
+        wi = weight[i] if has_weight else 0.0
+        for lane in range(_L):
+            x = tl[_TV, i, lane]
+            inm = (x >= fl[_VLO, lane]) & (x <= fl[_VHI, lane])
+            y = x if clip_scaled else x * sc
+            fl[_S1, lane] += y if inm else 0.0
+            if has_weight:
+                fl[_S2, lane] += wi * y if inm else 0.0
+                fl[_S3, lane] += wi if inm else 0.0
+    for lane in range(_L):
+        fl[_MEAN, lane] = fl[_S1, lane] / (il[_BF, lane] - il[_AF, lane])
+        fl[_MAD, lane] = 0.0  # the sum of squared deviations
+    for i in range(n):
+        sc = scale[i]
+        for lane in range(_L):
+            x = tl[_TV, i, lane]
+            inm = (x >= fl[_VLO, lane]) & (x <= fl[_VHI, lane])
+            y = x if clip_scaled else x * sc
+            dy = y - fl[_MEAN, lane]
+            fl[_MAD, lane] += dy * dy if inm else 0.0
+    for lane in range(nl):
+        k = il[_BF, lane] - il[_AF, lane]
+        p = p0 + lane
+        count[p] = k
+        sd = np.sqrt(fl[_MAD, lane] / k)
+        if method == 0:
+            img = fl[_S2, lane] / fl[_S3, lane] if has_weight else fl[_MEAN, lane]
+            unc = sd / np.sqrt(k)
+        else:
+            img = fl[_S2, lane] if has_weight else fl[_S1, lane]
+            unc = sd * np.sqrt(k)
+        image[p] = img if k > 0 else _NAN
+        uncert[p] = unc if k > 0 else _NAN
+
+
+@nb.njit(cache=True, nogil=True, error_model="numpy")
+def _combine_block(
+    data,
+    mask,
+    has_mask,
+    scale,
+    weight,
+    has_weight,
+    prm,
+    srt,
+    mrg,
+    p0,
+    nl,
+    image,
+    uncert,
+    count,
+    tl,
+    il,
+    fl,
+):
+    n = data.shape[0]
+    nlow = prm[3]
+    nhigh = prm[4]
+    _load_block(data, mask, has_mask, scale, prm, p0, nl, tl, il)  # 1-2
+    _sort_tile(tl, _TS, srt)  # 3
+    for lane in range(_L):  # 4
+        il[_W1, lane] = max(il[_M, lane] - nhigh, nlow)
+    if nlow + nhigh > 0:
+        _window(tl, il, n, nlow)
+    _sigma_clip(tl, il, fl, n, nlow, prm, mrg)  # 5
+    _combine_lanes(
+        tl, il, fl, n, scale, weight, has_weight, prm, srt, mrg, p0, nl, image, uncert, count
+    )  # 6
+    for lane in range(nl):
+        if il[_BAD, lane]:
+            # the literal per-pixel path for lanes the block path cannot vouch for
+            _combine_pixels(
+                data,
+                mask,
+                has_mask,
+                scale,
+                weight,
+                has_weight,
+                prm,
+                p0 + lane,
+                p0 + lane + 1,
+                image,
+                uncert,
+                count,
+            )
+
+
 @nb.njit(cache=True, nogil=True, parallel=True)
-def _combine_parallel(data, mask, has_mask, scale, weight, has_weight, prm, image, uncert, count):
-    npix = data.shape[1]
+def _combine_parallel(
+    data, mask, has_mask, scale, weight, has_weight, prm, srt, mrg, image, uncert, count
+):
+    n, npix = data.shape
     nchunks = (npix + _CHUNK - 1) // _CHUNK
     for c in nb.prange(nchunks):
-        p0 = c * _CHUNK
-        p1 = min(npix, p0 + _CHUNK)
-        _combine_pixels(
-            data,
-            mask,
-            has_mask,
-            scale,
-            weight,
-            has_weight,
-            prm,
-            p0,
-            p1,
-            image,
-            uncert,
-            count,
-        )
+        # the straight-line networks sort 16 rows: the rows past n stay +inf
+        tl = np.empty((3, 16 if n <= 16 else n, _L), np.float64)
+        tl[_TS, n:, :] = _INF
+        il = np.empty((10, _L), np.int64)
+        fl = np.empty((10, _L), np.float64)
+        p1 = min(npix, (c + 1) * _CHUNK)
+        for p0 in range(c * _CHUNK, p1, _L):
+            _combine_block(
+                data,
+                mask,
+                has_mask,
+                scale,
+                weight,
+                has_weight,
+                prm,
+                srt,
+                mrg,
+                p0,
+                min(_L, p1 - p0),
+                image,
+                uncert,
+                count,
+                tl,
+                il,
+                fl,
+            )
 
 
 def combine_band(data, mask, scale, weight, params: KernelParams):
@@ -267,19 +932,26 @@ def combine_band(data, mask, scale, weight, params: KernelParams):
     count = np.empty(npix, np.int32)
     has_mask = mask is not None
     has_weight = weight is not None
+    srt, mrg = _networks(data.shape[0])
     _combine_parallel(
         data,
-        mask if has_mask else np.zeros((1, 1), np.uint8),
+        mask if has_mask else _NO_MASK,
         has_mask,
         np.ascontiguousarray(scale, np.float64),
-        np.ascontiguousarray(weight, np.float64) if has_weight else np.ones(1),
+        np.ascontiguousarray(weight, np.float64) if has_weight else _NO_WEIGHT,
         has_weight,
         _as_tuple(params),
+        srt,
+        mrg,
         image,
         uncert,
         count,
     )
     return image, uncert, count
+
+
+_NO_MASK = np.zeros((1, 1), np.uint8)
+_NO_WEIGHT = np.ones(1)
 
 
 def _as_tuple(params: KernelParams):
