@@ -8,12 +8,12 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack, suppress
 from importlib.metadata import PackageNotFoundError, version
 
 import numpy as np
-from astropy.nddata import CCDData
 
 from ._config import CombineConfig
 from ._pipeline import CombineResult
@@ -133,11 +133,18 @@ def combine(
         return combine_frames(frames, config, chosen, bad_pixel_mask=bad_pixels, progress=progress)
 
 
+def _is_ccddata(obj) -> bool:
+    """Whether ``obj`` is a CCDData, without importing astropy.nddata (slow to import) when
+    nothing has: a CCDData can only exist once its module is loaded."""
+    nddata = sys.modules.get("astropy.nddata")
+    return nddata is not None and isinstance(obj, nddata.CCDData)
+
+
 def open_frames(inputs, stack: ExitStack, *, hdu=None, ccd_kwargs=None):
     """Turn the accepted input kinds into frame objects, closed when ``stack`` closes."""
     from ._io import ArrayFrame, FitsFrame
 
-    if isinstance(inputs, (str, os.PathLike, CCDData)):
+    if isinstance(inputs, (str, os.PathLike)) or _is_ccddata(inputs):
         inputs = [inputs]
     if isinstance(inputs, np.ndarray):
         if inputs.ndim == 2:
@@ -155,7 +162,7 @@ def open_frames(inputs, stack: ExitStack, *, hdu=None, ccd_kwargs=None):
         if isinstance(item, (str, os.PathLike)):
             frame = FitsFrame(item, hdu=hdu)
             stack.callback(frame.close)
-        elif isinstance(item, CCDData):
+        elif _is_ccddata(item):
             frame = ArrayFrame(
                 item.data,
                 name=f"ccddata[{i}]",

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 from astropy.io import fits
-from astropy.nddata import CCDData, StdDevUncertainty
 
 from .errors import FrameReadError, GpuflatError
 
@@ -176,6 +175,8 @@ def write_product(path, result, header, *, unit="adu", overwrite=False):
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path}: exists (use overwrite to replace it)")
+    from astropy.nddata import CCDData, StdDevUncertainty  # slow to import: only here
+
     ccd = CCDData(
         result.image,
         unit=unit or "adu",

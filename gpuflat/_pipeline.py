@@ -8,14 +8,17 @@ import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 from astropy.io import fits
-from astropy.nddata import CCDData, StdDevUncertainty
 
 from ._config import CombineConfig
 from ._plan import BandPlan, plan_bands
 from .errors import BadLevelError, GpuflatError, NoFramesError, ShapeMismatchError
+
+if TYPE_CHECKING:
+    from astropy.nddata import CCDData
 
 log = logging.getLogger("gpuflat")
 
@@ -44,6 +47,8 @@ class CombineResult:
 
     def to_ccddata(self) -> CCDData:
         """The result as a CCDData (StdDevUncertainty, boolean mask, the first frame's header)."""
+        from astropy.nddata import CCDData, StdDevUncertainty
+
         return CCDData(
             self.image,
             unit=self.unit or "adu",
@@ -97,51 +102,76 @@ def combine_frames(
         "plan: %d band(s) of %d rows for %d frames of %dx%d", plan.nbands, plan.rows, n, *shape
     )
 
-    # Pass 1: frame levels (whole frames). With one band the stack is read once, here.
+    # Pass 1: frame levels (whole frames), the next frame read while this one is measured.
+    # With one band the stack is read once, here.
     need = set(want_levels)
     if isinstance(config.scale, str) and config.scale in ("median", "mean"):
         need.add(config.scale)
-    # 1-D buffers so that every band, the last short one too, is a contiguous view
-    buffers = [np.empty(n * plan.rows * cols, dtype) for _ in range(1 if plan.single else 2)]
+    # 1-D buffers so that every band, the last short one too, is a contiguous view (the
+    # two band buffers of a banded plan are made after pass 1, whose frames they replace)
+    buffers = [np.empty(n * plan.rows * cols, dtype)] if plan.single else []
     stack = buffers[0].reshape(n, nrows, cols) if plan.single else None
     levels = {how: [] for how in sorted(need)}
     user_scales = []
-    if need or callable(config.scale):
-        frame = None if plan.single else np.empty(shape, dtype)
-        for i, f in enumerate(frames):
-            buf = stack[i] if plan.single else frame
-            f.read_rows(0, nrows, buf)
-            fmask = _frame_mask(f, bad_pixel_mask, 0, nrows)
-            for how in levels:
-                levels[how].append(backend.frame_level(buf, fmask, how))
-            if callable(config.scale):
-                user_scales.append(config.scale(buf))
-        timings["levels"] = time.perf_counter() - t0
-    scales = _scales(config, frames, levels, user_scales)
+    pass1 = bool(need) or callable(config.scale)
+    reader = ThreadPoolExecutor(1, thread_name_prefix="gpuflat-reader")
+    with reader:
+        if pass1:
+            spare = None if plan.single else [np.empty(shape, dtype) for _ in range(2)]
 
-    # Pass 2: bands.
-    image = np.empty(shape, out_dtype)
-    uncert = np.empty(shape, out_dtype)
-    count = np.empty(shape, np.int32)
-    weights = None if config.weights is None else np.asarray(config.weights, np.float64)
-    params = config.kernel_params(clip_scaled=clip_scaled)
-    combiner = band_combiner or (lambda d, m, s, w: backend.combine_band(d, m, s, w, params))
-    bands = [(r, min(nrows, r + plan.rows)) for r in range(0, nrows, plan.rows)]
-    t1 = time.perf_counter()
+            def read_frame(i):
+                buf = stack[i] if plan.single else spare[i % 2]
+                frames[i].read_rows(0, nrows, buf)
+                return buf
 
-    def band_view(k):
-        r0, r1 = bands[k]
-        return buffers[k % len(buffers)][: n * (r1 - r0) * cols].reshape(n, r1 - r0, cols)
-
-    def read(k):
-        r0, r1 = bands[k]
-        if stack is None or not (need or callable(config.scale)):
-            buf = band_view(k)
+            pending = reader.submit(read_frame, 0)
             for i, f in enumerate(frames):
-                f.read_rows(r0, r1, buf[i])
-        return _band_mask(frames, bad_pixel_mask, r0, r1) if masked else None
+                buf = pending.result()
+                if i + 1 < n:
+                    pending = reader.submit(read_frame, i + 1)
+                fmask = _frame_mask(f, bad_pixel_mask, 0, nrows)
+                for how in levels:
+                    levels[how].append(backend.frame_level(buf, fmask, how))
+                if callable(config.scale):
+                    user_scales.append(config.scale(buf))
+            del spare, buf
+            timings["levels"] = time.perf_counter() - t0
+        if not plan.single:
+            buffers = [np.empty(n * plan.rows * cols, dtype) for _ in range(2)]
+        scales = _scales(config, frames, levels, user_scales)
 
-    with ThreadPoolExecutor(1, thread_name_prefix="gpuflat-reader") as reader:
+        # Pass 2: bands, the next band read while this one is combined.
+        image = np.empty(shape, out_dtype)
+        uncert = np.empty(shape, out_dtype)
+        count = np.empty(shape, np.int32)
+        weights = None if config.weights is None else np.asarray(config.weights, np.float64)
+        params = config.kernel_params(clip_scaled=clip_scaled)
+        if band_combiner is None:
+            # float64 band outputs, reused band after band
+            band_out = (np.empty(plan.rows * cols), np.empty(plan.rows * cols))
+            band_out += (np.empty(plan.rows * cols, np.int32),)
+
+            def combiner(d, m, s, w):
+                npix = d.shape[1]
+                out = tuple(b[:npix] for b in band_out)
+                return backend.combine_band(d, m, s, w, params, out=out)
+        else:
+            combiner = band_combiner
+        bands = [(r, min(nrows, r + plan.rows)) for r in range(0, nrows, plan.rows)]
+        t1 = time.perf_counter()
+
+        def band_view(k):
+            r0, r1 = bands[k]
+            return buffers[k % len(buffers)][: n * (r1 - r0) * cols].reshape(n, r1 - r0, cols)
+
+        def read(k):
+            r0, r1 = bands[k]
+            if stack is None or not pass1:
+                buf = band_view(k)
+                for i, f in enumerate(frames):
+                    f.read_rows(r0, r1, buf[i])
+            return _band_mask(frames, bad_pixel_mask, r0, r1) if masked else None
+
         pending = reader.submit(read, 0)
         for k, (r0, r1) in enumerate(bands):
             mask = pending.result()

@@ -8,8 +8,9 @@ Working memory of pass 2 for a band of ``rows`` rows of ``n`` frames of ``cols``
 - the kernel's per-band outputs (float64 image and uncertainty, int32 count):
   ``rows * cols * 20``
 
-Pass 1 (frame levels) holds one whole frame and the copy that the median partitions:
-``2 * frame_pixels * itemsize + frame_pixels * 8``. Both passes stay under ``mem_limit``.
+Pass 1 (frame levels) holds two whole frames (one being measured while the next is read),
+the raw bytes of one frame while it is converted and the median's copy of a mask:
+``frame_pixels * (2 * itemsize + 8 + 1)``. Both passes stay under ``mem_limit``.
 The combined outputs (image, uncertainty, count, mask: one frame each) are not part of the
 limit: they are the size of one frame, whatever the number of frames.
 """
@@ -17,6 +18,8 @@ limit: they are the size of one frame, whatever the number of frames.
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+BAND_TARGET = 64 * 2**20  # bytes of pass-2 working memory to aim for when the limit allows more
 
 
 @dataclass(frozen=True)
@@ -36,7 +39,7 @@ def plan_bands(n, shape, *, itemsize, masked, mem_limit) -> BandPlan:
     nrows, cols = shape
     per_sample = itemsize + (1 if masked else 0)
     bytes_per_row = cols * (2 * n * per_sample + 8 + 20)
-    pass1 = nrows * cols * (2 * itemsize + 8)
+    pass1 = nrows * cols * (2 * itemsize + 8 + 1)
     if pass1 > mem_limit or bytes_per_row > mem_limit:
         need = max(pass1, bytes_per_row)
         raise ValueError(
@@ -47,5 +50,7 @@ def plan_bands(n, shape, *, itemsize, masked, mem_limit) -> BandPlan:
     whole = nrows * cols * (n * per_sample + 8 + 20)
     if whole <= mem_limit:
         return BandPlan(nrows, 1, bytes_per_row, pass1)
-    rows = min(nrows, int(mem_limit // bytes_per_row))
+    # Bands no larger than needed: the two buffers are reused band after band, so a modest
+    # size costs nothing in speed and keeps fresh memory (page faults) and cache misses low.
+    rows = min(nrows, int(mem_limit // bytes_per_row), max(1, BAND_TARGET // bytes_per_row))
     return BandPlan(rows, -(-nrows // rows), bytes_per_row, pass1)

@@ -186,6 +186,44 @@ def test_frame_median_is_exact(rng):
     )
 
 
+@settings(max_examples=150, deadline=None)
+@given(
+    values=st.lists(
+        st.one_of(
+            st.floats(width=32, allow_nan=True, allow_infinity=True),
+            st.sampled_from([0.0, -0.0, 1.0, -1.0, 1e-45, -1e-45, 1000.0, 1000.0625]),
+        ),
+        min_size=1,
+        max_size=400,
+    ),
+    masked=st.integers(0, 3),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_frame_median_hypothesis(values, masked, seed):
+    """The radix-select median equals NumPy's over the finite, unmasked values: negatives,
+    subnormals, ties across the histogram bins, NaN/inf, masks of any dtype, none left."""
+    frame = np.array(values, np.float32)
+    cols = 7 if frame.size % 7 == 0 else 1
+    frame = frame.reshape(-1, cols)
+    mask = None
+    if masked:
+        mask = np.random.default_rng(seed).random(frame.shape) < masked / 4
+        mask = mask.astype([bool, np.uint8, np.int64][masked - 1])
+    good = np.isfinite(frame) & (True if mask is None else mask == 0)
+    want = np.median(frame[good].astype(np.float64)) if good.any() else math.nan
+    got = _numba.frame_level(frame, mask, "median")
+    assert (math.isnan(want) and math.isnan(got)) or got == want
+
+
+def test_frame_median_large_frame(rng):
+    """Millions of values, so that both passes split the frame over the threads."""
+    frame = rng.normal(1000, 30, (1031, 1025)).astype(np.float32)
+    frame[rng.random(frame.shape) < 0.01] = np.inf
+    mask = rng.random(frame.shape) < 0.1
+    good = np.isfinite(frame) & ~mask
+    assert _numba.frame_level(frame, mask, "median") == np.median(frame[good].astype(np.float64))
+
+
 # -- errors -------------------------------------------------------------------------------
 
 

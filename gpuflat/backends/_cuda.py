@@ -222,13 +222,15 @@ class CudaBackend:
         scale: np.ndarray,
         weight: np.ndarray | None,
         params: KernelParams,
+        out: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Reject and combine one band ``data[n, npix]``; returns (image, uncert, count)."""
+        """Reject and combine one band ``data[n, npix]``; returns (image, uncert, count),
+        written into ``out`` when given."""
         dev = self.device
         n, npix = data.shape
-        image = np.empty(npix, np.float64)
-        uncert = np.empty(npix, np.float64)
-        count = np.empty(npix, np.int32)
+        if out is None:
+            out = (np.empty(npix, np.float64), np.empty(npix, np.float64), np.empty(npix, np.int32))
+        image, uncert, count = out
         if npix == 0:
             return image, uncert, count
         kernel = combine_kernel(n)
