@@ -67,11 +67,12 @@ class FitsFrame:
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # astropy warns on truncation: make it an error
             self._hdul = fits.open(self._fh, memmap=False, lazy_load_hdus=False)
-        index = _image_hdu_index(self._hdul, self.name) if hdu is None else hdu
-        try:
-            self._hdu = h = self._hdul[index]
-        except (IndexError, KeyError):
-            raise FrameReadError(f"{self.name}: has no HDU {index!r}") from None
+        index = (
+            _image_hdu_index(self._hdul, self.name)
+            if hdu is None
+            else resolve_hdu(self._hdul, hdu, self.name)
+        )
+        self._hdu = h = self._hdul[index]
         if not isinstance(h, (fits.PrimaryHDU, fits.ImageHDU, fits.CompImageHDU)):
             raise FrameReadError(
                 f"{self.name}: HDU {index!r} is a {type(h).__name__}, not an image"
@@ -81,7 +82,9 @@ class FitsFrame:
             raise FrameReadError(
                 f"{self.name}: HDU {index!r} is not a 2-D image (NAXIS={header.get('NAXIS')})"
             )
-        self.header = header
+        # an extension (a mosaic detector, a tile-compressed image) inherits the keywords of
+        # the primary header (IMAGETYP, FILTER, EXPTIME...) that it does not set itself
+        self.header = header if index == 0 else merged_header(header, self._hdul[0].header)
         self.unit = header.get("BUNIT")
         if isinstance(h, fits.CompImageHDU):
             self.shape = tuple(h.shape)
@@ -105,7 +108,16 @@ class FitsFrame:
     def read_rows(self, r0, r1, out):
         """Read rows [r0, r1) into ``out`` (float32 or float64), applying BSCALE/BZERO/BLANK."""
         if self._compressed:
-            out[...] = self._hdu.section[r0:r1]
+            # astropy's CompImageHDU.section decompresses only the tiles that overlap rows
+            # [r0, r1) and reads only their bytes from the heap (checked with astropy 8.0: a
+            # 50-row band of a 2000-row Rice file reads a fifth of the file, most of it the
+            # tile table; the whole image is never decompressed at once).
+            try:
+                out[...] = self._hdu.section[r0:r1]
+            except Exception as exc:  # corrupt or truncated tiles: name the file
+                raise FrameReadError(
+                    f"{self.name}: cannot decompress rows {r0}-{r1} ({exc})"
+                ) from None
             return
         raw = np.empty((r1 - r0, self.shape[1]), self._raw)
         self._fh.seek(self._offset + r0 * self.shape[1] * self._raw.itemsize)
@@ -133,6 +145,71 @@ class FitsFrame:
         self._fh.close()
 
 
+def is_image_hdu(h) -> bool:
+    """A 2-D image HDU: primary or extension, plain or tile-compressed."""
+    if isinstance(h, fits.CompImageHDU):
+        return len(h.shape) == 2
+    return isinstance(h, (fits.PrimaryHDU, fits.ImageHDU)) and h.header.get("NAXIS", 0) == 2
+
+
+def ext_key(h, index) -> tuple[str, int]:
+    """How a mosaic extension is matched across files: (EXTNAME in upper case, EXTVER).
+
+    EXTVER defaults to 1. An image HDU without EXTNAME is named by position, ``HDU<index>``
+    (astropy names a tile-compressed one ``COMPRESSED_IMAGE``)."""
+    name = str(h.header.get("EXTNAME", "")).strip().upper()
+    if index == 0 and not name:
+        name = "PRIMARY"
+    ver = h.header.get("EXTVER", 1)
+    try:
+        ver = int(ver)
+    except (TypeError, ValueError):
+        ver = 1
+    return (name or f"HDU{index}", ver)
+
+
+def ext_label(key) -> str:
+    """``CCD1`` for (CCD1, 1) or (CCD1, None), ``CCD1,2`` for (CCD1, 2)."""
+    name, ver = key
+    return name if ver in (None, 1) else f"{name},{ver}"
+
+
+def resolve_hdu(hdul, spec, name) -> int:
+    """The index of the image HDU that ``spec`` names in ``hdul``: an int (HDU index) or a
+    (EXTNAME, EXTVER or None) pair; EXTNAME compares in any case, EXTVER None matches any
+    version if only one has that name."""
+    if isinstance(spec, int):
+        if not 0 <= spec < len(hdul):
+            raise FrameReadError(f"{name}: has no HDU {spec} (it has {len(hdul)})")
+        return spec
+    want_name, want_ver = spec
+    want_name = want_name.upper()
+    found = [
+        i
+        for i, h in enumerate(hdul)
+        if (key := ext_key(h, i))[0] == want_name and want_ver in (None, key[1])
+    ]
+    if not found:
+        raise FrameReadError(f"{name}: no extension {ext_label(spec)}")
+    if len(found) > 1:
+        vers = ", ".join(str(ext_key(hdul[i], i)[1]) for i in found)
+        raise FrameReadError(
+            f"{name}: {len(found)} extensions named {want_name} (EXTVER {vers}); "
+            f"name one as {want_name},EXTVER"
+        )
+    return found[0]
+
+
+def merged_header(header, primary):
+    """``header`` plus the primary header's non-structural keywords that it lacks."""
+    out = header.copy()
+    for card in primary.cards:
+        key = card.keyword
+        if key not in _STRUCTURAL and key not in ("COMMENT", "HISTORY", "") and key not in out:
+            out.append(card, end=True)
+    return out
+
+
 def _image_hdu_index(hdul, name):
     for i, h in enumerate(hdul):
         if isinstance(h, (fits.PrimaryHDU, fits.ImageHDU, fits.CompImageHDU)) and (
@@ -143,7 +220,9 @@ def _image_hdu_index(hdul, name):
 
 
 def product_header(header, *, names, scales, params: dict, backend: str, version: str):
-    """The first frame's header minus structural keys, plus provenance."""
+    """The first frame's header minus structural keys, plus provenance.
+
+    ``scales`` may be None (a mosaic's primary header when every extension has its own)."""
     out = fits.Header()
     for card in header.cards:
         if card.keyword not in _STRUCTURAL and card.keyword not in ("COMMENT", "HISTORY", ""):
@@ -152,11 +231,12 @@ def product_header(header, *, names, scales, params: dict, backend: str, version
     out["GPF_VERS"] = (version, "gpuflat version")
     out["GPF_BACK"] = (backend, "gpuflat backend")
     out["GPF_DATE"] = (_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S"), "UTC")
-    for i, (name, s) in enumerate(zip(names, scales, strict=True), start=1):
+    for i, name in enumerate(names, start=1):
         out[f"IMCMB{i:03d}" if i < 1000 else f"IMC{i:05d}"] = (
             os.path.basename(name)[-68:],
             "input",
         )
+    for i, s in enumerate(() if scales is None else scales, start=1):
         out[f"SCALE{i:03d}" if i < 1000 else f"SCL{i:05d}"] = (float(s), "scale factor")
     for key, value in params.items():
         if isinstance(value, (list, tuple)):
@@ -165,12 +245,24 @@ def product_header(header, *, names, scales, params: dict, backend: str, version
     return out
 
 
-def write_product(path, result, header, *, unit="adu", overwrite=False):
+#: ``compress=True``: tile compression that is lossless for float data too (GZIP_2, the
+#: bytes shuffled, no quantisation: astropy's ``quantize_level=0``), one tile per row.
+COMPRESSION = {"compression_type": "GZIP_2", "quantize_level": 0.0}
+
+
+def _count_data(count):
+    return count.astype(np.int16 if count.max(initial=0) < 32768 else np.int32)
+
+
+def write_product(path, result, header, *, unit="adu", overwrite=False, compress=False):
     """Write a combined flat: primary = image, UNCERT, MASK (uint8), NCOMBINE (survivors).
 
     Written to a temporary name beside the target, verified (checksums) and then moved into
     place: a killed run never leaves a half-written product, and an existing file is never
-    clobbered unless ``overwrite``.
+    clobbered unless ``overwrite``. ``compress``: the primary HDU is header-only and the
+    flat is the tile-compressed extension ``COMPRESSED_IMAGE``, followed by UNCERT, MASK and
+    NCOMBINE, all compressed losslessly (:data:`COMPRESSION`); ``CCDData.read(path, hdu=1)``
+    reads it (without ``hdu=1`` astropy's reader does not look into compressed HDUs).
     """
     path = Path(path)
     if path.exists() and not overwrite:
@@ -185,12 +277,65 @@ def write_product(path, result, header, *, unit="adu", overwrite=False):
         meta=header,
     )
     hdul = ccd.to_hdu(hdu_mask="MASK", hdu_uncertainty="UNCERT")
-    hdul.append(
-        fits.ImageHDU(
-            result.count.astype(np.int16 if result.count.max(initial=0) < 32768 else np.int32),
-            name="NCOMBINE",
+    hdul.append(fits.ImageHDU(_count_data(result.count), name="NCOMBINE"))
+    if compress:
+        first = hdul[0]
+        hdul = fits.HDUList(
+            [
+                fits.PrimaryHDU(),
+                fits.CompImageHDU(first.data, first.header, **COMPRESSION),
+                *(
+                    fits.CompImageHDU(h.data, h.header, name=h.name, **COMPRESSION)
+                    for h in hdul[1:]
+                ),
+            ]
         )
-    )
+    return _commit(path, hdul, overwrite=overwrite)
+
+
+def write_mef_product(path, primary_header, extensions, *, unit="adu", overwrite=False,
+                      compress=False):  # fmt: skip
+    """Write a combined mosaic: one file, the extensions in the given order.
+
+    ``extensions`` is a sequence of ``(key, result, header)``, ``key`` = (EXTNAME, EXTVER).
+    The primary HDU is header-only (``primary_header``); extension ``CCD1`` (say) becomes
+    four HDUs: ``CCD1`` (the flat, float32, with ``header`` and ``BUNIT``), ``CCD1_UNCERT``
+    (uncertainty), ``CCD1_MASK`` (uint8, 1 where no frame survived), ``CCD1_NCOMBINE``
+    (survivors per pixel); all four carry the input's EXTVER when it is not 1. Written
+    atomically and verified like :func:`write_product`; ``compress`` tile-compresses every
+    image HDU losslessly. ``CCDData.read(path, hdu="CCD1", hdu_uncertainty="CCD1_UNCERT",
+    hdu_mask="CCD1_MASK")`` reads one detector back.
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path}: exists (use overwrite to replace it)")
+    primary = fits.Header()
+    for card in primary_header.cards:
+        if card.keyword not in _STRUCTURAL or card.keyword == "NCOMBINE":
+            primary.append(card, end=True)
+    hdus = [fits.PrimaryHDU(header=primary)]
+    for (name, ver), result, header in extensions:
+        image_header = header.copy()
+        image_header["BUNIT"] = str(unit or "adu")
+        planes = (
+            ("", result.image.astype(np.float32, copy=False), image_header),
+            ("_UNCERT", result.uncertainty.astype(np.float32, copy=False), None),
+            ("_MASK", result.mask.astype(np.uint8), None),
+            ("_NCOMBINE", _count_data(result.count), None),
+        )
+        for suffix, data, hdr in planes:
+            kind = fits.CompImageHDU if compress else fits.ImageHDU
+            h = kind(data, hdr, name=name + suffix, **(COMPRESSION if compress else {}))
+            if ver != 1:
+                h.header["EXTVER"] = ver
+            hdus.append(h)
+    return _commit(path, fits.HDUList(hdus), overwrite=overwrite)
+
+
+def _commit(path, hdul, *, overwrite):
+    """Write ``hdul`` to a temporary name beside ``path``, verify it (checksums, shapes;
+    compressed HDUs must read back identical) and move it into place."""
+    expected = [None if h.data is None else h.data for h in hdul]
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         hdul.writeto(tmp, checksum=True, overwrite=True)
@@ -200,8 +345,17 @@ def write_product(path, result, header, *, unit="adu", overwrite=False):
             warnings.simplefilter("error")
             for h in check:
                 h.verify("exception")
-            if check[0].data.shape != result.image.shape:
+            if len(check) != len(expected):
                 raise GpuflatError(f"{path}: verification failed after writing")
+            for h, want in zip(check, expected, strict=True):
+                if want is None:
+                    continue
+                if h.data is None or h.data.shape != want.shape:
+                    raise GpuflatError(f"{path}: verification failed after writing")
+                if isinstance(h, fits.CompImageHDU) and not np.array_equal(
+                    h.data, want, equal_nan=want.dtype.kind == "f"
+                ):
+                    raise GpuflatError(f"{path}: {h.name} does not read back losslessly")
         if overwrite:
             os.replace(tmp, path)
         else:

@@ -11,6 +11,8 @@ from pathlib import Path
 
 from astropy.io import fits
 
+from ._io import ext_key, ext_label, is_image_hdu, merged_header
+
 FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.fz", ".fit.fz", ".fz")
 
 
@@ -20,6 +22,9 @@ class FrameInfo:
     header: fits.Header = field(repr=False)
     shape: tuple[int, int]
     binning: tuple[int, int]
+    # a mosaic (more than one 2-D image HDU): ((EXTNAME, EXTVER), HDU index, shape) of each
+    # image HDU in file order; () for a single-image file
+    extensions: tuple = ()
 
     def get(self, key, default=""):
         return self.header.get(key, default)
@@ -32,17 +37,20 @@ class Group:
     binning: tuple[int, int]
     frames: list[FrameInfo]
     split: bool = False  # another group shares the key but not the shape/binning
+    mosaic: bool = False  # multi-extension files, combined extension by extension
 
     def label(self) -> str:
         text = ",".join(v if v != "" else "''" for v in self.key)
         if self.split:
-            text += f" [{self.shape[0]}x{self.shape[1]} bin {self.binning[0]}x{self.binning[1]}]"
+            text += f" [{self.shape[0]}x{self.shape[1]} bin {self.binning[0]}x{self.binning[1]}"
+            text += " mosaic]" if self.mosaic else "]"
         return text
 
     def product_name(self) -> str:
         name = "combined_flat_filter_" + "_".join(safe_name(v) for v in self.key)
         if self.split:
             name += f"_{self.shape[0]}x{self.shape[1]}_bin{self.binning[0]}x{self.binning[1]}"
+            name += "_mosaic" if self.mosaic else ""
         return name + ".fits"
 
 
@@ -102,21 +110,33 @@ def _is_fits_name(name):
 
 
 def read_info(path: Path) -> FrameInfo:
-    """Header, shape and binning of the first image HDU (no data read)."""
+    """Header, shape and binning of the first image HDU (no data read); for a mosaic (more
+    than one 2-D image HDU) also every image HDU's (EXTNAME, EXTVER), index and shape."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with fits.open(path, memmap=False) as hdul:
-            for h in hdul:
-                is_image = isinstance(h, (fits.PrimaryHDU, fits.ImageHDU, fits.CompImageHDU))
-                if (is_image and h.header.get("NAXIS", 0) == 2) or isinstance(h, fits.CompImageHDU):
-                    header = h.header.copy()
-                    shape = tuple(int(s) for s in h.shape)
-                    break
-            else:
+            images = [(i, h) for i, h in enumerate(hdul) if is_image_hdu(h)]
+            if not images:
                 raise ValueError("no 2-D image HDU")
-    # a primary header's keywords apply to a compressed or extension image too
+            first, h = images[0]
+            header = h.header.copy()
+            # a primary header's keywords apply to a compressed or extension image too
+            if first != 0:
+                header = merged_header(header, hdul[0].header)
+            shape = tuple(int(s) for s in h.shape)
+            extensions = ()
+            if len(images) > 1:
+                extensions = tuple(
+                    (ext_key(h, i), i, tuple(int(s) for s in h.shape)) for i, h in images
+                )
+                keys = [e[0] for e in extensions]
+                for key in keys:
+                    if keys.count(key) > 1:
+                        raise ValueError(
+                            f"{keys.count(key)} image extensions are named {ext_label(key)}"
+                        )
     binning = _binning(header)
-    return FrameInfo(Path(path), header, shape, binning)
+    return FrameInfo(Path(path), header, shape, binning, extensions)
 
 
 def _binning(header):
@@ -153,11 +173,12 @@ def group_frames(infos, group_by=("FILTER",)) -> list[Group]:
     groups: dict[tuple, Group] = {}
     for info in infos:
         key = tuple(str(info.get(k, "")).strip() for k in group_by)
-        full = (key, info.shape, info.binning)
+        mosaic = bool(info.extensions)
+        full = (key, info.shape, info.binning, mosaic)
         if full not in groups:
-            groups[full] = Group(key, info.shape, info.binning, [])
+            groups[full] = Group(key, info.shape, info.binning, [], mosaic=mosaic)
         groups[full].frames.append(info)
     out = list(groups.values())
     for g in out:
         g.split = sum(1 for h in out if h.key == g.key) > 1
-    return sorted(out, key=lambda g: (g.key, g.shape, g.binning))
+    return sorted(out, key=lambda g: (g.key, g.shape, g.binning, g.mosaic))

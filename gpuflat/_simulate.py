@@ -41,6 +41,9 @@ READ_NOISE = 5.0  # ADU
 BIAS_LEVEL = 1000.0  # ADU
 DARK_RATE = 0.02  # ADU/s, everywhere
 INSTRUMENT = "gpuflat-sim"
+#: ``mef=K``: the gains (e-/ADU) of detectors CCD1, CCD2, ... (repeated beyond eight), so that
+#: the same illumination gives each detector its own level in ADU.
+DETECTOR_GAINS = (1.5, 1.3, 1.7, 1.4, 1.6, 1.2, 1.8, 1.45)
 
 # Dome flat sequences: filter, first level (ADU), relative drift over the sequence, exptime (s).
 _DOME_SEQUENCES = (("g''", 24000.0, -0.035, 12.0), ("r''", 27000.0, 0.03, 8.0))
@@ -204,8 +207,8 @@ def detector_defects(shape=(512, 768), seed: int = 0) -> dict:
     }
 
 
-def _detector(ny: int, nx: int, seed: int) -> _Detector:
-    rng = _rng(seed, _TAG_DETECTOR)
+def _detector(ny: int, nx: int, seed: int, *tags: int) -> _Detector:
+    rng = _rng(seed, _TAG_DETECTOR, *tags)
     columns = rng.normal(0.0, 1.5, nx).astype(np.float32)
     rows = np.linspace(-1.5, 1.5, ny, dtype=np.float32)
     bias = np.float32(BIAS_LEVEL) + rows[:, None] + columns[None, :]
@@ -271,6 +274,7 @@ def _expose(
     signal: np.ndarray | None,
     exptime: float,
     cosmics: float,
+    gain: float = GAIN,
 ) -> np.ndarray:
     """Read out a frame: bias + signal + dark + hot columns, photon and read noise, cosmics.
 
@@ -283,7 +287,7 @@ def _expose(
     for col, row0, rate in det.hot:
         mean[row0:, col] += np.float32(rate * exptime)
     # Normal approximation to Poisson noise on the electrons plus gaussian read noise, in ADU.
-    sigma = mean * np.float32(1.0 / GAIN)
+    sigma = mean * np.float32(1.0 / gain)
     sigma += np.float32(READ_NOISE**2)
     np.sqrt(sigma, out=sigma)
     noise = rng.standard_normal((ny, nx), dtype=np.float32)
@@ -361,12 +365,21 @@ def _header(plan: _Plan, date_obs: _dt.datetime, seed: int) -> fits.Header:
     return hdr
 
 
-def _write_atomic(path: Path, data: np.ndarray, header: fits.Header) -> None:
+def _write_atomic(path: Path, data, header: fits.Header) -> None:
+    """``data``: one image (a primary HDU), or a list of (EXTNAME, image, header) extensions
+    after a header-only primary HDU."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    if isinstance(data, list):
+        hdul = fits.HDUList(
+            [fits.PrimaryHDU(header=header)]
+            + [fits.ImageHDU(d, h, name=name) for name, d, h in data]
+        )
+    else:
+        hdul = fits.HDUList([fits.PrimaryHDU(data=data, header=header)])
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
         with os.fdopen(fd, "wb") as fh:
-            fits.PrimaryHDU(data=data, header=header).writeto(fh)
+            hdul.writeto(fh)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -383,6 +396,7 @@ def simulate_night(
     seed: int = 0,
     overwrite: bool = False,
     progress: Callable[[int, int], object] | None = None,
+    mef: int = 0,
 ) -> list[Path]:
     """Write a realistic simulated night of raw CCD frames as FITS files.
 
@@ -409,6 +423,12 @@ def simulate_night(
         file is raised before anything is written.
     progress : callable, optional
         ``progress(done, total)`` is called after each file is written.
+    mef : int, optional
+        ``K > 0`` writes mosaics: every file has a header-only primary HDU (the keywords
+        below) and ``K`` image extensions ``CCD1`` ... ``CCDK``, one per detector, each with
+        its own bias pattern and hot columns and its own gain (:data:`DETECTOR_GAINS`, in
+        the extension's ``GAIN``), so the same illumination gives each detector a different
+        level in ADU (what ``scale_per='exposure'`` keeps). 0 (default): single images.
 
     Returns
     -------
@@ -449,6 +469,8 @@ def simulate_night(
         raise ValueError(f"dtype must be 'float32' or 'uint16', got {dtype!r}") from None
     if out_dtype not in (np.dtype(np.float32), np.dtype(np.uint16)):
         raise ValueError(f"dtype must be 'float32' or 'uint16', got {dtype!r}")
+    if isinstance(mef, bool) or not isinstance(mef, (int, np.integer)) or mef < 0:
+        raise ValueError(f"mef must be a non-negative integer (0: single images), got {mef!r}")
 
     outdir = Path(outdir)
     rng = np.random.default_rng(seed)
@@ -460,7 +482,10 @@ def simulate_night(
                 raise FileExistsError(f"{path}: already exists (pass overwrite=True to replace)")
     outdir.mkdir(parents=True, exist_ok=True)
 
-    det = _detector(ny, nx, seed)
+    dets = (
+        [_detector(ny, nx, seed)] if not mef else [_detector(ny, nx, seed, k) for k in range(mef)]
+    )
+    gains = [GAIN] if not mef else [DETECTOR_GAINS[k % len(DETECTOR_GAINS)] for k in range(mef)]
     flats: dict[str, np.ndarray] = {}
     n_cosmics = _scaled_count(300.0, ny, nx)
     star_sigma = 1.6
@@ -473,27 +498,45 @@ def simulate_night(
     when = _NIGHT_START
     total = len(plans)
     for done, (plan, path) in enumerate(zip(plans, paths, strict=True), start=1):
-        signal = None
-        if plan.filter is not None:
-            flat = flats.get(plan.filter)
-            if flat is None:
-                flat = flats[plan.filter] = flat_field_truth((ny, nx), plan.filter, seed)
-            signal = np.full((ny, nx), plan.level, np.float32)
-            if plan.stars == "twilight":
-                n = int(rng.poisson(_scaled_count(25.0, ny, nx)))
-                ys, xs = rng.uniform(0, ny, n), rng.uniform(0, nx, n)
-                peaks = np.exp(rng.uniform(np.log(150.0), np.log(3000.0), n))
-                _add_stars(signal, ys, xs, peaks, star_sigma)
-            elif plan.stars == "field":
-                sy, sx = rng.uniform(-4.0, 4.0, 2)
-                _add_stars(signal, field_y + sy, field_x + sx, field_peak, star_sigma)
-            signal *= flat
-        data = _expose(rng, det, signal=signal, exptime=plan.exptime, cosmics=n_cosmics)
-        if out_dtype == np.uint16:
-            np.rint(data, out=data)
-            np.clip(data, 0, 65535, out=data)
-            data = data.astype(np.uint16)
-        _write_atomic(path, data, _header(plan, when, seed))
+        images = []
+        for det, gain in zip(dets, gains, strict=True):
+            signal = None
+            if plan.filter is not None:
+                flat = flats.get(plan.filter)
+                if flat is None:
+                    flat = flats[plan.filter] = flat_field_truth((ny, nx), plan.filter, seed)
+                # the same photons give level * GAIN / gain ADU on a detector of this gain
+                level = plan.level if gain == GAIN else plan.level * GAIN / gain
+                signal = np.full((ny, nx), level, np.float32)
+                if plan.stars == "twilight":
+                    n = int(rng.poisson(_scaled_count(25.0, ny, nx)))
+                    ys, xs = rng.uniform(0, ny, n), rng.uniform(0, nx, n)
+                    peaks = np.exp(rng.uniform(np.log(150.0), np.log(3000.0), n))
+                    _add_stars(signal, ys, xs, peaks, star_sigma)
+                elif plan.stars == "field":
+                    sy, sx = rng.uniform(-4.0, 4.0, 2)
+                    _add_stars(signal, field_y + sy, field_x + sx, field_peak, star_sigma)
+                signal *= flat
+            data = _expose(
+                rng, det, signal=signal, exptime=plan.exptime, cosmics=n_cosmics, gain=gain
+            )
+            if out_dtype == np.uint16:
+                np.rint(data, out=data)
+                np.clip(data, 0, 65535, out=data)
+                data = data.astype(np.uint16)
+            images.append(data)
+        header = _header(plan, when, seed)
+        if mef:
+            del header["GAIN"]
+            exts = []
+            for k, (data, gain) in enumerate(zip(images, gains, strict=True), start=1):
+                ext_header = fits.Header()
+                ext_header["GAIN"] = (gain, "[e-/adu] gain of this detector")
+                ext_header["BUNIT"] = ("adu", "physical unit of the data")
+                exts.append((f"CCD{k}", data, ext_header))
+            _write_atomic(path, exts, header)
+        else:
+            _write_atomic(path, images[0], header)
         when += _dt.timedelta(seconds=plan.exptime + _READOUT_S)
         if progress is not None:
             progress(done, total)

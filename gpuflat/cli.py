@@ -19,8 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, open_frames
+from . import __version__, _farm, open_frames
 from ._config import CombineConfig
+from ._farm import ConfigError
 from .errors import GpuflatError
 
 log = logging.getLogger("gpuflat")
@@ -30,6 +31,7 @@ EXAMPLES = """examples:
   gpuflat run 'raw/*.fits' --plots --report r.json
   gpuflat run @flats.txt --group-by FILTER,EXPTIME --method median
   gpuflat run night1/ --imagetyp 'Flat Field' --where INSTRUME=gpuflat-sim
+  gpuflat run --config farm.toml --workers 8  options from a TOML file, 8 worker processes
   gpuflat inspect night1/                    what run would select and group
   gpuflat simulate demo/night                a realistic night to try it on
 """
@@ -45,6 +47,16 @@ def _float_or_none(text):
 
 def _maxiters(text):
     return None if text.lower() in ("none", "0", "converge") else int(text)
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -64,10 +76,11 @@ def _build_parser() -> argparse.ArgumentParser:
         )
         p.add_argument("-q", "--quiet", action="store_true", help="only errors")
 
-    def selection(p):
+    def selection(p, inputs_nargs="+"):
         p.add_argument(
-            "inputs", nargs="+", metavar="INPUT", help="directories, files, globs or @listfiles"
-        )
+            "inputs", nargs=inputs_nargs, metavar="INPUT",
+            help="directories, files, globs or @listfiles",
+        )  # fmt: skip
         p.add_argument("-r", "--recursive", action="store_true", help="descend into subdirectories")
         p.add_argument(
             "--imagetyp", action="append", default=[], metavar="VALUE",
@@ -82,6 +95,11 @@ def _build_parser() -> argparse.ArgumentParser:
             "--group-by", default="FILTER", metavar="KEY[,KEY]",
             help="header keys that make a group (default FILTER)",
         )  # fmt: skip
+        p.add_argument(
+            "--ext", metavar="NAME[,NAME...]",
+            help="multi-extension files: combine only these image extensions, by EXTNAME "
+            "(any case); NAME,N names EXTNAME NAME with EXTVER N. Default: all of them",
+        )  # fmt: skip
 
     run = sub.add_parser(
         "run", help="combine the flats, one master per group",
@@ -90,9 +108,19 @@ def _build_parser() -> argparse.ArgumentParser:
         "write one combined_flat_filter_<filter>.fits per group.",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
-    selection(run)
+    selection(run, inputs_nargs="*")  # INPUTs may come from --config
     run.add_argument("-o", "--outdir", default=".", help="where products go (default: .)")
+    run.add_argument(
+        "--config", metavar="FILE.toml",
+        help="read any option of run from a TOML file (keys named like the long flags, "
+        "hyphens or underscores, e.g. sigma-low = 3 or sigma_low = 3; 'inputs' = [...]; "
+        "paths relative to the file); flags given here override it",
+    )  # fmt: skip
     run.add_argument("--overwrite", action="store_true", help="replace existing products")
+    run.add_argument(
+        "--compress", action="store_true",
+        help="write the products tile-compressed, losslessly (GZIP_2, no quantisation)",
+    )  # fmt: skip
     run.add_argument(
         "--skip-bad", action="store_true", help="leave out unreadable frames with a warning"
     )
@@ -149,6 +177,29 @@ def _build_parser() -> argparse.ArgumentParser:
     eng.add_argument(
         "--device", choices=("auto", "cpu", "cuda"), default="auto", help="backend (default auto)"
     )
+    eng.add_argument(
+        "--scale-per", choices=("extension", "exposure"), default="extension",
+        help="multi-extension files: scale each extension by its own level (default), or "
+        "each exposure by one level over all its selected extensions (keeps the detectors' "
+        "relative gains; holds one exposure in memory)",
+    )  # fmt: skip
+    farm = run.add_argument_group(
+        "farm (needs the 'distributed' extra: pip install 'gpuflat[distributed]')"
+    )
+    farm.add_argument(
+        "--workers", type=_positive_int, metavar="N",
+        help="combine the groups in parallel on a local Dask cluster of N worker processes "
+        "(one per GPU through dask-cuda, where installed, with --device cuda)",
+    )  # fmt: skip
+    farm.add_argument(
+        "--threads-per-worker", type=_positive_int, default=1, metavar="N",
+        help="threads of each local worker (default 1)",
+    )  # fmt: skip
+    farm.add_argument(
+        "--scheduler", metavar="ADDRESS",
+        help="send the groups to an existing dask.distributed scheduler (e.g. "
+        "tcp://head:8786); its workers must see the same files",
+    )  # fmt: skip
     common(run)
 
     inspect = sub.add_parser("inspect", help="list the frames found and the groups run would make")
@@ -171,6 +222,11 @@ def _build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--dtype", choices=("float32", "uint16"), default="float32")
     sim.add_argument("--seed", type=int, default=0)
     sim.add_argument("--overwrite", action="store_true")
+    sim.add_argument(
+        "--mef", type=int, default=0, metavar="K",
+        help="write mosaics: a header-only primary HDU and K image extensions CCD1..CCDK, "
+        "one per detector, each with its own gain",
+    )  # fmt: skip
     common(sim)
     return parser
 
@@ -184,10 +240,15 @@ def main(argv=None) -> int:
         return 2
     _setup_logging(args)
     try:
+        if args.command == "run" and args.config is not None:
+            from ._farm import apply_config
+
+            args = apply_config(args, argv, _build_parser)
+            _setup_logging(args)
         return {"run": _run, "inspect": _inspect, "info": _info, "simulate": _simulate}[
             args.command
         ](args)
-    except _UsageError as exc:
+    except (_UsageError, ConfigError) as exc:
         print(f"gpuflat {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except (GpuflatError, ValueError, TypeError, OSError) as exc:
@@ -238,13 +299,40 @@ def _selected_groups(args):
             unreadable.append((p, str(exc)))
             continue
         (infos if is_selected(info, imagetyp=args.imagetyp, where=where) else others).append(info)
-    return paths, group_frames(infos, group_by), unreadable, others
+    groups = group_frames(infos, group_by)
+    if args.ext is not None:
+        _check_ext(args.ext, groups)
+    return paths, groups, unreadable, others
+
+
+def _check_ext(ext, groups):
+    """--ext names extensions that the first file of every mosaic group has (else exit 2)."""
+    from ._mosaic import parse_ext_list, select_extensions
+
+    try:
+        specs = parse_ext_list(ext, param="--ext")
+    except (ValueError, TypeError) as exc:
+        raise _UsageError(str(exc)) from None
+    mosaics = [g for g in groups if g.mosaic]
+    if groups and not mosaics:
+        raise _UsageError("--ext: none of the selected flats is a multi-extension file")
+    for g in mosaics:
+        first = g.frames[0]
+        try:
+            select_extensions(first.path, first.extensions, specs)
+        except GpuflatError as exc:
+            raise _UsageError(f"--ext: {exc}") from None
 
 
 def _run(args) -> int:
-    from ._io import product_header, write_product
+    from . import _distributed
     from .backends import get_backend
 
+    if not args.inputs:
+        raise _UsageError("no INPUT given (on the command line or as 'inputs' in --config)")
+    distributed = _distributed.wanted(args)
+    if distributed:
+        _distributed.require(args)  # fails fast without dask, before any work
     try:
         config = CombineConfig(
             method=args.method, scale=args.scale, clip=args.clip, sigma_low=args.sigma_low,
@@ -270,64 +358,105 @@ def _run(args) -> int:
     if not groups:
         print(f"gpuflat run: error: no flat frames among {len(paths)} file(s)", file=sys.stderr)
         return 1
-    backend = get_backend(config.backend)
+    # with --scheduler the workers choose their backend (they may have the GPUs)
+    backend = None if args.scheduler else get_backend(config.backend)
     from . import _bad_pixel_mask
 
     bad_pixels = _bad_pixel_mask(args.mask)
     outdir.mkdir(parents=True, exist_ok=True)
     report = {
         "gpuflat": __version__,
-        "backend": backend.name,
+        "backend": backend.name if backend else f"{config.backend} (chosen by the workers)",
         "parameters": config.describe(),
+        "configuration": _farm.effective_configuration(args),
         "groups": [],
     }
+    if args.config:
+        report["config_file"] = os.path.abspath(args.config)
     t_start = time.perf_counter()
-    for gi, group in enumerate(groups, start=1):
-        target = outdir / group.product_name()
-        entry = {
-            "group": group.label(),
-            "product": str(target),
-            "files": [str(f.path) for f in group.frames],
-        }
-        report["groups"].append(entry)
+    # the work units: one product each (independent, idempotent)
+    units = [(group, outdir / group.product_name()) for group in groups]
+    for group in groups:
         if group.split:
             log.warning(
                 "group %s: frames of another shape or binning share this key; combined separately",
                 group.label(),
             )
-        if target.exists() and not args.overwrite:
-            log.warning("%s: exists, skipped (use --overwrite to replace it)", target)
-            entry["status"] = "skipped (exists)"
-            continue
-        log.info(
-            "[%d/%d] group %s: %d frames -> %s",
-            gi,
-            len(groups),
-            group.label(),
-            len(group.frames),
-            target,
-        )
-        try:
-            entry.update(
-                _combine_group(
-                    args, group, config, backend, bad_pixels, target, product_header, write_product
-                )
-            )
-            entry["status"] = "written"
-            if not args.quiet:
-                print(f"{target}  ({len(group.frames)} frames, group {group.label()})")
-        except (GpuflatError, ValueError, OSError) as exc:
-            failed += 1
-            entry["status"] = f"failed: {exc}"
-            log.error("group %s failed: %s", group.label(), exc)
+    if distributed:
+        report["groups"] = _distributed.run_units(args, config, units, _announce)
+    else:
+        for gi, (group, target) in enumerate(units, start=1):
+            if target.exists() and not args.overwrite:
+                log.info("[%d/%d] group %s: %s exists", gi, len(units), group.label(), target)
+            else:
+                log.info(
+                    "[%d/%d] group %s: %d frames -> %s",
+                    gi, len(units), group.label(), len(group.frames), target,
+                )  # fmt: skip
+            entry = _run_unit(args, group, config, target, backend, bad_pixels)
+            report["groups"].append(entry)
+            _announce(args, entry)
+    failed += sum(entry["status"].startswith("failed") for entry in report["groups"])
     report["seconds"] = round(time.perf_counter() - t_start, 3)
     if args.report:
         _write_json(Path(args.report), report)
     return 1 if failed else 0
 
 
+_NOT_GIVEN = object()
+
+
+def _run_unit(args, group, config, target, backend=None, bad_pixels=_NOT_GIVEN) -> dict:
+    """One work unit: combine one group, write its product; returns its report entry.
+
+    Independent and idempotent (an existing product is skipped unless --overwrite), so it
+    runs the same in-process and on a Dask worker, where ``backend`` and ``bad_pixels`` are
+    left out and resolved here.
+    """
+    from . import _bad_pixel_mask
+    from ._io import write_product
+    from .backends import get_backend
+
+    entry = {
+        "group": group.label(),
+        "product": str(target),
+        "files": [str(f.path) for f in group.frames],
+    }
+    if target.exists() and not args.overwrite:
+        entry["status"] = "skipped (exists)"
+        return entry
+    try:
+        if backend is None:
+            backend = get_backend(config.backend)
+        if bad_pixels is _NOT_GIVEN:
+            bad_pixels = _bad_pixel_mask(args.mask)
+        header = _farm.product_header_function(args)
+        entry.update(
+            _combine_group(args, group, config, backend, bad_pixels, target, header, write_product)
+        )
+        entry["status"] = "written"
+    except (GpuflatError, ValueError, OSError) as exc:
+        entry["status"] = f"failed: {exc}"
+    return entry
+
+
+def _announce(args, entry):
+    """What the user sees of a finished unit."""
+    status = entry["status"]
+    if status == "written":
+        if not args.quiet:
+            print(f"{entry['product']}  ({len(entry['files'])} frames, group {entry['group']})")
+    elif status.startswith("skipped"):
+        log.warning("%s: exists, skipped (use --overwrite to replace it)", entry["product"])
+    else:
+        log.error("group %s %s", entry["group"], status)
+
+
 def _combine_group(args, group, config, backend, bad_pixels, target, product_header, write_product):
     from ._pipeline import combine_frames
+
+    if group.mosaic:
+        return _combine_mosaic_group(args, group, config, backend, target, product_header)
 
     progress = _progress_bar(args, f"{group.label():>10}")
     t0 = time.perf_counter()
@@ -356,7 +485,10 @@ def _combine_group(args, group, config, backend, bad_pixels, target, product_hea
         result.header, names=result.names, scales=result.scales,
         params=config.describe(), backend=result.backend, version=__version__,
     )  # fmt: skip
-    write_product(target, result, header, unit=result.unit, overwrite=args.overwrite)
+    write_product(
+        target, result, header, unit=result.unit, overwrite=args.overwrite,
+        compress=getattr(args, "compress", False),
+    )  # fmt: skip
     seconds = time.perf_counter() - t0
     entry = {
         "frames": [
@@ -375,6 +507,61 @@ def _combine_group(args, group, config, backend, bad_pixels, target, product_hea
     }
     if args.plots:
         entry["plots"] = _plots(target, group, result, unscaled)
+    return entry
+
+
+def _combine_mosaic_group(args, group, config, backend, target, product_header):
+    """A group of multi-extension files: every (selected) extension combined on its own,
+    one product holding them all (see gpuflat._mosaic)."""
+    from ._mosaic import combine_mosaic_files, match_extensions, mosaic_mask, parse_ext_list
+
+    specs = None if args.ext is None else parse_ext_list(args.ext, param="--ext")
+    first = group.frames[0]
+    infos = [first]
+    for info in group.frames[1:]:
+        try:  # each file against the first: a missing extension names the file
+            match_extensions([first.path, info.path], [first.extensions, info.extensions], specs)
+        except GpuflatError as exc:
+            if not args.skip_bad:
+                raise
+            log.warning("%s: skipped (%s)", info.path, exc)
+            continue
+        infos.append(info)
+    if args.plots:
+        log.warning("group %s: --plots are not made for multi-extension groups", group.label())
+    scale_per = getattr(args, "scale_per", "extension")
+    progress = _progress_bar(args, f"{group.label():>10}")
+    t0 = time.perf_counter()
+    result = combine_mosaic_files(
+        [i.path for i in infos], config, backend, ext=specs, scale_per=scale_per,
+        mask=mosaic_mask(args.mask), extension_lists=[i.extensions for i in infos],
+        progress=progress,
+    )  # fmt: skip
+    if progress is not None:
+        progress.close()
+    result._write(
+        target, overwrite=args.overwrite, compress=getattr(args, "compress", False),
+        product_header=product_header,
+    )  # fmt: skip
+    entry = {
+        "scale_per": scale_per,
+        "extensions": {
+            label: {
+                "scales": [float(s) for s in r.scales],
+                "rejected_fraction": float(1 - r.count.mean() / len(r.names)),
+                "pixels_without_survivor": int(r.mask.sum()),
+                "bands": r.plan.nbands,
+            }
+            for label, r in result.extensions.items()
+        },
+        "seconds": round(time.perf_counter() - t0, 3),
+        "backend": result.backend,
+    }
+    if result.levels is not None:
+        entry["frames"] = [
+            {"file": n, "scale": float(s), "level_exposure": float(v)}
+            for n, s, v in zip(result.names, result.scales, result.levels, strict=True)
+        ]
     return entry
 
 
@@ -445,7 +632,8 @@ def _inspect(args) -> int:
                 str(info.get("IMAGETYP")),
                 str(info.get("FILTER")),
                 str(info.get("EXPTIME")),
-                f"{info.shape[0]}x{info.shape[1]}",
+                f"{info.shape[0]}x{info.shape[1]}"
+                + (f" x{len(info.extensions)} ext" if info.extensions else ""),
                 _level(info.path, backends.NumbaBackend()),
                 "yes" if info in selected else "no",
             )
@@ -460,9 +648,22 @@ def _inspect(args) -> int:
             f"  {g.label():<20} {len(g.frames):3d} frames  "
             f"{g.shape[0]}x{g.shape[1]}  -> {g.product_name()}"
         )
+        if g.mosaic:
+            print("      extensions: " + _extension_list(g, args.ext))
     for p, why in unreadable:
         print(f"  unreadable: {p}: {why}")
     return 1 if unreadable else 0
+
+
+def _extension_list(group, ext):
+    """The extensions run would combine for a mosaic group, with their shapes."""
+    from ._io import ext_label
+    from ._mosaic import parse_ext_list, select_extensions
+
+    first = group.frames[0]
+    specs = None if ext is None else parse_ext_list(ext, param="--ext")
+    chosen = select_extensions(first.path, first.extensions, specs)
+    return ", ".join(f"{ext_label(k)} {s[0]}x{s[1]}" for k, _, s in chosen)
 
 
 def _level(path, backend):
@@ -503,9 +704,11 @@ def _simulate(args) -> int:
         raise _UsageError(f"--size {args.size!r}: expected ROWSxCOLS, e.g. 512x768") from None
     if rows < 16 or cols < 16:
         raise _UsageError(f"--size {args.size}: at least 16x16")
+    if args.mef < 0:
+        raise _UsageError(f"--mef {args.mef}: expected a number of extensions >= 0")
     paths = simulate_night(
         args.outdir, shape=(rows, cols), n_dome=args.n_dome, n_twilight=args.n_twilight,
-        dtype=args.dtype, seed=args.seed, overwrite=args.overwrite,
+        dtype=args.dtype, seed=args.seed, overwrite=args.overwrite, mef=args.mef,
     )  # fmt: skip
     if not args.quiet:
         print(f"wrote {len(paths)} files to {args.outdir}")

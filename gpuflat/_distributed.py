@@ -1,0 +1,201 @@
+"""Run the work units of ``gpuflat run`` on a dask.distributed cluster.
+
+``--workers N`` starts a local cluster (N worker processes, ``--threads-per-worker`` threads
+each, 1 by default); ``--scheduler ADDRESS`` uses an existing one, whose workers must see
+the same files (a shared filesystem) and have gpuflat installed. Without these flags this
+module is never imported, nor is Dask.
+
+A work unit is one product (today one per group; with multi-extension files, one per group
+and extension): it opens its own files, combines, and writes its product atomically
+(``write_product``: temporary name, verified, linked into place, never clobbering), then
+returns its small report entry, the same one the in-process loop records. Units are
+independent and idempotent, so a unit whose worker died is simply run again elsewhere:
+the scheduler reassigns the tasks of a lost worker (up to ``distributed.scheduler.
+allowed-failures`` times) and ``retries`` re-runs a unit that raised unexpectedly. A unit
+that fails for good is listed in the report as failed, and the exit code is 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import logging
+import os
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+
+from ._farm import ConfigError
+
+log = logging.getLogger("gpuflat")
+
+#: re-runs of a unit that raised an unexpected exception (worker deaths are counted by
+#: the scheduler's own ``allowed-failures``)
+RETRIES = 2
+#: seconds to wait for an existing scheduler to answer
+CONNECT_TIMEOUT = 20
+
+_INSTALL = "pip install 'gpuflat[distributed]'"
+
+
+def wanted(args) -> bool:
+    """Whether the run goes to a Dask cluster."""
+    return getattr(args, "workers", None) is not None or bool(getattr(args, "scheduler", None))
+
+
+def require(args) -> None:
+    """Check the options and that dask.distributed is importable, before any work."""
+    if args.workers is not None and args.scheduler:
+        raise ConfigError("--workers and --scheduler exclude each other: give one")
+    try:
+        import distributed  # noqa: F401
+    except ImportError:
+        flag = "--scheduler" if args.scheduler else "--workers"
+        raise ConfigError(
+            f"{flag} needs dask.distributed, which is not installed ({_INSTALL})"
+        ) from None
+
+
+def run_units(args, config, units, announce) -> list[dict]:
+    """Run ``units`` ((group, target) pairs) on the cluster; returns their report entries
+    in the order of ``units``. ``announce(args, entry)`` is called as each one completes."""
+    from distributed import as_completed
+
+    args = _portable(args)
+    entries: list[dict | None] = [None] * len(units)
+    with _client(args, config) as client:
+        futures = {}
+        for i, (group, target) in enumerate(units):
+            group, target = _portable_unit(group, target)
+            future = client.submit(
+                _remote_unit, args, config, group, target,
+                key=f"gpuflat-unit-{i}-{uuid.uuid4().hex}", pure=False, retries=RETRIES,
+            )  # fmt: skip
+            futures[future] = (i, group, target, target.exists())
+        for done, future in enumerate(as_completed(futures, loop=client.loop), start=1):
+            i, group, target, existed = futures.pop(future)
+            try:
+                entry = future.result()
+                if entry["status"].startswith("skipped") and not existed:
+                    # the unit ran twice: its first worker wrote the product and was lost
+                    # before the result came back (the retry found the product in place)
+                    entry["status"] = "written"
+                    entry["note"] = "written by an earlier attempt whose worker was lost"
+            except (Exception, asyncio.CancelledError) as exc:
+                entry = {
+                    "group": group.label(),
+                    "product": str(target),
+                    "files": [str(f.path) for f in group.frames],
+                    "status": f"failed: {type(exc).__name__}: {exc}",
+                }
+            future.release()  # done: a later worker loss must not run it again
+            entries[i] = entry
+            log.info("[%d/%d] group %s: %s", done, len(units), entry["group"], entry["status"])
+            announce(args, entry)
+    return entries
+
+
+def _remote_unit(args, config, group, target):
+    """The task run on a worker: one unit, as in-process (backend and mask resolved here)."""
+    from . import cli
+
+    cli._setup_logging(args)
+    # no progress bars from the workers: several would share one terminal
+    quiet = argparse.Namespace(**{**vars(args), "quiet": True})
+    return cli._run_unit(quiet, group, config, Path(target), _worker_backend(config.backend))
+
+
+_BACKENDS: dict = {}
+
+
+def _worker_backend(name):
+    """The worker's backend, chosen once per worker process (None: let the unit fail with
+    the reason)."""
+    from .backends import get_backend
+    from .errors import GpuflatError
+
+    if name not in _BACKENDS:
+        try:
+            _BACKENDS[name] = get_backend(name)
+        except GpuflatError:
+            return None
+    return _BACKENDS[name]
+
+
+def _portable(args):
+    """Paths made absolute: a worker may run elsewhere than the client."""
+    out = argparse.Namespace(**vars(args))
+    if out.mask:
+        out.mask = os.path.abspath(out.mask)
+    return out
+
+
+def _portable_unit(group, target):
+    frames = [dataclasses.replace(f, path=Path(os.path.abspath(f.path))) for f in group.frames]
+    return dataclasses.replace(group, frames=frames), Path(os.path.abspath(target))
+
+
+@contextmanager
+def _client(args, config):
+    from distributed import Client
+
+    level = logging.ERROR if args.quiet else logging.WARNING
+    if args.scheduler:
+        try:
+            client = Client(args.scheduler, timeout=CONNECT_TIMEOUT, set_as_default=False)
+        except (OSError, TimeoutError, ValueError) as exc:
+            raise ConfigError(f"--scheduler {args.scheduler}: cannot connect ({exc})") from None
+        with client:
+            log.info("scheduler %s: %d worker(s)", args.scheduler, _nworkers(client))
+            yield client
+        return
+    with (
+        _local_cluster(args, config, level) as cluster,
+        Client(cluster, set_as_default=False) as client,
+    ):
+        log.info(
+            "local cluster: %d worker process(es), dashboard %s",
+            _nworkers(client),
+            cluster.dashboard_link,
+        )
+        yield client
+
+
+def _nworkers(client) -> int:
+    return len(client.scheduler_info().get("workers", {}))
+
+
+def _local_cluster(args, config, level):
+    threads = args.threads_per_worker
+    if config.backend == "cuda":
+        cluster = _cuda_cluster(threads, level)
+        if cluster is not None:  # pragma: no cover - needs GPUs and dask-cuda
+            return cluster
+    from distributed import LocalCluster
+
+    env = {}
+    if "NUMBA_NUM_THREADS" not in os.environ:
+        # share the cores between the workers instead of each numba using them all
+        cores = os.cpu_count() or 1
+        env["NUMBA_NUM_THREADS"] = str(max(1, cores // (args.workers * threads)))
+    return LocalCluster(
+        n_workers=args.workers, threads_per_worker=threads, processes=True,
+        dashboard_address=":0", silence_logs=level, env=env,
+    )  # fmt: skip
+
+
+def _cuda_cluster(threads, level):
+    """GPU workers, one per visible GPU, when dask-cuda is installed (``--device cuda``).
+
+    Untested here (no GPU on the development machines); the workers then choose their
+    GPU through CUDA_VISIBLE_DEVICES, as dask-cuda sets it. Without dask-cuda, the plain
+    local cluster is used and every worker shares the default GPU.
+    """
+    try:
+        from dask_cuda import LocalCUDACluster
+    except ImportError:
+        log.info("dask-cuda is not installed: plain worker processes share the GPU")
+        return None
+    log.info("dask-cuda: one worker per visible GPU (--workers is ignored)")  # pragma: no cover
+    return LocalCUDACluster(threads_per_worker=threads, silence_logs=level)  # pragma: no cover

@@ -1,0 +1,448 @@
+"""Multi-extension (mosaic) flats: every image extension combined on its own.
+
+Survey cameras write one file per exposure with one image extension per detector or
+amplifier. The extensions are matched across files by (EXTNAME, EXTVER), never by position,
+combined one after the other by the same band pipeline as single images (so an extension's
+result is exactly ``gpuflat.combine(paths, ext=NAME)``), and written into one product that
+keeps the first file's extension order (:func:`gpuflat._io.write_mef_product`).
+
+Scaling is per extension by default. ``scale_per="exposure"`` measures one level per
+exposure over the finite, unmasked pixels of all its selected extensions together (the exact
+median of their union, the two middle values averaged in float64, or the mean), so that the
+detectors keep their relative gains, as a mosaic flat needs. It holds one exposure (all its
+selected extensions, 4 bytes a pixel, 6 with a bad-pixel mask) in memory at a time, and that
+must fit ``mem_limit``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+import os
+import warnings
+from collections.abc import Mapping, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+
+from ._config import CombineConfig
+from ._io import FitsFrame, ext_key, ext_label, is_image_hdu
+from ._pipeline import CombineResult
+from .errors import BadLevelError, FrameReadError, NoFramesError, ShapeMismatchError
+
+SCALE_PER = ("extension", "exposure")
+
+
+# --------------------------------------------------------------------------------------------
+# Naming extensions: validated once, at the boundary
+# --------------------------------------------------------------------------------------------
+
+
+def parse_ext_list(value, *, param="ext"):
+    """``None`` or a tuple of (EXTNAME upper case, EXTVER or None).
+
+    Accepts ``"CCD1"``, ``"CCD1,CCD2"``, ``"CCD1,2"`` (a number after a name is that name's
+    EXTVER), a sequence of such strings or of ``(EXTNAME, EXTVER)`` pairs.
+    """
+    if value is None:
+        return None
+    if isinstance(value, str):
+        items = [value]
+    elif isinstance(value, Sequence) and not isinstance(value, bytes):
+        items = list(value)
+    else:
+        raise TypeError(
+            f"{param} must be an extension name, 'NAME,EXTVER', or a sequence of them; "
+            f"got {type(value).__name__}"
+        )
+    if isinstance(value, tuple) and len(value) == 2 and _is_version(value[1]):
+        items = [value]  # one (EXTNAME, EXTVER) pair
+    out = []
+    for item in items:
+        if isinstance(item, tuple):
+            if len(item) != 2 or not isinstance(item[0], str) or not _is_version(item[1]):
+                raise TypeError(f"{param}: {item!r} is not an (EXTNAME, EXTVER) pair")
+            out.append((*_name(item[0], param, value), int(item[1])))
+            continue
+        if not isinstance(item, str):
+            raise TypeError(f"{param}: {item!r} is not an extension name")
+        tokens = [t.strip() for t in item.split(",")]
+        for t in tokens:
+            if t.isdigit():
+                if not out or out[-1][1] is not None:
+                    raise ValueError(
+                        f"{param} {value!r}: {t} is not an extension name "
+                        "(a number names the EXTVER of the name before it, as in CCD1,2)"
+                    )
+                out[-1] = (out[-1][0], int(t))
+            else:
+                out.append((*_name(t, param, value), None))
+    if not out:
+        raise ValueError(f"{param} {value!r}: names no extension")
+    if len(set(out)) != len(out):
+        raise ValueError(f"{param} {value!r}: names an extension twice")
+    return tuple(out)
+
+
+def parse_one_ext(value, *, param="ext"):
+    """For :func:`gpuflat.combine`: None, an HDU index, or one (EXTNAME, EXTVER or None)."""
+    if value is None:
+        return None
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        if value < 0:
+            raise ValueError(f"{param} must be an HDU index >= 0 or an extension name, got {value}")
+        return int(value)
+    specs = parse_ext_list(value, param=param)
+    if len(specs) != 1:
+        raise ValueError(f"{param} {value!r}: names {len(specs)} extensions, combine takes one")
+    return specs[0]
+
+
+def _name(text, param, value):
+    name = text.strip().upper()
+    if not name or any(c in name for c in "'\"[]") or not name.isprintable():
+        raise ValueError(f"{param} {value!r}: {text!r} is not a valid EXTNAME")
+    return (name,)
+
+
+def _is_version(v):
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 0
+
+
+def check_scale_per(value):
+    if not isinstance(value, str) or value not in SCALE_PER:
+        raise ValueError(
+            f"scale_per must be one of {', '.join(map(repr, SCALE_PER))}; got {value!r}"
+        )
+    return value
+
+
+# --------------------------------------------------------------------------------------------
+# Matching extensions across files
+# --------------------------------------------------------------------------------------------
+
+
+def image_extensions(path):
+    """((EXTNAME, EXTVER), HDU index, shape) of every 2-D image HDU of a file, in order."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with fits.open(path, memmap=False) as hdul:
+                return tuple(
+                    (ext_key(h, i), i, tuple(int(s) for s in h.shape))
+                    for i, h in enumerate(hdul)
+                    if is_image_hdu(h)
+                )
+    except OSError as exc:
+        raise FrameReadError(f"{path}: cannot read ({exc})") from None
+
+
+def select_extensions(path, available, specs):
+    """The entries of ``available`` (one file's image extensions) that ``specs`` names, in
+    the file's order; every extension when ``specs`` is None. A name the file does not have
+    is a :class:`FrameReadError` naming the file and the extension."""
+    if specs is None:
+        return list(available)
+    chosen = set()
+    for name, ver in specs:
+        hits = [e for e in available if e[0][0] == name and ver in (None, e[0][1])]
+        if not hits:
+            have = ", ".join(ext_label(e[0]) for e in available) or "none"
+            raise FrameReadError(f"{path}: no extension {ext_label((name, ver))} (it has {have})")
+        if len(hits) > 1:
+            raise FrameReadError(
+                f"{path}: {len(hits)} extensions named {name}; name one as {name},EXTVER"
+            )
+        chosen.add(hits[0][0])
+    return [e for e in available if e[0] in chosen]
+
+
+def match_extensions(paths, extension_lists, specs):
+    """``[(key, [HDU index in each file], shape)]`` in the first file's order.
+
+    Extensions are matched by (EXTNAME, EXTVER); one missing from a file, or of another
+    shape, is an error naming the file and the extension."""
+    chosen = select_extensions(paths[0], extension_lists[0], specs)
+    plan = [(key, [index], shape) for key, index, shape in chosen]
+    for path, available in zip(paths[1:], extension_lists[1:], strict=True):
+        by_key = {key: (index, shape) for key, index, shape in available}
+        for key, indices, shape in plan:
+            if key not in by_key:
+                raise FrameReadError(
+                    f"{path}: no extension {ext_label(key)} (the first file, "
+                    f"{os.path.basename(paths[0])}, has it)"
+                )
+            index, other = by_key[key]
+            if other != shape:
+                raise ShapeMismatchError(
+                    f"{path}: extension {ext_label(key)} is {other[0]}x{other[1]}, in "
+                    f"{os.path.basename(paths[0])} it is {shape[0]}x{shape[1]}"
+                )
+            indices.append(index)
+    return plan
+
+
+# --------------------------------------------------------------------------------------------
+# Combining
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class MosaicResult:
+    """The combined extensions of a mosaic, in the first file's order.
+
+    ``extensions`` maps a label (``"CCD1"``, or ``"CCD1,2"`` for EXTVER 2) to that
+    extension's :class:`~gpuflat.CombineResult`; ``scales`` and ``levels`` are the
+    per-exposure factors and levels when ``scale_per == "exposure"`` (else None).
+    """
+
+    extensions: dict[str, CombineResult]
+    keys: list[tuple[str, int]]
+    names: list[str]
+    scale_per: str
+    scales: np.ndarray | None
+    levels: list[float] | None
+    primary_header: fits.Header = field(repr=False)
+    config: CombineConfig = field(repr=False)
+    backend: str = "cpu"
+
+    def __getitem__(self, label: str) -> CombineResult:
+        return self.extensions[label]
+
+    def params(self) -> dict:
+        """The parameters recorded in the product headers."""
+        return {
+            **self.config.describe(),
+            "scale_per": self.scale_per,
+            "ext": ",".join(self.extensions),
+        }
+
+    def write(self, path, *, overwrite: bool = False, compress: bool = False) -> Path:
+        """Write the mosaic product (layout: :func:`gpuflat._io.write_mef_product`).
+
+        Never clobbers an existing file unless ``overwrite``; ``compress`` tile-compresses
+        every image HDU losslessly."""
+        return self._write(path, overwrite=overwrite, compress=compress)
+
+    def _write(self, path, *, overwrite, compress, product_header=None):
+        from . import __version__
+        from ._io import write_mef_product
+
+        if product_header is None:
+            from ._io import product_header
+        params = self.params()
+        primary = product_header(
+            self.primary_header, names=self.names, scales=self.scales, params=params,
+            backend=self.backend, version=__version__,
+        )  # fmt: skip
+        first = next(iter(self.extensions.values()))
+        exts = [
+            (
+                key,
+                result,
+                product_header(
+                    result.header,
+                    names=result.names,
+                    scales=result.scales,
+                    params=params,
+                    backend=result.backend,
+                    version=__version__,
+                ),
+            )
+            for key, result in zip(self.keys, self.extensions.values(), strict=True)
+        ]
+        return write_mef_product(
+            Path(path), primary, exts, unit=first.unit, overwrite=overwrite, compress=compress
+        )
+
+
+def combine_mosaic_files(
+    paths,
+    config: CombineConfig,
+    backend,
+    *,
+    ext=None,
+    scale_per="extension",
+    mask=None,
+    extension_lists=None,
+    want_levels=(),
+    progress=None,
+    on_extension=None,
+) -> MosaicResult:
+    """Combine the matched image extensions of ``paths`` one after the other.
+
+    ``ext``: parsed specs (:func:`parse_ext_list`) or None for every extension; ``mask``:
+    None, a 2-D array applied to every extension, or a mapping label -> 2-D array (an
+    extension missing from it gets none); ``extension_lists``: the files' extensions when
+    already known (the CLI has read them while selecting); ``progress(done, total)`` is
+    called after each extension, ``on_extension(label)`` before it.
+    """
+    from ._pipeline import combine_frames
+
+    paths = [Path(p) for p in paths]
+    if not paths:
+        raise NoFramesError("no frames to combine: the input is empty")
+    if extension_lists is None:
+        extension_lists = [image_extensions(p) for p in paths]
+    plan = match_extensions(paths, extension_lists, ext)
+    labels = [ext_label(key) for key, _, _ in plan]
+    masks = {label: _mask_for(mask, label) for label in labels}
+    scales = levels = None
+    ext_config = config
+    if scale_per == "exposure" and (callable(config.scale) or config.scale in ("median", "mean")):
+        levels, scales = _exposure_scales(paths, plan, labels, masks, config, backend)
+        ext_config = dataclasses.replace(config, scale=tuple(scales))
+    results = {}
+    for done, ((_key, indices, _shape), label) in enumerate(zip(plan, labels, strict=True)):
+        if on_extension is not None:
+            on_extension(label)
+        with ExitStack() as stack:
+            frames = []
+            for path, index in zip(paths, indices, strict=True):
+                frame = FitsFrame(path, hdu=index)
+                stack.callback(frame.close)
+                frames.append(frame)
+            result = combine_frames(
+                frames, ext_config, backend, bad_pixel_mask=masks[label], want_levels=want_levels
+            )
+        if levels is not None:
+            result.levels = {"exposure": list(levels), **result.levels}
+        results[label] = result
+        if progress is not None:
+            progress(done + 1, len(plan))
+    first = next(iter(results.values()))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        primary_header = fits.getheader(paths[0], 0)
+    return MosaicResult(
+        extensions=results,
+        keys=[key for key, _, _ in plan],
+        names=[str(p) for p in paths],
+        scale_per=scale_per,
+        scales=scales,
+        levels=levels,
+        primary_header=primary_header,
+        config=config,
+        backend=first.backend,
+    )
+
+
+def _mask_for(mask, label):
+    if mask is None:
+        return None
+    if isinstance(mask, Mapping):
+        return mask.get(label)
+    return mask
+
+
+def _exposure_scales(paths, plan, labels, masks, config, backend):
+    """One level per exposure over the union of its selected extensions (see the module
+    docstring); returns (levels, scales = 1/level, or the callable's factor)."""
+    sizes = [shape[0] * shape[1] for _, _, shape in plan]
+    total = sum(sizes)
+    masked = any(m is not None for m in masks.values())
+    need = total * (4 + (2 if masked else 0))  # float32 union; its mask and a bool copy
+    if need > config.mem_limit:
+        raise ValueError(
+            f"mem_limit={config.mem_limit:.4g} bytes is too small for scale_per='exposure': "
+            f"one exposure of {len(plan)} extension(s) needs {need:.4g} bytes in memory"
+        )
+    union = np.empty(total, np.float32)
+    union_mask = np.zeros(total, np.uint8) if masked else None
+    levels, scales = [], []
+    for i, path in enumerate(paths):
+        offset = 0
+        for (_key, indices, shape), label, size in zip(plan, labels, sizes, strict=True):
+            frame = FitsFrame(path, hdu=indices[i])
+            try:
+                frame.read_rows(0, shape[0], union[offset : offset + size].reshape(shape))
+                m = masks[label]  # a FitsFrame has no mask of its own
+            finally:
+                frame.close()
+            if masked:
+                if m is not None and m.shape != shape:
+                    raise ShapeMismatchError(
+                        f"bad-pixel mask shape {m.shape} differs from extension {label}'s {shape}"
+                    )
+                union_mask[offset : offset + size] = 0 if m is None else m.ravel()
+            offset += size
+        if callable(config.scale):
+            value, what = config.scale(union), "scale"
+        else:
+            value = backend.frame_level(
+                union.reshape(1, total),
+                None if union_mask is None else union_mask.reshape(1, total),
+                config.scale,
+            )
+            what = f"{config.scale} level of the exposure"
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            raise BadLevelError(f"{path}: {what} {value!r} is not a number") from None
+        if not (math.isfinite(value) and value > 0):
+            raise BadLevelError(f"{path}: {what} is {value!r}; it must be finite and > 0 to scale")
+        levels.append(value)
+        scales.append(value if callable(config.scale) else 1.0 / value)
+    return levels, np.asarray(scales, np.float64)
+
+
+def mosaic_mask(mask):
+    """A bad-pixel mask for a mosaic: None; a 2-D array (every extension); a mapping
+    label -> 2-D array; or a FITS path: a single image applies to every extension, a
+    multi-extension file gives each extension the mask HDU of the same (EXTNAME, EXTVER)."""
+    from . import _bad_pixel_mask
+
+    if mask is None:
+        return None
+    if isinstance(mask, Mapping):
+        out = {}
+        for k, v in mask.items():
+            if not isinstance(k, str):
+                raise TypeError(f"mask: a mapping's keys must be extension names, got {k!r}")
+            out[ext_label(parse_one_ext(k, param="mask"))] = _bad_pixel_mask(v)
+        return out
+    if isinstance(mask, (str, os.PathLike)):
+        try:
+            available = image_extensions(mask)
+        except FrameReadError:
+            available = ()
+        if len(available) > 1:
+            out = {}
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                with fits.open(mask, memmap=False) as hdul:
+                    for key, index, _ in available:
+                        out[ext_label(key)] = np.asarray(hdul[index].data) != 0
+            return _MaskByExtension(out, str(mask))
+    return _bad_pixel_mask(mask)
+
+
+class _MaskByExtension(dict):
+    """Per-extension masks read from a multi-extension FITS file: an extension that the
+    mask file lacks is an error (rather than silently unmasked)."""
+
+    def __init__(self, masks, name):
+        super().__init__(masks)
+        self.name = name
+
+    def get(self, label, default=None):
+        if label not in self:
+            raise FrameReadError(f"{self.name}: the mask file has no extension {label}")
+        return self[label]
+
+
+__all__ = [
+    "SCALE_PER",
+    "MosaicResult",
+    "check_scale_per",
+    "combine_mosaic_files",
+    "image_extensions",
+    "match_extensions",
+    "mosaic_mask",
+    "parse_ext_list",
+    "parse_one_ext",
+]

@@ -1,0 +1,195 @@
+"""`gpuflat run --workers N / --scheduler ADDRESS`: the groups on a dask.distributed cluster.
+
+Each test starts its own small cluster (a few seconds); ``-m 'not distributed'`` leaves
+them out.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from astropy.io import fits
+from conftest import flat_stack, write_fits
+
+import gpuflat.cli
+from gpuflat import _distributed
+from gpuflat.cli import main
+
+distributed = pytest.importorskip("distributed")  # in the test extra: runs in `make test`
+
+pytestmark = pytest.mark.distributed
+
+
+@pytest.fixture
+def night(tmp_path, rng):
+    """Three filters of three or four tiny frames."""
+    d = tmp_path / "night"
+    d.mkdir()
+    for filt, n in (("B", 3), ("V", 4), ("R", 3)):
+        for i, a in enumerate(flat_stack(rng, n=n, shape=(40, 30))):
+            write_fits(d / f"flat-{filt}-{i}.fits", a, IMAGETYP="FLAT", FILTER=filt)
+    return d
+
+
+def _same_products(a, b):
+    names = sorted(p.name for p in a.glob("*.fits"))
+    assert names == sorted(p.name for p in b.glob("*.fits")) and names
+    for name in names:
+        with fits.open(a / name) as ha, fits.open(b / name) as hb:
+            assert [h.name for h in ha] == [h.name for h in hb]
+            for x, y in zip(ha, hb, strict=True):
+                assert x.data.dtype == y.data.dtype
+                np.testing.assert_array_equal(x.data, y.data)  # bit for bit, NaN == NaN
+                assert _cards(x.header) == _cards(y.header), name
+
+
+def _cards(header):
+    """The cards apart from the date (GPF_DATE, CHECKSUM over it, and the checksums'
+    "updated <date>" comments)."""
+    return [
+        (c.keyword, c.value, "" if c.keyword == "DATASUM" else c.comment)
+        for c in header.cards
+        if c.keyword not in ("GPF_DATE", "CHECKSUM")
+    ]
+
+
+def _entries(report):
+    """The report's entries by group, without timings, products by name."""
+    out = {}
+    for g in json.loads(report.read_text())["groups"]:
+        g.pop("seconds", None)
+        g["product"] = os.path.basename(g["product"])
+        out[g["group"]] = g
+    return out
+
+
+def test_local_cluster_products_identical_to_in_process(night, tmp_path, capsys):
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert (
+        main(["run", str(night), "-o", str(one), "-q", "--report", str(tmp_path / "1.json")]) == 0
+    )
+    argv = [
+        "run",
+        str(night),
+        "-o",
+        str(two),
+        "--workers",
+        "2",
+        "--report",
+        str(tmp_path / "2.json"),
+    ]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.count("frames, group") == 3  # each unit reported as it completes
+    _same_products(one, two)
+    assert _entries(tmp_path / "1.json") == _entries(tmp_path / "2.json")
+    report = json.loads((tmp_path / "2.json").read_text())
+    assert report["configuration"]["workers"] == 2
+    assert not list(two.glob(".*tmp*"))
+    # idempotent: a second run skips every existing product
+    assert main(argv) == 0
+    assert all(e["status"] == "skipped (exists)" for e in _entries(tmp_path / "2.json").values())
+
+
+PRELOAD = """
+import os
+import signal
+
+import gpuflat.cli as cli
+
+# a preload may run more than once in a worker process: wrap the original only
+_combine_group = getattr(cli, "_unpatched_combine_group", cli._combine_group)
+cli._unpatched_combine_group = _combine_group
+
+
+def _dies_once(args, group, *rest, **kw):
+    if group.label() == "V":
+        try:
+            os.close(os.open({marker!r}, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            pass  # the retry: combine normally
+        else:
+            os.kill(os.getpid(), signal.SIGKILL)  # the worker dies mid-unit
+    return _combine_group(args, group, *rest, **kw)
+
+
+cli._combine_group = _dies_once
+"""
+
+
+def test_killed_worker_unit_is_retried(night, tmp_path):
+    """The unit of group V kills its worker process the first time it runs; the scheduler
+    hands it to a new worker and every product is still written. Run in a subprocess (a
+    killed worker must not take the test session with it), bounded in time."""
+    marker = tmp_path / "killed-once"
+    preload = tmp_path / "preload_kill.py"
+    preload.write_text(textwrap.dedent(PRELOAD.format(marker=str(marker))))
+    env = {
+        **os.environ,
+        "DASK_DISTRIBUTED__WORKER__PRELOAD": json.dumps([str(preload)]),
+        "PYTHONWARNINGS": "error::DeprecationWarning",
+    }
+    out, report = tmp_path / "out", tmp_path / "report.json"
+    cmd = [sys.executable, "-m", "gpuflat.cli", "run", str(night), "-o", str(out)]
+    cmd += ["--workers", "2", "--report", str(report)]
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,  # its own process group: the workers go with it on timeout
+    )  # fmt: skip
+    try:
+        stdout, stderr = proc.communicate(timeout=180)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        pytest.fail(f"gpuflat run --workers did not finish in 180 s:\n{stderr[-3000:]}")
+    assert proc.returncode == 0, stderr
+    assert marker.exists()  # the worker was killed
+    assert sorted(p.name for p in out.glob("*.fits")) == [
+        "combined_flat_filter_B.fits",
+        "combined_flat_filter_R.fits",
+        "combined_flat_filter_V.fits",
+    ]
+    assert {e["status"] for e in _entries(report).values()} == {"written"}
+    assert fits.getheader(out / "combined_flat_filter_V.fits")["NCOMBINE"] == 4
+    assert not list(out.glob(".*tmp*"))
+    assert "Traceback" not in stderr and stdout.count("frames, group") == 3
+
+
+def test_scheduler_address_and_unit_failing_for_good(night, tmp_path, capsys, monkeypatch):
+    """--scheduler sends the units to an existing cluster (here an in-process one, so the
+    monkeypatch reaches its workers). A unit that keeps raising is retried, then listed as
+    failed in the report, and the exit code is 1; the other products are written."""
+    calls = []
+    combine_group = gpuflat.cli._combine_group
+
+    def broken_for_v(args, group, *rest, **kw):
+        if group.label() == "V":
+            calls.append(group.label())
+            raise RuntimeError("boom")
+        return combine_group(args, group, *rest, **kw)
+
+    monkeypatch.setattr(gpuflat.cli, "_combine_group", broken_for_v)
+    out, report = tmp_path / "out", tmp_path / "report.json"
+    with distributed.LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None
+    ) as cluster:
+        argv = ["run", str(night), "-o", str(out), "--scheduler", cluster.scheduler_address]
+        code = main([*argv, "--report", str(report)])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert len(calls) == 1 + _distributed.RETRIES
+    assert sorted(p.name for p in out.glob("*.fits")) == [
+        "combined_flat_filter_B.fits",
+        "combined_flat_filter_R.fits",
+    ]
+    entries = _entries(report)
+    assert entries["V"]["status"] == "failed: RuntimeError: boom"
+    assert entries["B"]["status"] == entries["R"]["status"] == "written"
+    assert "group V failed: RuntimeError: boom" in err and "Traceback" not in err
+    data = json.loads(report.read_text())
+    assert data["backend"] == "auto (chosen by the workers)"
