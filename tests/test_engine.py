@@ -1,7 +1,6 @@
 """The core engine against an independent NumPy/astropy reference (tests/reference.py)."""
 
 import math
-import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -97,9 +96,7 @@ def test_combine_matches_reference_end_to_end(stack):
     result = gpuflat.combine(stack)
     levels = np.median(stack.reshape(len(stack), -1).astype(np.float64), axis=1)
     np.testing.assert_array_equal(result.scales, 1 / levels)
-    ref_image, ref_uncert, ref_count = reference_combine(
-        stack.reshape(len(stack), -1), scale=1 / levels
-    )
+    ref_image, _, ref_count = reference_combine(stack.reshape(len(stack), -1), scale=1 / levels)
     np.testing.assert_array_equal(result.count.ravel(), ref_count)
     np.testing.assert_allclose(result.image.ravel(), ref_image, rtol=1e-7)
     assert result.image.dtype == np.float32
@@ -132,7 +129,7 @@ def test_band_height_does_not_change_a_bit(tmp_path, rng, dtype):
     paths = [write_fits(tmp_path / f"f{i}.fits", a.astype(dtype)) for i, a in enumerate(stack)]
     bpm = rng.random((97, 53)) < 0.02
     results = [gpuflat.combine(paths, mem_limit=m, mask=bpm) for m in (1e9, 4e5, 2e5, 1.2e5)]
-    assert [r.plan.nbands for r in results][0] == 1 and results[-1].plan.nbands > 3
+    assert results[0].plan.nbands == 1 and results[-1].plan.nbands > 3
     for r in results[1:]:
         assert r.image.tobytes() == results[0].image.tobytes()
         assert r.uncertainty.tobytes() == results[0].uncertainty.tobytes()
@@ -230,7 +227,7 @@ def test_frame_median_large_frame(rng):
 def test_shape_mismatch_names_the_file(tmp_path, stack):
     a = write_fits(tmp_path / "a.fits", stack[0])
     b = write_fits(tmp_path / "b.fits", stack[1][:-1])
-    with pytest.raises(gpuflat.ShapeMismatchError, match="b.fits"):
+    with pytest.raises(gpuflat.ShapeMismatchError, match=r"b\.fits"):
         gpuflat.combine([a, b])
 
 
@@ -238,7 +235,7 @@ def test_shape_mismatch_names_the_file(tmp_path, stack):
 def test_bad_level_names_the_file(tmp_path, stack, level):
     bad = np.full_like(stack[0], level)
     paths = [write_fits(tmp_path / "good.fits", stack[0]), write_fits(tmp_path / "zero.fits", bad)]
-    with pytest.raises(gpuflat.BadLevelError, match="zero.fits"):
+    with pytest.raises(gpuflat.BadLevelError, match=r"zero\.fits"):
         gpuflat.combine(paths)
 
 
@@ -251,7 +248,7 @@ def test_truncated_file_is_named(tmp_path, stack):
     path = write_fits(tmp_path / "cut.fits", stack[0])
     raw = Path(path).read_bytes()
     Path(path).write_bytes(raw[: len(raw) - 4000])
-    with pytest.raises(gpuflat.FrameReadError, match="cut.fits"):
+    with pytest.raises(gpuflat.FrameReadError, match=r"cut\.fits"):
         gpuflat.combine([path, path])
 
 
@@ -265,7 +262,7 @@ def test_non_image_hdu_and_garbage(tmp_path):
     for path in (table, garbage):
         with pytest.raises(gpuflat.FrameReadError, match=path.name):
             gpuflat.combine([path])
-    with pytest.raises(gpuflat.FrameReadError, match="missing.fits"):
+    with pytest.raises(gpuflat.FrameReadError, match=r"missing\.fits"):
         gpuflat.combine([tmp_path / "missing.fits"])
 
 
@@ -293,7 +290,7 @@ def test_parameter_errors_name_the_parameter(stack, kwargs, exc, words):
 
 
 def test_cuda_backend_is_a_clear_error_without_a_gpu(stack):
-    ok, why = gpuflat.backends.cuda_status()
+    ok, _ = gpuflat.backends.cuda_status()
     if ok:
         pytest.skip("a GPU is present")
     with pytest.raises(gpuflat.BackendUnavailableError, match="cuda"):
@@ -301,16 +298,23 @@ def test_cuda_backend_is_a_clear_error_without_a_gpu(stack):
 
 
 MEMORY_SCRIPT = """
-import resource, sys, numpy as np, gpuflat
+import sys, numpy as np, gpuflat
+
+def status(key):  # bytes; this process's own figures (ru_maxrss would include the parent's)
+    line = next(ln for ln in open("/proc/self/status") if ln.startswith(key + ":"))
+    return int(line.split()[1]) * 1024
+
 paths = sys.argv[1:-1]; limit = float(sys.argv[-1])
 gpuflat.combine(np.ones((3, 8, 8), np.float32))  # compile and warm up
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+before = status("VmRSS")
+with open("/proc/self/clear_refs", "w") as fh:
+    fh.write("5")  # reset the peak (VmHWM) to the current resident size
 r = gpuflat.combine(paths, mem_limit=limit)
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-print(before, after, r.plan.nbands)
+print(before, status("VmHWM"), r.plan.nbands)
 """
 
 
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc")
 def test_memory_stays_within_limit_plus_outputs(tmp_path, rng):
     n, shape, limit = 24, (1024, 768), 25e6  # a 75 MB stack, 3x the limit
     frame = flat_stack(rng, n=1, shape=shape)[0]
@@ -321,9 +325,10 @@ def test_memory_stays_within_limit_plus_outputs(tmp_path, rng):
         text=True,
         check=True,
     )
-    before, after, nbands = (int(v) for v in out.stdout.split())
+    before, peak, nbands = (int(v) for v in out.stdout.split())
     outputs = shape[0] * shape[1] * (4 + 4 + 4 + 1)  # image, uncertainty, count, mask
     overhead = 20e6  # documented in the README: thread stacks, allocator slack, astropy headers
     assert nbands > 1
-    assert after - before < limit + outputs + overhead, (after - before) / 1e6
-    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss > 0
+    # the stack streamed through memory: the peak reflects the bands, not the 75 MB stack
+    assert peak - before > limit / 4, (peak - before) / 1e6
+    assert peak - before < limit + outputs + overhead, (peak - before) / 1e6
