@@ -147,6 +147,10 @@ def _convert(path, key, value, action: argparse.Action):
         if not isinstance(items, list) or not all(isinstance(v, str) for v in items):
             raise wrong("a string or an array of strings")
         return [_typed(path, key, v, action, wrong) for v in items]
+    if isinstance(action.nargs, int):
+        if not isinstance(value, list) or len(value) != action.nargs:
+            raise wrong(f"an array of {action.nargs} values")
+        return [_typed(path, key, v, action, wrong) for v in value]
     if action.dest == "group_by" and isinstance(value, list):
         if not value or not all(isinstance(v, str) for v in value):
             raise wrong("a string or an array of header keys")

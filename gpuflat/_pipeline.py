@@ -28,7 +28,9 @@ class CombineResult:
     """The combined flat and what went into it.
 
     ``image`` and ``uncertainty`` are NaN where no sample survived; ``count`` is the number
-    of survivors per pixel; ``mask`` is True where ``count`` is 0.
+    of survivors per pixel; ``mask`` is True where ``count`` is 0. ``rejected`` is, per
+    frame, the number of its usable samples (finite, unmasked, within min/max) that did not
+    survive the extrema window or the clipping (None when a custom combiner ran).
     """
 
     image: np.ndarray
@@ -44,6 +46,14 @@ class CombineResult:
     backend: str
     plan: BandPlan
     timings: dict[str, float] = field(default_factory=dict)
+    rejected: np.ndarray | None = None
+
+    @property
+    def rejected_fraction(self) -> np.ndarray | None:
+        """Per frame, the fraction of its pixels whose sample was rejected."""
+        if self.rejected is None:
+            return None
+        return self.rejected / max(1, self.image.size)
 
     def to_ccddata(self) -> CCDData:
         """The result as a CCDData (StdDevUncertainty, boolean mask, the first frame's header)."""
@@ -146,15 +156,16 @@ def combine_frames(
         count = np.empty(shape, np.int32)
         weights = None if config.weights is None else np.asarray(config.weights, np.float64)
         params = config.kernel_params(clip_scaled=clip_scaled)
+        rejected = None
         if band_combiner is None:
             # float64 band outputs, reused band after band
             band_out = (np.empty(plan.rows * cols), np.empty(plan.rows * cols))
             band_out += (np.empty(plan.rows * cols, np.int32),)
+            rejected = np.zeros(n, np.int64)
 
             def combiner(d, m, s, w):
-                npix = d.shape[1]
-                out = tuple(b[:npix] for b in band_out)
-                return backend.combine_band(d, m, s, w, params, out=out)
+                out = tuple(b[: d.shape[1]] for b in band_out)
+                return backend.combine_band(d, m, s, w, params, out=out, rejected=rejected)
         else:
             combiner = band_combiner
         bands = [(r, min(nrows, r + plan.rows)) for r in range(0, nrows, plan.rows)]
@@ -201,6 +212,7 @@ def combine_frames(
         backend=getattr(backend, "name", "custom"),
         plan=plan,
         timings=timings,
+        rejected=rejected,
     )
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, _farm, open_frames
+from . import __version__, _farm, _qa, open_frames
 from ._config import CombineConfig
 from ._farm import ConfigError
 from .errors import GpuflatError
@@ -183,6 +183,20 @@ def _build_parser() -> argparse.ArgumentParser:
         "each exposure by one level over all its selected extensions (keeps the detectors' "
         "relative gains; holds one exposure in memory)",
     )  # fmt: skip
+    qa = run.add_argument_group(
+        "frame QA (on by default; the report lists every frame's level and rejected fraction)"
+    )
+    qa.add_argument(
+        "--level-range", nargs=2, type=float, metavar=("LOW", "HIGH"),
+        help="leave out frames whose median level (raw ADU) is outside [LOW, HIGH]: "
+        "saturated or too faint twilight flats",
+    )  # fmt: skip
+    qa.add_argument(
+        "--qa-reject-factor", type=float, default=5.0, metavar="F",
+        help="leave out frames whose rejected fraction is above F times the group's median "
+        "fraction and above 1%% (groups of 3 or more frames; default 5)",
+    )  # fmt: skip
+    qa.add_argument("--no-qa", action="store_true", help="leave no frame out")
     farm = run.add_argument_group(
         "farm (needs the 'distributed' extra: pip install 'gpuflat[distributed]')"
     )
@@ -342,6 +356,7 @@ def _run(args) -> int:
         )  # fmt: skip
     except (ValueError, TypeError) as exc:
         raise _UsageError(str(exc)) from None
+    _qa_config(args)  # validated here, once, before any work
     if args.mask and not os.path.isfile(args.mask):
         raise _UsageError(f"--mask {args.mask}: no such file")
     outdir = Path(args.outdir)
@@ -469,10 +484,27 @@ def _combine_group(args, group, config, backend, bad_pixels, target, product_hea
                 if not args.skip_bad:
                     raise
                 log.warning("%s: skipped (%s)", info.path, exc)
-        want = ("median", "mean") if args.plots else ()
+        want = ("median", "mean") if args.plots else ("median",)
         result = combine_frames(
             frames, config, backend, bad_pixel_mask=bad_pixels, want_levels=want, progress=progress
         )
+        qa_entries = _frame_entries(result)
+        left_out = {} if args.no_qa else _qa.outliers(
+            result.levels["median"], result.rejected_fraction, _qa_config(args)
+        )  # fmt: skip
+        if left_out:
+            for i, why in left_out.items():
+                log.warning("%s: left out of group %s: %s", frames[i].name, group.label(), why)
+                qa_entries[i]["qa"] = f"left out: {why}"
+            frames = [f for i, f in enumerate(frames) if i not in left_out]
+            if not frames:
+                raise GpuflatError(f"group {group.label()}: QA left out every frame")
+            result = combine_frames(
+                frames, config, backend, bad_pixel_mask=bad_pixels, want_levels=want
+            )
+            final = {e["file"]: e for e in _frame_entries(result)}
+            for e in qa_entries:  # the scales of the frames kept, from the final combination
+                e.update(final.get(e["file"], {}))
         unscaled = None
         if args.plots and config.scale != "none":
             unscaled_config = dataclasses.replace(config, scale="none")
@@ -491,14 +523,8 @@ def _combine_group(args, group, config, backend, bad_pixels, target, product_hea
     )  # fmt: skip
     seconds = time.perf_counter() - t0
     entry = {
-        "frames": [
-            {
-                "file": name,
-                "scale": float(s),
-                **{f"level_{k}": float(v[i]) for k, v in result.levels.items()},
-            }
-            for i, (name, s) in enumerate(zip(result.names, result.scales, strict=True))
-        ],
+        "frames": qa_entries,
+        "frames_left_out": len(left_out),
         "rejected_fraction": float(1 - result.count.mean() / len(result.names)),
         "pixels_without_survivor": int(result.mask.sum()),
         "seconds": round(seconds, 3),
@@ -508,6 +534,29 @@ def _combine_group(args, group, config, backend, bad_pixels, target, product_hea
     if args.plots:
         entry["plots"] = _plots(target, group, result, unscaled)
     return entry
+
+
+def _frame_entries(result) -> list[dict]:
+    """The report's line for each frame of a combination: scale, levels, rejected fraction."""
+    fractions = result.rejected_fraction
+    return [
+        {
+            "file": name,
+            "scale": float(s),
+            **{f"level_{k}": float(v[i]) for k, v in result.levels.items()},
+            "rejected_fraction": None if fractions is None else float(fractions[i]),
+            "qa": "kept",
+        }
+        for i, (name, s) in enumerate(zip(result.names, result.scales, strict=True))
+    ]
+
+
+def _qa_config(args):
+    try:
+        level_range = tuple(args.level_range) if args.level_range else None
+        return _qa.QAConfig(level_range=level_range, reject_factor=args.qa_reject_factor)
+    except ValueError as exc:
+        raise _UsageError(f"--{str(exc).replace('_', '-')}") from None
 
 
 def _combine_mosaic_group(args, group, config, backend, target, product_header):
@@ -529,6 +578,8 @@ def _combine_mosaic_group(args, group, config, backend, target, product_header):
         infos.append(info)
     if args.plots:
         log.warning("group %s: --plots are not made for multi-extension groups", group.label())
+    if not args.no_qa and (args.level_range or len(infos) >= 3):
+        log.info("group %s: frame QA is not applied to multi-extension groups", group.label())
     scale_per = getattr(args, "scale_per", "extension")
     progress = _progress_bar(args, f"{group.label():>10}")
     t0 = time.perf_counter()
@@ -549,6 +600,7 @@ def _combine_mosaic_group(args, group, config, backend, target, product_header):
             label: {
                 "scales": [float(s) for s in r.scales],
                 "rejected_fraction": float(1 - r.count.mean() / len(r.names)),
+                "frames_rejected_fraction": [float(f) for f in r.rejected_fraction],
                 "pixels_without_survivor": int(r.mask.sum()),
                 "bands": r.plan.nbands,
             }

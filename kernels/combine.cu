@@ -37,6 +37,10 @@
 //   double              *image       [npix]  (written at p0 .. p0 + nthreads - 1)
 //   double              *uncert      [npix]
 //   int                 *count       [npix]
+//   unsigned long long  *rejected    [n] or NULL: per frame, the valid samples that did not
+//                                    survive are added (atomicAdd; they are few, so the
+//                                    atomics stay cheap, and integer sums are exact in any
+//                                    order)
 // Launch with any 1-D grid covering nthreads threads; surplus threads return at once.
 
 #define GF_MAD_TO_STD 1.482602218505602
@@ -166,7 +170,8 @@ __device__ __forceinline__ double mad_range(W &w, int a, int b, double med) {
 template <class W>
 __device__ __forceinline__ void combine_pixel(W &w, const Pixel &px, const unsigned char *mask,
                                               const double *weight, int n, const Params &pr,
-                                              double *image, double *uncert, int *count) {
+                                              double *image, double *uncert, int *count,
+                                              unsigned long long *rejected) {
   const long long p = px.p;
   const long long npix = px.npix;
   w.init(n);
@@ -283,6 +288,18 @@ __device__ __forceinline__ void combine_pixel(W &w, const Pixel &px, const unsig
   // 6: combine the survivors
   int k = bf - af;
   count[p] = k;
+  if (rejected) {
+    for (int i = 0; i < n; ++i) {
+      if (!w.valid(i)) continue;
+      bool survived = false;
+      if (k > 0 && w.inwin(i)) {
+        double v, y;
+        px.values(i, v, y);
+        survived = v >= w.s(af) && v <= w.s(bf - 1);
+      }
+      if (!survived) atomicAdd(&rejected[i], 1ull);
+    }
+  }
   if (k == 0) {
     image[p] = gf_nan();
     uncert[p] = gf_nan();
@@ -358,7 +375,8 @@ __device__ __forceinline__ void combine_pixel(W &w, const Pixel &px, const unsig
       long long npix, long long p0, long long nthreads, void *scratch, int clip_scaled,    \
       double min_value, double max_value, int nlow, int nhigh, int sigma, int center,      \
       int dev, double sigma_low, double sigma_high, int maxiters, int method,              \
-      double *__restrict__ image, double *__restrict__ uncert, int *__restrict__ count
+      double *__restrict__ image, double *__restrict__ uncert, int *__restrict__ count,     \
+      unsigned long long *__restrict__ rejected
 
 #define GF_COMBINE_SETUP                                                                    \
   long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x;                           \
@@ -372,32 +390,32 @@ __device__ __forceinline__ void combine_local(GF_COMBINE_ARGS) {
   (void)scratch;
   GF_COMBINE_SETUP
   LocalStore<CAP> w;
-  combine_pixel(w, px, mask, weight, n, pr, image, uncert, count);
+  combine_pixel(w, px, mask, weight, n, pr, image, uncert, count, rejected);
 }
 
 extern "C" __global__ void gpuflat_combine_16(GF_COMBINE_ARGS) {
   combine_local<16>(data, mask, scale, weight, n, npix, p0, nthreads, scratch, clip_scaled,
                     min_value, max_value, nlow, nhigh, sigma, center, dev, sigma_low,
-                    sigma_high, maxiters, method, image, uncert, count);
+                    sigma_high, maxiters, method, image, uncert, count, rejected);
 }
 
 extern "C" __global__ void gpuflat_combine_32(GF_COMBINE_ARGS) {
   combine_local<32>(data, mask, scale, weight, n, npix, p0, nthreads, scratch, clip_scaled,
                     min_value, max_value, nlow, nhigh, sigma, center, dev, sigma_low,
-                    sigma_high, maxiters, method, image, uncert, count);
+                    sigma_high, maxiters, method, image, uncert, count, rejected);
 }
 
 extern "C" __global__ void gpuflat_combine_64(GF_COMBINE_ARGS) {
   combine_local<64>(data, mask, scale, weight, n, npix, p0, nthreads, scratch, clip_scaled,
                     min_value, max_value, nlow, nhigh, sigma, center, dev, sigma_low,
-                    sigma_high, maxiters, method, image, uncert, count);
+                    sigma_high, maxiters, method, image, uncert, count, rejected);
 }
 
 extern "C" __global__ void gpuflat_combine_n(GF_COMBINE_ARGS) {
   GF_COMBINE_SETUP
   GlobalStore w{(double *)scratch + t,
                 (unsigned char *)((double *)scratch + (long long)n * nthreads) + t, nthreads};
-  combine_pixel(w, px, mask, weight, n, pr, image, uncert, count);
+  combine_pixel(w, px, mask, weight, n, pr, image, uncert, count, rejected);
 }
 
 #ifdef GPUFLAT_HOST_SHIM

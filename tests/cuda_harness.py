@@ -53,7 +53,7 @@ FLAVOURS = {
 }
 
 # Kernel parameter types, in order: P pointer, i int, q long long, d double.
-_COMBINE = "PPPPiqqqPiddiiiiiddiiPPP"
+_COMBINE = "PPPPiqqqPiddiiiiiddiiPPPP"
 SIGNATURES = {
     "gpuflat_combine_16": _COMBINE,
     "gpuflat_combine_32": _COMBINE,
@@ -69,7 +69,7 @@ SIGNATURES = {
 }
 _CTYPES = {"P": ctypes.c_void_p, "i": ctypes.c_int32, "q": ctypes.c_int64, "d": ctypes.c_double}
 # Positions of the pointer arguments a kernel writes (the rest it only reads).
-WRITES = {name: (8, 21, 22, 23) for name in SIGNATURES if name.startswith("gpuflat_combine")}
+WRITES = {name: (8, 21, 22, 23, 24) for name in SIGNATURES if name.startswith("gpuflat_combine")}
 WRITES |= {
     "gpuflat_level_hist": (5,),
     "gpuflat_level_select": (0, 1),
@@ -177,7 +177,9 @@ def _blocks(threads: int) -> int:
     return max(1, (threads + BLOCK - 1) // BLOCK)
 
 
-def combine_args(data, mask, scale, weight, params, p0, nthreads, scratch, image, uncert, count):
+def combine_args(
+    data, mask, scale, weight, params, p0, nthreads, scratch, image, uncert, count, rejected=None
+):
     """The combine kernels' argument list as ctypes values."""
     n, npix = data.shape
     (clip_scaled, min_value, max_value, nlow, nhigh, sigma, center, dev, sigma_low, sigma_high,
@@ -189,12 +191,15 @@ def combine_args(data, mask, scale, weight, params, p0, nthreads, scratch, image
         i32(int(clip_scaled)), f64(min_value), f64(max_value), i32(nlow), i32(nhigh),
         i32(int(sigma)), i32(center), i32(dev), f64(sigma_low), f64(sigma_high),
         i32(maxiters), i32(method),
-        ptr(image), ptr(uncert), ptr(count),
+        ptr(image), ptr(uncert), ptr(count), ptr(rejected),
     ]  # fmt: skip
 
 
-def combine_band(data, mask, scale, weight, params, *, kernel=None, pieces=1, flavour=None):
-    """The combine kernel on the CPU, with the CUDA backend's signature.
+def combine_band(
+    data, mask, scale, weight, params, *, kernel=None, pieces=1, flavour=None, rejected=None
+):
+    """The combine kernel on the CPU, with the CUDA backend's signature (``rejected``: a
+    uint64 array of n counters the kernel adds the rejected samples to).
 
     ``kernel`` forces one of the combine kernels (default: the one the backend picks);
     ``pieces`` splits the pixels over that many launches (exercises ``p0``).
@@ -217,7 +222,18 @@ def combine_band(data, mask, scale, weight, params, *, kernel=None, pieces=1, fl
             continue
         scratch = np.empty(9 * n * w, np.uint8) if kernel == "gpuflat_combine_n" else None
         args = combine_args(
-            data, mask, scale, weight, params, int(p0), w, scratch, image, uncert, count
+            data,
+            mask,
+            scale,
+            weight,
+            params,
+            int(p0),
+            w,
+            scratch,
+            image,
+            uncert,
+            count,
+            rejected,
         )
         launch(kernel, _blocks(w), BLOCK, args, flavour)
     return image, uncert, count

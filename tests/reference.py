@@ -31,8 +31,10 @@ def reference_combine(
     sigma_high=5.0,
     maxiters=1,
     method="average",
+    return_rejected=False,
 ):
-    """Combine ``data[n, npix]``; returns (image, uncertainty, count)."""
+    """Combine ``data[n, npix]``; returns (image, uncertainty, count), and with
+    ``return_rejected`` also the per-frame number of valid samples that did not survive."""
     n, npix = data.shape
     x = data.astype(np.float64)
     scale = np.ones(n) if scale is None else np.asarray(scale, np.float64)
@@ -91,4 +93,6 @@ def reference_combine(
             uncert = sd / np.sqrt(k) if method == "average" else sd * np.sqrt(k)
     image = np.where(k == 0, np.nan, image)
     uncert = np.where(k == 0, np.nan, uncert)
+    if return_rejected:
+        return image, uncert, k, (valid & ~survive).sum(axis=1)
     return image, uncert, k

@@ -167,9 +167,18 @@ def check_combine(data, mask, scale, weight, params, *, kernels=None, reference=
         else contract_combine(data, mask, scale, weight, params)
     )
     n = data.shape[0]
+    want_rejected = None
+    if numba_backend is not None:
+        want_rejected = np.zeros(n, np.int64)
+        numba_backend.combine_band(data, mask, scale, weight, params, rejected=want_rejected)
     for kernel in kernels or (None, "gpuflat_combine_n"):
-        got = harness.combine_band(data, mask, scale, weight, params, kernel=kernel, pieces=2)
+        rejected = np.zeros(n, np.uint64)
+        got = harness.combine_band(
+            data, mask, scale, weight, params, kernel=kernel, pieces=2, rejected=rejected
+        )
         assert_identical(got, want, f"{kernel or harness_default(n)} {params}")
+        if want_rejected is not None:
+            np.testing.assert_array_equal(rejected.astype(np.int64), want_rejected)
     if reference and numba_backend is not None:
         assert_identical(contract_combine(data, mask, scale, weight, params), want, "contract")
     return want

@@ -187,10 +187,16 @@ class FakeDevice:
 # -- reference results --------------------------------------------------------------------
 
 
-def numba_combine(*args):
+def numba_combine(*args, rejected=None):
     from gpuflat.backends import _numba
 
-    return _numba.combine_band(*args)
+    return _numba.combine_band(*args, rejected=rejected)
+
+
+def with_rejected(combine_band, data, *args):
+    """``combine_band``'s outputs plus the per-frame rejected counts it adds up."""
+    rejected = np.zeros(len(data), np.int64)
+    return (*combine_band(data, *args, rejected=rejected), rejected)
 
 
 def numba_level(frame, mask, how):
@@ -239,9 +245,10 @@ def test_combine_band_streams(case):
     mask = mask if use_mask else None
     weight = weight if use_weight else None
     dev = FakeDevice()
-    got = CudaBackend(dev, chunk_pixels=chunk).combine_band(data, mask, scale, weight, params)
+    backend = CudaBackend(dev, chunk_pixels=chunk)
+    got = with_rejected(backend.combine_band, data, mask, scale, weight, params)
     dev.assert_idle()
-    assert same(got, numba_combine(data, mask, scale, weight, params))
+    assert same(got, with_rejected(numba_combine, data, mask, scale, weight, params))
 
 
 def test_combine_band_empty():
@@ -289,6 +296,11 @@ def _calls():
             numba_combine(data, mask, scale, weight, params),
         ),
         (
+            "combine_band-rejected",
+            lambda b: with_rejected(b.combine_band, data, None, scale, None, params),
+            with_rejected(numba_combine, data, None, scale, None, params),
+        ),
+        (
             "combine_band-no-weight",
             lambda b: b.combine_band(data, None, scale, None, params),
             numba_combine(data, None, scale, None, params),
@@ -310,7 +322,7 @@ def _detected(fn, want, dev):
     return not (got == want or (math.isnan(got) and math.isnan(want)))
 
 
-@pytest.mark.parametrize("call", range(5), ids=[c[0] for c in _calls()])
+@pytest.mark.parametrize("call", range(6), ids=[c[0] for c in _calls()])
 def test_every_synchronisation_is_needed(call):
     """Skipping any single synchronisation the backend asks for must be caught."""
     name, fn, want = _calls()[call]

@@ -34,17 +34,21 @@ OPTIONS = [
 ]
 
 
-def kernel(data, mask=None, scale=None, weight=None, **opts):
+def kernel(data, mask=None, scale=None, weight=None, rejected=None, **opts):
     names = {"center": CENTERS, "dev": DEVS, "method": METHODS}
     params = KernelParams(**{k: names[k][v] if k in names else v for k, v in opts.items()})
     scale = np.ones(len(data)) if scale is None else np.asarray(scale, float)
-    return _numba.combine_band(data, mask, scale, weight, params)
+    return _numba.combine_band(data, mask, scale, weight, params, rejected=rejected)
 
 
 def assert_matches_reference(data, mask=None, scale=None, weight=None, **opts):
-    image, uncert, count = kernel(data, mask, scale, weight, **opts)
-    ref_image, ref_uncert, ref_count = reference_combine(data, mask, scale, weight, **opts)
+    rejected = np.zeros(len(data), np.int64)
+    image, uncert, count = kernel(data, mask, scale, weight, rejected, **opts)
+    ref_image, ref_uncert, ref_count, ref_rejected = reference_combine(
+        data, mask, scale, weight, return_rejected=True, **opts
+    )
     np.testing.assert_array_equal(count, ref_count)
+    np.testing.assert_array_equal(rejected, ref_rejected)
     np.testing.assert_allclose(image, ref_image, rtol=1e-12, atol=0, equal_nan=True)
     np.testing.assert_allclose(uncert, ref_uncert, rtol=1e-9, atol=1e-300, equal_nan=True)
 
@@ -83,6 +87,20 @@ def test_kernel_matches_reference_hypothesis(n, npix, seed, ties, opts, weighted
     scale = rng.uniform(0.5, 2, n)
     weight = rng.uniform(0.1, 3, n) if weighted else None
     assert_matches_reference(data, mask, scale, weight, **opts)
+
+
+@pytest.mark.parametrize("opts", [{}, {"nlow": 1, "nhigh": 1}, {"maxiters": -1, "sigma_low": 2.0}])
+def test_rejected_per_frame_over_chunks_and_lanes(rng, opts):
+    """Several parallel chunks, partial lanes, and lanes on the per-pixel path (a -0.0 sample)
+    all count rejections once: per frame equal to the reference's rejected samples."""
+    n, npix = 9, 9001
+    data = rng.normal(1000, 20, (n, npix)).astype(np.float32)
+    data[rng.random(data.shape) < 0.02] = 1e4
+    data[rng.random(data.shape) < 0.02] = np.nan
+    data[:, 5:4000:97] = np.float32(-0.0)
+    data[2, ::5] = 3000.0  # one frame with many outliers
+    mask = (rng.random(data.shape) < 0.03).astype(np.uint8)
+    assert_matches_reference(data, mask, rng.uniform(0.5, 2, n), **opts)
 
 
 def test_empty_pixels_are_nan_and_masked(stack):

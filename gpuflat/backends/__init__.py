@@ -19,10 +19,10 @@ class NumbaBackend:
 
         return _numba.frame_level(frame, mask, how)
 
-    def combine_band(self, data, mask, scale, weight, params, out=None):
+    def combine_band(self, data, mask, scale, weight, params, out=None, rejected=None):
         from . import _numba
 
-        return _numba.combine_band(data, mask, scale, weight, params, out)
+        return _numba.combine_band(data, mask, scale, weight, params, out, rejected)
 
 
 def cuda_status() -> tuple[bool, str]:

@@ -223,9 +223,11 @@ class CudaBackend:
         weight: np.ndarray | None,
         params: KernelParams,
         out: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+        rejected: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Reject and combine one band ``data[n, npix]``; returns (image, uncert, count),
-        written into ``out`` when given."""
+        written into ``out`` when given; per-frame rejected samples are added to
+        ``rejected`` (int64 [n]) when given."""
         dev = self.device
         n, npix = data.shape
         if out is None:
@@ -246,6 +248,10 @@ class CudaBackend:
         if weight is not None:
             d_weight = dev.empty(n, np.float64)
             dev.upload(d_weight, np.ascontiguousarray(weight, np.float64), slots[0].stream)
+        # per-slot rejection counters (the slots' kernels may run at the same time)
+        d_rejected = [
+            None if rejected is None else dev.zeros(n, np.uint64, s.stream) for s in slots
+        ]
         dev.synchronize(slots[0].stream)
         p = KernelParams(*params)
         prm = (
@@ -295,6 +301,7 @@ class CudaBackend:
                 slot.d_image,
                 slot.d_uncert,
                 slot.d_count,
+                d_rejected[c % 2],
             )
             dev.launch("combine.cu", kernel, _blocks(w), BLOCK, args, slot.stream)
             dev.download(slot.h_image[:w], slot.d_image[:w], slot.stream)
@@ -305,6 +312,12 @@ class CudaBackend:
             if slot.pending is not None:
                 dev.synchronize(slot.stream)
                 _drain(slot, outputs)
+        if rejected is not None:  # every slot's stream is done with its counters
+            for slot, d in zip(slots, d_rejected, strict=True):
+                h = dev.pinned(n, np.uint64)
+                dev.download(h, d, slot.stream)
+                dev.synchronize(slot.stream)
+                rejected += h.astype(np.int64)
         return image, uncert, count
 
     def convert(self, raw: np.ndarray, bitpix: int, bscale: float, bzero: float) -> np.ndarray:

@@ -81,7 +81,7 @@ def _member_mean_sd(v, inwin, n, vlo, vhi, k):
 
 @nb.njit(cache=True, nogil=True)
 def _combine_pixels(
-    data, mask, has_mask, scale, weight, has_weight, prm, p0, p1, image, uncert, count
+    data, mask, has_mask, scale, weight, has_weight, prm, p0, p1, image, uncert, count, rej
 ):
     (
         clip_scaled,
@@ -104,6 +104,7 @@ def _combine_pixels(
     t = np.empty(n, np.float64)  # sorted survivors' combine values (clip_scaled == 0)
     inwin = np.empty(n, np.bool_)  # valid, then: valid and inside the extrema window
     valid = np.empty(n, np.bool_)
+    has_rej = rej.size > 0
     for p in range(p0, p1):
         # 1-3: valid frames, values, sort
         m = 0
@@ -114,6 +115,7 @@ def _combine_pixels(
             if has_mask and mask[i, p] != 0:
                 ok = False
             inwin[i] = ok
+            valid[i] = ok
             if ok:
                 y[i] = xd * scale[i]
                 v[i] = y[i] if clip_scaled else xd
@@ -125,8 +127,6 @@ def _combine_pixels(
         w1 = m - nhigh
         w1 = max(w1, w0)
         if nlow + nhigh > 0:
-            for i in range(n):
-                valid[i] = inwin[i]
             for i in range(n):
                 if valid[i]:
                     rank = 0
@@ -173,6 +173,10 @@ def _combine_pixels(
         # 6: combine the survivors
         k = bf - af
         count[p] = k
+        if has_rej:  # valid samples that did not survive, per frame
+            for i in range(n):
+                if valid[i] and not (k > 0 and inwin[i] and s[af] <= v[i] <= s[bf - 1]):
+                    rej[i] += 1
         if k == 0:
             image[p] = np.nan
             uncert[p] = np.nan
@@ -819,6 +823,25 @@ def _combine_lanes(
 
 
 @nb.njit(cache=True, nogil=True, error_model="numpy")
+def _count_rejected(data, mask, has_mask, prm, p0, nl, tl, il, fl, rej):
+    """``rej[i]`` += the lanes where frame i's sample is valid (step 1) but not a survivor
+    (outside the extrema window or clipped); lanes left to the per-pixel path count there."""
+    min_value = prm[1]
+    max_value = prm[2]
+    for i in range(data.shape[0]):
+        r = 0
+        for lane in range(nl):
+            xd = np.float64(data[i, p0 + lane])
+            ok = (abs(xd) < _INF) & (xd >= min_value) & (xd <= max_value)
+            if has_mask:
+                ok = ok & (mask[i, p0 + lane] == 0)
+            x = tl[_TV, i, lane]
+            member = (x >= fl[_VLO, lane]) & (x <= fl[_VHI, lane])
+            r += ok & ~member & (il[_BAD, lane] == 0)
+        rej[i] += r
+
+
+@nb.njit(cache=True, nogil=True, error_model="numpy")
 def _combine_block(
     data,
     mask,
@@ -834,6 +857,7 @@ def _combine_block(
     image,
     uncert,
     count,
+    rej,
     tl,
     il,
     fl,
@@ -851,6 +875,8 @@ def _combine_block(
     _combine_lanes(
         tl, il, fl, n, scale, weight, has_weight, prm, srt, mrg, p0, nl, image, uncert, count
     )  # 6
+    if rej.size > 0:
+        _count_rejected(data, mask, has_mask, prm, p0, nl, tl, il, fl, rej)
     for lane in range(nl):
         if il[_BAD, lane]:
             # the literal per-pixel path for lanes the block path cannot vouch for
@@ -867,16 +893,21 @@ def _combine_block(
                 image,
                 uncert,
                 count,
+                rej,
             )
 
 
 @nb.njit(cache=True, nogil=True, parallel=True)
 def _combine_parallel(
-    data, mask, has_mask, scale, weight, has_weight, prm, srt, mrg, image, uncert, count
+    data, mask, has_mask, scale, weight, has_weight, prm, srt, mrg, image, uncert, count, rej
 ):
+    """``rej`` (int64 [n], or empty for none): rejected samples per frame are added to it."""
     n, npix = data.shape
     nchunks = (npix + _CHUNK - 1) // _CHUNK
+    # per-chunk rejection counts, summed after the parallel loop
+    parts = np.zeros((nchunks if rej.size > 0 else 0, n), np.int64)
     for c in nb.prange(nchunks):
+        rc = parts[c] if rej.size > 0 else rej
         # the straight-line networks sort 16 rows: the rows past n stay +inf
         tl = np.empty((3, 16 if n <= 16 else n, _L), np.float64)
         tl[_TS, n:, :] = _INF
@@ -899,13 +930,17 @@ def _combine_parallel(
                 image,
                 uncert,
                 count,
+                rc,
                 tl,
                 il,
                 fl,
             )
+    for c in range(parts.shape[0]):
+        for i in range(n):
+            rej[i] += parts[c, i]
 
 
-def combine_band(data, mask, scale, weight, params: KernelParams, out=None):
+def combine_band(data, mask, scale, weight, params: KernelParams, out=None, rejected=None):
     """Reject and combine one band.
 
     Parameters
@@ -922,6 +957,9 @@ def combine_band(data, mask, scale, weight, params: KernelParams, out=None):
         Rejection and combine options.
     out : (image, uncert, count) arrays, optional
         Where to write the results (reused band after band, so no fresh memory per band).
+    rejected : int64 array, shape (n,), optional
+        Per frame, the number of valid samples (step 1 of the contract: finite, unmasked,
+        within min/max) that did not survive (extrema window or sigma clipping) is added.
 
     Returns
     -------
@@ -948,10 +986,12 @@ def combine_band(data, mask, scale, weight, params: KernelParams, out=None):
         image,
         uncert,
         count,
+        _NO_REJECTED if rejected is None else rejected,
     )
     return image, uncert, count
 
 
+_NO_REJECTED = np.zeros(0, np.int64)
 _NO_MASK = np.zeros((1, 1), np.uint8)
 _NO_WEIGHT = np.ones(1)
 

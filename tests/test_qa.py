@@ -1,0 +1,121 @@
+"""Frame QA: per-frame rejected fractions, and frames left out by level or rejection."""
+
+import json
+
+import numpy as np
+import pytest
+from astropy.io import fits
+from conftest import flat_stack, write_fits
+from reference import reference_combine
+
+import gpuflat
+from gpuflat._qa import QAConfig, outliers
+from gpuflat.cli import main
+
+
+def test_outliers_by_level_and_by_rejection():
+    levels = [20000.0, 21000.0, 64000.0, 19000.0, 900.0]
+    fractions = [0.002, 0.003, 0.002, 0.2, 0.0025]
+    bad = outliers(levels, fractions, QAConfig(level_range=(1000, 50000)))
+    assert sorted(bad) == [2, 3, 4]
+    assert "64000" in bad[2] and "900" in bad[4] and "20%" in bad[3]
+    # the floor: tiny fractions far above a tiny median are not worth a warning
+    assert outliers(None, [1e-5, 1e-5, 1e-3], QAConfig()) == {}
+    # with two frames there is no "rest of the group"
+    assert outliers(None, [0.001, 0.5], QAConfig()) == {}
+    with pytest.raises(ValueError, match="level_range"):
+        QAConfig(level_range=(5.0, 1.0))
+
+
+def test_rejected_fraction_per_frame_matches_reference(tmp_path, rng):
+    stack = flat_stack(rng, n=7, shape=(50, 40), outliers=0.02)
+    stack[3, ::3] *= 4  # a third of one frame's rows are outliers
+    paths = [write_fits(tmp_path / f"f{i}.fits", a) for i, a in enumerate(stack)]
+    result = gpuflat.combine(paths, mem_limit=4e4)  # several bands
+    assert result.plan.nbands > 1
+    flat = stack.reshape(len(stack), -1)
+    levels = np.median(flat.astype(np.float64), axis=1)
+    *_, rejected = reference_combine(flat, scale=1 / levels, return_rejected=True)
+    np.testing.assert_array_equal(result.rejected, rejected)
+    np.testing.assert_allclose(result.rejected_fraction, rejected / flat.shape[1])
+    assert result.rejected_fraction[3] > 0.3
+
+
+@pytest.fixture
+def group(tmp_path, rng):
+    """Five twilight flats of one filter."""
+    d = tmp_path / "night"
+    d.mkdir()
+    stack = flat_stack(rng, n=5, shape=(40, 30), level=20000.0)
+    for i, a in enumerate(stack):
+        write_fits(d / f"flat-{i}.fits", a, IMAGETYP="FLAT", FILTER="R")
+    return d, stack
+
+
+def _run(d, out, *extra):
+    report = out / "report.json"
+    code = main(["run", str(d), "-o", str(out), "--report", str(report), *extra])
+    return code, json.loads(report.read_text())["groups"][0]
+
+
+def test_level_range_leaves_out_a_saturated_frame(group, tmp_path, capsys):
+    d, stack = group
+    saturated = np.minimum(stack[2] * 4, 65535).astype(np.float32)
+    (d / "flat-2.fits").unlink()
+    write_fits(d / "flat-2.fits", saturated, IMAGETYP="FLAT", FILTER="R")
+    code, entry = _run(d, tmp_path / "out", "--level-range", "1000", "60000")
+    assert code == 0
+    assert "flat-2.fits: left out of group R: level" in capsys.readouterr().err
+    kept = [str(d / f"flat-{i}.fits") for i in (0, 1, 3, 4)]
+    with fits.open(tmp_path / "out" / "combined_flat_filter_R.fits") as hdul:
+        assert hdul[0].header["NCOMBINE"] == 4
+        np.testing.assert_array_equal(hdul[0].data, gpuflat.combine(kept).image)
+    states = {f["file"].rsplit("/", 1)[-1]: f["qa"] for f in entry["frames"]}
+    assert states["flat-2.fits"].startswith("left out: level") and states["flat-0.fits"] == "kept"
+    assert entry["frames_left_out"] == 1
+
+
+def test_a_frame_with_many_rejections_is_left_out_unless_no_qa(group, tmp_path, capsys):
+    d, stack = group
+    bad = stack[4].copy()
+    bad[::2] *= 1.5  # half the frame: a passing cloud edge, say
+    (d / "flat-4.fits").unlink()
+    write_fits(d / "flat-4.fits", bad, IMAGETYP="FLAT", FILTER="R")
+    code, entry = _run(d, tmp_path / "qa")
+    assert code == 0 and "flat-4.fits: left out of group R" in capsys.readouterr().err
+    fractions = {f["file"].rsplit("/", 1)[-1]: f["rejected_fraction"] for f in entry["frames"]}
+    assert fractions["flat-4.fits"] > 0.4 and fractions["flat-0.fits"] < 0.05
+    with fits.open(tmp_path / "qa" / "combined_flat_filter_R.fits") as hdul:
+        assert hdul[0].header["NCOMBINE"] == 4
+    code, entry = _run(d, tmp_path / "noqa", "--no-qa")
+    assert code == 0 and entry["frames_left_out"] == 0
+    with fits.open(tmp_path / "noqa" / "combined_flat_filter_R.fits") as hdul:
+        assert hdul[0].header["NCOMBINE"] == 5
+
+
+def test_qa_leaving_out_every_frame_fails_the_group(group, tmp_path, capsys):
+    d, _ = group
+    code, entry = _run(d, tmp_path / "out", "--level-range", "1", "2")
+    assert code == 1 and entry["status"].startswith("failed")
+    assert "every frame" in capsys.readouterr().err
+    assert not list((tmp_path / "out").glob("*.fits"))
+
+
+def test_bad_level_range_is_a_usage_error(group, tmp_path, capsys):
+    d, _ = group
+    assert main(["run", str(d), "-o", str(tmp_path / "o"), "--level-range", "5", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "--level-range" in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_level_range_from_the_config_file(group, tmp_path, capsys):
+    d, stack = group
+    (d / "flat-0.fits").unlink()
+    write_fits(d / "flat-0.fits", stack[0] / 100, IMAGETYP="FLAT", FILTER="R")  # too faint
+    cfg = tmp_path / "farm.toml"
+    cfg.write_text(f'inputs = ["{d}"]\nlevel-range = [1000, 60000]\n')
+    assert main(["run", "--config", str(cfg), "-o", str(tmp_path / "out")]) == 0
+    assert "flat-0.fits: left out" in capsys.readouterr().err
+    cfg.write_text(f'inputs = ["{d}"]\nlevel-range = 1000\n')
+    assert main(["run", "--config", str(cfg), "-o", str(tmp_path / "out2")]) == 2
