@@ -825,20 +825,21 @@ def _combine_lanes(
 @nb.njit(cache=True, nogil=True, error_model="numpy")
 def _count_rejected(data, mask, has_mask, prm, p0, nl, tl, il, fl, rej):
     """``rej[i]`` += the lanes where frame i's sample is valid (step 1) but not a survivor
-    (outside the extrema window or clipped); lanes left to the per-pixel path count there."""
+    (outside the extrema window or clipped). Only lanes that lost a sample are visited (most
+    pixels lose none); lanes left to the per-pixel path count there."""
     min_value = prm[1]
     max_value = prm[2]
-    for i in range(data.shape[0]):
-        r = 0
-        for lane in range(nl):
+    for lane in range(nl):
+        if il[_M, lane] == il[_BF, lane] - il[_AF, lane] or il[_BAD, lane]:
+            continue
+        for i in range(data.shape[0]):
             xd = np.float64(data[i, p0 + lane])
-            ok = (abs(xd) < _INF) & (xd >= min_value) & (xd <= max_value)
-            if has_mask:
-                ok = ok & (mask[i, p0 + lane] == 0)
+            ok = (abs(xd) < _INF) and (xd >= min_value) and (xd <= max_value)
+            if has_mask and mask[i, p0 + lane] != 0:
+                ok = False
             x = tl[_TV, i, lane]
-            member = (x >= fl[_VLO, lane]) & (x <= fl[_VHI, lane])
-            r += ok & ~member & (il[_BAD, lane] == 0)
-        rej[i] += r
+            if ok and not (x >= fl[_VLO, lane] and x <= fl[_VHI, lane]):
+                rej[i] += 1
 
 
 @nb.njit(cache=True, nogil=True, error_model="numpy")
