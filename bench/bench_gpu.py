@@ -45,6 +45,7 @@ def kernel_seconds(data, scale, params, repeat):
         np.float64(p.max_value), np.int32(p.nlow), np.int32(p.nhigh), np.int32(p.sigma),
         np.int32(p.center), np.int32(p.dev), np.float64(p.sigma_low), np.float64(p.sigma_high),
         np.int32(p.maxiters), np.int32(p.method), image, uncert, count,
+        cp.zeros(n, cp.uint64),  # per-frame rejected counters, as the pipeline asks for
     )  # fmt: skip
     grid = (npix + BLOCK - 1) // BLOCK
     fn((grid,), (BLOCK,), args)  # warm up (and compile)

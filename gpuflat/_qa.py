@@ -2,9 +2,12 @@
 
 A frame is left out when its median level (raw ADU, before scaling) lies outside
 ``level_range`` (saturated or too faint twilight flats), or when the fraction of its pixels
-that the rejection threw away is far above the rest of its group: above both
-``reject_factor`` times the group's median fraction and ``reject_floor``. The rejected-fraction
-test needs at least three frames (with two there is no "rest" to compare with).
+that the rejection threw away is far above the rest of its group: above ``reject_floor``,
+above ``reject_factor`` times the group's median fraction, and above that median plus five
+times the fractions' spread (1.4826 x their MAD). The spread term keeps a smooth trend
+across a twilight sequence (fainter sky, relatively brighter stars, more rejected pixels)
+from flagging its last frame. The test needs at least three frames (with two there is no
+"rest" to compare with).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import numpy as np
 @dataclass(frozen=True)
 class QAConfig:
     level_range: tuple[float, float] | None = None
-    reject_factor: float = 5.0
+    reject_factor: float = 10.0
     reject_floor: float = 0.01
 
     def __post_init__(self):
@@ -38,8 +41,10 @@ def outliers(levels, rejected_fraction, qa: QAConfig) -> dict[int, str]:
             if not low <= level <= high:
                 out[i] = f"level {level:.6g} outside the level range [{low:g}, {high:g}]"
     if rejected_fraction is not None and len(rejected_fraction) >= 3:
-        typical = float(np.median(rejected_fraction))
-        limit = max(qa.reject_floor, qa.reject_factor * typical)
+        fractions = np.asarray(rejected_fraction, np.float64)
+        typical = float(np.median(fractions))
+        spread = 1.482602218505602 * float(np.median(np.abs(fractions - typical)))
+        limit = max(qa.reject_floor, qa.reject_factor * typical, typical + 5 * spread)
         for i, f in enumerate(rejected_fraction):
             if f > limit and i not in out:
                 out[i] = (

@@ -192,9 +192,10 @@ def _build_parser() -> argparse.ArgumentParser:
         "saturated or too faint twilight flats",
     )  # fmt: skip
     qa.add_argument(
-        "--qa-reject-factor", type=float, default=5.0, metavar="F",
-        help="leave out frames whose rejected fraction is above F times the group's median "
-        "fraction and above 1%% (groups of 3 or more frames; default 5)",
+        "--qa-reject-factor", type=float, default=10.0, metavar="F",
+        help="leave out frames whose rejected fraction is above 1%%, above F times the "
+        "group's median fraction and above that median + 5 sigma of the group's fractions "
+        "(groups of 3 or more frames; default 10)",
     )  # fmt: skip
     qa.add_argument("--no-qa", action="store_true", help="leave no frame out")
     farm = run.add_argument_group(
@@ -460,7 +461,10 @@ def _announce(args, entry):
     status = entry["status"]
     if status == "written":
         if not args.quiet:
-            print(f"{entry['product']}  ({len(entry['files'])} frames, group {entry['group']})")
+            total = len(entry["files"])
+            left_out = entry.get("frames_left_out", 0)
+            frames = f"{total - left_out} of {total}" if left_out else f"{total}"
+            print(f"{entry['product']}  ({frames} frames, group {entry['group']})")
     elif status.startswith("skipped"):
         log.warning("%s: exists, skipped (use --overwrite to replace it)", entry["product"])
     else:

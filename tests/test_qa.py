@@ -21,6 +21,12 @@ def test_outliers_by_level_and_by_rejection():
     assert "64000" in bad[2] and "900" in bad[4] and "20%" in bad[3]
     # the floor: tiny fractions far above a tiny median are not worth a warning
     assert outliers(None, [1e-5, 1e-5, 1e-3], QAConfig()) == {}
+    # a smooth trend (a fading twilight sequence) is no outlier, a jump off it is
+    # the rejected fractions of the 15 frames of bench/'s simulated twilight sequence W1
+    trend = [0.00106, 0.00122, 0.00141, 0.00173, 0.00208, 0.00255, 0.00301, 0.00364]
+    trend += [0.00451, 0.00565, 0.00701, 0.00898, 0.01127, 0.01462, 0.01857]
+    assert outliers(None, trend, QAConfig()) == {}
+    assert list(outliers(None, [*trend[:-1], 0.08], QAConfig())) == [14]
     # with two frames there is no "rest of the group"
     assert outliers(None, [0.001, 0.5], QAConfig()) == {}
     with pytest.raises(ValueError, match="level_range"):
@@ -82,7 +88,9 @@ def test_a_frame_with_many_rejections_is_left_out_unless_no_qa(group, tmp_path, 
     (d / "flat-4.fits").unlink()
     write_fits(d / "flat-4.fits", bad, IMAGETYP="FLAT", FILTER="R")
     code, entry = _run(d, tmp_path / "qa")
-    assert code == 0 and "flat-4.fits: left out of group R" in capsys.readouterr().err
+    err = capsys.readouterr()
+    assert code == 0 and "flat-4.fits: left out of group R" in err.err
+    assert "(4 of 5 frames, group R)" in err.out
     fractions = {f["file"].rsplit("/", 1)[-1]: f["rejected_fraction"] for f in entry["frames"]}
     assert fractions["flat-4.fits"] > 0.4 and fractions["flat-0.fits"] < 0.05
     with fits.open(tmp_path / "qa" / "combined_flat_filter_R.fits") as hdul:
