@@ -5,14 +5,18 @@ each, 1 by default); ``--scheduler ADDRESS`` uses an existing one, whose workers
 the same files (a shared filesystem) and have gpuflat installed. Without these flags this
 module is never imported, nor is Dask.
 
-A work unit is one product (today one per group; with multi-extension files, one per group
-and extension): it opens its own files, combines, and writes its product atomically
+A work unit is one product: it opens its own files, combines, and writes its product atomically
 (``write_product``: temporary name, verified, linked into place, never clobbering), then
 returns its small report entry, the same one the in-process loop records. Units are
 independent and idempotent, so a unit whose worker died is simply run again elsewhere:
 the scheduler reassigns the tasks of a lost worker (up to ``distributed.scheduler.
 allowed-failures`` times) and ``retries`` re-runs a unit that raised unexpectedly. A unit
 that fails for good is listed in the report as failed, and the exit code is 1.
+
+A mosaic group scaled per extension is split further: one task per extension combines it
+(on any worker) and the group's unit, which depends on them, writes the product from their
+results, so the extensions of one group run in parallel too. With ``--scale-per exposure``
+the extensions share the exposures' levels, and the group stays one unit.
 """
 
 from __future__ import annotations
@@ -68,10 +72,25 @@ def run_units(args, config, units, announce) -> list[dict]:
         futures = {}
         for i, (group, target) in enumerate(units):
             group, target = _portable_unit(group, target)
-            future = client.submit(
-                _remote_unit, args, config, group, target,
-                key=f"gpuflat-unit-{i}-{uuid.uuid4().hex}", pure=False, retries=RETRIES,
-            )  # fmt: skip
+            tag = f"{i}-{uuid.uuid4().hex}"
+            specs = _extensions_to_split(args, group, target)
+            if specs:
+                parts = []
+                for j, spec in enumerate(specs):
+                    part = client.submit(
+                        _remote_extension, args, config, group, spec,
+                        key=f"gpuflat-ext-{tag}-{j}", pure=False, retries=RETRIES,
+                    )  # fmt: skip
+                    parts.append(part)
+                future = client.submit(
+                    _remote_mosaic, args, config, group, target, *parts,
+                    key=f"gpuflat-unit-{tag}", pure=False, retries=RETRIES,
+                )  # fmt: skip
+            else:
+                future = client.submit(
+                    _remote_unit, args, config, group, target,
+                    key=f"gpuflat-unit-{tag}", pure=False, retries=RETRIES,
+                )  # fmt: skip
             futures[future] = (i, group, target, target.exists())
         for done, future in enumerate(as_completed(futures, loop=client.loop), start=1):
             i, group, target, existed = futures.pop(future)
@@ -104,6 +123,46 @@ def _remote_unit(args, config, group, target):
     # no progress bars from the workers: several would share one terminal
     quiet = argparse.Namespace(**{**vars(args), "quiet": True})
     return cli._run_unit(quiet, group, config, Path(target), _worker_backend(config.backend))
+
+
+def _extensions_to_split(args, group, target):
+    """The (EXTNAME, EXTVER) of each extension of a mosaic group that runs as tasks of its
+    own, or None when the group stays one unit."""
+    if not group.mosaic or getattr(args, "scale_per", "extension") != "extension":
+        return None
+    if target.exists() and not args.overwrite:
+        return None  # the plain unit reports it as skipped
+    from ._mosaic import match_extensions, parse_ext_list
+    from .errors import GpuflatError
+
+    first = group.frames[0]
+    try:
+        specs = None if args.ext is None else parse_ext_list(args.ext, param="--ext")
+        plan = match_extensions([first.path], [first.extensions], specs)
+    except (GpuflatError, ValueError):
+        return None  # the plain unit reports the error
+    return [key for key, _, _ in plan] if len(plan) > 1 else None
+
+
+def _remote_extension(args, config, group, spec):
+    """A task run on a worker: one extension of a mosaic group, combined (not written)."""
+    from . import cli
+    from .errors import BackendUnavailableError
+
+    cli._setup_logging(args)
+    backend = _worker_backend(config.backend)
+    if backend is None:
+        raise BackendUnavailableError(f"backend {config.backend!r} cannot run on this worker")
+    quiet = argparse.Namespace(**{**vars(args), "quiet": True})
+    return cli._mosaic_result(quiet, group, config, backend, specs=[spec])
+
+
+def _remote_mosaic(args, config, group, target, *parts):
+    """The task run on a worker when a mosaic group's extensions are done: its product."""
+    from . import cli
+
+    cli._setup_logging(args)
+    return cli._mosaic_unit(args, group, config, Path(target), parts)
 
 
 _BACKENDS: dict = {}

@@ -221,6 +221,15 @@ class MosaicResult:
             "ext": ",".join(self.extensions),
         }
 
+    @classmethod
+    def merge(cls, parts) -> MosaicResult:
+        """One result from the results of disjoint sets of extensions of the same files
+        (each extension combined on its own, e.g. on different Dask workers), in order."""
+        first = parts[0]
+        extensions = {label: r for part in parts for label, r in part.extensions.items()}
+        keys = [key for part in parts for key in part.keys]
+        return dataclasses.replace(first, extensions=extensions, keys=keys)
+
     def write(self, path, *, overwrite: bool = False, compress: bool = False) -> Path:
         """Write the mosaic product (layout: :func:`gpuflat._io.write_mef_product`).
 

@@ -456,6 +456,29 @@ def _run_unit(args, group, config, target, backend=None, bad_pixels=_NOT_GIVEN) 
     return entry
 
 
+def _mosaic_unit(args, group, config, target, parts) -> dict:
+    """The last work unit of a mosaic group combined extension by extension on a cluster:
+    write the product from the extensions' results; returns its report entry."""
+    from ._mosaic import MosaicResult
+
+    entry = {
+        "group": group.label(),
+        "product": str(target),
+        "files": [str(f.path) for f in group.frames],
+    }
+    if target.exists() and not args.overwrite:
+        entry["status"] = "skipped (exists)"
+        return entry
+    try:
+        header = _farm.product_header_function(args)
+        result = MosaicResult.merge(parts)
+        entry.update(_write_mosaic(args, result, target, header, time.perf_counter()))
+        entry["status"] = "written"
+    except (GpuflatError, ValueError, OSError) as exc:
+        entry["status"] = f"failed: {exc}"
+    return entry
+
+
 def _announce(args, entry):
     """What the user sees of a finished unit."""
     status = entry["status"]
@@ -566,9 +589,18 @@ def _qa_config(args):
 def _combine_mosaic_group(args, group, config, backend, target, product_header):
     """A group of multi-extension files: every (selected) extension combined on its own,
     one product holding them all (see gpuflat._mosaic)."""
+    t0 = time.perf_counter()
+    result = _mosaic_result(args, group, config, backend)
+    return _write_mosaic(args, result, target, product_header, t0)
+
+
+def _mosaic_result(args, group, config, backend, specs=None):
+    """Combine a mosaic group's extensions: ``specs`` ((EXTNAME, EXTVER) pairs), or those
+    of --ext, or all of them."""
     from ._mosaic import combine_mosaic_files, match_extensions, mosaic_mask, parse_ext_list
 
-    specs = None if args.ext is None else parse_ext_list(args.ext, param="--ext")
+    if specs is None and args.ext is not None:
+        specs = parse_ext_list(args.ext, param="--ext")
     first = group.frames[0]
     infos = [first]
     for info in group.frames[1:]:
@@ -584,22 +616,25 @@ def _combine_mosaic_group(args, group, config, backend, target, product_header):
         log.warning("group %s: --plots are not made for multi-extension groups", group.label())
     if not args.no_qa and (args.level_range or len(infos) >= 3):
         log.info("group %s: frame QA is not applied to multi-extension groups", group.label())
-    scale_per = getattr(args, "scale_per", "extension")
     progress = _progress_bar(args, f"{group.label():>10}")
-    t0 = time.perf_counter()
     result = combine_mosaic_files(
-        [i.path for i in infos], config, backend, ext=specs, scale_per=scale_per,
-        mask=mosaic_mask(args.mask), extension_lists=[i.extensions for i in infos],
-        progress=progress,
+        [i.path for i in infos], config, backend, ext=specs,
+        scale_per=getattr(args, "scale_per", "extension"), mask=mosaic_mask(args.mask),
+        extension_lists=[i.extensions for i in infos], progress=progress,
     )  # fmt: skip
     if progress is not None:
         progress.close()
+    return result
+
+
+def _write_mosaic(args, result, target, product_header, t0) -> dict:
+    """Write a combined mosaic; returns its report entry."""
     result._write(
         target, overwrite=args.overwrite, compress=getattr(args, "compress", False),
         product_header=product_header,
     )  # fmt: skip
     entry = {
-        "scale_per": scale_per,
+        "scale_per": result.scale_per,
         "extensions": {
             label: {
                 "scales": [float(s) for s in r.scales],

@@ -43,8 +43,10 @@ def _same_products(a, b):
         with fits.open(a / name) as ha, fits.open(b / name) as hb:
             assert [h.name for h in ha] == [h.name for h in hb]
             for x, y in zip(ha, hb, strict=True):
-                assert x.data.dtype == y.data.dtype
-                np.testing.assert_array_equal(x.data, y.data)  # bit for bit, NaN == NaN
+                assert (x.data is None) == (y.data is None)  # a mosaic's primary has none
+                if x.data is not None:
+                    assert x.data.dtype == y.data.dtype
+                    np.testing.assert_array_equal(x.data, y.data)  # bit for bit, NaN == NaN
                 assert _cards(x.header) == _cards(y.header), name
 
 
@@ -94,6 +96,46 @@ def test_local_cluster_products_identical_to_in_process(night, tmp_path, capsys)
     # idempotent: a second run skips every existing product
     assert main(argv) == 0
     assert all(e["status"] == "skipped (exists)" for e in _entries(tmp_path / "2.json").values())
+
+
+def test_mosaic_extensions_on_workers_identical_to_in_process(tmp_path, capsys):
+    """Mosaic groups scaled per extension run one task per extension on the cluster; the
+    products (and with --scale-per exposure, one unit per group) equal the in-process run."""
+    from gpuflat._simulate import simulate_night
+
+    night = tmp_path / "mosaics"
+    simulate_night(night, shape=(24, 20), n_dome=3, n_twilight=3, mef=3, seed=4)
+    for k, extra in enumerate(([], ["--scale-per", "exposure"], ["--ext", "CCD3,CCD1"])):
+        one, two = tmp_path / f"one{k}", tmp_path / f"two{k}"
+        assert main(["run", str(night), "-o", str(one), "-q", *extra]) == 0
+        argv = ["run", str(night), "-o", str(two), "-q", "--workers", "2", *extra]
+        assert main([*argv, "--report", str(tmp_path / "2.json")]) == 0
+        _same_products(one, two)
+        report = json.loads((tmp_path / "2.json").read_text())
+        assert len(report["groups"]) == 3
+        assert [g["status"] for g in report["groups"]] == ["written"] * 3
+    with fits.open(next(two.glob("*.fits"))) as hdul:  # --ext CCD3,CCD1: the file's order
+        assert [h.name for h in hdul if h.name.endswith("_MASK")] == ["CCD1_MASK", "CCD3_MASK"]
+
+
+def test_split_mosaic_units(tmp_path):
+    """Which groups are split into extension tasks."""
+    from gpuflat._select import group_frames, is_selected, read_info
+    from gpuflat._simulate import simulate_night
+
+    paths = simulate_night(tmp_path / "m", shape=(16, 16), n_dome=0, n_twilight=3, mef=2)
+    infos = [read_info(p) for p in paths]
+    (group,) = group_frames([i for i in infos if is_selected(i)], ("FILTER",))
+    args = gpuflat.cli._build_parser().parse_args(["run", "x"])
+    target = tmp_path / "product.fits"
+    assert _distributed._extensions_to_split(args, group, target) == [("CCD1", 1), ("CCD2", 1)]
+    args.scale_per = "exposure"
+    assert _distributed._extensions_to_split(args, group, target) is None
+    args.scale_per, args.ext = "extension", "CCD2"
+    assert _distributed._extensions_to_split(args, group, target) is None  # one: one unit
+    args.ext = None
+    target.write_bytes(b"")
+    assert _distributed._extensions_to_split(args, group, target) is None  # skipped anyway
 
 
 PRELOAD = """
