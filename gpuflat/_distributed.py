@@ -110,6 +110,10 @@ def run_units(args, config, units, announce) -> list[dict]:
                 }
             future.release()  # done: a later worker loss must not run it again
             entries[i] = entry
+            for frame in entry.get("frames", ()):  # the workers' QA warnings, said here
+                if frame.get("qa", "kept").startswith("left out: "):
+                    why = frame["qa"].removeprefix("left out: ")
+                    log.warning("%s: left out of group %s: %s", frame["file"], group.label(), why)
             log.info("[%d/%d] group %s: %s", done, len(units), entry["group"], entry["status"])
             announce(args, entry)
     return entries
@@ -119,9 +123,9 @@ def _remote_unit(args, config, group, target):
     """The task run on a worker: one unit, as in-process (backend and mask resolved here)."""
     from . import cli
 
-    cli._setup_logging(args)
+    cli._setup_logging(_quiet(args))  # errors only: the client reports the rest
     # no progress bars from the workers: several would share one terminal
-    quiet = argparse.Namespace(**{**vars(args), "quiet": True})
+    quiet = _quiet(args)
     return cli._run_unit(quiet, group, config, Path(target), _worker_backend(config.backend))
 
 
@@ -149,11 +153,11 @@ def _remote_extension(args, config, group, spec):
     from . import cli
     from .errors import BackendUnavailableError
 
-    cli._setup_logging(args)
+    cli._setup_logging(_quiet(args))  # errors only: the client reports the rest
     backend = _worker_backend(config.backend)
     if backend is None:
         raise BackendUnavailableError(f"backend {config.backend!r} cannot run on this worker")
-    quiet = argparse.Namespace(**{**vars(args), "quiet": True})
+    quiet = _quiet(args)
     return cli._mosaic_result(quiet, group, config, backend, specs=[spec])
 
 
@@ -161,8 +165,9 @@ def _remote_mosaic(args, config, group, target, *parts):
     """The task run on a worker when a mosaic group's extensions are done: its product."""
     from . import cli
 
-    cli._setup_logging(args)
-    return cli._mosaic_unit(args, group, config, Path(target), parts)
+    cli._setup_logging(_quiet(args))  # errors only: the client reports the rest
+    backend = _worker_backend(config.backend)
+    return cli._mosaic_unit(args, group, config, backend, Path(target), parts)
 
 
 _BACKENDS: dict = {}
@@ -180,6 +185,10 @@ def _worker_backend(name):
         except GpuflatError:
             return None
     return _BACKENDS[name]
+
+
+def _quiet(args):
+    return argparse.Namespace(**{**vars(args), "quiet": True})
 
 
 def _portable(args):

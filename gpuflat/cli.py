@@ -456,7 +456,7 @@ def _run_unit(args, group, config, target, backend=None, bad_pixels=_NOT_GIVEN) 
     return entry
 
 
-def _mosaic_unit(args, group, config, target, parts) -> dict:
+def _mosaic_unit(args, group, config, backend, target, parts) -> dict:
     """The last work unit of a mosaic group combined extension by extension on a cluster:
     write the product from the extensions' results; returns its report entry."""
     from ._mosaic import MosaicResult
@@ -471,8 +471,11 @@ def _mosaic_unit(args, group, config, target, parts) -> dict:
         return entry
     try:
         header = _farm.product_header_function(args)
-        result = MosaicResult.merge(parts)
-        entry.update(_write_mosaic(args, result, target, header, time.perf_counter()))
+        t0 = time.perf_counter()
+        # QA needs every extension: here, once they are all combined (a frame left out
+        # means combining the group again, on this worker)
+        result, verdicts = _mosaic_qa(args, group, config, backend, MosaicResult.merge(parts))
+        entry.update(_write_mosaic(args, result, target, header, t0, verdicts))
         entry["status"] = "written"
     except (GpuflatError, ValueError, OSError) as exc:
         entry["status"] = f"failed: {exc}"
@@ -591,19 +594,56 @@ def _combine_mosaic_group(args, group, config, backend, target, product_header):
     one product holding them all (see gpuflat._mosaic)."""
     t0 = time.perf_counter()
     result = _mosaic_result(args, group, config, backend)
-    return _write_mosaic(args, result, target, product_header, t0)
+    result, verdicts = _mosaic_qa(args, group, config, backend, result)
+    return _write_mosaic(args, result, target, product_header, t0, verdicts)
 
 
-def _mosaic_result(args, group, config, backend, specs=None):
+def _mosaic_qa(args, group, config, backend, result):
+    """Frame QA for a combined mosaic: an exposure is left out when the level of any of its
+    extensions is outside --level-range, or when its rejected fraction over all extensions
+    is far above the rest of the group; the group is then combined again without it.
+    Returns (result, per-exposure report lines)."""
+    names = list(result.names)
+    parts = list(result.extensions.values())
+    rejected = np.sum([r.rejected for r in parts], axis=0)
+    fractions = rejected / sum(r.image.size for r in parts)
+    verdicts = [
+        {"file": n, "rejected_fraction": float(f), "qa": "kept"}
+        for n, f in zip(names, fractions, strict=True)
+    ]
+    if args.no_qa:
+        return result, verdicts
+    qa = _qa_config(args)
+    left_out = _qa.outliers(None, fractions, qa)
+    for label, r in result.extensions.items():
+        for i, why in _qa.outliers(r.levels.get("median"), None, qa).items():
+            left_out.setdefault(i, f"extension {label}: {why}")
+    if not left_out:
+        return result, verdicts
+    for i, why in sorted(left_out.items()):
+        log.warning("%s: left out of group %s: %s", names[i], group.label(), why)
+        verdicts[i]["qa"] = f"left out: {why}"
+    keep = {names[i] for i in range(len(names)) if i not in left_out}
+    if not keep:
+        raise GpuflatError(f"group {group.label()}: QA left out every frame")
+    if backend is None:
+        raise GpuflatError(f"group {group.label()}: no backend here to combine it again")
+    specs = list(result.keys)
+    result = _mosaic_result(args, group, config, backend, specs=specs, only=keep)
+    return result, verdicts
+
+
+def _mosaic_result(args, group, config, backend, specs=None, only=None):
     """Combine a mosaic group's extensions: ``specs`` ((EXTNAME, EXTVER) pairs), or those
-    of --ext, or all of them."""
+    of --ext, or all of them; ``only``: the files to use (by name), default all."""
     from ._mosaic import combine_mosaic_files, match_extensions, mosaic_mask, parse_ext_list
 
     if specs is None and args.ext is not None:
         specs = parse_ext_list(args.ext, param="--ext")
-    first = group.frames[0]
+    frames = [f for f in group.frames if only is None or str(f.path) in only]
+    first = frames[0]
     infos = [first]
-    for info in group.frames[1:]:
+    for info in frames[1:]:
         try:  # each file against the first: a missing extension names the file
             match_extensions([first.path, info.path], [first.extensions, info.extensions], specs)
         except GpuflatError as exc:
@@ -614,21 +654,21 @@ def _mosaic_result(args, group, config, backend, specs=None):
         infos.append(info)
     if args.plots:
         log.warning("group %s: --plots are not made for multi-extension groups", group.label())
-    if not args.no_qa and (args.level_range or len(infos) >= 3):
-        log.info("group %s: frame QA is not applied to multi-extension groups", group.label())
     progress = _progress_bar(args, f"{group.label():>10}")
     result = combine_mosaic_files(
         [i.path for i in infos], config, backend, ext=specs,
         scale_per=getattr(args, "scale_per", "extension"), mask=mosaic_mask(args.mask),
-        extension_lists=[i.extensions for i in infos], progress=progress,
+        extension_lists=[i.extensions for i in infos], want_levels=("median",),
+        progress=progress,
     )  # fmt: skip
     if progress is not None:
         progress.close()
     return result
 
 
-def _write_mosaic(args, result, target, product_header, t0) -> dict:
-    """Write a combined mosaic; returns its report entry."""
+def _write_mosaic(args, result, target, product_header, t0, verdicts) -> dict:
+    """Write a combined mosaic; returns its report entry (``verdicts``: the frame QA's
+    line for every exposure of the group)."""
     result._write(
         target, overwrite=args.overwrite, compress=getattr(args, "compress", False),
         product_header=product_header,
@@ -645,14 +685,17 @@ def _write_mosaic(args, result, target, product_header, t0) -> dict:
             }
             for label, r in result.extensions.items()
         },
+        "frames": verdicts,
+        "frames_left_out": sum(v["qa"] != "kept" for v in verdicts),
         "seconds": round(time.perf_counter() - t0, 3),
         "backend": result.backend,
     }
-    if result.levels is not None:
-        entry["frames"] = [
-            {"file": n, "scale": float(s), "level_exposure": float(v)}
-            for n, s, v in zip(result.names, result.scales, result.levels, strict=True)
-        ]
+    if result.levels is not None:  # --scale-per exposure: the exposures' levels and scales
+        final = dict(zip(result.names, zip(result.scales, result.levels, strict=True), strict=True))
+        for v in verdicts:
+            if v["file"] in final:
+                scale, level = final[v["file"]]
+                v.update(scale=float(scale), level_exposure=float(level))
     return entry
 
 

@@ -116,6 +116,17 @@ def test_mosaic_extensions_on_workers_identical_to_in_process(tmp_path, capsys):
         assert [g["status"] for g in report["groups"]] == ["written"] * 3
     with fits.open(next(two.glob("*.fits"))) as hdul:  # --ext CCD3,CCD1: the file's order
         assert [h.name for h in hdul if h.name.endswith("_MASK")] == ["CCD1_MASK", "CCD3_MASK"]
+    # frame QA sees every extension once they are combined, and combines the group again
+    saturated = sorted(night.glob("twiflat*.fits"))[0]
+    with fits.open(saturated, mode="update") as hdul:
+        hdul["CCD2"].data *= 8
+    qa = ["--level-range", "100", "60000"]
+    for k, extra in ((1, []), (2, ["--workers", "2"])):
+        assert main(["run", str(night), "-o", str(tmp_path / f"qa{k}"), *qa, *extra]) == 0
+        out = capsys.readouterr()
+        assert f"{saturated.name}: left out of group V" in out.err
+        assert "(2 of 3 frames, group V)" in out.out
+    _same_products(tmp_path / "qa1", tmp_path / "qa2")
 
 
 def test_split_mosaic_units(tmp_path):

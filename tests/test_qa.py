@@ -1,6 +1,7 @@
 """Frame QA: per-frame rejected fractions, and frames left out by level or rejection."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -127,3 +128,45 @@ def test_level_range_from_the_config_file(group, tmp_path, capsys):
     assert "flat-0.fits: left out" in capsys.readouterr().err
     cfg.write_text(f'inputs = ["{d}"]\nlevel-range = 1000\n')
     assert main(["run", "--config", str(cfg), "-o", str(tmp_path / "out2")]) == 2
+
+
+@pytest.fixture
+def mosaics(tmp_path):
+    """Four two-detector exposures of one filter."""
+    from gpuflat._simulate import simulate_night
+
+    d = tmp_path / "mosaics"
+    simulate_night(d, shape=(24, 20), n_dome=0, n_twilight=4, mef=2, seed=2)
+    return d, sorted(p for p in d.glob("*.fits") if "twiflat" in p.name)
+
+
+def _mosaic_ncombine(out):
+    (product,) = out.glob("*.fits")
+    with fits.open(product) as hdul:
+        return hdul[0].header["NCOMBINE"], hdul["CCD1"].header["NCOMBINE"]
+
+
+def test_mosaic_exposure_left_out_by_one_detector_level(mosaics, tmp_path, capsys):
+    d, files = mosaics
+    with fits.open(files[1], mode="update") as hdul:
+        hdul["CCD2"].data *= 8  # saturated on one detector
+    code, entry = _run(d, tmp_path / "out", "--level-range", "100", "60000")
+    err = capsys.readouterr().err
+    assert code == 0 and f"{files[1].name}: left out of group V: extension CCD2: level" in err
+    assert _mosaic_ncombine(tmp_path / "out") == (3, 3)
+    verdicts = {Path(f["file"]).name: f["qa"] for f in entry["frames"]}
+    assert verdicts[files[1].name].startswith("left out") and entry["frames_left_out"] == 1
+    assert sum(v == "kept" for v in verdicts.values()) == 3
+
+
+def test_mosaic_exposure_left_out_by_rejections(mosaics, tmp_path, capsys):
+    d, files = mosaics
+    with fits.open(files[2], mode="update") as hdul:
+        hdul["CCD1"].data[::2] *= 1.5  # half of one detector
+    code, entry = _run(d, tmp_path / "qa")
+    assert code == 0 and f"{files[2].name}: left out of group V" in capsys.readouterr().err
+    fractions = {Path(f["file"]).name: f["rejected_fraction"] for f in entry["frames"]}
+    assert fractions[files[2].name] > 0.2  # over both detectors
+    assert _mosaic_ncombine(tmp_path / "qa") == (3, 3)
+    code, entry = _run(d, tmp_path / "noqa", "--no-qa")
+    assert code == 0 and _mosaic_ncombine(tmp_path / "noqa") == (4, 4)
