@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import datetime as _dt
+import glob
 import os
+import re
+import socket
 import warnings
 from pathlib import Path
 
@@ -332,11 +335,36 @@ def write_mef_product(path, primary_header, extensions, *, unit="adu", overwrite
     return _commit(path, fits.HDUList(hdus), overwrite=overwrite)
 
 
+_HOST = re.sub(r"[^A-Za-z0-9.-]", "_", socket.gethostname()) or "host"
+
+
+def _remove_stale_temporaries(path):
+    """Remove the temporary files of ``path`` that a killed process of this host left
+    (its PID is gone). Those of other hosts (a cluster on a shared filesystem) stay: their
+    PIDs cannot be checked from here."""
+    prefix = f".{path.name}.tmp-{_HOST}-"
+    for tmp in path.parent.glob(f"{glob.escape(prefix)}*"):
+        pid = tmp.name[len(prefix) :]
+        if pid.isdigit() and not _alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
+
+
 def _commit(path, hdul, *, overwrite):
     """Write ``hdul`` to a temporary name beside ``path``, verify it (checksums, shapes;
     compressed HDUs must read back identical) and move it into place."""
     expected = [None if h.data is None else h.data for h in hdul]
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    _remove_stale_temporaries(path)
+    tmp = path.with_name(f".{path.name}.tmp-{_HOST}-{os.getpid()}")
     try:
         hdul.writeto(tmp, checksum=True, overwrite=True)
         with open(tmp, "rb+") as fh:

@@ -1,6 +1,7 @@
 """`gpuflat` end to end through main(argv)."""
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -180,3 +181,26 @@ def test_help_version_and_info(capsys):
     assert main(["info"]) == 0
     out = capsys.readouterr().out
     assert "cpu backend: available" in out and "cuda backend" in out
+
+
+def test_stale_temporaries_of_killed_runs_are_removed(night, tmp_path):
+    """A run killed while writing leaves a hidden temporary file; the next write of that
+    product removes it when its process is gone (this host's only)."""
+    import subprocess
+    import sys
+
+    from gpuflat import _io
+
+    out = tmp_path / "out"
+    out.mkdir()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    name = "combined_flat_filter_V.fits"
+    stale = out / f".{name}.tmp-{_io._HOST}-{dead}"
+    alive = out / f".{name}.tmp-{_io._HOST}-{os.getppid()}"
+    other_host = out / f".{name}.tmp-elsewhere-{dead}"
+    for p in (stale, alive, other_host):
+        p.write_bytes(b"half a product")
+    assert main(["run", str(night), "-o", str(out), "-q"]) == 0
+    assert not stale.exists() and alive.exists() and other_host.exists()
+    assert (out / name).exists()
