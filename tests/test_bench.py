@@ -31,3 +31,10 @@ def test_bench_quick_runs_and_writes_json(tmp_path):
     assert results["gpuflat"]["max_rel_diff_vs_astropy"] < 1e-5
     assert results["gpuflat_run"]["max_rel_diff_vs_astropy"] < 1e-5
     assert data["machine"]["cpus"] >= 1
+
+
+def test_kernel_bench_runs():
+    script = BENCH.with_name("kernel.py")
+    argv = [sys.executable, str(script), "--frames", "5", "--size", "64", "--repeat", "1"]
+    run = subprocess.run(argv, capture_output=True, text=True, check=True)
+    assert "M samples/s" in run.stdout and "np.median" in run.stdout
