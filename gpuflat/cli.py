@@ -586,7 +586,8 @@ def _qa_config(args):
         level_range = tuple(args.level_range) if args.level_range else None
         return _qa.QAConfig(level_range=level_range, reject_factor=args.qa_reject_factor)
     except ValueError as exc:
-        raise _UsageError(f"--{str(exc).replace('_', '-')}") from None
+        text = str(exc).replace("level_range", "--level-range")
+        raise _UsageError(text.replace("reject_factor", "--qa-reject-factor")) from None
 
 
 def _combine_mosaic_group(args, group, config, backend, target, product_header):

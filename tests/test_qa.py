@@ -115,6 +115,8 @@ def test_bad_level_range_is_a_usage_error(group, tmp_path, capsys):
     assert main(["run", str(d), "-o", str(tmp_path / "o"), "--level-range", "5", "1"]) == 2
     err = capsys.readouterr().err
     assert "--level-range" in err and "Traceback" not in err
+    assert main(["run", str(d), "-o", str(tmp_path / "o"), "--qa-reject-factor", "0.5"]) == 2
+    assert "--qa-reject-factor must be > 1" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
 
 
