@@ -73,12 +73,13 @@ def run_units(args, config, units, announce) -> list[dict]:
         for i, (group, target) in enumerate(units):
             group, target = _portable_unit(group, target)
             tag = f"{i}-{uuid.uuid4().hex}"
-            specs = _extensions_to_split(args, group, target)
-            if specs:
+            split = _extensions_to_split(args, group, target)
+            if split:
+                specs, only = split
                 parts = []
                 for j, spec in enumerate(specs):
                     part = client.submit(
-                        _remote_extension, args, config, group, spec,
+                        _remote_extension, args, config, group, spec, only,
                         key=f"gpuflat-ext-{tag}-{j}", pure=False, retries=RETRIES,
                     )  # fmt: skip
                     parts.append(part)
@@ -130,44 +131,54 @@ def _remote_unit(args, config, group, target):
 
 
 def _extensions_to_split(args, group, target):
-    """The (EXTNAME, EXTVER) of each extension of a mosaic group that runs as tasks of its
-    own, or None when the group stays one unit."""
+    """For a mosaic group whose extensions run as tasks of their own: ((EXTNAME, EXTVER) of
+    each, the names of the files to combine), decided here once for all of them (--skip-bad
+    warnings are said here); None when the group stays one unit."""
     if not group.mosaic or getattr(args, "scale_per", "extension") != "extension":
         return None
     if target.exists() and not args.overwrite:
         return None  # the plain unit reports it as skipped
+    from . import cli
     from ._mosaic import match_extensions, parse_ext_list
     from .errors import GpuflatError
 
-    first = group.frames[0]
     try:
         specs = None if args.ext is None else parse_ext_list(args.ext, param="--ext")
-        plan = match_extensions([first.path], [first.extensions], specs)
+        infos = cli._mosaic_files(args, group, specs)
+        plan = match_extensions([infos[0].path], [infos[0].extensions], specs)
     except (GpuflatError, ValueError):
         return None  # the plain unit reports the error
-    return [key for key, _, _ in plan] if len(plan) > 1 else None
+    if len(plan) < 2:
+        return None
+    return [key for key, _, _ in plan], {str(i.path) for i in infos}
 
 
-def _remote_extension(args, config, group, spec):
-    """A task run on a worker: one extension of a mosaic group, combined (not written)."""
+def _remote_extension(args, config, group, spec, only):
+    """A task run on a worker: one extension of a mosaic group, combined (not written).
+    An expected error comes back as the result (retrying would not help); the group's
+    unit reports it."""
     from . import cli
-    from .errors import BackendUnavailableError
+    from .errors import BackendUnavailableError, GpuflatError
 
-    cli._setup_logging(_quiet(args))  # errors only: the client reports the rest
+    quiet = _quiet(args)
+    cli._setup_logging(quiet)  # errors only: the client reports the rest
     backend = _worker_backend(config.backend)
     if backend is None:
-        raise BackendUnavailableError(f"backend {config.backend!r} cannot run on this worker")
-    quiet = _quiet(args)
-    return cli._mosaic_result(quiet, group, config, backend, specs=[spec])
+        return BackendUnavailableError(f"backend {config.backend!r} cannot run on this worker")
+    try:
+        return cli._mosaic_result(quiet, group, config, backend, specs=[spec], only=only)
+    except (GpuflatError, ValueError, OSError) as exc:
+        return exc
 
 
 def _remote_mosaic(args, config, group, target, *parts):
     """The task run on a worker when a mosaic group's extensions are done: its product."""
     from . import cli
 
-    cli._setup_logging(_quiet(args))  # errors only: the client reports the rest
+    quiet = _quiet(args)
+    cli._setup_logging(quiet)  # errors only: the client reports the rest
     backend = _worker_backend(config.backend)
-    return cli._mosaic_unit(args, group, config, backend, Path(target), parts)
+    return cli._mosaic_unit(quiet, group, config, backend, Path(target), parts)
 
 
 _BACKENDS: dict = {}

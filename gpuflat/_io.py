@@ -148,11 +148,22 @@ class FitsFrame:
         self._fh.close()
 
 
+#: image HDUs that accompany a flat rather than being one: CCDData's planes (``MASK``,
+#: ``UNCERT``, ``PSFIMAGE``) and gpuflat's own (``NCOMBINE``, ``CCD1_MASK``...)
+_COMPANIONS = ("MASK", "UNCERT", "PSFIMAGE", "NCOMBINE")
+
+
 def is_image_hdu(h) -> bool:
-    """A 2-D image HDU: primary or extension, plain or tile-compressed."""
+    """A 2-D image HDU holding a frame: primary or extension, plain or tile-compressed, and
+    not a companion plane (so a flat written by ``CCDData.write`` with its uncertainty and
+    mask, or a gpuflat product, is one image, not a mosaic)."""
     if isinstance(h, fits.CompImageHDU):
-        return len(h.shape) == 2
-    return isinstance(h, (fits.PrimaryHDU, fits.ImageHDU)) and h.header.get("NAXIS", 0) == 2
+        image = len(h.shape) == 2
+    else:
+        image = isinstance(h, (fits.PrimaryHDU, fits.ImageHDU)) and h.header.get("NAXIS", 0) == 2
+    name = str(h.header.get("EXTNAME", "")).strip().upper()
+    companion = any(name == c or name.endswith("_" + c) for c in _COMPANIONS)
+    return image and not companion
 
 
 def ext_key(h, index) -> tuple[str, int]:
@@ -211,6 +222,28 @@ def merged_header(header, primary):
         if key not in _STRUCTURAL and key not in ("COMMENT", "HISTORY", "") and key not in out:
             out.append(card, end=True)
     return out
+
+
+def check_readable(path, indices) -> None:
+    """Open ``path`` once and check that the image HDUs ``indices`` are all there (a
+    truncated or unreadable file is a :class:`FrameReadError` naming it), as FitsFrame
+    would, without opening it once per HDU."""
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as fh, warnings.catch_warnings():
+            warnings.simplefilter("error")  # astropy warns on truncation: make it an error
+            with fits.open(fh, memmap=False, lazy_load_hdus=False) as hdul:
+                for i in indices:
+                    h = hdul[i]
+                    if isinstance(h, fits.CompImageHDU):
+                        continue  # its tiles are checked as they are read
+                    nbytes = h.header["NAXIS1"] * h.header["NAXIS2"] * abs(h.header["BITPIX"]) // 8
+                    if h.fileinfo()["datLoc"] + nbytes > size:
+                        raise FrameReadError(f"{path}: truncated (HDU {i} is cut short)")
+    except FrameReadError:
+        raise
+    except Exception as exc:
+        raise FrameReadError(f"{path}: not a readable FITS image ({exc})") from None
 
 
 def _image_hdu_index(hdul, name):

@@ -32,7 +32,13 @@ from astropy.io import fits
 from ._config import CombineConfig
 from ._io import FitsFrame, ext_key, ext_label, is_image_hdu
 from ._pipeline import CombineResult
-from .errors import BadLevelError, FrameReadError, NoFramesError, ShapeMismatchError
+from .errors import (
+    BadLevelError,
+    FrameReadError,
+    GpuflatError,
+    NoFramesError,
+    ShapeMismatchError,
+)
 
 SCALE_PER = ("extension", "exposure")
 
@@ -226,6 +232,8 @@ class MosaicResult:
         """One result from the results of disjoint sets of extensions of the same files
         (each extension combined on its own, e.g. on different Dask workers), in order."""
         first = parts[0]
+        if any(part.names != first.names for part in parts):
+            raise GpuflatError("the extensions of a mosaic were combined from different files")
         extensions = {label: r for part in parts for label, r in part.extensions.items()}
         keys = [key for part in parts for key in part.keys]
         return dataclasses.replace(first, extensions=extensions, keys=keys)

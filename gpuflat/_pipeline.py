@@ -145,6 +145,7 @@ def combine_frames(
                 if callable(config.scale):
                     user_scales.append(config.scale(buf))
             del spare, buf
+            pending = None  # the future holds the last frame too
             timings["levels"] = time.perf_counter() - t0
         if not plan.single:
             buffers = [np.empty(n * plan.rows * cols, dtype) for _ in range(2)]

@@ -13,6 +13,7 @@ from astropy.io import fits
 
 from ._io import ext_key, ext_label, is_image_hdu, merged_header
 
+_CUT = re.compile(r"truncated|Error validating header")  # astropy's words for a cut file
 FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.fz", ".fit.fz", ".fz")
 
 
@@ -25,6 +26,10 @@ class FrameInfo:
     # a mosaic (more than one 2-D image HDU): ((EXTNAME, EXTVER), HDU index, shape) of each
     # image HDU in file order; () for a single-image file
     extensions: tuple = ()
+    # why the file cannot be read whole ("" when it can): astropy drops an HDU it cannot
+    # read, so its shape and extensions are not to be trusted; it joins the group of its
+    # header values, whose combination then fails naming it (or leaves it out, --skip-bad)
+    broken: str = ""
 
     def get(self, key, default=""):
         return self.header.get(key, default)
@@ -112,10 +117,12 @@ def _is_fits_name(name):
 def read_info(path: Path) -> FrameInfo:
     """Header, shape and binning of the first image HDU (no data read); for a mosaic (more
     than one 2-D image HDU) also every image HDU's (EXTNAME, EXTVER), index and shape."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")  # recorded, not shown: headers often have quirks
         with fits.open(path, memmap=False) as hdul:
             images = [(i, h) for i, h in enumerate(hdul) if is_image_hdu(h)]
+            cut = [str(w.message) for w in caught if _CUT.search(str(w.message))]
+            broken = f"truncated or corrupt ({cut[0].splitlines()[0]})" if cut else ""
             if not images:
                 raise ValueError("no 2-D image HDU")
             first, h = images[0]
@@ -136,7 +143,7 @@ def read_info(path: Path) -> FrameInfo:
                             f"{keys.count(key)} image extensions are named {ext_label(key)}"
                         )
     binning = _binning(header)
-    return FrameInfo(Path(path), header, shape, binning, extensions)
+    return FrameInfo(Path(path), header, shape, binning, extensions, broken)
 
 
 def _binning(header):
@@ -171,13 +178,23 @@ def _matches(actual, wanted: str) -> bool:
 def group_frames(infos, group_by=("FILTER",)) -> list[Group]:
     """Group by the header keys; frames of different shape or binning are never mixed."""
     groups: dict[tuple, Group] = {}
-    for info in infos:
+    broken = [i for i in infos if i.broken]
+    for info in (i for i in infos if not i.broken):
         key = tuple(str(info.get(k, "")).strip() for k in group_by)
         mosaic = bool(info.extensions)
         full = (key, info.shape, info.binning, mosaic)
         if full not in groups:
             groups[full] = Group(key, info.shape, info.binning, [], mosaic=mosaic)
         groups[full].frames.append(info)
+    for info in broken:  # into the first group of its header values, else one of its own
+        key = tuple(str(info.get(k, "")).strip() for k in group_by)
+        same = [g for g in groups.values() if g.key == key]
+        if same:
+            same[0].frames.append(info)
+        else:
+            groups[(key, info.shape, info.binning, False)] = Group(
+                key, info.shape, info.binning, [info]
+            )
     out = list(groups.values())
     for g in out:
         g.split = sum(1 for h in out if h.key == g.key) > 1

@@ -22,7 +22,7 @@ import numpy as np
 from . import __version__, _farm, _qa, open_frames
 from ._config import CombineConfig
 from ._farm import ConfigError
-from .errors import GpuflatError
+from .errors import FrameReadError, GpuflatError
 
 log = logging.getLogger("gpuflat")
 
@@ -469,6 +469,10 @@ def _mosaic_unit(args, group, config, backend, target, parts) -> dict:
     if target.exists() and not args.overwrite:
         entry["status"] = "skipped (exists)"
         return entry
+    errors = [p for p in parts if isinstance(p, BaseException)]
+    if errors:
+        entry["status"] = f"failed: {errors[0]}"
+        return entry
     try:
         header = _farm.product_header_function(args)
         t0 = time.perf_counter()
@@ -488,8 +492,8 @@ def _announce(args, entry):
     if status == "written":
         if not args.quiet:
             total = len(entry["files"])
-            left_out = entry.get("frames_left_out", 0)
-            frames = f"{total - left_out} of {total}" if left_out else f"{total}"
+            combined = entry.get("frames_combined", total)
+            frames = f"{combined} of {total}" if combined != total else f"{total}"
             print(f"{entry['product']}  ({frames} frames, group {entry['group']})")
     elif status.startswith("skipped"):
         log.warning("%s: exists, skipped (use --overwrite to replace it)", entry["product"])
@@ -555,6 +559,7 @@ def _combine_group(args, group, config, backend, bad_pixels, target, product_hea
     entry = {
         "frames": qa_entries,
         "frames_left_out": len(left_out),
+        "frames_combined": len(result.names),
         "rejected_fraction": float(1 - result.count.mean() / len(result.names)),
         "pixels_without_survivor": int(result.mask.sum()),
         "seconds": round(seconds, 3),
@@ -637,22 +642,11 @@ def _mosaic_qa(args, group, config, backend, result):
 def _mosaic_result(args, group, config, backend, specs=None, only=None):
     """Combine a mosaic group's extensions: ``specs`` ((EXTNAME, EXTVER) pairs), or those
     of --ext, or all of them; ``only``: the files to use (by name), default all."""
-    from ._mosaic import combine_mosaic_files, match_extensions, mosaic_mask, parse_ext_list
+    from ._mosaic import combine_mosaic_files, mosaic_mask, parse_ext_list
 
     if specs is None and args.ext is not None:
         specs = parse_ext_list(args.ext, param="--ext")
-    frames = [f for f in group.frames if only is None or str(f.path) in only]
-    first = frames[0]
-    infos = [first]
-    for info in frames[1:]:
-        try:  # each file against the first: a missing extension names the file
-            match_extensions([first.path, info.path], [first.extensions, info.extensions], specs)
-        except GpuflatError as exc:
-            if not args.skip_bad:
-                raise
-            log.warning("%s: skipped (%s)", info.path, exc)
-            continue
-        infos.append(info)
+    infos = _mosaic_files(args, group, specs, only)
     if args.plots:
         log.warning("group %s: --plots are not made for multi-extension groups", group.label())
     progress = _progress_bar(args, f"{group.label():>10}")
@@ -665,6 +659,34 @@ def _mosaic_result(args, group, config, backend, specs=None, only=None):
     if progress is not None:
         progress.close()
     return result
+
+
+def _mosaic_files(args, group, specs, only=None):
+    """The infos of the group's files to combine (``only``: those names): each file's
+    extensions matched against the first's and readable; with --skip-bad a file that fails
+    either is left out with a warning, else its error fails the group."""
+    from ._io import check_readable
+    from ._mosaic import match_extensions
+
+    infos = []
+    for info in group.frames:
+        if only is not None and str(info.path) not in only:
+            continue
+        ref = infos[0] if infos else info
+        try:  # a missing extension or a truncated file names the file
+            if info.broken:
+                raise FrameReadError(f"{info.path}: {info.broken}")
+            plan = match_extensions([ref.path, info.path], [ref.extensions, info.extensions], specs)
+            check_readable(info.path, [indices[-1] for _, indices, _ in plan])
+        except GpuflatError as exc:
+            if not args.skip_bad:
+                raise
+            log.warning("%s: skipped (%s)", info.path, exc)
+            continue
+        infos.append(info)
+    if not infos:
+        raise GpuflatError(f"group {group.label()}: no readable frame")
+    return infos
 
 
 def _write_mosaic(args, result, target, product_header, t0, verdicts) -> dict:
@@ -688,6 +710,7 @@ def _write_mosaic(args, result, target, product_header, t0, verdicts) -> dict:
         },
         "frames": verdicts,
         "frames_left_out": sum(v["qa"] != "kept" for v in verdicts),
+        "frames_combined": len(result.names),
         "seconds": round(time.perf_counter() - t0, 3),
         "backend": result.backend,
     }

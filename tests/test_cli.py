@@ -186,15 +186,11 @@ def test_help_version_and_info(capsys):
 def test_stale_temporaries_of_killed_runs_are_removed(night, tmp_path):
     """A run killed while writing leaves a hidden temporary file; the next write of that
     product removes it when its process is gone (this host's only)."""
-    import subprocess
-    import sys
-
     from gpuflat import _io
 
     out = tmp_path / "out"
     out.mkdir()
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    dead = int(Path("/proc/sys/kernel/pid_max").read_text()) + 1  # no process has it
     name = "combined_flat_filter_V.fits"
     stale = out / f".{name}.tmp-{_io._HOST}-{dead}"
     alive = out / f".{name}.tmp-{_io._HOST}-{os.getppid()}"
@@ -204,3 +200,23 @@ def test_stale_temporaries_of_killed_runs_are_removed(night, tmp_path):
     assert main(["run", str(night), "-o", str(out), "-q"]) == 0
     assert not stale.exists() and alive.exists() and other_host.exists()
     assert (out / name).exists()
+
+
+def test_flats_written_by_ccddata_are_single_images(tmp_path, rng):
+    """CCDData.write adds UNCERT and MASK image HDUs: still one image, not a mosaic; and a
+    gpuflat product (with its NCOMBINE plane) reads back as one image too."""
+    from astropy.nddata import StdDevUncertainty
+
+    d = tmp_path / "ccd"
+    d.mkdir()
+    stack = flat_stack(rng, n=4, shape=(30, 20))
+    for i, a in enumerate(stack):
+        meta = {"IMAGETYP": "FLAT", "FILTER": "R"}
+        uncertainty = StdDevUncertainty(np.ones_like(a))
+        ccd = CCDData(a, unit="adu", uncertainty=uncertainty, mask=a < 0, meta=meta)
+        ccd.write(d / f"flat{i}.fits")
+    out = tmp_path / "out"
+    assert main(["run", str(d), "-o", str(out), "-q"]) == 0
+    product = out / "combined_flat_filter_R.fits"
+    np.testing.assert_array_equal(CCDData.read(product).data, gpuflat.combine(stack).image)
+    assert gpuflat.combine([product, product]).image.shape == (30, 20)

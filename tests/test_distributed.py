@@ -127,6 +127,17 @@ def test_mosaic_extensions_on_workers_identical_to_in_process(tmp_path, capsys):
         assert f"{saturated.name}: left out of group V" in out.err
         assert "(2 of 3 frames, group V)" in out.out
     _same_products(tmp_path / "qa1", tmp_path / "qa2")
+    # --skip-bad: the files to combine are decided once for every extension's task
+    lacking = sorted(night.glob("flat-gpp*.fits"))[1]
+    with fits.open(lacking, mode="update") as hdul:
+        hdul["CCD2"].header["EXTNAME"] = "CCD9"
+    for k, extra in ((1, []), (2, ["--workers", "2"])):
+        argv = ["run", str(night), "-o", str(tmp_path / f"bad{k}"), "--skip-bad", *extra]
+        assert main(argv) == 0
+        out = capsys.readouterr()
+        assert f"{lacking.name}: skipped" in out.err and "no extension CCD2" in out.err
+        assert "(2 of 3 frames, group g'')" in out.out
+    _same_products(tmp_path / "bad1", tmp_path / "bad2")
 
 
 def test_split_mosaic_units(tmp_path):
@@ -139,7 +150,9 @@ def test_split_mosaic_units(tmp_path):
     (group,) = group_frames([i for i in infos if is_selected(i)], ("FILTER",))
     args = gpuflat.cli._build_parser().parse_args(["run", "x"])
     target = tmp_path / "product.fits"
-    assert _distributed._extensions_to_split(args, group, target) == [("CCD1", 1), ("CCD2", 1)]
+    names = {str(f.path) for f in group.frames}
+    split = _distributed._extensions_to_split(args, group, target)
+    assert split == ([("CCD1", 1), ("CCD2", 1)], names)
     args.scale_per = "exposure"
     assert _distributed._extensions_to_split(args, group, target) is None
     args.scale_per, args.ext = "extension", "CCD2"

@@ -403,3 +403,41 @@ def test_mosaic_bad_pixel_mask_per_extension(tmp_path, rng):
     write_mef(tmp_path / "bpm1.fits", {"CCD1": masks["CCD1"], "CCD9": masks["CCD2"]})
     with pytest.raises(gpuflat.FrameReadError, match=r"bpm1\.fits: .*no extension CCD2"):
         gpuflat.combine_mosaic(paths, mask=str(tmp_path / "bpm1.fits"))
+
+
+def test_skip_bad_leaves_out_a_truncated_mosaic(tmp_path, capsys):
+    from gpuflat._simulate import simulate_night
+
+    night = tmp_path / "night"
+    simulate_night(night, shape=(24, 20), n_dome=0, n_twilight=4, mef=2, seed=3)
+    files = sorted(night.glob("twiflat*.fits"))
+    raw = files[2].read_bytes()
+    files[2].write_bytes(raw[: len(raw) - 3000])  # the last detector cut short
+    assert main(["run", str(night), "-o", str(tmp_path / "a"), "-q"]) == 1
+    assert f"{files[2].name}" in capsys.readouterr().err
+    assert main(["run", str(night), "-o", str(tmp_path / "b"), "--skip-bad"]) == 0
+    out = capsys.readouterr()
+    assert f"{files[2].name}: truncated" in out.err and "(3 of 4 frames, group V)" in out.out
+    with fits.open(tmp_path / "b" / "combined_flat_filter_V.fits") as hdul:
+        assert hdul[0].header["NCOMBINE"] == 3
+
+
+def test_skip_bad_leaves_out_a_mosaic_cut_after_selection(tmp_path, capsys, monkeypatch):
+    """A file that reads whole at selection but not when combined (changed meanwhile)."""
+    import gpuflat.cli as cli
+
+    night = tmp_path / "night"
+    simulate_night(night, shape=(24, 20), n_dome=0, n_twilight=4, mef=2, seed=3)
+    files = sorted(night.glob("twiflat*.fits"))
+    select = cli._selected_groups
+
+    def select_then_cut(args):
+        found = select(args)
+        raw = files[1].read_bytes()
+        files[1].write_bytes(raw[: len(raw) - 3000])
+        return found
+
+    monkeypatch.setattr(cli, "_selected_groups", select_then_cut)
+    assert main(["run", str(night), "-o", str(tmp_path / "b"), "--skip-bad"]) == 0
+    out = capsys.readouterr()
+    assert f"{files[1].name}: skipped" in out.err and "(3 of 4 frames, group V)" in out.out
