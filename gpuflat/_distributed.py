@@ -124,10 +124,8 @@ def _remote_unit(args, config, group, target):
     """The task run on a worker: one unit, as in-process (backend and mask resolved here)."""
     from . import cli
 
-    cli._setup_logging(_quiet(args))  # errors only: the client reports the rest
-    # no progress bars from the workers: several would share one terminal
-    quiet = _quiet(args)
-    return cli._run_unit(quiet, group, config, Path(target), _worker_backend(config.backend))
+    quiet, backend = _on_worker(args, config)
+    return cli._run_unit(quiet, group, config, Path(target), backend)
 
 
 def _extensions_to_split(args, group, target):
@@ -160,9 +158,7 @@ def _remote_extension(args, config, group, spec, only):
     from . import cli
     from .errors import BackendUnavailableError, GpuflatError
 
-    quiet = _quiet(args)
-    cli._setup_logging(quiet)  # errors only: the client reports the rest
-    backend = _worker_backend(config.backend)
+    quiet, backend = _on_worker(args, config)
     if backend is None:
         return BackendUnavailableError(f"backend {config.backend!r} cannot run on this worker")
     try:
@@ -175,10 +171,19 @@ def _remote_mosaic(args, config, group, target, *parts):
     """The task run on a worker when a mosaic group's extensions are done: its product."""
     from . import cli
 
-    quiet = _quiet(args)
-    cli._setup_logging(quiet)  # errors only: the client reports the rest
-    backend = _worker_backend(config.backend)
+    quiet, backend = _on_worker(args, config)
     return cli._mosaic_unit(quiet, group, config, backend, Path(target), parts)
+
+
+def _on_worker(args, config):
+    """What every task starts with on a worker: quiet arguments (no progress bars, which
+    would share one terminal; errors only in the log, the client reports the rest) and the
+    worker's backend."""
+    from . import cli
+
+    quiet = _quiet(args)
+    cli._setup_logging(quiet)
+    return quiet, _worker_backend(config.backend)
 
 
 _BACKENDS: dict = {}

@@ -103,10 +103,7 @@ class FitsFrame:
         self._bscale = header.get("BSCALE", 1)
         self._blank = header.get("BLANK") if bitpix > 0 else None
         self._offset = h.fileinfo()["datLoc"]
-        need = self._offset + self.shape[0] * self.shape[1] * self._raw.itemsize
-        size = os.fstat(self._fh.fileno()).st_size
-        if size < need:
-            raise FrameReadError(f"{self.name}: truncated ({size} bytes, the image needs {need})")
+        _check_whole(h, os.fstat(self._fh.fileno()).st_size, self.name)
 
     def read_rows(self, r0, r1, out):
         """Read rows [r0, r1) into ``out`` (float32 or float64), applying BSCALE/BZERO/BLANK."""
@@ -224,26 +221,26 @@ def merged_header(header, primary):
     return out
 
 
+def _check_whole(h, size, name) -> None:
+    """The data of the plain image HDU ``h`` lies within the file's ``size`` bytes."""
+    nbytes = h.header["NAXIS1"] * h.header["NAXIS2"] * abs(h.header["BITPIX"]) // 8
+    need = h.fileinfo()["datLoc"] + nbytes
+    if size < need:
+        raise FrameReadError(f"{name}: truncated ({size} bytes, the image needs {need})")
+
+
 def check_readable(path, indices) -> None:
-    """Open ``path`` once and check that the image HDUs ``indices`` are all there (a
-    truncated or unreadable file is a :class:`FrameReadError` naming it), as FitsFrame
-    would, without opening it once per HDU."""
+    """Check that the image HDUs ``indices`` of ``path`` can all be read, as FitsFrame
+    checks its own (a :class:`FrameReadError` naming the file), opening the file once."""
+    frame = FitsFrame(path, hdu=indices[0])
     try:
-        size = os.path.getsize(path)
-        with open(path, "rb") as fh, warnings.catch_warnings():
-            warnings.simplefilter("error")  # astropy warns on truncation: make it an error
-            with fits.open(fh, memmap=False, lazy_load_hdus=False) as hdul:
-                for i in indices:
-                    h = hdul[i]
-                    if isinstance(h, fits.CompImageHDU):
-                        continue  # its tiles are checked as they are read
-                    nbytes = h.header["NAXIS1"] * h.header["NAXIS2"] * abs(h.header["BITPIX"]) // 8
-                    if h.fileinfo()["datLoc"] + nbytes > size:
-                        raise FrameReadError(f"{path}: truncated (HDU {i} is cut short)")
-    except FrameReadError:
-        raise
-    except Exception as exc:
-        raise FrameReadError(f"{path}: not a readable FITS image ({exc})") from None
+        size = os.fstat(frame._fh.fileno()).st_size
+        for i in indices[1:]:
+            h = frame._hdul[i]
+            if not isinstance(h, fits.CompImageHDU):  # tiles are checked as they are read
+                _check_whole(h, size, frame.name)
+    finally:
+        frame.close()
 
 
 def _image_hdu_index(hdul, name):

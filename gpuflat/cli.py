@@ -433,27 +433,17 @@ def _run_unit(args, group, config, target, backend=None, bad_pixels=_NOT_GIVEN) 
     from ._io import write_product
     from .backends import get_backend
 
-    entry = {
-        "group": group.label(),
-        "product": str(target),
-        "files": [str(f.path) for f in group.frames],
-    }
-    if target.exists() and not args.overwrite:
-        entry["status"] = "skipped (exists)"
-        return entry
-    try:
+    def work(header):
+        nonlocal backend, bad_pixels
         if backend is None:
             backend = get_backend(config.backend)
         if bad_pixels is _NOT_GIVEN:
             bad_pixels = _bad_pixel_mask(args.mask)
-        header = _farm.product_header_function(args)
-        entry.update(
-            _combine_group(args, group, config, backend, bad_pixels, target, header, write_product)
+        return _combine_group(
+            args, group, config, backend, bad_pixels, target, header, write_product
         )
-        entry["status"] = "written"
-    except (GpuflatError, ValueError, OSError) as exc:
-        entry["status"] = f"failed: {exc}"
-    return entry
+
+    return _unit(args, group, target, work)
 
 
 def _mosaic_unit(args, group, config, backend, target, parts) -> dict:
@@ -461,6 +451,22 @@ def _mosaic_unit(args, group, config, backend, target, parts) -> dict:
     write the product from the extensions' results; returns its report entry."""
     from ._mosaic import MosaicResult
 
+    def work(header):
+        errors = [p for p in parts if isinstance(p, BaseException)]
+        if errors:
+            raise errors[0]
+        t0 = time.perf_counter()
+        # QA needs every extension: here, once they are all combined (a frame left out
+        # means combining the group again, on this worker)
+        result, verdicts = _mosaic_qa(args, group, config, backend, MosaicResult.merge(parts))
+        return _write_mosaic(args, result, target, header, t0, verdicts)
+
+    return _unit(args, group, target, work)
+
+
+def _unit(args, group, target, work) -> dict:
+    """A work unit's report entry: skipped when the product exists (unless --overwrite),
+    else ``work(product_header)``'s entry, written or failed with the expected error."""
     entry = {
         "group": group.label(),
         "product": str(target),
@@ -469,17 +475,8 @@ def _mosaic_unit(args, group, config, backend, target, parts) -> dict:
     if target.exists() and not args.overwrite:
         entry["status"] = "skipped (exists)"
         return entry
-    errors = [p for p in parts if isinstance(p, BaseException)]
-    if errors:
-        entry["status"] = f"failed: {errors[0]}"
-        return entry
     try:
-        header = _farm.product_header_function(args)
-        t0 = time.perf_counter()
-        # QA needs every extension: here, once they are all combined (a frame left out
-        # means combining the group again, on this worker)
-        result, verdicts = _mosaic_qa(args, group, config, backend, MosaicResult.merge(parts))
-        entry.update(_write_mosaic(args, result, target, header, t0, verdicts))
+        entry.update(work(_farm.product_header_function(args)))
         entry["status"] = "written"
     except (GpuflatError, ValueError, OSError) as exc:
         entry["status"] = f"failed: {exc}"
@@ -527,12 +524,8 @@ def _combine_group(args, group, config, backend, bad_pixels, target, product_hea
             result.levels["median"], result.rejected_fraction, _qa_config(args)
         )  # fmt: skip
         if left_out:
-            for i, why in left_out.items():
-                log.warning("%s: left out of group %s: %s", frames[i].name, group.label(), why)
-                qa_entries[i]["qa"] = f"left out: {why}"
-            frames = [f for i, f in enumerate(frames) if i not in left_out]
-            if not frames:
-                raise GpuflatError(f"group {group.label()}: QA left out every frame")
+            keep = _leave_out(group, left_out, qa_entries)
+            frames = [f for f in frames if f.name in keep]
             result = combine_frames(
                 frames, config, backend, bad_pixel_mask=bad_pixels, want_levels=want
             )
@@ -586,6 +579,18 @@ def _frame_entries(result) -> list[dict]:
     ]
 
 
+def _leave_out(group, left_out, verdicts) -> set[str]:
+    """Say which frames QA leaves out (index -> why) and mark their report lines; returns
+    the names of those kept (an error when none is)."""
+    for i, why in sorted(left_out.items()):
+        log.warning("%s: left out of group %s: %s", verdicts[i]["file"], group.label(), why)
+        verdicts[i]["qa"] = f"left out: {why}"
+    keep = {v["file"] for i, v in enumerate(verdicts) if i not in left_out}
+    if not keep:
+        raise GpuflatError(f"group {group.label()}: QA left out every frame")
+    return keep
+
+
 def _qa_config(args):
     try:
         level_range = tuple(args.level_range) if args.level_range else None
@@ -626,12 +631,7 @@ def _mosaic_qa(args, group, config, backend, result):
             left_out.setdefault(i, f"extension {label}: {why}")
     if not left_out:
         return result, verdicts
-    for i, why in sorted(left_out.items()):
-        log.warning("%s: left out of group %s: %s", names[i], group.label(), why)
-        verdicts[i]["qa"] = f"left out: {why}"
-    keep = {names[i] for i in range(len(names)) if i not in left_out}
-    if not keep:
-        raise GpuflatError(f"group {group.label()}: QA left out every frame")
+    keep = _leave_out(group, left_out, verdicts)
     if backend is None:
         raise GpuflatError(f"group {group.label()}: no backend here to combine it again")
     specs = list(result.keys)

@@ -508,16 +508,21 @@ def _merge_tile(tl, t, net):
         _apply_network(tl, t, net)
 
 
+@nb.njit(cache=True, nogil=True, inline="always")
+def _usable(data, mask, use_mask, i, p, prm):
+    """Step 1 for one sample: (its value as float64, whether it is valid)."""
+    xd = np.float64(data[i, p])
+    ok = (abs(xd) < _INF) & (xd >= prm[1]) & (xd <= prm[2])
+    if use_mask:
+        ok = ok & (mask[i, p] == 0)
+    return xd, ok
+
+
 @nb.njit(cache=True, nogil=True, error_model="numpy")
 def _load_lanes(data, mask, use_mask, i, sc, prm, p0, nl, tl, il):
     clip_scaled = prm[0]
-    min_value = prm[1]
-    max_value = prm[2]
     for lane in range(nl):
-        xd = np.float64(data[i, p0 + lane])
-        ok = (abs(xd) < _INF) & (xd >= min_value) & (xd <= max_value)
-        if use_mask:
-            ok = ok & (mask[i, p0 + lane] == 0)
+        xd, ok = _usable(data, mask, use_mask, i, p0 + lane, prm)
         yv = xd * sc
         vv = yv if clip_scaled else xd
         tl[_TV, i, lane] = vv if ok else _NAN
@@ -827,16 +832,11 @@ def _count_rejected(data, mask, has_mask, prm, p0, nl, tl, il, fl, rej):
     """``rej[i]`` += the lanes where frame i's sample is valid (step 1) but not a survivor
     (outside the extrema window or clipped). Only lanes that lost a sample are visited (most
     pixels lose none); lanes left to the per-pixel path count there."""
-    min_value = prm[1]
-    max_value = prm[2]
     for lane in range(nl):
         if il[_M, lane] == il[_BF, lane] - il[_AF, lane] or il[_BAD, lane]:
             continue
         for i in range(data.shape[0]):
-            xd = np.float64(data[i, p0 + lane])
-            ok = (abs(xd) < _INF) and (xd >= min_value) and (xd <= max_value)
-            if has_mask and mask[i, p0 + lane] != 0:
-                ok = False
+            _, ok = _usable(data, mask, has_mask, i, p0 + lane, prm)
             x = tl[_TV, i, lane]
             if ok and not (x >= fl[_VLO, lane] and x <= fl[_VHI, lane]):
                 rej[i] += 1
