@@ -4,7 +4,7 @@ Survey cameras write one file per exposure with one image extension per detector
 amplifier. The extensions are matched across files by (EXTNAME, EXTVER), never by position,
 combined one after the other by the same band pipeline as single images (so an extension's
 result is exactly ``gpuflat.combine(paths, ext=NAME)``), and written into one product that
-keeps the first file's extension order (:func:`gpuflat._io.write_mef_product`).
+keeps the first file's extension order (:func:`gpuflat._products.write_mef_product`).
 
 Scaling is per extension by default. ``scale_per="exposure"`` measures one level per
 exposure over the finite, unmasked pixels of all its selected extensions together (the exact
@@ -22,7 +22,7 @@ import numbers
 import os
 import warnings
 from collections.abc import Mapping, Sequence
-from contextlib import ExitStack
+from contextlib import ExitStack, closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,8 +30,10 @@ import numpy as np
 from astropy.io import fits
 
 from ._config import CombineConfig
-from ._io import FitsFrame, ext_key, ext_label, is_image_hdu
-from ._pipeline import CombineResult
+from ._frames import FitsFile, bad_pixel_mask, ext_key, ext_label, is_image_hdu
+from ._pipeline import CombineResult, combine_frames
+from ._products import product_header, write_mef_product
+from ._version import __version__
 from .errors import (
     BadLevelError,
     FrameReadError,
@@ -239,18 +241,13 @@ class MosaicResult:
         return dataclasses.replace(first, extensions=extensions, keys=keys)
 
     def write(self, path, *, overwrite: bool = False, compress: bool = False) -> Path:
-        """Write the mosaic product (layout: :func:`gpuflat._io.write_mef_product`).
+        """Write the mosaic product (layout: :func:`gpuflat._products.write_mef_product`).
 
         Never clobbers an existing file unless ``overwrite``; ``compress`` tile-compresses
         every image HDU losslessly."""
         return self._write(path, overwrite=overwrite, compress=compress)
 
-    def _write(self, path, *, overwrite, compress, product_header=None):
-        from . import __version__
-        from ._io import write_mef_product
-
-        if product_header is None:
-            from ._io import product_header
+    def _write(self, path, *, overwrite, compress, product_header=product_header):
         params = self.params()
         primary = product_header(
             self.primary_header, names=self.names, scales=self.scales, params=params,
@@ -298,8 +295,6 @@ def combine_mosaic_files(
     already known (the CLI has read them while selecting); ``progress(done, total)`` is
     called after each extension, ``on_extension(label)`` before it.
     """
-    from ._pipeline import combine_frames
-
     paths = [Path(p) for p in paths]
     if not paths:
         raise NoFramesError("no frames to combine: the input is empty")
@@ -310,31 +305,28 @@ def combine_mosaic_files(
     masks = {label: _mask_for(mask, label) for label in labels}
     scales = levels = None
     ext_config = config
-    if scale_per == "exposure" and (callable(config.scale) or config.scale in ("median", "mean")):
-        levels, scales = _exposure_scales(paths, plan, labels, masks, config, backend)
-        ext_config = dataclasses.replace(config, scale=tuple(scales))
     results = {}
-    for done, ((_key, indices, _shape), label) in enumerate(zip(plan, labels, strict=True)):
-        if on_extension is not None:
-            on_extension(label)
-        with ExitStack() as stack:
-            frames = []
-            for path, index in zip(paths, indices, strict=True):
-                frame = FitsFrame(path, hdu=index)
-                stack.callback(frame.close)
-                frames.append(frame)
+    with ExitStack() as stack:
+        files = [stack.enter_context(closing(FitsFile(p))) for p in paths]  # once per pass
+        if scale_per == "exposure" and (
+            callable(config.scale) or config.scale in ("median", "mean")
+        ):
+            levels, scales = _exposure_scales(files, plan, labels, masks, config, backend)
+            ext_config = dataclasses.replace(config, scale=tuple(scales))
+        for done, ((_key, indices, _shape), label) in enumerate(zip(plan, labels, strict=True)):
+            if on_extension is not None:
+                on_extension(label)
+            frames = [file.frame(index) for file, index in zip(files, indices, strict=True)]
             result = combine_frames(
                 frames, ext_config, backend, bad_pixel_mask=masks[label], want_levels=want_levels
             )
-        if levels is not None:
-            result.levels = {"exposure": list(levels), **result.levels}
-        results[label] = result
-        if progress is not None:
-            progress(done + 1, len(plan))
+            if levels is not None:
+                result.levels = {"exposure": list(levels), **result.levels}
+            results[label] = result
+            if progress is not None:
+                progress(done + 1, len(plan))
+        primary_header = files[0].hdul[0].header.copy()
     first = next(iter(results.values()))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        primary_header = fits.getheader(paths[0], 0)
     return MosaicResult(
         extensions=results,
         keys=[key for key, _, _ in plan],
@@ -356,7 +348,7 @@ def _mask_for(mask, label):
     return mask
 
 
-def _exposure_scales(paths, plan, labels, masks, config, backend):
+def _exposure_scales(files, plan, labels, masks, config, backend):
     """One level per exposure over the union of its selected extensions (see the module
     docstring); returns (levels, scales = 1/level, or the callable's factor)."""
     sizes = [shape[0] * shape[1] for _, _, shape in plan]
@@ -371,15 +363,14 @@ def _exposure_scales(paths, plan, labels, masks, config, backend):
     union = np.empty(total, np.float32)
     union_mask = np.zeros(total, np.uint8) if masked else None
     levels, scales = [], []
-    for i, path in enumerate(paths):
+    for i, file in enumerate(files):
+        path = file.name
         offset = 0
         for (_key, indices, shape), label, size in zip(plan, labels, sizes, strict=True):
-            frame = FitsFrame(path, hdu=indices[i])
-            try:
-                frame.read_rows(0, shape[0], union[offset : offset + size].reshape(shape))
-                m = masks[label]  # a FitsFrame has no mask of its own
-            finally:
-                frame.close()
+            file.frame(indices[i]).read_rows(
+                0, shape[0], union[offset : offset + size].reshape(shape)
+            )
+            m = masks[label]  # a FitsFrame has no mask of its own
             if masked:
                 if m is not None and m.shape != shape:
                     raise ShapeMismatchError(
@@ -411,8 +402,6 @@ def mosaic_mask(mask):
     """A bad-pixel mask for a mosaic: None; a 2-D array (every extension); a mapping
     label -> 2-D array; or a FITS path: a single image applies to every extension, a
     multi-extension file gives each extension the mask HDU of the same (EXTNAME, EXTVER)."""
-    from . import _bad_pixel_mask
-
     if mask is None:
         return None
     if isinstance(mask, Mapping):
@@ -420,7 +409,7 @@ def mosaic_mask(mask):
         for k, v in mask.items():
             if not isinstance(k, str):
                 raise TypeError(f"mask: a mapping's keys must be extension names, got {k!r}")
-            out[ext_label(parse_one_ext(k, param="mask"))] = _bad_pixel_mask(v)
+            out[ext_label(parse_one_ext(k, param="mask"))] = bad_pixel_mask(v)
         return out
     if isinstance(mask, (str, os.PathLike)):
         try:
@@ -435,7 +424,7 @@ def mosaic_mask(mask):
                     for key, index, _ in available:
                         out[ext_label(key)] = np.asarray(hdul[index].data) != 0
             return _MaskByExtension(out, str(mask))
-    return _bad_pixel_mask(mask)
+    return bad_pixel_mask(mask)
 
 
 class _MaskByExtension(dict):

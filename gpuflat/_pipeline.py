@@ -81,7 +81,7 @@ def combine_frames(
     band_combiner=None,
     progress=None,
 ) -> CombineResult:
-    """Combine opened frames (``_io.FitsFrame`` / ``_io.ArrayFrame``) band by band.
+    """Combine opened frames (``_frames.FitsFrame`` / ``_frames.ArrayFrame``) band by band.
 
     ``band_combiner(data, mask, scales, weights)`` replaces the backend's kernel (the
     ccdproc compatibility path uses it); ``progress(done, total)`` is called per band.

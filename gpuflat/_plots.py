@@ -4,16 +4,14 @@ matplotlib and astropy.visualization are imported inside the functions so that `
 stays light. The figures are drawn with the Agg canvas directly (no :mod:`matplotlib.pyplot`),
 so the caller's pyplot state and interactive backend are never touched and no figure is left
 registered anywhere. Every PNG is written atomically: to a temporary name in the target
-directory, then :func:`os.replace`.
+directory, then moved into place (:func:`gpuflat._atomic.commit`).
 """
 
 from __future__ import annotations
 
-import os
-import secrets
-from pathlib import Path
-
 import numpy as np
+
+from ._atomic import commit
 
 __all__ = ["plot_flat", "plot_levels", "plot_scaled_vs_unscaled"]
 
@@ -37,16 +35,8 @@ def _new_figure(size):
 
 
 def _save_atomic(fig, path) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format="png", dpi=DPI)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        commit(path, lambda tmp: fig.savefig(tmp, format="png", dpi=DPI), overwrite=True)
     finally:
         fig.clear()
 

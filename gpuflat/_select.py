@@ -11,7 +11,7 @@ from pathlib import Path
 
 from astropy.io import fits
 
-from ._io import ext_key, ext_label, is_image_hdu, merged_header
+from ._frames import ext_key, ext_label, is_image_hdu, merged_header
 
 _CUT = re.compile(r"truncated|Error validating header")  # astropy's words for a cut file
 FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.fz", ".fit.fz", ".fz")

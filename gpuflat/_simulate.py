@@ -24,7 +24,6 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import re
-import secrets
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 from astropy.io import fits
+
+from ._atomic import commit
 
 __all__ = ["detector_defects", "flat_field_truth", "simulate_night"]
 
@@ -368,7 +369,6 @@ def _header(plan: _Plan, date_obs: _dt.datetime, seed: int) -> fits.Header:
 def _write_atomic(path: Path, data, header: fits.Header) -> None:
     """``data``: one image (a primary HDU), or a list of (EXTNAME, image, header) extensions
     after a header-only primary HDU."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     if isinstance(data, list):
         hdul = fits.HDUList(
             [fits.PrimaryHDU(header=header)]
@@ -376,14 +376,7 @@ def _write_atomic(path: Path, data, header: fits.Header) -> None:
         )
     else:
         hdul = fits.HDUList([fits.PrimaryHDU(data=data, header=header)])
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-        with os.fdopen(fd, "wb") as fh:
-            hdul.writeto(fh)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    commit(path, hdul.writeto, overwrite=True)
 
 
 def simulate_night(

@@ -92,7 +92,7 @@ def combine(
     center = _match(sigma_clip_func, _CENTERS)
     dev = _match(sigma_clip_dev_func, _DEVS)
     with ExitStack() as stack:
-        from . import open_frames
+        from ._frames import open_frames
 
         frames = open_frames(img_list, stack, hdu=ccdkwargs.get("hdu"))
         unit = ccdkwargs.get("unit") or frames[0].unit or "adu"

@@ -186,14 +186,14 @@ def test_help_version_and_info(capsys):
 def test_stale_temporaries_of_killed_runs_are_removed(night, tmp_path):
     """A run killed while writing leaves a hidden temporary file; the next write of that
     product removes it when its process is gone (this host's only)."""
-    from gpuflat import _io
+    from gpuflat import _atomic
 
     out = tmp_path / "out"
     out.mkdir()
     dead = int(Path("/proc/sys/kernel/pid_max").read_text()) + 1  # no process has it
     name = "combined_flat_filter_V.fits"
-    stale = out / f".{name}.tmp-{_io._HOST}-{dead}"
-    alive = out / f".{name}.tmp-{_io._HOST}-{os.getppid()}"
+    stale = out / f".{name}.tmp-{_atomic._HOST}-{dead}"
+    alive = out / f".{name}.tmp-{_atomic._HOST}-{os.getppid()}"
     other_host = out / f".{name}.tmp-elsewhere-{dead}"
     for p in (stale, alive, other_host):
         p.write_bytes(b"half a product")

@@ -16,9 +16,10 @@ import pytest
 from astropy.io import fits
 from conftest import flat_stack, write_fits
 
-import gpuflat.cli
-from gpuflat import _distributed
+import gpuflat.farm.units
 from gpuflat.cli import main
+from gpuflat.farm import RunOptions
+from gpuflat.farm import dask as farm_dask
 
 distributed = pytest.importorskip("distributed")  # in the test extra: runs in `make test`
 
@@ -148,32 +149,31 @@ def test_split_mosaic_units(tmp_path):
     paths = simulate_night(tmp_path / "m", shape=(16, 16), n_dome=0, n_twilight=3, mef=2)
     infos = [read_info(p) for p in paths]
     (group,) = group_frames([i for i in infos if is_selected(i)], ("FILTER",))
-    args = gpuflat.cli._build_parser().parse_args(["run", "x"])
+    options = RunOptions(inputs=("x",))
     target = tmp_path / "product.fits"
     names = {str(f.path) for f in group.frames}
-    split = _distributed._extensions_to_split(args, group, target)
+    split = farm_dask._extensions_to_split(options, group, target)
     assert split == ([("CCD1", 1), ("CCD2", 1)], names)
-    args.scale_per = "exposure"
-    assert _distributed._extensions_to_split(args, group, target) is None
-    args.scale_per, args.ext = "extension", "CCD2"
-    assert _distributed._extensions_to_split(args, group, target) is None  # one: one unit
-    args.ext = None
+    exposure = RunOptions(inputs=("x",), scale_per="exposure")
+    assert farm_dask._extensions_to_split(exposure, group, target) is None
+    one = RunOptions(inputs=("x",), ext="CCD2")
+    assert farm_dask._extensions_to_split(one, group, target) is None  # one: one unit
     target.write_bytes(b"")
-    assert _distributed._extensions_to_split(args, group, target) is None  # skipped anyway
+    assert farm_dask._extensions_to_split(options, group, target) is None  # skipped anyway
 
 
 PRELOAD = """
 import os
 import signal
 
-import gpuflat.cli as cli
+import gpuflat.farm.units as units
 
 # a preload may run more than once in a worker process: wrap the original only
-_combine_group = getattr(cli, "_unpatched_combine_group", cli._combine_group)
-cli._unpatched_combine_group = _combine_group
+_combine_group = getattr(units, "_unpatched_combine_group", units.combine_group)
+units._unpatched_combine_group = _combine_group
 
 
-def _dies_once(args, group, *rest, **kw):
+def _dies_once(options, group, *rest, **kw):
     if group.label() == "V":
         try:
             os.close(os.open({marker!r}, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
@@ -181,10 +181,10 @@ def _dies_once(args, group, *rest, **kw):
             pass  # the retry: combine normally
         else:
             os.kill(os.getpid(), signal.SIGKILL)  # the worker dies mid-unit
-    return _combine_group(args, group, *rest, **kw)
+    return _combine_group(options, group, *rest, **kw)
 
 
-cli._combine_group = _dies_once
+units.combine_group = _dies_once
 """
 
 
@@ -201,7 +201,7 @@ def test_killed_worker_unit_is_retried(night, tmp_path):
         "PYTHONWARNINGS": "error::DeprecationWarning",
     }
     out, report = tmp_path / "out", tmp_path / "report.json"
-    cmd = [sys.executable, "-m", "gpuflat.cli", "run", str(night), "-o", str(out)]
+    cmd = [sys.executable, "-m", "gpuflat", "run", str(night), "-o", str(out)]
     cmd += ["--workers", "2", "--report", str(report)]
     proc = subprocess.Popen(
         cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -231,15 +231,15 @@ def test_scheduler_address_and_unit_failing_for_good(night, tmp_path, capsys, mo
     monkeypatch reaches its workers). A unit that keeps raising is retried, then listed as
     failed in the report, and the exit code is 1; the other products are written."""
     calls = []
-    combine_group = gpuflat.cli._combine_group
+    combine_group = gpuflat.farm.units.combine_group
 
-    def broken_for_v(args, group, *rest, **kw):
+    def broken_for_v(options, group, *rest, **kw):
         if group.label() == "V":
             calls.append(group.label())
             raise RuntimeError("boom")
-        return combine_group(args, group, *rest, **kw)
+        return combine_group(options, group, *rest, **kw)
 
-    monkeypatch.setattr(gpuflat.cli, "_combine_group", broken_for_v)
+    monkeypatch.setattr(gpuflat.farm.units, "combine_group", broken_for_v)
     out, report = tmp_path / "out", tmp_path / "report.json"
     with distributed.LocalCluster(
         n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None
@@ -248,7 +248,7 @@ def test_scheduler_address_and_unit_failing_for_good(night, tmp_path, capsys, mo
         code = main([*argv, "--report", str(report)])
     err = capsys.readouterr().err
     assert code == 1
-    assert len(calls) == 1 + _distributed.RETRIES
+    assert len(calls) == 1 + farm_dask.RETRIES
     assert sorted(p.name for p in out.glob("*.fits")) == [
         "combined_flat_filter_B.fits",
         "combined_flat_filter_R.fits",

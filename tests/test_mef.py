@@ -345,7 +345,7 @@ def test_fz_inputs_give_identical_products(tmp_path, mef):
             if mef:
                 assert a[1].header["IMAGETYP"] == b[1].header["IMAGETYP"] == "flatfield"
     # rows read band by band from a compressed file equal the uncompressed rows
-    from gpuflat._io import FitsFrame
+    from gpuflat._frames import FitsFrame
 
     frame = FitsFrame(fz / "flat-gpp-002.fits.fz", hdu=("CCD2", None) if mef else None)
     band = np.empty((9, 30), np.float32)
@@ -424,20 +424,20 @@ def test_skip_bad_leaves_out_a_truncated_mosaic(tmp_path, capsys):
 
 def test_skip_bad_leaves_out_a_mosaic_cut_after_selection(tmp_path, capsys, monkeypatch):
     """A file that reads whole at selection but not when combined (changed meanwhile)."""
-    import gpuflat.cli as cli
+    import gpuflat.farm as farm
 
     night = tmp_path / "night"
     simulate_night(night, shape=(24, 20), n_dome=0, n_twilight=4, mef=2, seed=3)
     files = sorted(night.glob("twiflat*.fits"))
-    select = cli._selected_groups
+    select = farm.select
 
-    def select_then_cut(args):
-        found = select(args)
+    def select_then_cut(options):
+        found = select(options)
         raw = files[1].read_bytes()
         files[1].write_bytes(raw[: len(raw) - 3000])
         return found
 
-    monkeypatch.setattr(cli, "_selected_groups", select_then_cut)
+    monkeypatch.setattr(farm, "select", select_then_cut)
     assert main(["run", str(night), "-o", str(tmp_path / "b"), "--skip-bad"]) == 0
     out = capsys.readouterr()
     assert f"{files[1].name}: skipped" in out.err and "(3 of 4 frames, group V)" in out.out

@@ -34,16 +34,30 @@ def cuda_status() -> tuple[bool, str]:
     return _cuda.available()
 
 
+#: one backend object per kind and device, for the life of the process (compiled CUDA
+#: modules and loaded numba code are reused by every later combination)
+_INSTANCES: dict = {}
+
+
 def get_backend(name: str = "auto"):
-    """The backend object for 'auto', 'cpu' or 'cuda'."""
+    """The backend object for 'auto', 'cpu' or 'cuda' (the same object on every call for
+    the same kind and device)."""
     if name == "cpu":
-        return NumbaBackend()
+        return _instance(("cpu",), NumbaBackend)
     ok, why = cuda_status()
     if ok:
+        import cupy
+
         from ._cuda import CudaBackend
 
-        return CudaBackend()
+        return _instance(("cuda", cupy.cuda.runtime.getDevice()), CudaBackend)
     if name == "cuda":
         raise BackendUnavailableError(f"backend 'cuda' cannot run here: {why}")
     log.info("using the CPU backend: %s", why)
-    return NumbaBackend()
+    return _instance(("cpu",), NumbaBackend)
+
+
+def _instance(key, make):
+    if key not in _INSTANCES:
+        _INSTANCES[key] = make()
+    return _INSTANCES[key]

@@ -1,4 +1,5 @@
-"""Run the work units of ``gpuflat run`` on a dask.distributed cluster.
+"""Run the work units of a batch run (:mod:`gpuflat.farm.units`) on a dask.distributed
+cluster; imports the units only, never the command line.
 
 ``--workers N`` starts a local cluster (N worker processes, ``--threads-per-worker`` threads
 each, 1 by default); ``--scheduler ADDRESS`` uses an existing one, whose workers must see
@@ -21,7 +22,6 @@ the extensions share the exposures' levels, and the group stays one unit.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import dataclasses
 import logging
@@ -30,7 +30,9 @@ import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
-from ._farm import ConfigError
+from ..errors import BackendUnavailableError, GpuflatError
+from . import units
+from .options import OptionError
 
 log = logging.getLogger("gpuflat")
 
@@ -43,53 +45,47 @@ CONNECT_TIMEOUT = 20
 _INSTALL = "pip install 'gpuflat[distributed]'"
 
 
-def wanted(args) -> bool:
-    """Whether the run goes to a Dask cluster."""
-    return getattr(args, "workers", None) is not None or bool(getattr(args, "scheduler", None))
-
-
-def require(args) -> None:
-    """Check the options and that dask.distributed is importable, before any work."""
-    if args.workers is not None and args.scheduler:
-        raise ConfigError("--workers and --scheduler exclude each other: give one")
+def require(options) -> None:
+    """Check that dask.distributed is importable, before any work."""
     try:
         import distributed  # noqa: F401
     except ImportError:
-        flag = "--scheduler" if args.scheduler else "--workers"
-        raise ConfigError(
+        flag = "--scheduler" if options.scheduler else "--workers"
+        raise OptionError(
             f"{flag} needs dask.distributed, which is not installed ({_INSTALL})"
         ) from None
 
 
-def run_units(args, config, units, announce) -> list[dict]:
-    """Run ``units`` ((group, target) pairs) on the cluster; returns their report entries
-    in the order of ``units``. ``announce(args, entry)`` is called as each one completes."""
+def run_units(options, work, on_done) -> list[dict]:
+    """Run the units of ``work`` ((group, target) pairs) on the cluster; returns their
+    report entries in that order. ``on_done(entry)`` is called as each one completes."""
     from distributed import as_completed
 
-    args = _portable(args)
-    entries: list[dict | None] = [None] * len(units)
-    with _client(args, config) as client:
+    if options.mask:  # a worker may run elsewhere than the client
+        options = dataclasses.replace(options, mask=os.path.abspath(options.mask))
+    entries: list[dict | None] = [None] * len(work)
+    with _client(options) as client:
         futures = {}
-        for i, (group, target) in enumerate(units):
+        for i, (group, target) in enumerate(work):
             group, target = _portable_unit(group, target)
             tag = f"{i}-{uuid.uuid4().hex}"
-            split = _extensions_to_split(args, group, target)
+            split = _extensions_to_split(options, group, target)
             if split:
                 specs, only = split
                 parts = []
                 for j, spec in enumerate(specs):
                     part = client.submit(
-                        _remote_extension, args, config, group, spec, only,
+                        _remote_extension, options, group, spec, only,
                         key=f"gpuflat-ext-{tag}-{j}", pure=False, retries=RETRIES,
                     )  # fmt: skip
                     parts.append(part)
                 future = client.submit(
-                    _remote_mosaic, args, config, group, target, *parts,
+                    _remote_mosaic, options, group, target, *parts,
                     key=f"gpuflat-unit-{tag}", pure=False, retries=RETRIES,
                 )  # fmt: skip
             else:
                 future = client.submit(
-                    _remote_unit, args, config, group, target,
+                    _remote_unit, options, group, target,
                     key=f"gpuflat-unit-{tag}", pure=False, retries=RETRIES,
                 )  # fmt: skip
             futures[future] = (i, group, target, target.exists())
@@ -115,34 +111,29 @@ def run_units(args, config, units, announce) -> list[dict]:
                 if frame.get("qa", "kept").startswith("left out: "):
                     why = frame["qa"].removeprefix("left out: ")
                     log.warning("%s: left out of group %s: %s", frame["file"], group.label(), why)
-            log.info("[%d/%d] group %s: %s", done, len(units), entry["group"], entry["status"])
-            announce(args, entry)
+            log.info("[%d/%d] group %s: %s", done, len(work), entry["group"], entry["status"])
+            on_done(entry)
     return entries
 
 
-def _remote_unit(args, config, group, target):
+def _remote_unit(options, group, target):
     """The task run on a worker: one unit, as in-process (backend and mask resolved here)."""
-    from . import cli
-
-    quiet, backend = _on_worker(args, config)
-    return cli._run_unit(quiet, group, config, Path(target), backend)
+    return units.group_unit(options, group, Path(target), _on_worker(options))
 
 
-def _extensions_to_split(args, group, target):
+def _extensions_to_split(options, group, target):
     """For a mosaic group whose extensions run as tasks of their own: ((EXTNAME, EXTVER) of
     each, the names of the files to combine), decided here once for all of them (--skip-bad
     warnings are said here); None when the group stays one unit."""
-    if not group.mosaic or getattr(args, "scale_per", "extension") != "extension":
+    if not group.mosaic or options.scale_per != "extension":
         return None
-    if target.exists() and not args.overwrite:
+    if target.exists() and not options.overwrite:
         return None  # the plain unit reports it as skipped
-    from . import cli
-    from ._mosaic import match_extensions, parse_ext_list
-    from .errors import GpuflatError
+    from .._mosaic import match_extensions
 
+    specs = options.ext_specs
     try:
-        specs = None if args.ext is None else parse_ext_list(args.ext, param="--ext")
-        infos = cli._mosaic_files(args, group, specs)
+        infos = units.mosaic_files(options, group, specs)
         plan = match_extensions([infos[0].path], [infos[0].extensions], specs)
     except (GpuflatError, ValueError):
         return None  # the plain unit reports the error
@@ -151,39 +142,30 @@ def _extensions_to_split(args, group, target):
     return [key for key, _, _ in plan], {str(i.path) for i in infos}
 
 
-def _remote_extension(args, config, group, spec, only):
+def _remote_extension(options, group, spec, only):
     """A task run on a worker: one extension of a mosaic group, combined (not written).
     An expected error comes back as the result (retrying would not help); the group's
     unit reports it."""
-    from . import cli
-    from .errors import BackendUnavailableError, GpuflatError
-
-    quiet, backend = _on_worker(args, config)
+    backend = _on_worker(options)
     if backend is None:
-        return BackendUnavailableError(f"backend {config.backend!r} cannot run on this worker")
+        name = options.combine.backend
+        return BackendUnavailableError(f"backend {name!r} cannot run on this worker")
     try:
-        return cli._mosaic_result(quiet, group, config, backend, specs=[spec], only=only)
+        return units.mosaic_result(options, group, backend, specs=[spec], only=only)
     except (GpuflatError, ValueError, OSError) as exc:
         return exc
 
 
-def _remote_mosaic(args, config, group, target, *parts):
+def _remote_mosaic(options, group, target, *parts):
     """The task run on a worker when a mosaic group's extensions are done: its product."""
-    from . import cli
-
-    quiet, backend = _on_worker(args, config)
-    return cli._mosaic_unit(quiet, group, config, backend, Path(target), parts)
+    return units.mosaic_unit(options, group, _on_worker(options), Path(target), parts)
 
 
-def _on_worker(args, config):
-    """What every task starts with on a worker: quiet arguments (no progress bars, which
-    would share one terminal; errors only in the log, the client reports the rest) and the
-    worker's backend."""
-    from . import cli
-
-    quiet = _quiet(args)
-    cli._setup_logging(quiet)
-    return quiet, _worker_backend(config.backend)
+def _on_worker(options):
+    """What every task starts with on a worker: errors only in the log (the client
+    reports the rest), and the worker's backend."""
+    log.setLevel(logging.ERROR)
+    return _worker_backend(options.combine.backend)
 
 
 _BACKENDS: dict = {}
@@ -192,8 +174,7 @@ _BACKENDS: dict = {}
 def _worker_backend(name):
     """The worker's backend, chosen once per worker process (None: let the unit fail with
     the reason)."""
-    from .backends import get_backend
-    from .errors import GpuflatError
+    from ..backends import get_backend
 
     if name not in _BACKENDS:
         try:
@@ -203,39 +184,27 @@ def _worker_backend(name):
     return _BACKENDS[name]
 
 
-def _quiet(args):
-    return argparse.Namespace(**{**vars(args), "quiet": True})
-
-
-def _portable(args):
-    """Paths made absolute: a worker may run elsewhere than the client."""
-    out = argparse.Namespace(**vars(args))
-    if out.mask:
-        out.mask = os.path.abspath(out.mask)
-    return out
-
-
 def _portable_unit(group, target):
     frames = [dataclasses.replace(f, path=Path(os.path.abspath(f.path))) for f in group.frames]
     return dataclasses.replace(group, frames=frames), Path(os.path.abspath(target))
 
 
 @contextmanager
-def _client(args, config):
+def _client(options):
     from distributed import Client
 
-    level = logging.ERROR if args.quiet else logging.WARNING
-    if args.scheduler:
+    level = logging.ERROR if options.quiet else logging.WARNING
+    if options.scheduler:
         try:
-            client = Client(args.scheduler, timeout=CONNECT_TIMEOUT, set_as_default=False)
+            client = Client(options.scheduler, timeout=CONNECT_TIMEOUT, set_as_default=False)
         except (OSError, TimeoutError, ValueError) as exc:
-            raise ConfigError(f"--scheduler {args.scheduler}: cannot connect ({exc})") from None
+            raise OptionError(f"--scheduler {options.scheduler}: cannot connect ({exc})") from None
         with client:
-            log.info("scheduler %s: %d worker(s)", args.scheduler, _nworkers(client))
+            log.info("scheduler %s: %d worker(s)", options.scheduler, _nworkers(client))
             yield client
         return
     with (
-        _local_cluster(args, config, level) as cluster,
+        _local_cluster(options, level) as cluster,
         Client(cluster, set_as_default=False) as client,
     ):
         log.info(
@@ -250,9 +219,9 @@ def _nworkers(client) -> int:
     return len(client.scheduler_info().get("workers", {}))
 
 
-def _local_cluster(args, config, level):
-    threads = args.threads_per_worker
-    if config.backend == "cuda":
+def _local_cluster(options, level):
+    threads = options.threads_per_worker
+    if options.combine.backend == "cuda":
         cluster = _cuda_cluster(threads, level)
         if cluster is not None:  # pragma: no cover - needs GPUs and dask-cuda
             return cluster
@@ -262,9 +231,9 @@ def _local_cluster(args, config, level):
     if "NUMBA_NUM_THREADS" not in os.environ:
         # share the cores between the workers instead of each numba using them all
         cores = os.cpu_count() or 1
-        env["NUMBA_NUM_THREADS"] = str(max(1, cores // (args.workers * threads)))
+        env["NUMBA_NUM_THREADS"] = str(max(1, cores // (options.workers * threads)))
     return LocalCluster(
-        n_workers=args.workers, threads_per_worker=threads, processes=True,
+        n_workers=options.workers, threads_per_worker=threads, processes=True,
         dashboard_address=":0", silence_logs=level, env=env,
     )  # fmt: skip
 

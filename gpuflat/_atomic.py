@@ -1,0 +1,87 @@
+"""The one write-verify-commit helper: every file gpuflat writes (products, plots, the
+report, simulated frames) goes through :func:`commit`.
+
+A file is written to a temporary name beside its target (``.NAME.tmp-HOST-PID``), made
+durable when asked (``fsync``), checked when asked, and only then moved into place: a killed
+process never leaves a half-written file under the target's name, and an existing file is
+never clobbered unless ``overwrite`` (``os.link`` fails if the target appeared meanwhile,
+even between a caller's own existence check and the commit). A temporary that a killed
+process of this host left behind is removed the next time the same target is written.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+import socket
+from collections.abc import Callable
+from pathlib import Path
+
+_HOST = re.sub(r"[^A-Za-z0-9.-]", "_", socket.gethostname()) or "host"
+
+
+def commit(
+    path,
+    write: Callable[[Path], None],
+    *,
+    overwrite: bool = False,
+    durable: bool = False,
+    verify: Callable[[Path], None] | None = None,
+) -> Path:
+    """``write(tmp)`` writes the file; then fsync (``durable``), ``verify(tmp)`` (raises
+    when the file is not right) and the move into place. Returns ``path``."""
+    path = Path(path)
+    _remove_stale_temporaries(path)
+    tmp = temporary_name(path)
+    try:
+        write(tmp)
+        if durable:
+            fsync(tmp)
+        if verify is not None:
+            verify(tmp)
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)  # atomic and never clobbers: fails if path exists
+            os.unlink(tmp)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def temporary_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{_HOST}-{os.getpid()}")
+
+
+def fsync(path) -> None:
+    """Flush a written file, and its directory entry, to the disk."""
+    with open(path, "rb+") as fh:
+        os.fsync(fh.fileno())
+    fd = os.open(Path(path).parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Remove the temporaries of ``path`` that a killed process of this host left (its PID
+    is gone). Those of other hosts (a cluster on a shared filesystem) stay: their PIDs
+    cannot be checked from here."""
+    prefix = f".{path.name}.tmp-{_HOST}-"
+    for tmp in path.parent.glob(f"{glob.escape(prefix)}*"):
+        pid = tmp.name[len(prefix) :]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True

@@ -1,0 +1,163 @@
+"""Products out: the header with provenance, the single-image and multi-extension
+writers. Every product is written through :func:`gpuflat._atomic.commit` and verified
+before it is moved into place."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+
+from ._atomic import commit
+from ._frames import STRUCTURAL
+from .errors import GpuflatError
+
+
+def product_header(header, *, names, scales, params: dict, backend: str, version: str):
+    """The first frame's header minus structural keys, plus provenance.
+
+    ``scales`` may be None (a mosaic's primary header when every extension has its own)."""
+    out = fits.Header()
+    for card in header.cards:
+        if card.keyword not in STRUCTURAL and card.keyword not in ("COMMENT", "HISTORY", ""):
+            out.append(card, end=True)
+    out["NCOMBINE"] = (len(names), "number of frames combined")
+    out["GPF_VERS"] = (version, "gpuflat version")
+    out["GPF_BACK"] = (backend, "gpuflat backend")
+    out["GPF_DATE"] = (_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S"), "UTC")
+    for i, name in enumerate(names, start=1):
+        out[f"IMCMB{i:03d}" if i < 1000 else f"IMC{i:05d}"] = (
+            os.path.basename(name)[-68:],
+            "input",
+        )
+    for i, s in enumerate(() if scales is None else scales, start=1):
+        out[f"SCALE{i:03d}" if i < 1000 else f"SCL{i:05d}"] = (float(s), "scale factor")
+    for key, value in params.items():
+        if isinstance(value, (list, tuple)):
+            value = ",".join(f"{v:g}" for v in value)
+        out[f"HIERARCH GPUFLAT {key.upper()}"] = "None" if value is None else value
+    return out
+
+
+#: ``compress=True``: tile compression that is lossless for float data too (GZIP_2, the
+#: bytes shuffled, no quantisation: astropy's ``quantize_level=0``), one tile per row.
+COMPRESSION = {"compression_type": "GZIP_2", "quantize_level": 0.0}
+
+
+def _count_data(count):
+    return count.astype(np.int16 if count.max(initial=0) < 32768 else np.int32)
+
+
+def write_product(path, result, header, *, unit="adu", overwrite=False, compress=False):
+    """Write a combined flat: primary = image, UNCERT, MASK (uint8), NCOMBINE (survivors).
+
+    Written to a temporary name beside the target, verified (checksums) and then moved into
+    place: a killed run never leaves a half-written product, and an existing file is never
+    clobbered unless ``overwrite``. ``compress``: the primary HDU is header-only and the
+    flat is the tile-compressed extension ``COMPRESSED_IMAGE``, followed by UNCERT, MASK and
+    NCOMBINE, all compressed losslessly (:data:`COMPRESSION`); ``CCDData.read(path, hdu=1)``
+    reads it (without ``hdu=1`` astropy's reader does not look into compressed HDUs).
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path}: exists (use overwrite to replace it)")
+    from astropy.nddata import CCDData, StdDevUncertainty  # slow to import: only here
+
+    ccd = CCDData(
+        result.image,
+        unit=unit or "adu",
+        uncertainty=StdDevUncertainty(result.uncertainty),
+        mask=result.mask,
+        meta=header,
+    )
+    hdul = ccd.to_hdu(hdu_mask="MASK", hdu_uncertainty="UNCERT")
+    hdul.append(fits.ImageHDU(_count_data(result.count), name="NCOMBINE"))
+    if compress:
+        first = hdul[0]
+        hdul = fits.HDUList(
+            [
+                fits.PrimaryHDU(),
+                fits.CompImageHDU(first.data, first.header, **COMPRESSION),
+                *(
+                    fits.CompImageHDU(h.data, h.header, name=h.name, **COMPRESSION)
+                    for h in hdul[1:]
+                ),
+            ]
+        )
+    return _commit(path, hdul, overwrite=overwrite)
+
+
+def write_mef_product(path, primary_header, extensions, *, unit="adu", overwrite=False,
+                      compress=False):  # fmt: skip
+    """Write a combined mosaic: one file, the extensions in the given order.
+
+    ``extensions`` is a sequence of ``(key, result, header)``, ``key`` = (EXTNAME, EXTVER).
+    The primary HDU is header-only (``primary_header``); extension ``CCD1`` (say) becomes
+    four HDUs: ``CCD1`` (the flat, float32, with ``header`` and ``BUNIT``), ``CCD1_UNCERT``
+    (uncertainty), ``CCD1_MASK`` (uint8, 1 where no frame survived), ``CCD1_NCOMBINE``
+    (survivors per pixel); all four carry the input's EXTVER when it is not 1. Written
+    atomically and verified like :func:`write_product`; ``compress`` tile-compresses every
+    image HDU losslessly. ``CCDData.read(path, hdu="CCD1", hdu_uncertainty="CCD1_UNCERT",
+    hdu_mask="CCD1_MASK")`` reads one detector back.
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path}: exists (use overwrite to replace it)")
+    primary = fits.Header()
+    for card in primary_header.cards:
+        if card.keyword not in STRUCTURAL or card.keyword == "NCOMBINE":
+            primary.append(card, end=True)
+    hdus = [fits.PrimaryHDU(header=primary)]
+    for (name, ver), result, header in extensions:
+        image_header = header.copy()
+        image_header["BUNIT"] = str(unit or "adu")
+        planes = (
+            ("", result.image.astype(np.float32, copy=False), image_header),
+            ("_UNCERT", result.uncertainty.astype(np.float32, copy=False), None),
+            ("_MASK", result.mask.astype(np.uint8), None),
+            ("_NCOMBINE", _count_data(result.count), None),
+        )
+        for suffix, data, hdr in planes:
+            kind = fits.CompImageHDU if compress else fits.ImageHDU
+            h = kind(data, hdr, name=name + suffix, **(COMPRESSION if compress else {}))
+            if ver != 1:
+                h.header["EXTVER"] = ver
+            hdus.append(h)
+    return _commit(path, fits.HDUList(hdus), overwrite=overwrite)
+
+
+def _commit(path, hdul, *, overwrite):
+    """Write ``hdul`` atomically (:func:`gpuflat._atomic.commit`), durable and verified."""
+    expected = [h.data for h in hdul]
+
+    def write(tmp):
+        hdul.writeto(tmp, checksum=True, overwrite=True)
+
+    def verify(tmp):
+        _verify(tmp, expected, path)
+
+    return commit(path, write, overwrite=overwrite, durable=True, verify=verify)
+
+
+def _verify(tmp, expected, path):
+    """The written file reads back: checksums, one HDU per expected array of the same
+    shape, compressed HDUs identical to what was written."""
+    with fits.open(tmp, checksum=True) as check, warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for h in check:
+            h.verify("exception")
+        if len(check) != len(expected):
+            raise GpuflatError(f"{path}: verification failed after writing")
+        for h, want in zip(check, expected, strict=True):
+            if want is None:
+                continue
+            if h.data is None or h.data.shape != want.shape:
+                raise GpuflatError(f"{path}: verification failed after writing")
+            if isinstance(h, fits.CompImageHDU) and not np.array_equal(
+                h.data, want, equal_nan=want.dtype.kind == "f"
+            ):
+                raise GpuflatError(f"{path}: {h.name} does not read back losslessly")

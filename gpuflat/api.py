@@ -1,0 +1,212 @@
+"""The public API: :func:`combine` and :func:`combine_mosaic`. Options are validated
+here, once (a frozen :class:`~gpuflat.CombineConfig`), then the frames are opened and run
+through the band pipeline."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+
+import numpy as np
+
+from ._config import CombineConfig
+from ._frames import bad_pixel_mask, open_frames
+from ._mosaic import (
+    MosaicResult,
+    check_scale_per,
+    combine_mosaic_files,
+    mosaic_mask,
+    parse_ext_list,
+    parse_one_ext,
+)
+from ._pipeline import CombineResult, combine_frames
+from .backends import get_backend
+
+__all__ = ["combine", "combine_mosaic"]
+
+
+def combine(
+    inputs,
+    *,
+    method: str = "average",
+    scale: str | Sequence[float] | Callable | None = "median",
+    clip: str = "sigma",
+    sigma_low: float = 5.0,
+    sigma_high: float = 5.0,
+    center: str = "median",
+    dev: str = "mad_std",
+    maxiters: int | None = 1,
+    min_value: float | None = None,
+    max_value: float | None = None,
+    nlow: int = 0,
+    nhigh: int = 0,
+    weights: Sequence[float] | None = None,
+    mask=None,
+    mem_limit: float = 350e6,
+    backend: str = "auto",
+    progress: Callable[[int, int], None] | None = None,
+    ext: str | int | tuple[str, int] | None = None,
+) -> CombineResult:
+    """Combine flat frames: scale, sigma-clip per pixel across the stack, average.
+
+    Parameters
+    ----------
+    inputs : sequence of path, CCDData or 2-D array; or a 3-D array
+        The frames. Files are opened once and streamed in row bands.
+    method : {'average', 'median', 'sum'}
+        How the surviving samples of a pixel are combined.
+    scale : {'median', 'mean', 'none'}, 'exptime:KEYWORD', sequence or callable
+        Per-frame scale: 1/median (default), 1/mean, none, 1/exposure time from a header
+        keyword, explicit factors, or a callable evaluated on each whole frame that returns
+        the factor (the guide's ``inv_median``).
+    clip : {'sigma', 'none'}
+        Sigma clipping on the scaled values. ``min_value``/``max_value`` (raw values) and
+        ``nlow``/``nhigh`` (extrema) reject too, with or without it.
+    sigma_low, sigma_high : float
+        Clipping bounds in units of the width; ``inf`` disables a side.
+    center : {'median', 'mean'}
+    dev : {'mad_std', 'std'}
+        Width: 1.4826 x median absolute deviation, or the standard deviation.
+    maxiters : int or None
+        Clipping passes; None repeats until nothing changes.
+    weights : sequence of float, optional
+        Per-frame weights, renormalised over each pixel's survivors.
+    mask : 2-D array or path, optional
+        A bad-pixel mask (nonzero = bad) applied to every frame, on top of CCDData masks.
+        NaN and inf samples never count either.
+    mem_limit : float
+        Bytes of working memory for the streamed stack (see the README, "Memory").
+    backend : {'auto', 'cpu', 'cuda'}
+    progress : callable(done, total), optional
+        Called after each band.
+    ext : str, int or (str, int), optional
+        Which image HDU of FITS inputs to combine: an EXTNAME (``"CCD1"``, any case),
+        ``"CCD1,2"`` or ``("CCD1", 2)`` for EXTNAME and EXTVER, or an HDU index. Matched in
+        every file by name, not position; a file without it is a ``FrameReadError`` naming
+        the file. Default: the first image HDU. :func:`combine_mosaic` combines them all.
+
+    Returns
+    -------
+    CombineResult
+        ``image`` and ``uncertainty`` (float32), ``count`` (survivors), ``mask`` (no
+        survivor), ``scales``, the frames' ``names``, ``levels`` and ``header``;
+        ``to_ccddata()``.
+    """
+    config = CombineConfig(
+        method=method,
+        scale=scale,
+        clip=clip,
+        sigma_low=sigma_low,
+        sigma_high=sigma_high,
+        center=center,
+        dev=dev,
+        maxiters=maxiters,
+        min_value=min_value,
+        max_value=max_value,
+        nlow=nlow,
+        nhigh=nhigh,
+        weights=None if weights is None else tuple(np.asarray(weights, float).ravel()),
+        mem_limit=mem_limit,
+        backend=backend,
+    )
+    hdu = parse_one_ext(ext)
+    if hdu is not None and not _all_paths(inputs):
+        raise ValueError("ext selects an HDU of FITS files: every input must then be a path")
+    bad_pixels = bad_pixel_mask(mask)
+    chosen = get_backend(config.backend)
+    with ExitStack() as stack:
+        frames = open_frames(inputs, stack, hdu=hdu)
+        return combine_frames(frames, config, chosen, bad_pixel_mask=bad_pixels, progress=progress)
+
+
+def _all_paths(inputs) -> bool:
+    if isinstance(inputs, (str, os.PathLike)):
+        return True
+    return isinstance(inputs, Sequence) and all(isinstance(p, (str, os.PathLike)) for p in inputs)
+
+
+def combine_mosaic(
+    paths: Sequence[str | os.PathLike],
+    *,
+    ext: str | Sequence[str | tuple[str, int]] | None = None,
+    scale_per: str = "extension",
+    method: str = "average",
+    scale: str | Sequence[float] | Callable | None = "median",
+    clip: str = "sigma",
+    sigma_low: float = 5.0,
+    sigma_high: float = 5.0,
+    center: str = "median",
+    dev: str = "mad_std",
+    maxiters: int | None = 1,
+    min_value: float | None = None,
+    max_value: float | None = None,
+    nlow: int = 0,
+    nhigh: int = 0,
+    weights: Sequence[float] | None = None,
+    mask=None,
+    mem_limit: float = 350e6,
+    backend: str = "auto",
+    progress: Callable[[int, int], None] | None = None,
+) -> MosaicResult:
+    """Combine multi-extension (mosaic) flats: every image extension on its own.
+
+    Extensions are matched across the files by EXTNAME/EXTVER (not by position) and come
+    back in the first file's order; each one's result is exactly ``combine(paths,
+    ext=NAME, ...)`` when ``scale_per="extension"``. ``result.write(path, overwrite=False,
+    compress=False)`` writes the one product file (layout in the README, "Output files").
+
+    Parameters
+    ----------
+    paths : sequence of path
+        The FITS files, one per exposure.
+    ext : str or sequence, optional
+        The extensions to combine: ``"CCD1,CCD2"``, ``["CCD1", ("CCD2", 2)]``; a number
+        after a name in a string is that name's EXTVER (``"CCD1,2"``). Default: all image
+        extensions of the first file. A file that lacks one is a ``FrameReadError``
+        naming the file and the extension.
+    scale_per : {'extension', 'exposure'}
+        ``'extension'``: each extension's frames are scaled by their own level.
+        ``'exposure'``: one level per exposure over the finite, unmasked pixels of all its
+        selected extensions together (the exact median of the union, or the mean, or the
+        callable applied to the extensions concatenated into one 1-D array), which keeps
+        the detectors' relative gains. It holds one exposure in memory at a time and that
+        must fit ``mem_limit``. ``'none'``, ``'exptime:KEY'`` and explicit factors are per
+        exposure anyway.
+    mask : 2-D array, path, or mapping, optional
+        A bad-pixel mask: a 2-D array or single-image file applies to every extension; a
+        multi-extension file gives each extension its HDU of the same EXTNAME/EXTVER; a
+        mapping from extension name to 2-D array masks those extensions only.
+    progress : callable(done, total), optional
+        Called after each extension.
+    method, scale, clip, sigma_low, sigma_high, center, dev, maxiters, min_value, \
+max_value, nlow, nhigh, weights, mem_limit, backend
+        As in :func:`combine`.
+
+    Returns
+    -------
+    MosaicResult
+        ``extensions`` maps ``"CCD1"`` (``"CCD1,2"`` for EXTVER 2) to a
+        :class:`CombineResult`; ``scales``/``levels`` per exposure with
+        ``scale_per='exposure'``; ``write(path, overwrite=False, compress=False)``.
+    """
+    config = CombineConfig(
+        method=method, scale=scale, clip=clip, sigma_low=sigma_low, sigma_high=sigma_high,
+        center=center, dev=dev, maxiters=maxiters, min_value=min_value, max_value=max_value,
+        nlow=nlow, nhigh=nhigh,
+        weights=None if weights is None else tuple(np.asarray(weights, float).ravel()),
+        mem_limit=mem_limit, backend=backend,
+    )  # fmt: skip
+    specs = parse_ext_list(ext)
+    check_scale_per(scale_per)
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    if not _all_paths(paths):
+        raise TypeError("paths must be a sequence of FITS file paths")
+    if progress is not None and not callable(progress):
+        raise TypeError(f"progress must be callable, got {type(progress).__name__}")
+    masks = mosaic_mask(mask)
+    return combine_mosaic_files(
+        list(paths), config, get_backend(config.backend), ext=specs, scale_per=scale_per,
+        mask=masks, progress=progress,
+    )  # fmt: skip

@@ -1,0 +1,322 @@
+"""The work units of a batch run: one product each, independent and idempotent, so a unit
+runs the same in-process and on a Dask worker (:mod:`gpuflat.farm.dask`).
+
+A unit combines its group (a single-image group, or a mosaic group extension by extension),
+applies frame QA (a frame left out means the group is combined again without it), writes
+the product atomically and returns its report entry. An existing product is skipped unless
+``overwrite``; the writer never clobbers one that appears meanwhile.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import os
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+import numpy as np
+
+from .. import _qa
+from .._frames import bad_pixel_mask, check_readable, open_frames
+from .._mosaic import MosaicResult, combine_mosaic_files, match_extensions, mosaic_mask
+from .._pipeline import combine_frames
+from .._products import product_header, write_product
+from .._version import __version__
+from ..backends import get_backend
+from ..errors import FrameReadError, GpuflatError
+
+log = logging.getLogger("gpuflat")
+
+_NOT_GIVEN = object()
+
+
+def group_unit(options, group, target, backend=None, bad_pixels=_NOT_GIVEN, on_event=None):
+    """One work unit: combine one group, write its product; returns its report entry.
+
+    ``backend`` and ``bad_pixels`` are resolved here when left out (on a Dask worker);
+    ``on_event("progress", {...})`` is called as bands or extensions are done."""
+
+    def work(header):
+        nonlocal backend, bad_pixels
+        if backend is None:
+            backend = get_backend(options.combine.backend)
+        if bad_pixels is _NOT_GIVEN:
+            bad_pixels = bad_pixel_mask(options.mask)
+        return combine_group(options, group, backend, bad_pixels, target, header, on_event)
+
+    return _unit(options, group, target, work)
+
+
+def mosaic_unit(options, group, backend, target, parts) -> dict:
+    """The last unit of a mosaic group combined extension by extension on a cluster: write
+    the product from the extensions' results (``parts``); returns its report entry."""
+
+    def work(header):
+        errors = [p for p in parts if isinstance(p, BaseException)]
+        if errors:
+            raise errors[0]
+        t0 = time.perf_counter()
+        # QA needs every extension: here, once they are all combined (a frame left out
+        # means combining the group again, on this worker)
+        result, verdicts = _mosaic_qa(options, group, backend, MosaicResult.merge(parts))
+        return _write_mosaic(options, result, target, header, t0, verdicts)
+
+    return _unit(options, group, target, work)
+
+
+def _unit(options, group, target, work) -> dict:
+    """A unit's report entry: skipped when the product exists (unless overwrite), else
+    ``work(product_header)``'s entry, written or failed with the expected error."""
+    entry = {
+        "group": group.label(),
+        "product": str(target),
+        "files": [str(f.path) for f in group.frames],
+    }
+    if target.exists() and not options.overwrite:
+        entry["status"] = "skipped (exists)"
+        return entry
+    try:
+        entry.update(work(_product_header(options)))
+        entry["status"] = "written"
+    except (GpuflatError, ValueError, OSError) as exc:
+        entry["status"] = f"failed: {exc}"
+    return entry
+
+
+def _product_header(options):
+    """``product_header``, plus the config file's path in the provenance when there is one
+    (``HIERARCH GPUFLAT CONFIG``)."""
+    if not options.config:
+        return product_header
+    return functools.partial(_header_with_config, os.path.abspath(options.config))
+
+
+def _header_with_config(config_path, *args, **kwargs):
+    header = product_header(*args, **kwargs)
+    header["HIERARCH GPUFLAT CONFIG"] = config_path
+    return header
+
+
+def _progress(on_event, group):
+    if on_event is None:
+        return None
+    label = group.label()
+    return lambda done, total: on_event("progress", {"group": label, "done": done, "total": total})
+
+
+def combine_group(options, group, backend, bad_pixels, target, header_fn, on_event=None):
+    """Combine a group (QA, combined again without the frames it leaves out), write its
+    product and plots; returns the unit's report entry."""
+    if group.mosaic:
+        t0 = time.perf_counter()
+        result = mosaic_result(options, group, backend, on_event=on_event)
+        result, verdicts = _mosaic_qa(options, group, backend, result)
+        return _write_mosaic(options, result, target, header_fn, t0, verdicts)
+
+    config = options.combine
+    t0 = time.perf_counter()
+    with ExitStack() as stack:
+        frames = []
+        for info in group.frames:
+            try:
+                frames.extend(open_frames([info.path], stack))
+            except GpuflatError as exc:
+                if not options.skip_bad:
+                    raise
+                log.warning("%s: skipped (%s)", info.path, exc)
+        want = ("median", "mean") if options.plots else ("median",)
+        result = combine_frames(
+            frames, config, backend, bad_pixel_mask=bad_pixels, want_levels=want,
+            progress=_progress(on_event, group),
+        )  # fmt: skip
+        qa_entries = frame_entries(result)
+        left_out = {} if options.no_qa else _qa.outliers(
+            result.levels["median"], result.rejected_fraction, options.qa
+        )  # fmt: skip
+        if left_out:
+            keep = _leave_out(group, left_out, qa_entries)
+            frames = [f for f in frames if f.name in keep]
+            result = combine_frames(
+                frames, config, backend, bad_pixel_mask=bad_pixels, want_levels=want
+            )
+            final = {e["file"]: e for e in frame_entries(result)}
+            for e in qa_entries:  # the scales of the frames kept, from the final combination
+                e.update(final.get(e["file"], {}))
+        unscaled = None
+        if options.plots and config.scale != "none":
+            unscaled_config = dataclasses.replace(config, scale="none")
+            unscaled = combine_frames(
+                frames, unscaled_config, backend, bad_pixel_mask=bad_pixels
+            ).image
+    header = header_fn(
+        result.header, names=result.names, scales=result.scales,
+        params=config.describe(), backend=result.backend, version=__version__,
+    )  # fmt: skip
+    write_product(
+        target, result, header, unit=result.unit, overwrite=options.overwrite,
+        compress=options.compress,
+    )  # fmt: skip
+    entry = {
+        "frames": qa_entries,
+        "frames_left_out": len(left_out),
+        "frames_combined": len(result.names),
+        "rejected_fraction": float(1 - result.count.mean() / len(result.names)),
+        "pixels_without_survivor": int(result.mask.sum()),
+        "seconds": round(time.perf_counter() - t0, 3),
+        "bands": result.plan.nbands,
+        "backend": result.backend,
+    }
+    if options.plots:
+        entry["plots"] = _plots(target, group, result, unscaled)
+    return entry
+
+
+def frame_entries(result) -> list[dict]:
+    """The report's line for each frame of a combination: scale, levels, rejected fraction."""
+    fractions = result.rejected_fraction
+    return [
+        {
+            "file": name,
+            "scale": float(s),
+            **{f"level_{k}": float(v[i]) for k, v in result.levels.items()},
+            "rejected_fraction": None if fractions is None else float(fractions[i]),
+            "qa": "kept",
+        }
+        for i, (name, s) in enumerate(zip(result.names, result.scales, strict=True))
+    ]
+
+
+def _leave_out(group, left_out, verdicts) -> set[str]:
+    """Say which frames QA leaves out (index -> why) and mark their report lines; returns
+    the names of those kept (an error when none is)."""
+    for i, why in sorted(left_out.items()):
+        log.warning("%s: left out of group %s: %s", verdicts[i]["file"], group.label(), why)
+        verdicts[i]["qa"] = f"left out: {why}"
+    keep = {v["file"] for i, v in enumerate(verdicts) if i not in left_out}
+    if not keep:
+        raise GpuflatError(f"group {group.label()}: QA left out every frame")
+    return keep
+
+
+def _mosaic_qa(options, group, backend, result):
+    """Frame QA for a combined mosaic: an exposure is left out when the level of any of its
+    extensions is outside the level range, or when its rejected fraction over all
+    extensions is far above the rest of the group; the group is then combined again
+    without it. Returns (result, per-exposure report lines)."""
+    names = list(result.names)
+    parts = list(result.extensions.values())
+    rejected = np.sum([r.rejected for r in parts], axis=0)
+    fractions = rejected / sum(r.image.size for r in parts)
+    verdicts = [
+        {"file": n, "rejected_fraction": float(f), "qa": "kept"}
+        for n, f in zip(names, fractions, strict=True)
+    ]
+    if options.no_qa:
+        return result, verdicts
+    left_out = _qa.outliers(None, fractions, options.qa)
+    for label, r in result.extensions.items():
+        for i, why in _qa.outliers(r.levels.get("median"), None, options.qa).items():
+            left_out.setdefault(i, f"extension {label}: {why}")
+    if not left_out:
+        return result, verdicts
+    keep = _leave_out(group, left_out, verdicts)
+    if backend is None:
+        raise GpuflatError(f"group {group.label()}: no backend here to combine it again")
+    result = mosaic_result(options, group, backend, specs=list(result.keys), only=keep)
+    return result, verdicts
+
+
+def mosaic_result(options, group, backend, specs=None, only=None, on_event=None):
+    """Combine a mosaic group's extensions: ``specs`` ((EXTNAME, EXTVER) pairs), or those
+    of ``options.ext``, or all of them; ``only``: the files to use (by name), default all."""
+    if specs is None:
+        specs = options.ext_specs
+    infos = mosaic_files(options, group, specs, only)
+    if options.plots:
+        log.warning("group %s: --plots are not made for multi-extension groups", group.label())
+    return combine_mosaic_files(
+        [i.path for i in infos], options.combine, backend, ext=specs,
+        scale_per=options.scale_per, mask=mosaic_mask(options.mask),
+        extension_lists=[i.extensions for i in infos], want_levels=("median",),
+        progress=_progress(on_event, group),
+    )  # fmt: skip
+
+
+def mosaic_files(options, group, specs, only=None):
+    """The infos of the group's files to combine (``only``: those names): each file's
+    extensions matched against the first's and readable; with ``skip_bad`` a file that fails
+    either is left out with a warning, else its error fails the group."""
+    infos = []
+    for info in group.frames:
+        if only is not None and str(info.path) not in only:
+            continue
+        ref = infos[0] if infos else info
+        try:  # a missing extension or a truncated file names the file
+            if info.broken:
+                raise FrameReadError(f"{info.path}: {info.broken}")
+            plan = match_extensions([ref.path, info.path], [ref.extensions, info.extensions], specs)
+            check_readable(info.path, [indices[-1] for _, indices, _ in plan])
+        except GpuflatError as exc:
+            if not options.skip_bad:
+                raise
+            log.warning("%s: skipped (%s)", info.path, exc)
+            continue
+        infos.append(info)
+    if not infos:
+        raise GpuflatError(f"group {group.label()}: no readable frame")
+    return infos
+
+
+def _write_mosaic(options, result, target, header_fn, t0, verdicts) -> dict:
+    """Write a combined mosaic; returns its report entry (``verdicts``: the frame QA's
+    line for every exposure of the group)."""
+    result._write(
+        target, overwrite=options.overwrite, compress=options.compress, product_header=header_fn
+    )
+    entry = {
+        "scale_per": result.scale_per,
+        "extensions": {
+            label: {
+                "scales": [float(s) for s in r.scales],
+                "rejected_fraction": float(1 - r.count.mean() / len(r.names)),
+                "frames_rejected_fraction": [float(f) for f in r.rejected_fraction],
+                "pixels_without_survivor": int(r.mask.sum()),
+                "bands": r.plan.nbands,
+            }
+            for label, r in result.extensions.items()
+        },
+        "frames": verdicts,
+        "frames_left_out": sum(v["qa"] != "kept" for v in verdicts),
+        "frames_combined": len(result.names),
+        "seconds": round(time.perf_counter() - t0, 3),
+        "backend": result.backend,
+    }
+    if result.levels is not None:  # scale per exposure: the exposures' levels and scales
+        final = dict(zip(result.names, zip(result.scales, result.levels, strict=True), strict=True))
+        for v in verdicts:
+            if v["file"] in final:
+                scale, level = final[v["file"]]
+                v.update(scale=float(scale), level_exposure=float(level))
+    return entry
+
+
+def _plots(target, group, result, unscaled):
+    from .. import _plots
+
+    stem = target.with_suffix("")
+    paths = {"levels": f"{stem}_levels.png", "flat": f"{stem}.png"}
+    title = f"group {group.label()}"
+    _plots.plot_levels(
+        paths["levels"], [Path(n).name for n in result.names], result.levels["median"],
+        result.levels["mean"], title=title,
+    )  # fmt: skip
+    _plots.plot_flat(paths["flat"], result.image, title=f"combined flat, {title}")
+    if unscaled is not None:
+        paths["scaled_vs_unscaled"] = f"{stem}_scaled_vs_unscaled.png"
+        _plots.plot_scaled_vs_unscaled(
+            paths["scaled_vs_unscaled"], result.image, unscaled, title=title
+        )
+    return paths
