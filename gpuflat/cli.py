@@ -101,14 +101,9 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--report", metavar="FILE.json", help="write a JSON report")
     eng = run.add_argument_group("combination (defaults follow the astropy CCD guide)")
     eng.add_argument(
-        "--method",
-        choices=("average", "median", "sum"),
-        help="how the survivors are combined (default average)",
+        "--method", choices=("average", "median", "sum"), help="combine (default average)"
     )
-    eng.add_argument(
-        "--scale",
-        help="median (default), mean, none, or exptime:KEYWORD",
-    )  # fmt: skip
+    eng.add_argument("--scale", help="median (default), mean, none, or exptime:KEYWORD")
     eng.add_argument("--clip", choices=("sigma", "none"), help="rejection (default sigma)")
     eng.add_argument("--sigma-low", type=float, metavar="N")
     eng.add_argument("--sigma-high", type=float, metavar="N")
@@ -116,34 +111,20 @@ def _build_parser() -> argparse.ArgumentParser:
         "--center", choices=("median", "mean"), help="clipping centre (default median)"
     )
     eng.add_argument("--dev", choices=("mad_std", "std"), help="clipping width (default mad_std)")
+    number = _flag(options.float_or_none, "a number or 'none'")
     eng.add_argument(
-        "--maxiters",
-        type=_flag(options.maxiters, "an integer or 'none'"),
-        metavar="N",
+        "--maxiters", type=_flag(options.maxiters, "an integer or 'none'"), metavar="N",
         help="clipping passes; 'none' = until nothing changes",
-    )
-    eng.add_argument(
-        "--min-value",
-        type=_flag(options.float_or_none, "a number or 'none'"),
-        metavar="ADU",
-        help="reject raw values below",
-    )
-    eng.add_argument(
-        "--max-value",
-        type=_flag(options.float_or_none, "a number or 'none'"),
-        metavar="ADU",
-        help="reject raw values above",
-    )
+    )  # fmt: skip
+    eng.add_argument("--min-value", type=number, metavar="ADU", help="reject raw values below")
+    eng.add_argument("--max-value", type=number, metavar="ADU", help="reject raw values above")
     eng.add_argument("--nlow", type=int, help="reject the N lowest values per pixel")
     eng.add_argument("--nhigh", type=int, help="reject the N highest values per pixel")
     eng.add_argument(
         "--mask", metavar="FITS", help="bad-pixel mask applied to every frame (nonzero = bad)"
     )
     eng.add_argument(
-        "--mem-limit",
-        type=float,
-        metavar="BYTES",
-        help="working memory (default 350e6)",
+        "--mem-limit", type=float, metavar="BYTES", help="working memory (default 350e6)"
     )
     eng.add_argument("--device", choices=("auto", "cpu", "cuda"), help="backend (default auto)")
     eng.add_argument(

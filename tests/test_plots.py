@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 
 import numpy as np
@@ -109,9 +110,17 @@ def test_plot_failure_leaves_nothing(tmp_path, flat_image):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_pyplot_not_used(tmp_path, flat_image):
-    """The plots draw on the Agg canvas directly; they never register pyplot figures."""
-    _plots.plot_flat(tmp_path / "flat.png", flat_image, title="t")
-    pyplot = sys.modules.get("matplotlib.pyplot")
-    if pyplot is not None:
-        assert pyplot.get_fignums() == []
+def test_pyplot_not_used(tmp_path):
+    """The plots draw on the Agg canvas directly: pyplot is never imported (checked in a
+    fresh process, where nothing else could have imported it)."""
+    code = (
+        "import sys, numpy as np; from gpuflat import _plots; "
+        f"_plots.plot_flat({str(tmp_path / 'f.png')!r}, np.ones((40, 50)), title='t'); "
+        f"_plots.plot_levels({str(tmp_path / 'l.png')!r}, ['a', 'b'], [1.0, 2.0], [1.0, 2.0], "
+        "title='t'); "
+        f"_plots.plot_scaled_vs_unscaled({str(tmp_path / 's.png')!r}, np.ones((40, 50)), "
+        "np.ones((40, 50)), title='t'); "
+        "assert 'matplotlib.pyplot' not in sys.modules, 'pyplot was imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+    assert (tmp_path / "f.png").exists() and (tmp_path / "s.png").exists()

@@ -1,0 +1,87 @@
+"""The work units of a batch run (gpuflat.farm.units): the seam in-process and Dask runs
+share."""
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from astropy.io import fits
+from conftest import flat_stack, write_fits
+
+from gpuflat.farm import RunOptions, run, select, units
+from gpuflat.farm.report import jsonable, write_report
+
+
+@pytest.fixture
+def night(tmp_path, rng):
+    d = tmp_path / "night"
+    d.mkdir()
+    for i, a in enumerate(flat_stack(rng, n=4, shape=(30, 20))):
+        write_fits(d / f"flat-V-{i}.fits", a, IMAGETYP="FLAT", FILTER="V")
+    return d
+
+
+def _unit(options):
+    (group,) = select(options).groups
+    target = Path(options.outdir) / group.product_name()
+    return group, target
+
+
+def test_product_that_appears_before_the_write_is_not_clobbered(night, tmp_path, monkeypatch):
+    """Another run (or a Dask retry) writes the product after this unit checked that it
+    did not exist: without overwrite, this unit fails and the other product stays."""
+    out = tmp_path / "out"
+    out.mkdir()
+    options = RunOptions(inputs=(str(night),), outdir=str(out), device="cpu")
+    group, target = _unit(options)
+    real_write = units.write_product
+
+    def someone_else_first(path, *args, **kwargs):
+        path.write_bytes(b"the other run's product")
+        return real_write(path, *args, **kwargs)
+
+    monkeypatch.setattr(units, "write_product", someone_else_first)
+    entry = units.group_unit(options, group, target)
+    assert entry["status"].startswith("failed") and "exists" in entry["status"]
+    assert target.read_bytes() == b"the other run's product"
+    assert [p.name for p in out.iterdir()] == [target.name]  # no temporary left behind
+
+
+def test_existing_product_is_skipped_unless_overwrite(night, tmp_path):
+    out = tmp_path / "out"
+    options = RunOptions(inputs=(str(night),), outdir=str(out), device="cpu")
+    assert run(options).failed == 0
+    group, target = _unit(options)
+    before = target.stat().st_ino
+    assert units.group_unit(options, group, target)["status"] == "skipped (exists)"
+    again = RunOptions(inputs=(str(night),), outdir=str(out), device="cpu", overwrite=True)
+    assert units.group_unit(again, group, target)["status"] == "written"
+    with fits.open(target) as a:
+        assert a[0].header["NCOMBINE"] == 4
+    assert target.stat().st_ino != before  # a new file moved into place
+
+
+def test_events_of_an_in_process_run(night, tmp_path):
+    events = []
+    options = RunOptions(inputs=(str(night),), outdir=str(tmp_path / "o"), mem_limit=2e4)
+    outcome = run(options, lambda kind, data: events.append((kind, data)))
+    kinds = [k for k, _ in events]
+    assert kinds[0] == "start" and kinds[-1] == "done" and "progress" in kinds
+    done = [d for k, d in events if k == "progress"][-1]
+    assert done["done"] == done["total"] > 1
+    assert outcome.report["groups"][0]["status"] == "written" and outcome.failed == 0
+
+
+def test_report_is_strict_json(tmp_path):
+    """NaN and infinities become null: any strict JSON parser reads the report."""
+    report = {"a": float("nan"), "b": [np.float32("inf"), np.int64(3), (1.5, -math.inf)]}
+    path = write_report(tmp_path / "r.json", report)
+
+    def refuse(token):
+        raise ValueError(f"not JSON: {token}")
+
+    data = json.loads(path.read_text(), parse_constant=refuse)
+    assert data == {"a": None, "b": [None, 3, [1.5, None]]}
+    assert jsonable({"x": np.bool_(True)}) == {"x": True}
