@@ -3,8 +3,11 @@ HDU naming and matching; bad-pixel masks."""
 
 from __future__ import annotations
 
+import gzip
 import os
+import shutil
 import sys
+import tempfile
 import warnings
 from collections.abc import Sequence
 from contextlib import ExitStack, suppress
@@ -54,9 +57,15 @@ class FitsFile:
         except OSError as exc:
             raise FrameReadError(f"{path}: cannot open: {exc.strerror or exc}") from None
         try:
+            if self.fh.read(2) == b"\x1f\x8b":  # gzip: decompressed once, to a temporary file
+                self.fh = _gunzip(self.fh, path)
+            self.fh.seek(0)
             with warnings.catch_warnings():
                 warnings.simplefilter("error")  # astropy warns on truncation: make it an error
                 self.hdul = fits.open(self.fh, memmap=False, lazy_load_hdus=False)
+        except GpuflatError:
+            self.fh.close()
+            raise
         except Exception as exc:
             self.fh.close()
             raise FrameReadError(f"{path}: not a readable FITS image ({exc})") from None
@@ -70,6 +79,23 @@ class FitsFile:
     def close(self):
         self.hdul.close()
         self.fh.close()
+
+
+def _gunzip(fh, path):
+    """A gzip-compressed FITS file, decompressed once into an unlinked temporary file
+    (bands are then read from it as from a plain file; memory stays bounded)."""
+    fd, name = tempfile.mkstemp(prefix="gpuflat-", suffix=".fits")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            fh.seek(0)
+            with gzip.GzipFile(fileobj=fh) as gz:
+                shutil.copyfileobj(gz, out, 1 << 22)
+        return open(name, "rb")  # noqa: SIM115 - closed with the FitsFile
+    except (OSError, EOFError) as exc:
+        raise FrameReadError(f"{path}: cannot decompress ({exc})") from None
+    finally:
+        os.unlink(name)  # gone from the directory; its data live while it is open
+        fh.close()
 
 
 class FitsFrame:

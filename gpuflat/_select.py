@@ -14,7 +14,9 @@ from astropy.io import fits
 from ._frames import ext_key, ext_label, is_image_hdu, merged_header
 
 _CUT = re.compile(r"truncated|Error validating header")  # astropy's words for a cut file
-FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.fz", ".fit.fz", ".fz")
+FITS_SUFFIXES = (
+    ".fits", ".fit", ".fts", ".fits.fz", ".fit.fz", ".fz", ".fits.gz", ".fit.gz", ".fts.gz",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -60,9 +62,9 @@ class Group:
 
 
 def safe_name(value: str) -> str:
-    """A filesystem-safe rendering of a header value: primes become 'p' as in the guide
-    (g'' -> gpp, '' -> p), anything else outside [A-Za-z0-9.+-] becomes '_'."""
-    text = str(value).replace("'", "p")
+    """A filesystem-safe rendering of a header value: the guide's ``replace("''", "p")``
+    (g'' -> gp), then anything else outside [A-Za-z0-9.+-] becomes '_'."""
+    text = str(value).replace("''", "p")
     text = re.sub(r"[^A-Za-z0-9.+-]", "_", text).strip(".")
     return text or "none"
 

@@ -74,7 +74,8 @@ def _build_parser() -> argparse.ArgumentParser:
         argument_default=argparse.SUPPRESS,  # defaults: RunOptions' (flags override --config)
         description="Select flats by IMAGETYP, group them by filter, scale each frame by "
         "1/median, sigma-clip per pixel (median centre, MAD width, 5 sigma), average, and "
-        "write one combined_flat_filter_<filter>.fits per group.",
+        "write one combined_flat_filter_<filter>.fits per group (the guide's names: g'' -> gp, "
+        "anything unsafe in a file name -> _; products carry COMBINED = T).",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
     selection(run, inputs_nargs="*")  # INPUTs may come from --config

@@ -44,15 +44,15 @@ def test_run_writes_one_product_per_filter(night, tmp_path, capsys):
     names = sorted(p.name for p in out.glob("*.fits"))
     assert names == [
         "combined_flat_filter_V.fits",
-        "combined_flat_filter_gpp.fits",
-        "combined_flat_filter_rpp.fits",
+        "combined_flat_filter_gp.fits",
+        "combined_flat_filter_rp.fits",
     ]
-    ccd = CCDData.read(out / "combined_flat_filter_gpp.fits")
+    ccd = CCDData.read(out / "combined_flat_filter_gp.fits")
     files = sorted(str(p) for p in night.glob("flat-g-*.fits"))
     expected = gpuflat.combine(files)
     np.testing.assert_array_equal(ccd.data, expected.image)
     np.testing.assert_array_equal(ccd.uncertainty.array, expected.uncertainty)
-    with fits.open(out / "combined_flat_filter_gpp.fits") as hdul:
+    with fits.open(out / "combined_flat_filter_gp.fits") as hdul:
         assert [h.name for h in hdul] == ["PRIMARY", "MASK", "UNCERT", "NCOMBINE"] or {
             h.name for h in hdul
         } == {"PRIMARY", "MASK", "UNCERT", "NCOMBINE"}
@@ -83,7 +83,7 @@ def test_skip_existing_and_overwrite(night, tmp_path, capsys):
 def test_selection_grouping_and_inspect(night, tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["run", str(night), "-o", str(out), "--imagetyp", "flat field", "-q"]) == 0
-    assert [p.name for p in out.glob("*.fits")] == ["combined_flat_filter_rpp.fits"]
+    assert [p.name for p in out.glob("*.fits")] == ["combined_flat_filter_rp.fits"]
     assert (
         main(
             [
@@ -105,7 +105,7 @@ def test_selection_grouping_and_inspect(night, tmp_path, capsys):
     listfile.write_text("\n".join(str(p) for p in sorted(night.glob("flat-r-*.fits"))))
     assert main(["inspect", f"@{listfile}"]) == 0
     text = capsys.readouterr().out
-    assert "4 flat(s) selected, 1 group(s)" in text and "combined_flat_filter_rpp.fits" in text
+    assert "4 flat(s) selected, 1 group(s)" in text and "combined_flat_filter_rp.fits" in text
 
 
 def test_shapes_are_never_mixed(night, tmp_path, capsys):
@@ -142,11 +142,11 @@ def test_truncated_file_fails_its_group_only(night, tmp_path, capsys):
     assert "flat-g-0.fits" in err and "truncated" in err and "Traceback" not in err
     assert sorted(p.name for p in out.glob("*.fits")) == [
         "combined_flat_filter_V.fits",
-        "combined_flat_filter_rpp.fits",
+        "combined_flat_filter_rp.fits",
     ]
     assert main(["run", str(night), "-o", str(out), "--skip-bad"]) == 0
     assert "skipped" in capsys.readouterr().err
-    assert fits.getheader(out / "combined_flat_filter_gpp.fits")["NCOMBINE"] == 4
+    assert fits.getheader(out / "combined_flat_filter_gp.fits")["NCOMBINE"] == 4
 
 
 @pytest.mark.parametrize(

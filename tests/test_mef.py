@@ -291,7 +291,7 @@ def test_cli_simulate_mef(tmp_path, capsys):
     np.testing.assert_allclose((np.array(medians) - 1000) * gains, 24000 * 1.5, rtol=0.05)
     out = tmp_path / "out"
     assert main(["run", str(night), "-o", str(out), "-q", "--scale-per", "exposure"]) == 0
-    with fits.open(out / "combined_flat_filter_gpp.fits") as hdul:
+    with fits.open(out / "combined_flat_filter_gp.fits") as hdul:
         assert [h.name for h in hdul][1::4] == ["CCD1", "CCD2", "CCD3"]
 
 
@@ -336,7 +336,7 @@ def test_fz_inputs_give_identical_products(tmp_path, mef):
         # a small memory limit: several bands, each read through CompImageHDU.section
         assert main(["run", str(src), "-o", str(out), "-q", "--mem-limit", "60000"]) == 0
         outs.append(out)
-    for product in ("combined_flat_filter_gpp.fits", "combined_flat_filter_rpp.fits"):
+    for product in ("combined_flat_filter_gp.fits", "combined_flat_filter_rp.fits"):
         with fits.open(outs[0] / product) as a, fits.open(outs[1] / product) as b:
             assert [h.name for h in a] == [h.name for h in b]
             for ha, hb in zip(a, b, strict=True):
@@ -362,7 +362,7 @@ def test_compress_products_read_back_losslessly(tmp_path, mef, rng):
     plain, packed = tmp_path / "plain", tmp_path / "packed"
     assert main(["run", str(night), "-o", str(plain), "-q", "--nlow", "2"]) == 0
     assert main(["run", str(night), "-o", str(packed), "-q", "--nlow", "2", "--compress"]) == 0
-    product = "combined_flat_filter_rpp.fits"
+    product = "combined_flat_filter_rp.fits"
     with fits.open(plain / product) as a, fits.open(packed / product) as b:
         image_a = [h for h in a if h.data is not None]
         image_b = [h for h in b if h.data is not None]

@@ -1,0 +1,124 @@
+"""Products (gpuflat._products): names as the guide writes them, the COMBINED keyword the
+guide's next notebook looks for, gzip inputs, and verification that really verifies."""
+
+import gzip
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from astropy.io import fits
+from conftest import flat_stack, write_fits
+
+from gpuflat import _frames
+from gpuflat.cli import main
+
+
+@pytest.fixture
+def night(tmp_path, rng):
+    d = tmp_path / "night"
+    d.mkdir()
+    for filt in ("g''", "r'", "B/V"):
+        for i, a in enumerate(flat_stack(rng, n=3, shape=(30, 20))):
+            write_fits(d / f"flat-{filt.replace('/', '')}-{i}.fits", a, IMAGETYP="FLAT", FILTER=filt)
+    return d
+
+
+def test_names_follow_the_guide_and_the_guide_finds_them(night, tmp_path):
+    from ccdproc import ImageFileCollection
+
+    out = tmp_path / "out"
+    assert main(["run", str(night), "-o", str(out), "-q"]) == 0
+    names = sorted(p.name for p in out.glob("*.fits"))
+    # the guide: filt.replace("''", "p"); then what is unsafe in a file name becomes '_'
+    assert names == [
+        "combined_flat_filter_B_V.fits",
+        "combined_flat_filter_gp.fits",
+        "combined_flat_filter_r_.fits",
+    ]
+    found = ImageFileCollection(out).files_filtered(imagetyp="FLAT", combined=True)
+    assert sorted(found) == names
+    header = fits.getheader(out / "combined_flat_filter_gp.fits")
+    assert header["COMBINED"] is True and header["FILTER"] == "g''"
+
+
+def test_gzip_inputs_give_the_same_products(night, tmp_path, monkeypatch):
+    gz = tmp_path / "gz"
+    gz.mkdir()
+    for p in night.glob("*.fits"):
+        with open(p, "rb") as src, gzip.open(gz / (p.name + ".gz"), "wb") as dst:
+            shutil.copyfileobj(src, dst)
+    calls = []
+    real = _frames._gunzip
+
+    def counted(fh, path):
+        calls.append(str(path))
+        return real(fh, path)
+
+    monkeypatch.setattr(_frames, "_gunzip", counted)
+    args = ["--mem-limit", "2e4", "-q", "--no-qa"]  # many bands
+    assert main(["run", str(night), "-o", str(tmp_path / "a"), *args]) == 0
+    assert not calls
+    assert main(["run", str(gz), "-o", str(tmp_path / "b"), *args]) == 0
+    assert sorted(calls) == sorted(set(calls)) and len(calls) == 9  # once per file
+    for p in (tmp_path / "a").glob("*.fits"):
+        with fits.open(p) as a, fits.open(tmp_path / "b" / p.name) as b:
+            for x, y in zip(a, b, strict=True):
+                assert x.data.tobytes() == y.data.tobytes()
+    with (tmp_path / "bad.fits.gz").open("wb") as fh:
+        fh.write(gzip.compress(b"x" * 100)[:30])
+    code = main(["inspect", str(tmp_path / "bad.fits.gz")])
+    assert code == 1
+
+
+CORRUPT = """
+import os, sys
+import numpy as np
+from astropy.io import fits
+from gpuflat import _products
+from gpuflat._pipeline import CombineResult
+
+real = fits.HDUList.writeto
+
+def writeto_then_corrupt(self, name, *args, **kwargs):
+    real(self, name, *args, **kwargs)
+    with open(name, "r+b") as fh:  # flip one byte of the image data
+        fh.seek(2880 * 3 + 100)
+        b = fh.read(1)
+        fh.seek(-1, 1)
+        fh.write(bytes([b[0] ^ 0xFF]))
+
+fits.HDUList.writeto = writeto_then_corrupt
+image = np.ones((20, 30), np.float32)
+
+class R:
+    pass
+
+r = R()
+r.image = r.uncertainty = image
+r.mask = np.zeros((20, 30), bool)
+r.count = np.full((20, 30), 3, np.int32)
+target = sys.argv[1]
+header = fits.Header({"FILTER": "V"})
+try:
+    _products.write_product(target, r, header)
+except Exception as exc:
+    print("refused:", type(exc).__name__)
+print("exists:", os.path.exists(target), "left:", sorted(os.listdir(os.path.dirname(target))))
+"""
+
+
+def test_a_product_that_does_not_verify_is_never_committed(tmp_path):
+    """In a plain interpreter (no pytest warnings filter): a checksum mismatch stops the
+    commit, and the temporary is removed."""
+    target = tmp_path / "out" / "product.fits"
+    target.parent.mkdir()
+    script = tmp_path / "corrupt.py"
+    script.write_text(textwrap.dedent(CORRUPT))
+    out = subprocess.run(
+        [sys.executable, str(script), str(target)], capture_output=True, text=True, timeout=120
+    )
+    assert "refused:" in out.stdout, out.stdout + out.stderr
+    assert "exists: False left: []" in out.stdout, out.stdout
