@@ -90,7 +90,7 @@ def _gunzip(fh, path):
             fh.seek(0)
             with gzip.GzipFile(fileobj=fh) as gz:
                 shutil.copyfileobj(gz, out, 1 << 22)
-        return open(name, "rb")  # noqa: SIM115 - closed with the FitsFile
+        return open(name, "rb")
     except (OSError, EOFError) as exc:
         raise FrameReadError(f"{path}: cannot decompress ({exc})") from None
     finally:

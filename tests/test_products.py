@@ -7,7 +7,6 @@ import subprocess
 import sys
 import textwrap
 
-import numpy as np
 import pytest
 from astropy.io import fits
 from conftest import flat_stack, write_fits
@@ -22,7 +21,8 @@ def night(tmp_path, rng):
     d.mkdir()
     for filt in ("g''", "r'", "B/V"):
         for i, a in enumerate(flat_stack(rng, n=3, shape=(30, 20))):
-            write_fits(d / f"flat-{filt.replace('/', '')}-{i}.fits", a, IMAGETYP="FLAT", FILTER=filt)
+            name = f"flat-{filt.replace('/', '')}-{i}.fits"
+            write_fits(d / name, a, IMAGETYP="FLAT", FILTER=filt)
     return d
 
 
