@@ -45,6 +45,8 @@ class CombineResult:
     config: CombineConfig
     backend: str
     plan: BandPlan
+    #: seconds spent reading (in the reader thread), on levels, combining, and waiting for
+    #: the reader
     timings: dict[str, float] = field(default_factory=dict)
     rejected: np.ndarray | None = None
 
@@ -106,8 +108,16 @@ def combine_frames(
     itemsize = np.dtype(dtype).itemsize
     plan = plan_bands(n, shape, itemsize=itemsize, masked=masked, mem_limit=config.mem_limit)
     nrows, cols = shape
-    timings = {}
-    t0 = time.perf_counter()
+    timings = dict.fromkeys(("read", "levels", "combine", "wait"), 0.0)
+    clock = time.perf_counter
+
+    def timed(key, fn, *args):
+        t = clock()
+        try:
+            return fn(*args)
+        finally:
+            timings[key] += clock() - t
+
     log.debug(
         "plan: %d band(s) of %d rows for %d frames of %dx%d", plan.nbands, plan.rows, n, *shape
     )
@@ -131,22 +141,21 @@ def combine_frames(
 
             def read_frame(i):
                 buf = stack[i] if plan.single else spare[i % 2]
-                frames[i].read_rows(0, nrows, buf)
+                timed("read", frames[i].read_rows, 0, nrows, buf)
                 return buf
 
             pending = reader.submit(read_frame, 0)
             for i, f in enumerate(frames):
-                buf = pending.result()
+                buf = timed("wait", pending.result)
                 if i + 1 < n:
                     pending = reader.submit(read_frame, i + 1)
                 fmask = _frame_mask(f, bad_pixel_mask, 0, nrows)
                 for how in levels:
-                    levels[how].append(backend.frame_level(buf, fmask, how))
+                    levels[how].append(timed("levels", backend.frame_level, buf, fmask, how))
                 if callable(config.scale):
-                    user_scales.append(config.scale(buf))
+                    user_scales.append(timed("levels", config.scale, buf))
             del spare, buf
             pending = None  # the future holds the last frame too
-            timings["levels"] = time.perf_counter() - t0
         if not plan.single:
             buffers = [np.empty(n * plan.rows * cols, dtype) for _ in range(2)]
         scales = _scales(config, frames, levels, user_scales)
@@ -170,7 +179,6 @@ def combine_frames(
         else:
             combiner = band_combiner
         bands = [(r, min(nrows, r + plan.rows)) for r in range(0, nrows, plan.rows)]
-        t1 = time.perf_counter()
 
         def band_view(k):
             r0, r1 = bands[k]
@@ -178,26 +186,28 @@ def combine_frames(
 
         def read(k):
             r0, r1 = bands[k]
+            t = clock()
             if stack is None or not pass1:
                 buf = band_view(k)
                 for i, f in enumerate(frames):
                     f.read_rows(r0, r1, buf[i])
-            return _band_mask(frames, bad_pixel_mask, r0, r1) if masked else None
+            mask = _band_mask(frames, bad_pixel_mask, r0, r1) if masked else None
+            timings["read"] += clock() - t
+            return mask
 
         pending = reader.submit(read, 0)
         for k, (r0, r1) in enumerate(bands):
-            mask = pending.result()
+            mask = timed("wait", pending.result)
             if k + 1 < len(bands):
                 pending = reader.submit(read, k + 1)
             rows = r1 - r0
             data = band_view(k).reshape(n, rows * cols)
-            img, unc, cnt = combiner(data, mask, scales, weights)
+            img, unc, cnt = timed("combine", combiner, data, mask, scales, weights)
             image[r0:r1] = img.reshape(rows, cols)
             uncert[r0:r1] = unc.reshape(rows, cols)
             count[r0:r1] = cnt.reshape(rows, cols)
             if progress is not None:
                 progress(k + 1, len(bands))
-    timings["combine"] = time.perf_counter() - t1
     first = frames[0]
     return CombineResult(
         image=image,

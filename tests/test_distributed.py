@@ -66,6 +66,7 @@ def _entries(report):
     out = {}
     for g in json.loads(report.read_text())["groups"]:
         g.pop("seconds", None)
+        g.pop("timings", None)
         g["product"] = os.path.basename(g["product"])
         out[g["group"]] = g
     return out

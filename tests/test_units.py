@@ -85,3 +85,90 @@ def test_report_is_strict_json(tmp_path):
     data = json.loads(path.read_text(), parse_constant=refuse)
     assert data == {"a": None, "b": [None, 3, [1.5, None]]}
     assert jsonable({"x": np.bool_(True)}) == {"x": True}
+
+
+@pytest.fixture
+def two_groups(tmp_path, rng):
+    d = tmp_path / "two"
+    d.mkdir()
+    for filt in ("B", "V"):
+        for i, a in enumerate(flat_stack(rng, n=3, shape=(30, 20))):
+            write_fits(d / f"flat-{filt}-{i}.fits", a, IMAGETYP="FLAT", FILTER=filt)
+    return d
+
+
+def test_write_in_flight_is_finished_when_a_later_group_fails(two_groups, tmp_path, monkeypatch):
+    """Group B's product is still being written (slowly, in the background) when group V
+    fails with an unexpected error: the run raises, but B's product is complete first."""
+    import threading
+    import time
+
+    started = threading.Event()
+    real_write, real_combine = units.write_product, units.combine_group
+
+    def slow_write(*args, **kwargs):
+        started.set()
+        time.sleep(0.5)
+        return real_write(*args, **kwargs)
+
+    def fails_for_v(options, group, *rest, **kw):
+        if group.label() == "V":
+            assert started.wait(10)  # B's write is in flight
+            raise RuntimeError("boom")
+        return real_combine(options, group, *rest, **kw)
+
+    monkeypatch.setattr(units, "write_product", slow_write)
+    monkeypatch.setattr(units, "combine_group", fails_for_v)
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError, match="boom"):
+        run(RunOptions(inputs=(str(two_groups),), outdir=str(out), device="cpu"))
+    assert [p.name for p in out.iterdir()] == ["combined_flat_filter_B.fits"]  # no temporary
+    with fits.open(out / "combined_flat_filter_B.fits", checksum=True) as hdul:
+        assert hdul[0].header["NCOMBINE"] == 3 and hdul["NCOMBINE"].data.min() >= 1
+
+
+def test_background_write_failure_is_reported(two_groups, tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(units, "write_product", broken)
+    outcome = run(RunOptions(inputs=(str(two_groups),), outdir=str(tmp_path / "o")))
+    assert outcome.failed == 2
+    assert {e["status"] for e in outcome.report["groups"]} == {"failed: disk full"}
+
+
+KILLED = """
+import sys, time
+from gpuflat import _atomic
+from gpuflat.farm import RunOptions, run
+
+def stuck(path):  # the temporary is written; the process is killed before its fsync ends
+    print("writing", flush=True)
+    time.sleep(60)
+
+_atomic.fsync = stuck
+run(RunOptions(inputs=(sys.argv[1],), outdir=sys.argv[2], device="cpu"))
+"""
+
+
+def test_run_killed_during_a_background_write_leaves_no_product(night, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KILLED, str(night), str(out)], stdout=subprocess.PIPE, text=True
+    )
+    with proc:
+        try:
+            assert proc.stdout.readline().strip() == "writing"
+            os.kill(proc.pid, signal.SIGKILL)
+        finally:
+            proc.wait(timeout=60)
+    left = [p.name for p in out.iterdir()]
+    assert len(left) == 1 and left[0].startswith(".combined_flat_filter_V.fits.tmp-")
+    # the next run writes the product and removes the dead run's temporary
+    assert run(RunOptions(inputs=(str(night),), outdir=str(out), device="cpu")).failed == 0
+    assert [p.name for p in out.iterdir()] == ["combined_flat_filter_V.fits"]

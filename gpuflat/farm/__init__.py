@@ -141,6 +141,28 @@ def run(options: RunOptions, on_event=None) -> Outcome:
     if options.distributed:
         report["groups"] = dask.run_units(options, work, lambda entry: emit("done", entry))
     else:
+        report["groups"] = _run_in_process(options, work, backend, bad_pixels, emit, on_event)
+    failed += sum(entry["status"].startswith("failed") for entry in report["groups"])
+    report["seconds"] = round(time.perf_counter() - t_start, 3)
+    if options.report:
+        write_report(options.report, report)
+    return Outcome(report, failed)
+
+
+def _run_in_process(options, work, backend, bad_pixels, emit, on_event) -> list[dict]:
+    """The units one after the other, each product written in the background while the
+    next group is combined; every write is finished (or cleaned up) before this returns."""
+    entries, said = [], 0
+    writer = units.Writer()
+
+    def say(block):  # "done" for the finished units, in order
+        nonlocal said
+        while said < len(entries) and (block or writer.ready(entries[said])):
+            emit("done", writer.settle(entries[said]))
+            _log_timings(entries[said])
+            said += 1
+
+    try:
         for gi, (group, target) in enumerate(work, start=1):
             exists = target.exists() and not options.overwrite
             if exists:
@@ -154,14 +176,22 @@ def run(options: RunOptions, on_event=None) -> Outcome:
                 "index": gi, "total": len(work), "group": group.label(),
                 "frames": len(group.frames), "product": str(target), "exists": exists,
             })  # fmt: skip
-            entry = units.group_unit(options, group, target, backend, bad_pixels, on_event)
-            report["groups"].append(entry)
-            emit("done", entry)
-    failed += sum(entry["status"].startswith("failed") for entry in report["groups"])
-    report["seconds"] = round(time.perf_counter() - t_start, 3)
-    if options.report:
-        write_report(options.report, report)
-    return Outcome(report, failed)
+            entries.append(
+                units.group_unit(options, group, target, backend, bad_pixels, on_event, writer)
+            )
+            say(block=False)
+        say(block=True)
+    finally:
+        writer.close()
+    return entries
+
+
+def _log_timings(entry):
+    timings = entry.get("timings")
+    if timings:
+        log.info(
+            "group %s: %s", entry["group"], ", ".join(f"{k} {v:.3f} s" for k, v in timings.items())
+        )
 
 
 def median_level(path) -> float | None:

@@ -14,6 +14,7 @@ import functools
 import logging
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -33,11 +34,55 @@ log = logging.getLogger("gpuflat")
 _NOT_GIVEN = object()
 
 
-def group_unit(options, group, target, backend=None, bad_pixels=_NOT_GIVEN, on_event=None):
+class Writer:
+    """Products written off the critical path: one background thread writes each product
+    (checksums, fsync of the file and its directory, verification, move into place) while
+    the next group is read and combined. ``settle(entry)`` waits for that entry's product
+    and records how it went; ``close()`` waits for every write."""
+
+    def __init__(self):
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="gpuflat-writer")
+        self._pending = {}
+
+    def __call__(self, target, timings, write):
+        self._pending[str(target)] = (self._pool.submit(_timed, write), timings)
+
+    def ready(self, entry) -> bool:
+        pending = self._pending.get(entry["product"])
+        return pending is None or pending[0].done()
+
+    def settle(self, entry) -> dict:
+        future, timings = self._pending.pop(entry["product"], (None, None))
+        if future is not None:
+            try:
+                timings["write"] = future.result()
+            except (GpuflatError, ValueError, OSError) as exc:
+                entry["status"] = f"failed: {exc}"
+        return entry
+
+    def close(self):
+        self._pool.shutdown(wait=True)
+
+
+def _timed(write) -> float:
+    t0 = time.perf_counter()
+    write()
+    return round(time.perf_counter() - t0, 3)
+
+
+def _write_now(target, timings, write):
+    timings["write"] = _timed(write)
+
+
+def group_unit(
+    options, group, target, backend=None, bad_pixels=_NOT_GIVEN, on_event=None, writer=None
+):
     """One work unit: combine one group, write its product; returns its report entry.
 
     ``backend`` and ``bad_pixels`` are resolved here when left out (on a Dask worker);
-    ``on_event("progress", {...})`` is called as bands or extensions are done."""
+    ``on_event("progress", {...})`` is called as bands or extensions are done; ``writer``
+    (a :class:`Writer`) takes the product's write off the critical path, else it is
+    written before this returns."""
 
     def work(header):
         nonlocal backend, bad_pixels
@@ -45,7 +90,9 @@ def group_unit(options, group, target, backend=None, bad_pixels=_NOT_GIVEN, on_e
             backend = get_backend(options.combine.backend)
         if bad_pixels is _NOT_GIVEN:
             bad_pixels = bad_pixel_mask(options.mask)
-        return combine_group(options, group, backend, bad_pixels, target, header, on_event)
+        return combine_group(
+            options, group, backend, bad_pixels, target, header, on_event, writer or _write_now
+        )
 
     return _unit(options, group, target, work)
 
@@ -62,7 +109,7 @@ def mosaic_unit(options, group, backend, target, parts) -> dict:
         # QA needs every extension: here, once they are all combined (a frame left out
         # means combining the group again, on this worker)
         result, verdicts = _mosaic_qa(options, group, backend, MosaicResult.merge(parts))
-        return _write_mosaic(options, result, target, header, t0, verdicts)
+        return _write_mosaic(options, result, target, header, t0, verdicts, _write_now)
 
     return _unit(options, group, target, work)
 
@@ -107,14 +154,16 @@ def _progress(on_event, group):
     return lambda done, total: on_event("progress", {"group": label, "done": done, "total": total})
 
 
-def combine_group(options, group, backend, bad_pixels, target, header_fn, on_event=None):
-    """Combine a group (QA, combined again without the frames it leaves out), write its
-    product and plots; returns the unit's report entry."""
+def combine_group(
+    options, group, backend, bad_pixels, target, header_fn, on_event=None, write=_write_now
+):
+    """Combine a group (QA, combined again without the frames it leaves out), hand its
+    product to ``write(target, timings, fn)``, write its plots; returns the unit's report entry."""
     if group.mosaic:
         t0 = time.perf_counter()
         result = mosaic_result(options, group, backend, on_event=on_event)
         result, verdicts = _mosaic_qa(options, group, backend, result)
-        return _write_mosaic(options, result, target, header_fn, t0, verdicts)
+        return _write_mosaic(options, result, target, header_fn, t0, verdicts, write)
 
     config = options.combine
     t0 = time.perf_counter()
@@ -132,6 +181,7 @@ def combine_group(options, group, backend, bad_pixels, target, header_fn, on_eve
             frames, config, backend, bad_pixel_mask=bad_pixels, want_levels=want,
             progress=_progress(on_event, group),
         )  # fmt: skip
+        timings = dict(result.timings)
         qa_entries = frame_entries(result)
         left_out = {} if options.no_qa else _qa.outliers(
             result.levels["median"], result.rejected_fraction, options.qa
@@ -142,6 +192,7 @@ def combine_group(options, group, backend, bad_pixels, target, header_fn, on_eve
             result = combine_frames(
                 frames, config, backend, bad_pixel_mask=bad_pixels, want_levels=want
             )
+            timings = {k: v + result.timings[k] for k, v in timings.items()}
             final = {e["file"]: e for e in frame_entries(result)}
             for e in qa_entries:  # the scales of the frames kept, from the final combination
                 e.update(final.get(e["file"], {}))
@@ -155,10 +206,6 @@ def combine_group(options, group, backend, bad_pixels, target, header_fn, on_eve
         result.header, names=result.names, scales=result.scales,
         params=config.describe(), backend=result.backend, version=__version__,
     )  # fmt: skip
-    write_product(
-        target, result, header, unit=result.unit, overwrite=options.overwrite,
-        compress=options.compress,
-    )  # fmt: skip
     entry = {
         "frames": qa_entries,
         "frames_left_out": len(left_out),
@@ -168,7 +215,12 @@ def combine_group(options, group, backend, bad_pixels, target, header_fn, on_eve
         "seconds": round(time.perf_counter() - t0, 3),
         "bands": result.plan.nbands,
         "backend": result.backend,
+        "timings": {k: round(v, 3) for k, v in timings.items()},
     }
+    write(target, entry["timings"], functools.partial(
+        write_product, target, result, header, unit=result.unit, overwrite=options.overwrite,
+        compress=options.compress,
+    ))  # fmt: skip
     if options.plots:
         entry["plots"] = _plots(target, group, result, unscaled)
     return entry
@@ -270,12 +322,9 @@ def mosaic_files(options, group, specs, only=None):
     return infos
 
 
-def _write_mosaic(options, result, target, header_fn, t0, verdicts) -> dict:
-    """Write a combined mosaic; returns its report entry (``verdicts``: the frame QA's
-    line for every exposure of the group)."""
-    result._write(
-        target, overwrite=options.overwrite, compress=options.compress, product_header=header_fn
-    )
+def _write_mosaic(options, result, target, header_fn, t0, verdicts, write) -> dict:
+    """Hand a combined mosaic to ``write(target, timings, fn)``; returns its report entry
+    (``verdicts``: the frame QA's line for every exposure of the group)."""
     entry = {
         "scale_per": result.scale_per,
         "extensions": {
@@ -293,7 +342,15 @@ def _write_mosaic(options, result, target, header_fn, t0, verdicts) -> dict:
         "frames_combined": len(result.names),
         "seconds": round(time.perf_counter() - t0, 3),
         "backend": result.backend,
+        "timings": {
+            k: round(sum(r.timings[k] for r in result.extensions.values()), 3)
+            for k in ("read", "levels", "combine", "wait")
+        },
     }
+    write(target, entry["timings"], functools.partial(
+        result._write, target, overwrite=options.overwrite, compress=options.compress,
+        product_header=header_fn,
+    ))  # fmt: skip
     if result.levels is not None:  # scale per exposure: the exposures' levels and scales
         final = dict(zip(result.names, zip(result.scales, result.levels, strict=True), strict=True))
         for v in verdicts:
