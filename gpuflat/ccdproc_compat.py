@@ -144,7 +144,7 @@ def combine(
     with ExitStack() as stack:
         frames, natives = _open(items, ccdkwargs, stack, first=ccd)
         n, shape = len(frames), frames[0].shape
-        scaling = _scaling(scale, items, frames, natives, ccdkwargs)
+        scaling = _Scaling(scale, items, natives, ccdkwargs)
         weights = _weights(weights, n, shape)
         center = _match(sigma_clip_func, _CENTERS)
         dev = _match(sigma_clip_dev_func, _DEVS)
@@ -178,11 +178,10 @@ def combine(
             and not (minmax_clip and sigma_clip)
             and (not sigma_clip or (center and dev and low is not None and high is not None))
             and (not minmax_clip or _kernel_minmax(*minmax))
-            and (scaling is None or bool(np.all(np.isfinite(scaling))))
         )
         kernel_config = CombineConfig(
             method=method,
-            scale="none",
+            scale=scaling.measure if callable(scale) else "none",
             clip="sigma" if sigma_clip and fast else "none",
             sigma_low=low if sigma_clip and fast else 3.0,
             sigma_high=high if sigma_clip and fast else 3.0,
@@ -195,11 +194,10 @@ def combine(
         )
         backend = NumbaBackend()
         if fast:
-            ones = np.ones(n)
             band_combiner = _KernelCombiner(
                 backend,
                 kernel_config.kernel_params(clip_scaled=False),
-                ones if scaling is None else np.asarray(scaling, np.float64),
+                scaling,
                 method,
                 numpy_combiner,
             )
@@ -450,34 +448,44 @@ class _ReadFrame:
 # -- scale, weights, thresholds ---------------------------------------------------------------
 
 
-def _scaling(scale, items, frames, natives, ccdkwargs):
-    """ccdproc's scaling array (its dtype too), or None."""
-    n = len(items)
-    message = "scaling must be a function or an array the same length as the number of images."
-    if scale is None:
-        return None
-    if not callable(scale):
-        try:
-            len(scale)
-        except TypeError as err:
-            raise TypeError(message) from err
-        if len(scale) != n:
-            raise ValueError(message)
-        return np.array(scale)
-    values = []
-    for item, frame, native in zip(items, frames, natives, strict=True):
+class _Scaling:
+    """ccdproc's scaling array (its dtype too) or None, in ``array`` once known: a given
+    array at once, a callable's values once the pipeline's first pass has read every frame
+    and called :meth:`measure` on it, in order (the frames are read once, the next one
+    while the callable runs on this one)."""
+
+    def __init__(self, scale, items, natives, ccdkwargs):
+        self._func = scale if callable(scale) else None
+        self._items, self._natives, self._ccdkwargs = items, natives, ccdkwargs
+        self._values = []
+        self.array = None
+        if scale is not None and not callable(scale):
+            message = (
+                "scaling must be a function or an array the same length as the number of images."
+            )
+            try:
+                len(scale)
+            except TypeError as err:
+                raise TypeError(message) from err
+            if len(scale) != len(items):
+                raise ValueError(message)
+            self.array = np.array(scale)
+
+    def measure(self, buf):
+        """The scale of the next frame, from the pipeline's float64 copy ``buf`` of it, as
+        ccdproc computes it: the callable on the data as CCDData.read returns them."""
+        i = len(self._values)
+        item, native = self._items[i], self._natives[i]
         if isinstance(item, CCDData):
             data = item.data
         elif native is None:
-            data = CCDData.read(item, **ccdkwargs).data
-        else:  # the values CCDData.read gives, in its dtype, from the band reader
-            buf = np.empty(frame.shape, np.float64)
-            frame.read_rows(0, frame.shape[0], buf)
+            data = CCDData.read(item, **self._ccdkwargs).data
+        else:  # the very values and dtype CCDData.read gives (see _native_dtype)
             data = buf.astype(native)
-            del buf
-        values.append(scale(data))
-        del data
-    return np.array(values)
+        self._values.append(self._func(data))
+        if len(self._values) == len(self._items):
+            self.array = np.array(self._values)
+        return 1.0  # the pipeline's own scale: the combiners apply ``array``
 
 
 def _weights(weights, n, shape):
@@ -553,15 +561,23 @@ class _KernelCombiner:
     callables (``np.ma.median``, ``np.nanmean`` of an inf...) treat their own way, are
     recombined with :class:`_NumpyCombiner`."""
 
-    def __init__(self, backend, params, scales, method, fallback):
-        self.backend, self.params, self.scales = backend, params, scales
+    def __init__(self, backend, params, scaling, method, fallback):
+        self.backend, self.params, self.scaling = backend, params, scaling
         self.method, self.fallback = method, fallback
 
     def __call__(self, data, mask, _scales, _weights):
-        n = data.shape[0]
-        image, uncert, count = self.backend.combine_band(data, None, self.scales, None, self.params)
-        suspect = np.flatnonzero(count < n)  # a pixel with all n samples has only finite ones
-        if suspect.size:
+        n, npix = data.shape
+        scales = self.scaling.array
+        scales = np.ones(n) if scales is None else np.asarray(scales, np.float64)
+        if not np.all(np.isfinite(scales)):
+            return self.fallback(data, mask, _scales, _weights)
+        rejected = np.zeros(n, np.int64)
+        image, uncert, count = self.backend.combine_band(
+            data, None, scales, None, self.params, rejected=rejected
+        )
+        # every sample survived or was clipped: none was NaN, infinite (or out of min/max)
+        if int(count.sum()) + int(rejected.sum()) < n * npix:
+            suspect = np.flatnonzero(count < n)  # a pixel with all n samples is all finite
             bad = suspect[~np.isfinite(data[:, suspect]).all(axis=0)]
             if bad.size:
                 image[bad], uncert[bad], count[bad] = self.fallback.combine(data[:, bad], None)
@@ -621,7 +637,8 @@ class _NumpyCombiner:
                     arr.data, sigma_lower=low, sigma_upper=high, axis=0, copy=False,
                     maxiters=1, cenfunc=func, stdfunc=dev, masked=True,
                 ).mask  # fmt: skip
-        scaled = arr if self.scaling is None else arr * self.scaling[:, np.newaxis]
+        scaling = self.scaling.array
+        scaled = arr if scaling is None else arr * scaling[:, np.newaxis]
         filled = np.ma.filled(scaled, fill_value=np.nan) if arr.mask.any() else scaled.data
         masked_values = np.isnan(filled).sum(axis=0)
         survivors = n - masked_values
