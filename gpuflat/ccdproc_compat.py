@@ -373,6 +373,7 @@ def _probe(path, ccdkwargs):
         native = None if compressed else _native_dtype(h.header)
         fast = (
             set(ccdkwargs) <= _NEUTRAL_READ_KWARGS
+            and not _file_compressed(path)
             and not has_mask
             and isinstance(h, (fits.PrimaryHDU, fits.ImageHDU, fits.CompImageHDU))
             and len(shape) == 2
@@ -382,6 +383,13 @@ def _probe(path, ccdkwargs):
         "index": index, "unit": u.Unit(unit), "mask": has_mask, "shape": shape,
         "native": native if fast else None, "fast": fast,
     }  # fmt: skip
+
+
+def _file_compressed(path):
+    """A gzip, bzip2 or zip file (astropy opens those; the band reader reads plain FITS)."""
+    with open(path, "rb") as fh:
+        magic = fh.read(3)
+    return magic[:2] in (b"\x1f\x8b", b"PK") or magic == b"BZh"
 
 
 def _fits_reader():

@@ -1,5 +1,6 @@
 """gpuflat.ccdproc_compat.combine against ccdproc.combine itself."""
 
+import gzip
 import warnings
 
 import ccdproc
@@ -197,6 +198,13 @@ def test_input_kinds(tmp_path, rng, monkeypatch):
         str(tmp_path), filenames=["f0.fits", "f1.fits", "f2.fits"]
     )
     assert_same(combine(only_three, **case), ccdproc_combine(paths[:3], **case))
+    # gzip-compressed files, as archives ship them
+    gzipped = []
+    for p in paths:
+        with open(p, "rb") as src, gzip.open(p + ".gz", "wb") as dst:
+            dst.write(src.read())
+        gzipped.append(p + ".gz")
+    assert_same(combine(gzipped, **case), expected)
     # a single name is one file (ccdproc splits it into its characters)
     assert_same(combine(paths[0]), ccdproc_combine(paths[:1]))
 
