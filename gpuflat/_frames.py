@@ -175,19 +175,7 @@ class FitsFrame:
         self._fh.seek(self._offset + r0 * self.shape[1] * self._raw.itemsize)
         if self._fh.readinto(raw) != raw.nbytes:
             raise FrameReadError(f"{self.name}: short read (file changed or truncated)")
-        if out.dtype == np.float32 and self._raw.itemsize <= 2:
-            # as astropy does for 8/16-bit integers: scale in float32
-            out[...] = raw
-            if self._bscale != 1:
-                out *= np.float32(self._bscale)
-            if self._bzero != 0:
-                out += np.float32(self._bzero)
-        else:
-            out[...] = (
-                raw * self._bscale + self._bzero if self._bscale != 1 or self._bzero != 0 else raw
-            )
-        if self._blank is not None:
-            out[raw == self._blank] = np.nan
+        scale_raw(raw, out, self._bscale, self._bzero, self._blank)
 
     def read_mask_rows(self, r0, r1):
         return None
@@ -195,6 +183,33 @@ class FitsFrame:
     def close(self):
         if self._owned:
             self._file.close()
+
+
+def scale_raw(raw, out, bscale, bzero, blank) -> None:
+    """``out[...] = raw * bscale + bzero`` with the values ``astropy.io.fits.getdata`` gives
+    (``uint=True``), in either precision of ``out``: 8/16-bit integers are scaled in float32,
+    32/64-bit integers in float64, floats in their own precision, and the unsigned
+    conventions (BSCALE 1 and BZERO -128 for 8 bits, 2**(bits-1) for more) are exact
+    integers. Integer pixels equal to ``blank`` become NaN."""
+    kind, size = raw.dtype.kind, raw.dtype.itemsize
+    if bscale == 1 and bzero == 0:
+        out[...] = raw
+    elif kind in "iu" and bscale == 1 and bzero == (-128 if size == 1 else 1 << (8 * size - 1)):
+        top = raw.view(f">u{size}") ^ (1 << (8 * size - 1))  # +BZERO, modulo 2**bits
+        out[...] = top.view("i1") if size == 1 else top
+    else:
+        single = size == 4 if kind == "f" else size <= 2
+        work = np.float32 if single else np.float64
+        tmp = out if out.dtype == work else np.empty(raw.shape, work)
+        tmp[...] = raw
+        if bscale != 1:
+            tmp *= work(bscale)
+        if bzero != 0:
+            tmp += work(bzero)
+        if tmp is not out:
+            out[...] = tmp
+    if blank is not None and kind != "f":
+        out[raw == blank] = np.nan
 
 
 #: image HDUs that accompany a flat rather than being one: CCDData's planes (``MASK``,
