@@ -339,9 +339,12 @@ def step_index64():
     vhi = int(np.searchsorted(cum, total // 2, side="right"))
     want_median = (float(vlo) + float(vhi)) * 0.5
     want_mean = float(sum(v * c for v, c in enumerate(counts))) / total
-    stream = cp.cuda.Stream(non_blocking=True)
+    # everything on the legacy default stream, where the frame and the zeroed state were
+    # written (a non-blocking stream would not wait for them)
+    stream = cp.cuda.Stream.null
     d_state = cp.zeros(8, cp.uint32)
     d_hist = cp.zeros(2 * LEVEL_COPIES * 256, cp.uint32)
+    sync()
     t0 = time.perf_counter()
     for shift in (24, 16, 8, 0):
         args = (d_frame, np.uint64(0), np.int64(total), np.int32(shift), d_state, d_hist)
