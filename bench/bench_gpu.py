@@ -1,4 +1,4 @@
-"""Throughput of the CUDA backend's combine_band (run through bench/gpu.sh on a GPU).
+"""Throughput of the CUDA backend's combine_band on a GPU (bench/device_check.sh measures more).
 
 Prints, per combine option set: the end-to-end time of ``CudaBackend.combine_band`` on a
 host band (pinned staging, transfers and kernel, overlapped over two streams), the kernel

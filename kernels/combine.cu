@@ -45,6 +45,23 @@
 
 #define GF_MAD_TO_STD 1.482602218505602
 
+// float -> double without flushing subnormals. CuPy appends -ftz=true to every RawModule
+// compile, after gpuflat's own options, and under it NVVM writes (double)x as
+// cvt.ftz.f64.f32, which turns a subnormal x into 0 (the numba backend and the CPU shim
+// keep it). The conversion is therefore written in PTX without .ftz, which no compiler
+// flag can change; the host shim compiles the plain C++ twin. tests/test_cuda_kernels.py
+// compiles every kernel through NVRTC with CuPy's option list and checks the machine code
+// for .FTZ instructions.
+__device__ __forceinline__ double gf_widen(float x) {
+#ifdef __CUDA_ARCH__
+  double d;
+  asm("cvt.f64.f32 %0, %1;" : "=d"(d) : "f"(x));
+  return d;
+#else
+  return (double)x;
+#endif
+}
+
 __device__ __forceinline__ double gf_inf() { return __longlong_as_double(0x7ff0000000000000LL); }
 __device__ __forceinline__ double gf_nan() { return __longlong_as_double(0x7ff8000000000000LL); }
 __device__ __forceinline__ bool gf_isfinite(float x) {
@@ -110,12 +127,12 @@ struct Pixel {
   long long p;
   int clip_scaled;
   __device__ __forceinline__ void values(int i, double &v, double &y) const {
-    double x = (double)data[(long long)i * npix + p];
+    double x = gf_widen(data[(long long)i * npix + p]);
     y = x * scale[i];
     v = clip_scaled ? y : x;
   }
   __device__ __forceinline__ double y(int i) const {
-    return (double)data[(long long)i * npix + p] * scale[i];
+    return gf_widen(data[(long long)i * npix + p]) * scale[i];
   }
 };
 
@@ -179,7 +196,7 @@ __device__ __forceinline__ void combine_pixel(W &w, const Pixel &px, const unsig
   int m = 0;
   for (int i = 0; i < n; ++i) {
     float x = px.data[(long long)i * npix + p];
-    double xd = (double)x;
+    double xd = gf_widen(x);
     bool ok = gf_isfinite(x) && xd >= pr.min_value && xd <= pr.max_value;
     if (mask && mask[(long long)i * npix + p] != 0) ok = false;
     if (ok) {

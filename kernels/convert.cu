@@ -26,16 +26,51 @@ __device__ __forceinline__ unsigned int gf_be32(const unsigned char *b) {
          (unsigned int)b[3];
 }
 
+// float32 arithmetic that keeps subnormals whatever -ftz the compile gets: CuPy appends
+// -ftz=true to every RawModule compile, after gpuflat's own options, and under it NVVM
+// writes f * g, f + g and (float)d with .ftz, flushing subnormal inputs and results to 0
+// (NumPy, and so astropy, keep them). PTX without .ftz cannot be changed by any flag; the
+// host shim compiles the plain C++ twins (-ffp-contract=off, no fast-math).
+__device__ __forceinline__ float gf_narrow(double d) {  // round to nearest float32
+#ifdef __CUDA_ARCH__
+  float f;
+  asm("cvt.rn.f32.f64 %0, %1;" : "=f"(f) : "d"(d));
+  return f;
+#else
+  return (float)d;
+#endif
+}
+
+__device__ __forceinline__ float gf_mul_f32(float a, float b) {
+#ifdef __CUDA_ARCH__
+  float r;
+  asm("mul.rn.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
+  return r;
+#else
+  return a * b;
+#endif
+}
+
+__device__ __forceinline__ float gf_add_f32(float a, float b) {
+#ifdef __CUDA_ARCH__
+  float r;
+  asm("add.rn.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
+  return r;
+#else
+  return a + b;
+#endif
+}
+
 __device__ __forceinline__ float gf_scale_f32(float f, double bscale, double bzero) {
-  if (bscale != 1.0) f = f * (float)bscale;
-  if (bzero != 0.0) f = f + (float)bzero;
+  if (bscale != 1.0) f = gf_mul_f32(f, gf_narrow(bscale));
+  if (bzero != 0.0) f = gf_add_f32(f, gf_narrow(bzero));
   return f;
 }
 
 __device__ __forceinline__ float gf_scale_f64(double d, double bscale, double bzero) {
   if (bscale != 1.0) d = d * bscale;
   if (bzero != 0.0) d = d + bzero;
-  return (float)d;
+  return gf_narrow(d);
 }
 
 #define GF_CONVERT_INDEX                                                     \

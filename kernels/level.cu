@@ -30,6 +30,18 @@
 
 #define GF_COPIES 32
 
+// float -> double without flushing subnormals, whatever -ftz the compile gets (CuPy appends
+// -ftz=true; see gf_widen in combine.cu). PTX without .ftz; plain C++ in the host shim.
+__device__ __forceinline__ double gf_widen(float x) {
+#ifdef __CUDA_ARCH__
+  double d;
+  asm("cvt.f64.f32 %0, %1;" : "=d"(d) : "f"(x));
+  return d;
+#else
+  return (double)x;
+#endif
+}
+
 __device__ __forceinline__ bool gf_usable(float x, const unsigned char *mask, long long e) {
   return (__float_as_uint(x) & 0x7f800000u) != 0x7f800000u && !(mask && mask[e] != 0);
 }
@@ -111,7 +123,7 @@ extern "C" __global__ void gpuflat_level_rowsum(const float *__restrict__ data,
     long long e = r * cols + c;
     float x = data[e];
     if (gf_usable(x, mask, e)) {
-      s += (double)x;
+      s += gf_widen(x);
       ++k;
     }
   }

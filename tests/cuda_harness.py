@@ -274,3 +274,53 @@ def convert(raw, bitpix, bscale, bzero, *, flavour=None) -> np.ndarray:
     args = [ptr(raw), ctypes.c_int64(count), ctypes.c_double(bscale), ctypes.c_double(bzero)]
     launch(f"gpuflat_convert_{kernel}", _blocks(count), BLOCK, [*args, ptr(out)], flavour)
     return out
+
+
+# float32 bit patterns a flush-to-zero build would get wrong or that only compare by bits
+SPECIAL_BITS = {
+    "subnormal": [
+        0x00000001,
+        0x00000003,
+        0x00012345,
+        0x00400000,
+        0x007FFFFF,
+        0x80000001,
+        0x80000007,
+        0x803FFFFF,
+        0x807FFFFF,
+    ],
+    "smallest normal": [0x00800000, 0x80800000],
+    "signed zero": [0x00000000, 0x80000000],
+    "nan payload": [0x7FC00000, 0x7FC00001, 0xFFC12345, 0x7F800001, 0xFF800001, 0x7FFFFFFF],
+    "inf": [0x7F800000, 0xFF800000],
+}
+
+
+def special_values(rng, shape, kinds):
+    bits = np.concatenate([np.array(SPECIAL_BITS[k], np.uint32) for k in kinds])
+    return rng.choice(bits, shape).view(np.float32)
+
+
+def special_band(rng, n, npix):
+    """A band of subnormals, smallest normals and signed zeros, with NaN payloads and
+    infinities in places; pixels 0-3 all subnormal, 4-7 all zeros, 8 six -0.0 then five +0.0,
+    9 all NaN, 10-15 some ordinary values among the tiny ones (npix >= 16)."""
+    data = special_values(rng, (n, npix), ["subnormal", "smallest normal", "signed zero"])
+    odd = rng.random((n, npix)) < 0.15
+    data[odd] = special_values(rng, odd.sum(), ["nan payload", "inf"])
+    data[:, :4] = special_values(rng, (n, 4), ["subnormal"])
+    data[:, 4:8] = special_values(rng, (n, 4), ["signed zero"])
+    data[:, 8] = np.array([0x80000000] * 6 + [0] * (n - 6), np.uint32).view(np.float32)
+    data[:, 9] = special_values(rng, n, ["nan payload"])
+    k = min(6, n)
+    data[:k, 10:16] = rng.normal(1.0, 0.1, (k, 6)).astype(np.float32)
+    return data
+
+
+def special_scales(rng, n, kind):
+    """Scale factors: all one; mixed (y keeps subnormals); tiny (y subnormal in float64)."""
+    if kind == "one":
+        return np.ones(n)
+    if kind == "mixed":
+        return rng.choice([1.0, 0.5, 3.0, 1.0 / 3.0, 2.0**-30], n)
+    return rng.choice([1e-300, 2.0**-1000, 5e-324 * 2**40], n)

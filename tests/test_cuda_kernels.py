@@ -2,6 +2,9 @@
 
 - compile gate: nvcc builds every kernel for sm_80 and sm_90, warnings as errors, no FMA,
   and no kernel spills registers;
+- CuPy's compile: NVRTC 12 and 13 (loaded with ctypes) build every kernel with the option
+  list CuPy's RawModule really uses, ``-ftz=true`` included, and the PTX and the sm_80 /
+  sm_90 machine code (``cuobjdump -sass``) hold no flush-to-zero instruction;
 - CPU execution: the same .cu sources, built with g++ through kernels/cuda_shim.h, give
   bit for bit the numba backend's results (and a plain-Python transcription of
   docs/kernel-contract.md, kept here as a third opinion), on fixed cases and under
@@ -23,6 +26,7 @@ from pathlib import Path
 
 import cuda_harness as harness
 import numpy as np
+import nvrtc_harness
 import pytest
 from astropy.io import fits
 from hypothesis import HealthCheck, given, settings
@@ -209,6 +213,7 @@ def nvcc_resources(source: str, tmp_path: Path) -> dict:
         "-gencode=arch=compute_90,code=sm_90",
         "--fmad=false",
         "-std=c++17",
+        "-ftz=true",  # as CuPy compiles (gpuflat.backends._cuda.cupy_nvrtc_options)
         "-Werror",
         "all-warnings",
         "-Xptxas",
@@ -256,6 +261,93 @@ def test_sources_are_standalone():
 
     assert "--fmad=false" in COMPILE_OPTIONS
     assert _kernel_source("combine.cu") == (ROOT / "kernels" / "combine.cu").read_text()
+
+
+# -- CuPy's compile: NVRTC with CuPy's options, machine code without flush-to-zero ----------
+
+ARCHS = ("sm_80", "sm_90")
+NVRTC_MAJORS = (12, 13)
+_FTZ_PTX = re.compile(r"\.ftz\b")
+_FTZ_SASS = re.compile(r"\.FTZ\b")
+
+
+def _nvrtc(major):
+    libs = nvrtc_harness.nvrtc_libraries()
+    if major not in libs:
+        found = ", ".join(f"{v.version} at {v.path}" for v in libs.values()) or "none"
+        pytest.skip(
+            f"NVRTC {major} not found (found: {found}); pip install "
+            + ("nvidia-cuda-nvrtc-cu12" if major == 12 else "nvidia-cuda-nvrtc")
+        )
+    return libs[major]
+
+
+def _cupy_build(major, source, arch, ftz="-ftz=true"):
+    from gpuflat.backends._cuda import cupy_nvrtc_options
+
+    _nvrtc(major)
+    options = tuple(o if o != "-ftz=true" else ftz for o in cupy_nvrtc_options(arch))
+    assert options.count(ftz) == 1
+    return nvrtc_harness.compile_kernel_file(major, source, options)
+
+
+def _sass(cubin):
+    why = nvrtc_harness.sass_tools_missing()
+    if why:
+        pytest.skip(why)
+    return nvrtc_harness.sass(cubin)
+
+
+def _listing(lines, pattern, limit=8):
+    hits = [ln for ln in lines if pattern.search(ln)]
+    return len(hits), "\n".join(hits[:limit])
+
+
+@pytest.mark.parametrize("major", NVRTC_MAJORS)
+@pytest.mark.parametrize("source", KERNEL_FILES)
+def test_cupy_compile_ptx_has_no_ftz(major, source):
+    """PTX as CuPy builds it (-ftz=true last): no instruction flushes subnormals."""
+    for arch in ARCHS:
+        ptx, _ = _cupy_build(major, source, arch)
+        n, some = _listing(nvrtc_harness.ptx_instructions(ptx), _FTZ_PTX)
+        assert n == 0, f"NVRTC {major} {source} {arch}: {n} PTX instructions with .ftz:\n{some}"
+
+
+@pytest.mark.parametrize("major", NVRTC_MAJORS)
+@pytest.mark.parametrize("source", KERNEL_FILES)
+def test_cupy_compile_sass_has_no_ftz(major, source):
+    """Machine code as CuPy builds it: no .FTZ instruction on sm_80 or sm_90, and on sm_90
+    exactly the instructions of a -ftz=false build (the flag changes nothing)."""
+    for arch in ARCHS:
+        _, cubin = _cupy_build(major, source, arch)
+        code = nvrtc_harness.instructions(_sass(cubin))
+        assert len(code) > 20, f"no SASS read back for {source} {arch}"
+        n, some = _listing(code, _FTZ_SASS)
+        assert n == 0, f"NVRTC {major} {source} {arch}: {n} SASS instructions with .FTZ:\n{some}"
+    _, plain = _cupy_build(major, source, "sm_90", ftz="-ftz=false")
+    assert nvrtc_harness.instructions(_sass(plain)) == code, f"-ftz=true changes {source}"
+
+
+_FTZ_CONTROL = """
+extern "C" __global__ void widen(const float *x, double *y, float *z) {
+  y[threadIdx.x] = (double)x[threadIdx.x];
+  z[threadIdx.x] = x[threadIdx.x] * 3.0f;
+}
+"""
+
+
+def test_cupy_compile_ftz_detector_sees_flushes():
+    """Negative control: plain (double)x and float arithmetic under CuPy's options do flush,
+    and both checks above see it (so their passing is not vacuous)."""
+    from gpuflat.backends._cuda import cupy_nvrtc_options
+
+    libs = nvrtc_harness.nvrtc_libraries()
+    if not libs:
+        pytest.skip("NVRTC not found; pip install nvidia-cuda-nvrtc-cu12 or nvidia-cuda-nvrtc")
+    nv = libs[max(libs)]
+    ptx, cubin = nv.compile(_FTZ_CONTROL, cupy_nvrtc_options("sm_90"), "control.cu")
+    assert _listing(nvrtc_harness.ptx_instructions(ptx), _FTZ_PTX)[0] >= 2, ptx
+    assert _listing(nvrtc_harness.instructions(_sass(cubin)), _FTZ_SASS)[0] >= 2
 
 
 # -- CPU execution: combine ------------------------------------------------------------------
@@ -349,6 +441,25 @@ def test_combine_wide_band_all_kernels():
     check_combine(data, None, scale, None, KernelParams(), kernels=kernels, reference=False)
 
 
+@pytest.mark.parametrize("name", PARAMS)
+@pytest.mark.parametrize("scale_kind", ["one", "mixed", "tiny"])
+def test_combine_subnormals_signed_zeros_nan_payloads(name, scale_kind):
+    """Subnormal inputs (and subnormal scaled values), +0/-0 ties, NaNs with payloads:
+    bit for bit the numba backend, and the survivors' rejected counts too."""
+    rng = np.random.default_rng(len(name) * 31 + len(scale_kind))
+    n = 11
+    data = harness.special_band(rng, n, 64)
+    scale = harness.special_scales(rng, n, scale_kind)
+    mask = (rng.random(data.shape) < 0.05).astype(np.uint8)
+    weight = rng.uniform(0.5, 2.0, n) if scale_kind == "mixed" else None
+    want = check_combine(data, mask, scale, weight, PARAMS[name], reference=False)
+    # the transcription of the contract agrees by value; by bits it may not, on one point:
+    # both backends' V-walk gives MAD = -0.0 where S[q] = -0.0 and med = +0.0 (the contract
+    # says |S[q] - med|, +0.0), so a median combine's uncertainty can be -0.0 there
+    for g, w in zip(contract_combine(data, mask, scale, weight, PARAMS[name]), want, strict=True):
+        np.testing.assert_array_equal(g, w)
+
+
 SIGMAS = st.sampled_from([0.0, 0.5, 1.0, 2.0, 3.0, 5.0, float("inf")])
 
 
@@ -426,7 +537,9 @@ def assert_same_float(a, b):
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (1, 2), (3, 5), (64, 64), (101, 203)])
-@pytest.mark.parametrize("kind", ["normal", "ties", "negative", "nan", "masked", "empty", "wide"])
+@pytest.mark.parametrize(
+    "kind", ["normal", "ties", "negative", "nan", "masked", "empty", "wide", "special"]
+)
 def test_frame_level(shape, kind):
     rng = np.random.default_rng(shape[0] * 7 + len(kind))
     frame = rng.normal(1000.0, 50.0, shape)
@@ -449,6 +562,10 @@ def test_frame_level(shape, kind):
             1, 1.1, shape
         )
     frame = frame.astype(np.float32)
+    if kind == "special":  # subnormals, signed zeros, NaN payloads: the mean keeps subnormals
+        frame = harness.special_values(
+            rng, shape, ["subnormal", "smallest normal", "signed zero", "nan payload"]
+        )
     assert_same_float(harness.frame_level(frame, mask, "mean"), numba_level(frame, mask, "mean"))
     # the median is compared by value: when it is zero, which of +0.0 / -0.0 numba's
     # np.partition returns depends on the data's order (a zero level is an error anyway)
@@ -497,7 +614,21 @@ def _fits_pair(raw, bscale, bzero):
 )
 @pytest.mark.parametrize(
     ("bscale", "bzero"),
-    [(1, 0), (1, 32768), (1, 2**31), (2.5, 100), (0.1, -3.3), (1, 1.5), (1e-3, 0), (-1, 0)],
+    [
+        (1, 0),
+        (1, 32768),
+        (1, 2**31),
+        (2.5, 100),
+        (0.1, -3.3),
+        (1, 1.5),
+        (1e-3, 0),
+        (-1, 0),
+        # subnormal float32 results (and a subnormal float32 BSCALE / BZERO)
+        (1e-42, 0),
+        (3e-41, 0),
+        (1e-40, 1e-39),
+        (0.5, -7e-40),
+    ],
 )
 def test_convert_matches_astropy(dtype, bitpix, bscale, bzero):
     rng = np.random.default_rng(abs(bitpix))
@@ -506,8 +637,9 @@ def test_convert_matches_astropy(dtype, bitpix, bscale, bzero):
         raw = rng.integers(info.min, info.max, 5000, endpoint=True).astype(dtype)
         raw[:4] = [info.min, info.max, 0, -1]
     else:
-        raw = (rng.normal(0, 1e4, 5000) * rng.choice([1, 1e-30, 1e30], 5000)).astype(dtype)
+        raw = (rng.normal(0, 1e4, 5000) * rng.choice([1, 1e-30, 1e30, 1e-42], 5000)).astype(dtype)
         raw[:6] = [0.0, -0.0, np.nan, np.inf, -np.inf, 1e-40]
+        raw[6:12] = [1.4e-45, -1.4e-45, 1.1754942e-38, -5e-39, 2.0**-126, 3e-39]
     raw_be, want = _fits_pair(raw, bscale, bzero)
     assert raw_be.dtype.itemsize == abs(bitpix) // 8
     got = harness.convert(raw_be, bitpix, bscale, bzero)

@@ -12,6 +12,7 @@ CuPy is imported lazily: importing this module never needs it.
 
 from __future__ import annotations
 
+import functools
 from importlib import resources
 from pathlib import Path
 
@@ -21,6 +22,18 @@ from ._params import KernelParams
 
 #: nvcc/NVRTC options: no fused multiply-add, or results drift from the numba backend.
 COMPILE_OPTIONS = ("--fmad=false", "-std=c++17")
+#: What CuPy's RawModule puts after COMPILE_OPTIONS on every compile (CuPy 13 and 14, NVRTC
+#: backend; cupy/cuda/compiler.py and cupy/_core/core.pyx): ``-ftz=true``, the target
+#: ``-arch=sm_XX`` and ``--device-as-default-execution-space`` (before them, ``-I`` paths to
+#: its own headers, which the kernels do not include). NVRTC takes the last ``-ftz``, so a
+#: ``-ftz=false`` of ours could not undo it: the kernels are written so that flushing
+#: subnormals cannot change a result (inline PTX without ``.ftz``, kernels/combine.cu
+#: ``gf_widen``), and tests/test_cuda_kernels.py checks the machine code that
+#: :func:`cupy_nvrtc_options` gives.
+CUPY_FTZ = "-ftz=true"
+CUPY_TRAILING_OPTIONS = ("--device-as-default-execution-space",)
+#: A kernel that :func:`available` compiles to find out whether NVRTC works here.
+_PROBE_SOURCE = 'extern "C" __global__ void gpuflat_probe(double *x) { x[0] = 1.0; }\n'
 BLOCK = 128  # threads per block
 CHUNK_BYTES = 64 << 20  # input bytes per chunk and slot
 LEVEL_COPIES = 32  # GF_COPIES in level.cu
@@ -38,18 +51,64 @@ def _kernel_source(name: str) -> str:
     return (Path(__file__).resolve().parents[2] / "kernels" / name).read_text(encoding="utf-8")
 
 
+def cupy_nvrtc_options(arch: str) -> tuple[str, ...]:
+    """The NVRTC options CuPy's RawModule compiles the kernels with for ``arch``
+    (``"sm_90"``), include paths left out: COMPILE_OPTIONS, then CuPy's own."""
+    return (*COMPILE_OPTIONS, CUPY_FTZ, f"-arch={arch}", *CUPY_TRAILING_OPTIONS)
+
+
+_INSTALL_HINT = (
+    "install gpuflat[cuda12] (CUDA 12 driver) or gpuflat[cuda13] (CUDA 13 driver), which bring "
+    "CuPy, NVRTC and the CUDA runtime headers from PyPI"
+)
+
+
+@functools.cache
 def available() -> tuple[bool, str]:
-    """Whether the CUDA backend can run here; the reason when it cannot."""
+    """Whether the CUDA backend can run here; when it cannot, what exactly is missing.
+
+    Checked in order: CuPy imports; an NVIDIA driver is there; it sees a CUDA device;
+    NVRTC loads and compiles a tiny kernel with the backend's options (CuPy needs the CUDA
+    runtime headers for that too) and the driver loads it. The answer is computed once per
+    process.
+    """
     try:
         import cupy
     except ImportError as exc:
-        return False, f"CuPy is not installed ({exc}); install gpuflat[cuda12] or [cuda13]"
+        return False, f"CuPy is not installed ({exc}); {_INSTALL_HINT}"
+    except Exception as exc:  # a broken installation (two CuPy packages, missing libraries)
+        return False, f"CuPy failed to import ({type(exc).__name__}: {exc})"
+    runtime = cupy.cuda.runtime
     try:
-        if not cupy.cuda.is_available():
-            return False, "CuPy found no usable CUDA device"
-    except Exception as exc:  # a broken driver or runtime raises here
-        return False, f"CUDA is not usable: {exc}"
-    return True, "CUDA device available"
+        driver = runtime.driverGetVersion()
+    except Exception as exc:
+        return False, f"no NVIDIA driver: CuPy cannot load libcuda ({type(exc).__name__}: {exc})"
+    if driver == 0:
+        return False, "no NVIDIA driver is installed (the CUDA driver version is 0)"
+    try:
+        devices = runtime.getDeviceCount()
+    except Exception as exc:  # cudaErrorNoDevice, cudaErrorInsufficientDriver, ...
+        return False, f"no usable CUDA device ({type(exc).__name__}: {exc})"
+    if devices == 0:
+        return False, "no CUDA device: the NVIDIA driver sees none"
+    try:
+        nvrtc = ".".join(map(str, cupy.cuda.nvrtc.getVersion()))
+    except Exception as exc:
+        return False, f"NVRTC is missing: CuPy cannot load it ({type(exc).__name__}: {exc}); " + (
+            _INSTALL_HINT
+        )
+    try:
+        module = cupy.RawModule(code=_PROBE_SOURCE, options=COMPILE_OPTIONS)
+        module.get_function("gpuflat_probe")
+    except Exception as exc:
+        return False, (
+            f"CuPy cannot compile a kernel with NVRTC {nvrtc} ({type(exc).__name__}: "
+            f"{str(exc).strip()[:500]}); {_INSTALL_HINT}"
+        )
+    return True, (
+        f"CUDA available: {devices} device(s), driver {driver // 1000}.{driver % 1000 // 10}, "
+        f"NVRTC {nvrtc}, CuPy {cupy.__version__}"
+    )
 
 
 def combine_kernel(n: int) -> str:
