@@ -11,6 +11,7 @@ import math
 import numba as nb
 import numpy as np
 
+from . import _numba_median
 from ._numba_fast import FAST_L, NROWS_F, fast_block, fast_eligible
 from ._params import KernelParams
 
@@ -916,7 +917,7 @@ def _combine_parallel(
         rc = parts[c] if rej.size > 0 else rej
         p1 = min(npix, (c + 1) * _CHUNK)
         if fast:
-            T = np.empty((n, FAST_L), np.float64)
+            T = np.empty((max(n, 16), FAST_L), np.float64)
             Y = np.empty((n, FAST_L), np.float64)
             F = np.empty((NROWS_F, FAST_L), np.float64)
             bad = np.empty(FAST_L, np.float64)
@@ -1118,6 +1119,10 @@ def _frame_median(frame, mask):
     has_mask = mask is not None
     m = np.ascontiguousarray(mask != 0).view(np.uint8).ravel() if has_mask else _NO_MASK.ravel()
     nparts = nb.get_num_threads()
+    if bits.size >= _numba_median.MIN_SIZE:
+        found = _numba_median.select(bits.view(np.float32), m, has_mask, nparts)
+        if found is not None:
+            return found
     none = np.empty(0, np.uint32)
     high = _median_hist(bits, m, has_mask, nparts, True, none)[0]
     k = int(high.sum())

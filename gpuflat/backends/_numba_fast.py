@@ -21,6 +21,8 @@ path (``_numba._combine_pixels``, the literal transcription of docs/kernel-contr
 - survivors: after one iteration the kept sorted positions are those with
   ``not (S[q] < lo or S[q] > hi)``, so a frame survives exactly when
   ``not (y < lo) and not (y > hi)`` (a NaN bound clips nothing, as in the contract);
+- a lane where nothing survives (zero-width bounds between the two middle values) gets
+  NaN as the per-pixel path writes it;
 - sums in frame order; a non-survivor adds ``+0.0``, which leaves a sum that started at
   ``+0.0`` unchanged bit for bit;
 - when a lane clips something and the contract asks for more (a median of the survivors,
@@ -41,6 +43,7 @@ _PF = 1024  # prefetch distance, in pixels (per frame row)
 _BIG = 1e300
 MAD_TO_STD = 1.482602218505602
 _INF = np.inf
+_NAN = np.nan
 # float lane rows of F
 _MED, _D1, _D2, _LO, _HI, _SY, _K, _MEAN, _SS, _SWY, _SW = range(11)
 NROWS_F = 11
@@ -88,6 +91,115 @@ def fast_eligible(params, n) -> bool:
         and params.dev == 0
         and params.maxiters != 0
     )
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _cx(a, b):
+    """Compare-exchange: (min, max), each one of the inputs (a select LLVM emits as
+    vminpd/vmaxpd)."""
+    return (a if a < b else b), (b if a < b else a)
+
+
+@nb.njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _sort16(T):
+    """Sort rows 0-15 of ``T`` on every lane in registers: Green's 60-comparator network
+    (10 layers). Rows past n hold +inf, which every comparator leaves in place, so the
+    network sorts the first n rows for any n <= 16."""
+    for lane in range(FAST_L):
+        x0, x1, x2, x3, x4, x5, x6, x7, x8, x9, x10, x11, x12, x13, x14, x15 = (
+            T[0, lane],
+            T[1, lane],
+            T[2, lane],
+            T[3, lane],
+            T[4, lane],
+            T[5, lane],
+            T[6, lane],
+            T[7, lane],
+            T[8, lane],
+            T[9, lane],
+            T[10, lane],
+            T[11, lane],
+            T[12, lane],
+            T[13, lane],
+            T[14, lane],
+            T[15, lane],
+        )
+        x0, x13 = _cx(x0, x13)
+        x1, x12 = _cx(x1, x12)
+        x2, x15 = _cx(x2, x15)
+        x3, x14 = _cx(x3, x14)
+        x4, x8 = _cx(x4, x8)
+        x5, x6 = _cx(x5, x6)
+        x7, x11 = _cx(x7, x11)
+        x9, x10 = _cx(x9, x10)
+        x0, x5 = _cx(x0, x5)
+        x1, x7 = _cx(x1, x7)
+        x2, x9 = _cx(x2, x9)
+        x3, x4 = _cx(x3, x4)
+        x6, x13 = _cx(x6, x13)
+        x8, x14 = _cx(x8, x14)
+        x10, x15 = _cx(x10, x15)
+        x11, x12 = _cx(x11, x12)
+        x0, x1 = _cx(x0, x1)
+        x2, x3 = _cx(x2, x3)
+        x4, x5 = _cx(x4, x5)
+        x6, x8 = _cx(x6, x8)
+        x7, x9 = _cx(x7, x9)
+        x10, x11 = _cx(x10, x11)
+        x12, x13 = _cx(x12, x13)
+        x14, x15 = _cx(x14, x15)
+        x0, x2 = _cx(x0, x2)
+        x1, x3 = _cx(x1, x3)
+        x4, x10 = _cx(x4, x10)
+        x5, x11 = _cx(x5, x11)
+        x6, x7 = _cx(x6, x7)
+        x8, x9 = _cx(x8, x9)
+        x12, x14 = _cx(x12, x14)
+        x13, x15 = _cx(x13, x15)
+        x1, x2 = _cx(x1, x2)
+        x3, x12 = _cx(x3, x12)
+        x4, x6 = _cx(x4, x6)
+        x5, x7 = _cx(x5, x7)
+        x8, x10 = _cx(x8, x10)
+        x9, x11 = _cx(x9, x11)
+        x13, x14 = _cx(x13, x14)
+        x1, x4 = _cx(x1, x4)
+        x2, x6 = _cx(x2, x6)
+        x5, x8 = _cx(x5, x8)
+        x7, x10 = _cx(x7, x10)
+        x9, x13 = _cx(x9, x13)
+        x11, x14 = _cx(x11, x14)
+        x2, x4 = _cx(x2, x4)
+        x3, x6 = _cx(x3, x6)
+        x9, x12 = _cx(x9, x12)
+        x11, x13 = _cx(x11, x13)
+        x3, x5 = _cx(x3, x5)
+        x6, x8 = _cx(x6, x8)
+        x7, x9 = _cx(x7, x9)
+        x10, x12 = _cx(x10, x12)
+        x3, x4 = _cx(x3, x4)
+        x5, x6 = _cx(x5, x6)
+        x7, x8 = _cx(x7, x8)
+        x9, x10 = _cx(x9, x10)
+        x11, x12 = _cx(x11, x12)
+        x6, x7 = _cx(x6, x7)
+        x8, x9 = _cx(x8, x9)
+        T[0, lane] = x0
+        T[1, lane] = x1
+        T[2, lane] = x2
+        T[3, lane] = x3
+        T[4, lane] = x4
+        T[5, lane] = x5
+        T[6, lane] = x6
+        T[7, lane] = x7
+        T[8, lane] = x8
+        T[9, lane] = x9
+        T[10, lane] = x10
+        T[11, lane] = x11
+        T[12, lane] = x12
+        T[13, lane] = x13
+        T[14, lane] = x14
+        T[15, lane] = x15
 
 
 @nb.njit(cache=True, nogil=True, error_model="numpy", inline="always")
@@ -140,6 +252,8 @@ def fast_block(
     method = prm[11]
     check_range = (min_value > -_INF) | (max_value < _INF)
     pf = min(p0 + _PF, npix - FAST_L)
+    # unsigned indices: no wraparound selects, so the lane loops load and store vectors
+    pu = np.uint64(p0)
     # 1-2: values, and the lanes this path cannot vouch for
     for lane in range(FAST_L):
         bad[lane] = 0.0
@@ -148,7 +262,7 @@ def fast_block(
         for k in range(0, FAST_L, 16):
             _prefetch(data, i, pf + k)
         for lane in range(FAST_L):
-            x = np.float64(data[i, p0 + lane])
+            x = np.float64(data[i, pu + np.uint64(lane)])
             y = x * s
             T[i, lane] = y
             Y[i, lane] = y
@@ -156,14 +270,19 @@ def fast_block(
             bad[lane] = bad[lane] if (ay > 0.0) & (ay <= _BIG) else 1.0
         if check_range:
             for lane in range(FAST_L):
-                x = np.float64(data[i, p0 + lane])
+                x = np.float64(data[i, pu + np.uint64(lane)])
                 bad[lane] = bad[lane] if (x >= min_value) & (x <= max_value) else 1.0
         if has_mask:
             _prefetch(mask, i, pf)
             for lane in range(FAST_L):
-                bad[lane] = bad[lane] if mask[i, p0 + lane] == 0 else 1.0
+                bad[lane] = bad[lane] if mask[i, pu + np.uint64(lane)] == 0 else 1.0
     # 3: sort each lane's values
-    for c in range(net.shape[1]):
+    if n <= 16:
+        for i in range(n, 16):
+            for lane in range(FAST_L):
+                T[i, lane] = _INF  # a lane with NaN may have moved its values here
+        _sort16(T)
+    for c in range(0 if n <= 16 else net.shape[1]):
         i = net[0, c]
         j = net[1, c]
         for lane in range(FAST_L):
@@ -203,23 +322,28 @@ def fast_block(
     # 6: combine the survivors
     if method == 1:
         for lane in range(FAST_L):
-            p = p0 + lane
+            p = pu + np.uint64(lane)
             image[p] = F[_MED, lane]
             uncert[p] = MAD_TO_STD * F[_D1, lane] / np.sqrt(n)
             count[p] = n
     else:
         _sums(Y, F, n, weight, has_weight, nclip > 0)
         for lane in range(FAST_L):
-            p = p0 + lane
+            p = pu + np.uint64(lane)
             k = F[_K, lane]
             sd = np.sqrt(F[_SS, lane] / k)
             if method == 0:
-                image[p] = F[_SWY, lane] / F[_SW, lane] if has_weight else F[_MEAN, lane]
-                uncert[p] = sd / np.sqrt(k)
+                img = F[_SWY, lane] / F[_SW, lane] if has_weight else F[_MEAN, lane]
+                unc = sd / np.sqrt(k)
             else:
-                image[p] = F[_SWY, lane] if has_weight else F[_SY, lane]
-                uncert[p] = sd * np.sqrt(k)
-            count[p] = np.int32(k)
+                img = F[_SWY, lane] if has_weight else F[_SY, lane]
+                unc = sd * np.sqrt(k)
+            # nothing survives (zero-width bounds between two middle values): NaN, as the
+            # per-pixel path writes it
+            kept = np.int32(k)
+            image[p] = img if kept > 0 else _NAN
+            uncert[p] = unc if kept > 0 else _NAN
+            count[p] = kept
     # 7: rejected samples per frame, over the lanes this path handled
     if rej.size > 0 and nclip > 0:
         for i in range(n):
