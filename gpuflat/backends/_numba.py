@@ -11,6 +11,8 @@ import math
 import numba as nb
 import numpy as np
 
+from . import _numba_median
+from ._numba_fast import FAST_L, NROWS_F, fast_block, fast_eligible
 from ._params import KernelParams
 
 MAD_TO_STD = 1.482602218505602
@@ -900,21 +902,49 @@ def _combine_block(
 
 @nb.njit(cache=True, nogil=True, parallel=True)
 def _combine_parallel(
-    data, mask, has_mask, scale, weight, has_weight, prm, srt, mrg, image, uncert, count, rej
-):
-    """``rej`` (int64 [n], or empty for none): rejected samples per frame are added to it."""
+    data, mask, has_mask, scale, weight, has_weight, prm, srt, mrg, fast, image, uncert, count,
+    rej,
+):  # fmt: skip
+    """``rej`` (int64 [n], or empty for none): rejected samples per frame are added to it.
+
+    ``fast``: the parameters are the fast path's (``_numba_fast``); its full blocks go
+    there, with the lanes it cannot vouch for and the partial blocks per pixel."""
     n, npix = data.shape
     nchunks = (npix + _CHUNK - 1) // _CHUNK
     # per-chunk rejection counts, summed after the parallel loop
     parts = np.zeros((nchunks if rej.size > 0 else 0, n), np.int64)
     for c in nb.prange(nchunks):
         rc = parts[c] if rej.size > 0 else rej
+        p1 = min(npix, (c + 1) * _CHUNK)
+        if fast:
+            T = np.empty((max(n, 16), FAST_L), np.float64)
+            Y = np.empty((n, FAST_L), np.float64)
+            F = np.empty((NROWS_F, FAST_L), np.float64)
+            bad = np.empty(FAST_L, np.float64)
+            for p0 in range(c * _CHUNK, p1, FAST_L):
+                if p1 - p0 < FAST_L:
+                    _combine_pixels(
+                        data, mask, has_mask, scale, weight, has_weight, prm, p0, p1, image,
+                        uncert, count, rc,
+                    )  # fmt: skip
+                    continue
+                nbad = fast_block(
+                    data, mask, has_mask, scale, weight, has_weight, prm, srt, p0, T, Y, F,
+                    bad, image, uncert, count, rc,
+                )  # fmt: skip
+                if nbad > 0:
+                    for lane in range(FAST_L):
+                        if bad[lane] != 0.0:
+                            _combine_pixels(
+                                data, mask, has_mask, scale, weight, has_weight, prm,
+                                p0 + lane, p0 + lane + 1, image, uncert, count, rc,
+                            )  # fmt: skip
+            continue
         # the straight-line networks sort 16 rows: the rows past n stay +inf
         tl = np.empty((3, 16 if n <= 16 else n, _L), np.float64)
         tl[_TS, n:, :] = _INF
         il = np.empty((10, _L), np.int64)
         fl = np.empty((10, _L), np.float64)
-        p1 = min(npix, (c + 1) * _CHUNK)
         for p0 in range(c * _CHUNK, p1, _L):
             _combine_block(
                 data,
@@ -984,6 +1014,7 @@ def combine_band(data, mask, scale, weight, params: KernelParams, out=None, reje
         _as_tuple(params),
         srt,
         mrg,
+        fast_eligible(params, data.shape[0]),
         image,
         uncert,
         count,
@@ -1088,6 +1119,10 @@ def _frame_median(frame, mask):
     has_mask = mask is not None
     m = np.ascontiguousarray(mask != 0).view(np.uint8).ravel() if has_mask else _NO_MASK.ravel()
     nparts = nb.get_num_threads()
+    if bits.size >= _numba_median.MIN_SIZE:
+        found = _numba_median.select(bits.view(np.float32), m, has_mask, nparts)
+        if found is not None:
+            return found
     none = np.empty(0, np.uint32)
     high = _median_hist(bits, m, has_mask, nparts, True, none)[0]
     k = int(high.sum())

@@ -1,0 +1,132 @@
+"""Exact frame median by a sampled bracket: one pass over the frame instead of two.
+
+A strided sample of the usable values gives a value bracket ``[lo, hi]`` around the
+median rank. One parallel pass counts the usable values (finite, unmasked), those below
+``lo``, and histograms the values inside the bracket by their order-preserving float32
+key (``key(hi) - key(lo)`` is small for any frame whose noise is not wild, and only a few
+percent of the values fall inside, so the increments are few). When both middle ranks
+fall inside the bracket they are read off the histogram exactly; otherwise (an unlucky
+sample, a very wide key span) ``select`` returns None and the caller uses the radix
+selection, so the result is always the exact median.
+"""
+
+from __future__ import annotations
+
+import numba as nb
+import numpy as np
+
+SAMPLE = 1 << 16  # sample size on large frames
+MIN_SIZE = 1 << 18  # smaller frames: the radix selection is fast enough
+MAX_SPAN = 1 << 17  # histogram bins (keys inside the bracket)
+_SUB = 4096  # values per counting sub-block (in L1 for the histogram pass)
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _key(bits):
+    """The float32 bit pattern as an unsigned key in the order of the values."""
+    return bits ^ np.uint32(0xFFFFFFFF) if bits >> 31 else bits | np.uint32(0x80000000)
+
+
+@nb.njit(cache=True, nogil=True, error_model="numpy")
+def _bracket_part(a, bits, mask, has_mask, p0, p1, lo, hi, klo, h, buf):
+    """Values ``[p0, p1)``: (usable, usable below ``lo``); the keys in ``[lo, hi]`` (finite
+    bounds, so those values are finite) are counted into ``h[key - klo]``."""
+    inf = np.float32(np.inf)
+    usable = 0
+    below = 0
+    for b0 in range(p0, p1, _SUB):
+        b1 = min(p1, b0 + _SUB)
+        inb = 0
+        if has_mask:
+            for p in range(b0, b1):
+                x = a[p]
+                ok = (abs(x) < inf) & (mask[p] == 0)
+                usable += 1 if ok else 0
+                below += 1 if ok & (x < lo) else 0
+                inb += 1 if ok & (x >= lo) & (x <= hi) else 0
+        else:
+            for p in range(b0, b1):
+                x = a[p]
+                usable += 1 if abs(x) < inf else 0
+                below += 1 if (x < lo) & (abs(x) < inf) else 0
+                inb += 1 if (x >= lo) & (x <= hi) else 0
+        if inb == 0:
+            continue
+        # branch-free compaction of the bracket's keys (a branch on a value that is
+        # inside a few percent of the time, at random, costs far more)
+        c = 0
+        if has_mask:
+            for p in range(b0, b1):
+                x = a[p]
+                buf[c] = bits[p]
+                c += 1 if (x >= lo) & (x <= hi) & (mask[p] == 0) else 0
+        else:
+            for p in range(b0, b1):
+                x = a[p]
+                buf[c] = bits[p]
+                c += 1 if (x >= lo) & (x <= hi) else 0
+        for q in range(c):
+            h[_key(buf[q]) - klo] += 1
+    return usable, below
+
+
+@nb.njit(cache=True, nogil=True, parallel=True)
+def _bracket_pass(a, bits, mask, has_mask, nparts, lo, hi, klo, span):
+    """(usable values, usable values below ``lo``, histogram of the bracket's keys)."""
+    npix = a.size
+    counts = np.zeros((nparts, 2), np.int64)
+    hist = np.zeros((nparts, span), np.int32)
+    step = (npix + nparts - 1) // nparts
+    for t in nb.prange(nparts):
+        buf = np.empty(_SUB, np.uint32)
+        usable, below = _bracket_part(
+            a, bits, mask, has_mask, t * step, min(npix, (t + 1) * step), lo, hi, klo,
+            hist[t], buf,
+        )  # fmt: skip
+        counts[t, 0] = usable
+        counts[t, 1] = below
+    return counts.sum(axis=0), hist.sum(axis=0)
+
+
+def _value(key):
+    raw = key ^ 0x80000000 if key >> 31 else key ^ 0xFFFFFFFF
+    return float(np.array(raw, np.uint32).view(np.float32))
+
+
+def select(a, m, has_mask, nparts, sample=SAMPLE):
+    """The exact median of the usable values of the flat float32 ``a`` (``m``: uint8 mask,
+    1 = masked) from a sampled bracket, or None when the bracket missed (use the radix
+    selection then)."""
+    npix = a.size
+    step = max(1, npix // sample)
+    idx = np.arange(step // 2, npix, step)
+    s = a[idx]
+    good = np.isfinite(s)
+    if has_mask:
+        good &= m[idx] == 0
+    s = s[good]
+    if s.size < 64:
+        return None
+    # the middle rank of the sample +- 4.5 standard deviations of a sample quantile
+    j = s.size // 2
+    w = int(4.5 * 0.5 * np.sqrt(s.size)) + 8
+    ja, jb = max(0, j - w), min(s.size - 1, j + w)
+    part = np.partition(s, (ja, jb))
+    lo, hi = part[ja], part[jb]
+    bits = a.view(np.uint32)
+    klo = int(_key(np.float32(lo).view(np.uint32)))
+    khi = int(_key(np.float32(hi).view(np.uint32)))
+    span = khi - klo + 1
+    if span > MAX_SPAN:
+        return None
+    (usable, below), hist = _bracket_pass(
+        a, bits, m, has_mask, nparts, np.float32(lo), np.float32(hi), np.uint32(klo), span
+    )
+    if usable == 0:
+        return None
+    r1, r2 = (usable - 1) // 2 - below, usable // 2 - below
+    cum = np.cumsum(hist)
+    if r1 < 0 or r2 >= cum[-1]:
+        return None
+    v1, v2 = (_value(klo + int(np.searchsorted(cum, r, side="right"))) for r in (r1, r2))
+    return (v1 + v2) * 0.5
