@@ -5,6 +5,7 @@
 >>> result.image, result.uncertainty, result.count, result.mask, result.scales  # doctest: +SKIP
 """
 
+from ._calibrate import Calibration
 from ._config import CombineConfig
 from ._mosaic import MosaicResult
 from ._pipeline import CombineResult
@@ -13,6 +14,7 @@ from .api import combine, combine_mosaic
 from .errors import (
     BackendUnavailableError,
     BadLevelError,
+    CalibrationError,
     FrameReadError,
     GpuflatError,
     NoFramesError,
@@ -22,6 +24,8 @@ from .errors import (
 __all__ = [
     "BackendUnavailableError",
     "BadLevelError",
+    "Calibration",
+    "CalibrationError",
     "CombineConfig",
     "CombineResult",
     "FrameReadError",

@@ -217,6 +217,8 @@ class MosaicResult:
     primary_header: fits.Header = field(repr=False)
     config: CombineConfig = field(repr=False)
     backend: str = "cpu"
+    #: the calibration applied (:meth:`gpuflat.Calibration.describe`; empty for none)
+    calibration: dict = field(default_factory=dict, repr=False)
 
     def __getitem__(self, label: str) -> CombineResult:
         return self.extensions[label]
@@ -227,6 +229,7 @@ class MosaicResult:
             **self.config.describe(),
             "scale_per": self.scale_per,
             "ext": ",".join(self.extensions),
+            **self.calibration,
         }
 
     @classmethod
@@ -286,6 +289,7 @@ def combine_mosaic_files(
     want_levels=(),
     progress=None,
     on_extension=None,
+    calibration=None,
 ) -> MosaicResult:
     """Combine the matched image extensions of ``paths`` one after the other.
 
@@ -293,7 +297,9 @@ def combine_mosaic_files(
     None, a 2-D array applied to every extension, or a mapping label -> 2-D array (an
     extension missing from it gets none); ``extension_lists``: the files' extensions when
     already known (the CLI has read them while selecting); ``progress(done, total)`` is
-    called after each extension, ``on_extension(label)`` before it.
+    called after each extension, ``on_extension(label)`` before it; ``calibration``: a
+    :class:`gpuflat.Calibration` applied to every extension's frames (each extension with
+    calibrators of its own: its masters' HDUs, its sections).
     """
     paths = [Path(p) for p in paths]
     if not paths:
@@ -306,20 +312,34 @@ def combine_mosaic_files(
     scales = levels = None
     ext_config = config
     results = {}
+    calibrate = calibration is not None and calibration.active
     with ExitStack() as stack:
         files = [stack.enter_context(closing(FitsFile(p))) for p in paths]  # once per pass
         if scale_per == "exposure" and (
             callable(config.scale) or config.scale in ("median", "mean")
         ):
-            levels, scales = _exposure_scales(files, plan, labels, masks, config, backend)
+            calibrators = None
+            if calibrate:
+                calibrators = [calibration.calibrator() for _ in plan]
+                for c in calibrators:
+                    stack.callback(c.close)
+            levels, scales = _exposure_scales(
+                files, plan, labels, masks, config, backend, calibrators
+            )
             ext_config = dataclasses.replace(config, scale=tuple(scales))
         for done, ((_key, indices, _shape), label) in enumerate(zip(plan, labels, strict=True)):
             if on_extension is not None:
                 on_extension(label)
             frames = [file.frame(index) for file, index in zip(files, indices, strict=True)]
-            result = combine_frames(
-                frames, ext_config, backend, bad_pixel_mask=masks[label], want_levels=want_levels
-            )
+            calibrator = calibration.calibrator() if calibrate else None
+            try:
+                result = combine_frames(
+                    frames, ext_config, backend, bad_pixel_mask=masks[label],
+                    want_levels=want_levels, calibrator=calibrator,
+                )  # fmt: skip
+            finally:
+                if calibrator is not None:
+                    calibrator.close()
             if levels is not None:
                 result.levels = {"exposure": list(levels), **result.levels}
             results[label] = result
@@ -337,6 +357,7 @@ def combine_mosaic_files(
         primary_header=primary_header,
         config=config,
         backend=first.backend,
+        calibration=calibration.describe() if calibrate else {},
     )
 
 
@@ -348,13 +369,28 @@ def _mask_for(mask, label):
     return mask
 
 
-def _exposure_scales(files, plan, labels, masks, config, backend):
+def _exposure_scales(files, plan, labels, masks, config, backend, calibrators=None):
     """One level per exposure over the union of its selected extensions (see the module
-    docstring); returns (levels, scales = 1/level, or the callable's factor)."""
-    sizes = [shape[0] * shape[1] for _, _, shape in plan]
+    docstring); returns (levels, scales = 1/level, or the callable's factor).
+    ``calibrators``: one per extension, the exposures' extensions then read calibrated."""
+
+    def frame(i, k):
+        f = files[i].frame(plan[k][1][i])
+        return f if calibrators is None else calibrators[k].wrap(f)
+
+    shapes = [shape for _, _, shape in plan]
+    calib_bytes = 0
+    if calibrators is not None:  # the calibrated (trimmed) shapes; one chunk of 64 rows
+        shapes = [frame(0, k).shape for k in range(len(plan))]
+        for c in calibrators:
+            c.rows = 64
+            per_row, fixed = c.memory()
+            calib_bytes = max(calib_bytes, 64 * per_row + fixed)
+    sizes = [shape[0] * shape[1] for shape in shapes]
     total = sum(sizes)
     masked = any(m is not None for m in masks.values())
-    need = total * (4 + (2 if masked else 0))  # float32 union; its mask and a bool copy
+    # float32 union; its mask and a bool copy; a calibrator's buffers
+    need = total * (4 + (2 if masked else 0)) + calib_bytes
     if need > config.mem_limit:
         raise ValueError(
             f"mem_limit={config.mem_limit:.4g} bytes is too small for scale_per='exposure': "
@@ -366,10 +402,14 @@ def _exposure_scales(files, plan, labels, masks, config, backend):
     for i, file in enumerate(files):
         path = file.name
         offset = 0
-        for (_key, indices, shape), label, size in zip(plan, labels, sizes, strict=True):
-            file.frame(indices[i]).read_rows(
-                0, shape[0], union[offset : offset + size].reshape(shape)
-            )
+        for k, (label, size, shape) in enumerate(zip(labels, sizes, shapes, strict=True)):
+            f = frame(i, k)
+            if f.shape != shape:
+                raise ShapeMismatchError(
+                    f"{path}: extension {label} is {f.shape[0]}x{f.shape[1]} calibrated, "
+                    f"in {files[0].name} it is {shape[0]}x{shape[1]}"
+                )
+            f.read_rows(0, shape[0], union[offset : offset + size].reshape(shape))
             m = masks[label]  # a FitsFrame has no mask of its own
             if masked:
                 if m is not None and m.shape != shape:

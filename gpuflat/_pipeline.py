@@ -49,6 +49,9 @@ class CombineResult:
     #: the reader
     timings: dict[str, float] = field(default_factory=dict)
     rejected: np.ndarray | None = None
+    #: the calibration applied to the raw frames (:meth:`gpuflat.Calibration.describe`),
+    #: None when they were combined as read
+    calibration: dict | None = None
 
     @property
     def rejected_fraction(self) -> np.ndarray | None:
@@ -82,14 +85,21 @@ def combine_frames(
     want_levels=(),
     band_combiner=None,
     progress=None,
+    calibrator=None,
 ) -> CombineResult:
     """Combine opened frames (``_frames.FitsFrame`` / ``_frames.ArrayFrame``) band by band.
 
     ``band_combiner(data, mask, scales, weights)`` replaces the backend's kernel (the
-    ccdproc compatibility path uses it); ``progress(done, total)`` is called per band.
+    ccdproc compatibility path uses it); ``progress(done, total)`` is called per band;
+    ``calibrator`` (a :class:`gpuflat._calibrate.Calibrator`, fresh for this call)
+    calibrates every frame as its bands are read, in both passes.
     """
     if not frames:
         raise NoFramesError("no frames to combine")
+    extra = (0, 0)
+    if calibrator is not None:
+        frames = [calibrator.wrap(f) for f in frames]
+        extra = calibrator.memory()
     n = len(frames)
     shape = frames[0].shape
     for f in frames[1:]:
@@ -106,7 +116,12 @@ def combine_frames(
         raise ValueError(f"weights has {len(config.weights)} values for {n} frames")
     masked = bad_pixel_mask is not None or any(f.mask is not None for f in frames)
     itemsize = np.dtype(dtype).itemsize
-    plan = plan_bands(n, shape, itemsize=itemsize, masked=masked, mem_limit=config.mem_limit)
+    plan = plan_bands(
+        n, shape, itemsize=itemsize, masked=masked, mem_limit=config.mem_limit,
+        extra_per_row=extra[0], extra_fixed=extra[1],
+    )  # fmt: skip
+    if calibrator is not None:
+        calibrator.rows = plan.rows  # a frame is calibrated one band-sized chunk at a time
     nrows, cols = shape
     timings = dict.fromkeys(("read", "levels", "combine", "wait"), 0.0)
     clock = time.perf_counter
@@ -224,6 +239,7 @@ def combine_frames(
         plan=plan,
         timings=timings,
         rejected=rejected,
+        calibration=None if calibrator is None else calibrator.cal.describe(),
     )
 
 

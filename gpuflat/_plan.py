@@ -13,6 +13,12 @@ the raw bytes of one frame while it is converted and the median's copy of a mask
 ``frame_pixels * (2 * itemsize + 8 + 1)``. Both passes stay under ``mem_limit``.
 The combined outputs (image, uncertainty, count, mask: one frame each) are not part of the
 limit: they are the size of one frame, whatever the number of frames.
+
+Calibration of raw frames (:mod:`gpuflat._calibrate`) adds its own buffers, counted by the
+caller and passed in: ``extra_per_row`` bytes for each row of a band (its float64 work rows
+of the raw frame, the raw bytes being converted, the master bias and dark rows cached for
+the band...), held in pass 1 too (a whole frame is calibrated one band-sized chunk at a
+time), and ``extra_fixed`` bytes held whatever the band (an overscan strip read whole).
 """
 
 from __future__ import annotations
@@ -34,23 +40,28 @@ class BandPlan:
         return self.nbands == 1
 
 
-def plan_bands(n, shape, *, itemsize, masked, mem_limit) -> BandPlan:
+def plan_bands(
+    n, shape, *, itemsize, masked, mem_limit, extra_per_row=0, extra_fixed=0
+) -> BandPlan:
     """Largest band height whose working memory fits ``mem_limit`` (bytes)."""
     nrows, cols = shape
     per_sample = itemsize + (1 if masked else 0)
-    bytes_per_row = cols * (2 * n * per_sample + 8 + 20)
-    pass1 = nrows * cols * (2 * itemsize + 8 + 1)
-    if pass1 > mem_limit or bytes_per_row > mem_limit:
-        need = max(pass1, bytes_per_row)
+    bytes_per_row = cols * (2 * n * per_sample + 8 + 20) + extra_per_row
+    pass1 = nrows * cols * (2 * itemsize + 8 + 1) + extra_fixed
+    if pass1 + extra_per_row > mem_limit or bytes_per_row + extra_fixed > mem_limit:
+        need = max(pass1 + extra_per_row, bytes_per_row + extra_fixed)
         raise ValueError(
             f"mem_limit={mem_limit:.4g} bytes is too small for {n} frames of {nrows}x{cols}: "
             f"at least {need:.4g} bytes are needed"
         )
     # One band holding everything needs no second buffer and no pass-1 re-read.
-    whole = nrows * cols * (n * per_sample + 8 + 20)
+    whole = nrows * (cols * (n * per_sample + 8 + 20) + extra_per_row) + extra_fixed
     if whole <= mem_limit:
         return BandPlan(nrows, 1, bytes_per_row, pass1)
     # Bands no larger than needed: the two buffers are reused band after band, so a modest
     # size costs nothing in speed and keeps fresh memory (page faults) and cache misses low.
-    rows = min(nrows, int(mem_limit // bytes_per_row), max(1, BAND_TARGET // bytes_per_row))
+    rows = min(nrows, int((mem_limit - extra_fixed) // bytes_per_row))
+    rows = min(rows, max(1, BAND_TARGET // bytes_per_row))
+    if extra_per_row:  # pass 1 holds two whole frames and one chunk of calibration rows
+        rows = min(rows, int((mem_limit - pass1) // extra_per_row))
     return BandPlan(rows, -(-nrows // rows), bytes_per_row, pass1)

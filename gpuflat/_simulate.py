@@ -33,6 +33,8 @@ from astropy.io import fits
 
 from ._atomic import commit
 from ._instrument import (
+    BIAS_LEVEL,
+    DARK_RATE,
     GAIN,
     READ_NOISE,
     _add_stars,
@@ -40,6 +42,7 @@ from ._instrument import (
     _check_shape,
     _detector,
     _expose,
+    _rng,
     _scaled_count,
     detector_defects,
     flat_field_truth,
@@ -61,6 +64,9 @@ _DARK_EXPTIME = 60.0
 _LIGHT_EXPTIME = 120.0
 _READOUT_S = 25.0
 _NIGHT_START = _dt.datetime(2024, 3, 14, 22, 0, 0)
+#: ``raw=True``: columns of the overscan strip, right of the image area
+OVERSCAN_COLS = 32
+_TAG_READOUT = 6  # the stream of the raw readout (bias drift), apart from the night's
 _MJD_ZERO = _dt.datetime(1858, 11, 17)
 
 
@@ -153,6 +159,7 @@ def simulate_night(
     overwrite: bool = False,
     progress: Callable[[int, int], object] | None = None,
     mef: int = 0,
+    raw: bool = False,
 ) -> list[Path]:
     """Write a realistic simulated night of raw CCD frames as FITS files.
 
@@ -185,6 +192,15 @@ def simulate_night(
         its own bias pattern and hot columns and its own gain (:data:`DETECTOR_GAINS`, in
         the extension's ``GAIN``), so the same illumination gives each detector a different
         level in ADU (what ``scale_per='exposure'`` keeps). 0 (default): single images.
+    raw : bool, optional
+        Raw frames as a camera writes them: :data:`OVERSCAN_COLS` overscan columns right of
+        the image area (``BIASSEC``; ``TRIMSEC`` = ``DATASEC`` = the image area), and a bias
+        level that drifts from frame to frame and along the rows, seen by the image area
+        and the overscan alike; plus the noiseless masters that calibrate them,
+        ``master-bias.fits`` (the bias pattern left after the overscan is subtracted) and
+        ``master-dark.fits`` (60 s of dark current and hot columns, bias-free), of the
+        trimmed shape (multi-extension with ``mef``), listed last. The other files are the
+        same as without it, but for the strip and the drift.
 
     Returns
     -------
@@ -232,6 +248,8 @@ def simulate_night(
     rng = np.random.default_rng(seed)
     plans = _plan_night(rng, n_dome, n_twilight)
     paths = [outdir / p.filename for p in plans]
+    masters = [outdir / "master-bias.fits", outdir / "master-dark.fits"] if raw else []
+    paths += masters
     if not overwrite:
         for path in paths:
             if os.path.lexists(path):
@@ -252,8 +270,8 @@ def simulate_night(
     field_peak = np.exp(rng.uniform(np.log(50.0), np.log(30000.0), n_field))
 
     when = _NIGHT_START
-    total = len(plans)
-    for done, (plan, path) in enumerate(zip(plans, paths, strict=True), start=1):
+    total = len(paths)
+    for done, (plan, path) in enumerate(zip(plans, paths, strict=False), start=1):
         images = []
         for det, gain in zip(dets, gains, strict=True):
             signal = None
@@ -276,17 +294,23 @@ def simulate_night(
             data = _expose(
                 rng, det, signal=signal, exptime=plan.exptime, cosmics=n_cosmics, gain=gain
             )
+            if raw:
+                data = _readout(data, seed, done, len(images))
             if out_dtype == np.uint16:
                 np.rint(data, out=data)
                 np.clip(data, 0, 65535, out=data)
                 data = data.astype(np.uint16)
             images.append(data)
         header = _header(plan, when, seed)
+        if raw and not mef:
+            _add_sections(header, ny, nx)
         if mef:
             del header["GAIN"]
             exts = []
             for k, (data, gain) in enumerate(zip(images, gains, strict=True), start=1):
                 ext_header = fits.Header()
+                if raw:
+                    _add_sections(ext_header, ny, nx)
                 ext_header["GAIN"] = (gain, "[e-/adu] gain of this detector")
                 ext_header["BUNIT"] = ("adu", "physical unit of the data")
                 exts.append((f"CCD{k}", data, ext_header))
@@ -296,4 +320,56 @@ def simulate_night(
         when += _dt.timedelta(seconds=plan.exptime + _READOUT_S)
         if progress is not None:
             progress(done, total)
+    for k, path in enumerate(masters):
+        _write_master(path, dets, "dark" if k else "bias", mef, seed)
+        if progress is not None:
+            progress(len(plans) + k + 1, total)
     return paths
+
+
+def _add_sections(header, ny, nx):
+    header["BIASSEC"] = (f"[{nx + 1}:{nx + OVERSCAN_COLS},1:{ny}]", "overscan strip")
+    header["TRIMSEC"] = (f"[1:{nx},1:{ny}]", "image area")
+    header["DATASEC"] = (f"[1:{nx},1:{ny}]", "image area")
+
+
+def _readout(data, seed, index, det_index):
+    """A raw readout of ``data`` (the image area, float32): a bias drift (an offset of the
+    frame and a slow wave along the rows) added to every row, and the overscan strip: the
+    bias level plus that drift and read noise."""
+    rng = _rng(seed, _TAG_READOUT, index, det_index)
+    ny, nx = data.shape
+    rows = np.arange(ny) / ny
+    drift = rng.normal(0.0, 4.0) + 3.0 * np.sin(2 * np.pi * (2 * rows + rng.uniform()))
+    drift = drift.astype(np.float32)
+    out = np.empty((ny, nx + OVERSCAN_COLS), np.float32)
+    out[:, :nx] = data + drift[:, None]
+    noise = rng.standard_normal((ny, OVERSCAN_COLS), dtype=np.float32) * np.float32(READ_NOISE)
+    out[:, nx:] = np.float32(BIAS_LEVEL) + drift[:, None] + noise
+    return out
+
+
+def _write_master(path, dets, kind, mef, seed):
+    """A noiseless master of the trimmed shape: the bias pattern left after the overscan
+    (the bias level) is subtracted, or ``_DARK_EXPTIME`` s of dark current and hot
+    columns; one image, or one extension per detector."""
+    images = []
+    for det in dets:
+        if kind == "bias":
+            images.append(det.bias - np.float32(BIAS_LEVEL))
+            continue
+        dark = np.full(det.bias.shape, DARK_RATE * _DARK_EXPTIME, np.float32)
+        for col, row0, rate in det.hot:
+            dark[row0:, col] += np.float32(rate * _DARK_EXPTIME)
+        images.append(dark)
+    header = fits.Header()
+    header["IMAGETYP"] = ("BIAS" if kind == "bias" else "DARK", "type of image")
+    header["EXPTIME"] = (0.0 if kind == "bias" else _DARK_EXPTIME, "[s] exposure time")
+    header["COMBINED"] = (True, "a master (noiseless, simulated)")
+    header["INSTRUME"] = (INSTRUMENT, "simulated by gpuflat._simulate")
+    header["BUNIT"] = ("adu", "physical unit of the data")
+    header["SIMSEED"] = (seed, "gpuflat simulation seed")
+    if mef:
+        _write_atomic(path, [(f"CCD{k}", d, None) for k, d in enumerate(images, 1)], header)
+    else:
+        _write_atomic(path, images[0], header)

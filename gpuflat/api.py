@@ -10,6 +10,7 @@ from contextlib import ExitStack
 
 import numpy as np
 
+from ._calibrate import Calibration
 from ._config import CombineConfig
 from ._frames import bad_pixel_mask, open_frames
 from ._mosaic import (
@@ -47,6 +48,14 @@ def combine(
     backend: str = "auto",
     progress: Callable[[int, int], None] | None = None,
     ext: str | int | tuple[str, int] | None = None,
+    overscan: str | None = None,
+    overscan_axis: int | None = 1,
+    overscan_model: str = "median",
+    trim: str | None = None,
+    bias: str | os.PathLike | None = None,
+    dark: str | os.PathLike | None = None,
+    exposure_key: str = "EXPTIME",
+    gain: float | str | None = None,
 ) -> CombineResult:
     """Combine flat frames: scale, sigma-clip per pixel across the stack, average.
 
@@ -85,6 +94,16 @@ def combine(
         ``"CCD1,2"`` or ``("CCD1", 2)`` for EXTNAME and EXTVER, or an HDU index. Matched in
         every file by name, not position; a file without it is a ``FrameReadError`` naming
         the file. Default: the first image HDU. :func:`combine_mosaic` combines them all.
+    overscan, overscan_axis, overscan_model, trim, bias, dark, exposure_key, gain
+        Calibrate raw frames as they are read, band by band, before the levels and the
+        combine (nothing is written in between), as ``ccdproc.ccd_process`` does: overscan
+        subtracted (a section such as ``"[2049:2080,:]"``, 1-based and inclusive, columns
+        first, or the header keyword holding it, ``"BIASSEC"``; one value per row with
+        ``overscan_axis=1``, per column with ``0``; ``overscan_model`` ``'median'``,
+        ``'mean'`` or ``'poly:N'``), trimmed (``trim``: a section or ``"TRIMSEC"``), master
+        ``bias`` subtracted, master ``dark`` scaled by ``exposure_key`` (frame / dark) and
+        subtracted, multiplied by ``gain`` (e-/ADU, or a header keyword). See
+        :class:`gpuflat.Calibration`. The result has the trimmed shape.
 
     Returns
     -------
@@ -110,6 +129,10 @@ def combine(
         mem_limit=mem_limit,
         backend=backend,
     )
+    calibration = Calibration(
+        overscan=overscan, overscan_axis=overscan_axis, overscan_model=overscan_model,
+        trim=trim, bias=bias, dark=dark, exposure_key=exposure_key, gain=gain,
+    )  # fmt: skip
     hdu = parse_one_ext(ext)
     if hdu is not None and not _all_paths(inputs):
         raise ValueError("ext selects an HDU of FITS files: every input must then be a path")
@@ -117,7 +140,13 @@ def combine(
     chosen = get_backend(config.backend)
     with ExitStack() as stack:
         frames = open_frames(inputs, stack, hdu=hdu)
-        return combine_frames(frames, config, chosen, bad_pixel_mask=bad_pixels, progress=progress)
+        calibrator = calibration.calibrator()
+        if calibrator is not None:
+            stack.callback(calibrator.close)
+        return combine_frames(
+            frames, config, chosen, bad_pixel_mask=bad_pixels, progress=progress,
+            calibrator=calibrator,
+        )  # fmt: skip
 
 
 def _all_paths(inputs) -> bool:
@@ -148,6 +177,14 @@ def combine_mosaic(
     mem_limit: float = 350e6,
     backend: str = "auto",
     progress: Callable[[int, int], None] | None = None,
+    overscan: str | None = None,
+    overscan_axis: int | None = 1,
+    overscan_model: str = "median",
+    trim: str | None = None,
+    bias: str | os.PathLike | None = None,
+    dark: str | os.PathLike | None = None,
+    exposure_key: str = "EXPTIME",
+    gain: float | str | None = None,
 ) -> MosaicResult:
     """Combine multi-extension (mosaic) flats: every image extension on its own.
 
@@ -182,6 +219,11 @@ def combine_mosaic(
     method, scale, clip, sigma_low, sigma_high, center, dev, maxiters, min_value, \
 max_value, nlow, nhigh, weights, mem_limit, backend
         As in :func:`combine`.
+    overscan, overscan_axis, overscan_model, trim, bias, dark, exposure_key, gain
+        As in :func:`combine`, per extension: a section named by a header keyword is read
+        from each extension's header (or the primary's), and a multi-extension master
+        gives each extension its HDU of the same EXTNAME/EXTVER (a single-image master
+        applies to every extension).
 
     Returns
     -------
@@ -197,6 +239,10 @@ max_value, nlow, nhigh, weights, mem_limit, backend
         weights=None if weights is None else tuple(np.asarray(weights, float).ravel()),
         mem_limit=mem_limit, backend=backend,
     )  # fmt: skip
+    calibration = Calibration(
+        overscan=overscan, overscan_axis=overscan_axis, overscan_model=overscan_model,
+        trim=trim, bias=bias, dark=dark, exposure_key=exposure_key, gain=gain,
+    )  # fmt: skip
     specs = parse_ext_list(ext)
     check_scale_per(scale_per)
     if isinstance(paths, (str, os.PathLike)):
@@ -208,5 +254,5 @@ max_value, nlow, nhigh, weights, mem_limit, backend
     masks = mosaic_mask(mask)
     return combine_mosaic_files(
         list(paths), config, get_backend(config.backend), ext=specs, scale_per=scale_per,
-        mask=masks, progress=progress,
+        mask=masks, progress=progress, calibration=calibration,
     )  # fmt: skip

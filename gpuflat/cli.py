@@ -26,6 +26,8 @@ EXAMPLES = """examples:
   gpuflat run --config farm.toml --workers 8  options from a TOML file, 8 worker processes
   gpuflat inspect night1/                    what run would select and group
   gpuflat simulate demo/night                a realistic night to try it on
+  gpuflat run raw/ --overscan BIASSEC --trim TRIMSEC --bias mbias.fits --dark mdark.fits
+                                             raw frames, calibrated in the stream
 """
 
 
@@ -134,6 +136,48 @@ def _build_parser() -> argparse.ArgumentParser:
         "each exposure by one level over all its selected extensions (keeps the detectors' "
         "relative gains; holds one exposure in memory)",
     )  # fmt: skip
+    cal = run.add_argument_group(
+        "calibration of raw frames (as ccdproc.ccd_process; applied band by band as the "
+        "frames are read, before the levels and the combine: nothing is written in between)"
+    )
+    cal.add_argument(
+        "--overscan", metavar="SECTION|KEY",
+        help="subtract the overscan: a FITS section, 1-based and inclusive, columns first "
+        "(e.g. '[2049:2080,:]'), or the header keyword holding it (BIASSEC)",
+    )  # fmt: skip
+    cal.add_argument(
+        "--overscan-axis", type=_flag(options.overscan_axis, "0, 1 or auto"), metavar="0|1|auto",
+        help="1 (default): one value per row of the strip; 0: one per column; auto: along "
+        "the strip's shorter side",
+    )  # fmt: skip
+    cal.add_argument(
+        "--overscan-model", metavar="median|mean|poly:N",
+        help="each line's median (default) or mean, or a degree-N polynomial fitted to the "
+        "medians along the strip",
+    )  # fmt: skip
+    cal.add_argument(
+        "--trim", metavar="SECTION|KEY",
+        help="keep this part of each frame (a section, or TRIMSEC / DATASEC); the products "
+        "have the trimmed shape",
+    )  # fmt: skip
+    cal.add_argument(
+        "--bias", metavar="FITS",
+        help="subtract this master bias (trimmed shape; a multi-extension master is matched "
+        "by EXTNAME)",
+    )  # fmt: skip
+    cal.add_argument(
+        "--dark", metavar="FITS",
+        help="subtract this master dark scaled by exposure time (frame / dark, from "
+        "--exposure-key)",
+    )  # fmt: skip
+    cal.add_argument(
+        "--exposure-key", metavar="KEY", help="exposure time keyword (default EXPTIME)"
+    )
+    cal.add_argument(
+        "--gain", type=options.number_or_keyword, metavar="KEY|VALUE",
+        help="multiply by the gain (e-/ADU), a number or each frame's header keyword (GAIN), "
+        "after the masters are subtracted",
+    )  # fmt: skip
     qa = run.add_argument_group(
         "frame QA (on by default; the report lists every frame's level and rejected fraction)"
     )
@@ -195,6 +239,12 @@ def _build_parser() -> argparse.ArgumentParser:
         "--mef", type=int, default=0, metavar="K",
         help="write mosaics: a header-only primary HDU and K image extensions CCD1..CCDK, "
         "one per detector, each with its own gain",
+    )  # fmt: skip
+    sim.add_argument(
+        "--raw", action="store_true",
+        help="raw frames: an overscan strip of 32 columns (BIASSEC, TRIMSEC, DATASEC), a "
+        "bias level that varies by frame and row, dark current; plus master-bias.fits and "
+        "master-dark.fits to calibrate them with",
     )  # fmt: skip
     common(sim)
     return parser
@@ -375,7 +425,7 @@ def _simulate(args) -> int:
         raise OptionError(f"--mef {args.mef}: expected a number of extensions >= 0")
     paths = simulate_night(
         args.outdir, shape=(rows, cols), n_dome=args.n_dome, n_twilight=args.n_twilight,
-        dtype=args.dtype, seed=args.seed, overwrite=args.overwrite, mef=args.mef,
+        dtype=args.dtype, seed=args.seed, overwrite=args.overwrite, mef=args.mef, raw=args.raw,
     )  # fmt: skip
     if not args.quiet:
         print(f"wrote {len(paths)} files to {args.outdir}")

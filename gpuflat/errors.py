@@ -29,3 +29,8 @@ class BadLevelError(GpuflatError):
 
 class BackendUnavailableError(GpuflatError):
     """The requested backend cannot run on this machine."""
+
+
+class CalibrationError(GpuflatError):
+    """Raw frames cannot be calibrated as asked: a section outside the frame, a master of
+    another shape, a missing exposure time or gain keyword."""

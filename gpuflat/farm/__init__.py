@@ -101,8 +101,9 @@ def run(options: RunOptions, on_event=None) -> Outcome:
         from . import dask
 
         dask.require(options)  # fails fast without dask, before any work
-    if options.mask and not os.path.isfile(options.mask):
-        raise OptionError(f"--mask {options.mask}: no such file")
+    for flag, path in (("mask", options.mask), ("bias", options.bias), ("dark", options.dark)):
+        if path and not os.path.isfile(path):
+            raise OptionError(f"--{flag} {path}: no such file")
     outdir = Path(options.outdir)
     if outdir.exists() and not outdir.is_dir():
         raise OptionError(f"--outdir {outdir}: not a directory")
@@ -124,7 +125,7 @@ def run(options: RunOptions, on_event=None) -> Outcome:
     report = {
         "gpuflat": __version__,
         "backend": backend.name if backend else f"{config.backend} (chosen by the workers)",
-        "parameters": config.describe(),
+        "parameters": {**config.describe(), **options.calibration.describe()},
         "configuration": options.configuration(),
         "groups": [],
     }

@@ -61,8 +61,10 @@ def run_units(options, work, on_done) -> list[dict]:
     report entries in that order. ``on_done(entry)`` is called as each one completes."""
     from distributed import as_completed
 
-    if options.mask:  # a worker may run elsewhere than the client
-        options = dataclasses.replace(options, mask=os.path.abspath(options.mask))
+    paths = {k: os.path.abspath(getattr(options, k)) for k in ("mask", "bias", "dark")
+             if getattr(options, k)}  # fmt: skip
+    if paths:  # a worker may run elsewhere than the client
+        options = dataclasses.replace(options, **paths)
     entries: list[dict | None] = [None] * len(work)
     with _client(options) as client:
         futures = {}

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from .._calibrate import Calibration
 from .._config import CombineConfig
 from .._mosaic import parse_ext_list
 from .._qa import QAConfig
@@ -35,6 +37,19 @@ def float_or_none(text: str) -> float | None:
 
 def maxiters(text: str) -> int | None:
     return None if text.lower() in ("none", "0", "converge") else int(text)
+
+
+def overscan_axis(text: str) -> int | None:
+    if text.lower() in ("auto", "none"):
+        return None
+    if text not in ("0", "1"):
+        raise ValueError(f"expected 0, 1 or auto, got {text!r}")
+    return int(text)
+
+
+def number_or_keyword(text: str) -> str:
+    """A gain: a number (e-/ADU) or a header keyword, as text (the calibration parses it)."""
+    return text
 
 
 def positive_int(text: str) -> int:
@@ -56,7 +71,9 @@ _KINDS = {
     "mask": "str", "mem_limit": float, "device": ("auto", "cpu", "cuda"),
     "scale_per": ("extension", "exposure"), "level_range": "pair", "qa_reject_factor": float,
     "no_qa": "bool", "workers": positive_int, "threads_per_worker": positive_int,
-    "scheduler": "str", "verbose": "count", "quiet": "bool",
+    "scheduler": "str", "verbose": "count", "quiet": "bool", "overscan": "str",
+    "overscan_axis": overscan_axis, "overscan_model": "str", "trim": "str", "bias": "str",
+    "dark": "str", "exposure_key": "str", "gain": number_or_keyword,
 }  # fmt: skip
 _EXPECTED = {
     float: "a number",
@@ -64,6 +81,8 @@ _EXPECTED = {
     maxiters: "an integer or 'none'",
     float_or_none: "a number or 'none'",
     positive_int: "an integer >= 1",
+    overscan_axis: "0, 1 or 'auto'",
+    number_or_keyword: "a number or a header keyword",
 }
 
 
@@ -108,8 +127,17 @@ class RunOptions:
     scheduler: str | None = None
     verbose: int = 0
     quiet: bool = False
+    overscan: str | None = None
+    overscan_axis: int | None = 1
+    overscan_model: str = "median"
+    trim: str | None = None
+    bias: str | None = None
+    dark: str | None = None
+    exposure_key: str = "EXPTIME"
+    gain: str | None = None
     # derived, validated values
     combine: CombineConfig = field(init=False, repr=False, compare=False)
+    calibration: Calibration = field(init=False, repr=False, compare=False)
     qa: QAConfig = field(init=False, repr=False, compare=False)
     where_pairs: tuple = field(init=False, repr=False, compare=False)
     group_keys: tuple = field(init=False, repr=False, compare=False)
@@ -128,8 +156,14 @@ class RunOptions:
                 nlow=self.nlow, nhigh=self.nhigh, mem_limit=self.mem_limit, backend=self.device,
             )  # fmt: skip
             qa = QAConfig(level_range=self.level_range, reject_factor=self.qa_reject_factor)
+            calibration = Calibration(
+                overscan=self.overscan, overscan_axis=self.overscan_axis,
+                overscan_model=self.overscan_model, trim=self.trim, bias=self.bias,
+                dark=self.dark, exposure_key=self.exposure_key, gain=self.gain,
+            )  # fmt: skip
         except (ValueError, TypeError) as exc:
             text = str(exc).replace("level_range", "--level-range")
+            text = _CALIBRATION_PARAM.sub(lambda m: "--" + m[1].replace("_", "-"), text)
             raise OptionError(text.replace("reject_factor", "--qa-reject-factor")) from None
         where = []
         for item in self.where:
@@ -147,7 +181,8 @@ class RunOptions:
         if self.workers is not None and self.scheduler:
             raise OptionError("--workers and --scheduler exclude each other: give one")
         for name, value in (
-            ("combine", combine), ("qa", qa), ("where_pairs", tuple(where)),
+            ("combine", combine), ("calibration", calibration), ("qa", qa),
+            ("where_pairs", tuple(where)),
             ("group_keys", keys), ("ext_specs", specs),
         ):  # fmt: skip
             object.__setattr__(self, name, value)
@@ -169,7 +204,11 @@ def _name(f):
 #: options that may not appear in a file, with the reason
 _NOT_IN_FILE = {"config": "a config file cannot name another one", "help": "not an option"}
 #: path-valued options, resolved against the config file's directory
-_PATHS = ("outdir", "report", "mask")
+_PATHS = ("outdir", "report", "mask", "bias", "dark")
+#: the calibration's parameter names at the start of its messages, said as flags
+_CALIBRATION_PARAM = re.compile(
+    r"^(overscan_axis|overscan_model|overscan|trim|bias|dark|exposure_key|gain)\b"
+)
 #: options that choose where the work runs; giving one as a flag drops the file's other
 #: (a farm.toml with ``workers = 8`` still runs with ``--scheduler ADDR``)
 _EXCLUSIVE = ("workers", "scheduler")

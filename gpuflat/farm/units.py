@@ -177,9 +177,16 @@ def combine_group(
                     raise
                 log.warning("%s: skipped (%s)", info.path, exc)
         want = ("median", "mean") if options.plots else ("median",)
+
+        def calibrator():  # a fresh one for every combination of the group, closed with it
+            c = options.calibration.calibrator()
+            if c is not None:
+                stack.callback(c.close)
+            return c
+
         result = combine_frames(
             frames, config, backend, bad_pixel_mask=bad_pixels, want_levels=want,
-            progress=_progress(on_event, group),
+            progress=_progress(on_event, group), calibrator=calibrator(),
         )  # fmt: skip
         timings = dict(result.timings)
         qa_entries = frame_entries(result)
@@ -190,8 +197,9 @@ def combine_group(
             keep = _leave_out(group, left_out, qa_entries)
             frames = [f for f in frames if f.name in keep]
             result = combine_frames(
-                frames, config, backend, bad_pixel_mask=bad_pixels, want_levels=want
-            )
+                frames, config, backend, bad_pixel_mask=bad_pixels, want_levels=want,
+                calibrator=calibrator(),
+            )  # fmt: skip
             timings = {k: v + result.timings[k] for k, v in timings.items()}
             final = {e["file"]: e for e in frame_entries(result)}
             for e in qa_entries:  # the scales of the frames kept, from the final combination
@@ -200,11 +208,13 @@ def combine_group(
         if options.plots and config.scale != "none":
             unscaled_config = dataclasses.replace(config, scale="none")
             unscaled = combine_frames(
-                frames, unscaled_config, backend, bad_pixel_mask=bad_pixels
-            ).image
+                frames, unscaled_config, backend, bad_pixel_mask=bad_pixels,
+                calibrator=calibrator(),
+            ).image  # fmt: skip
     header = header_fn(
         result.header, names=result.names, scales=result.scales,
-        params=config.describe(), backend=result.backend, version=__version__,
+        params={**config.describe(), **(result.calibration or {})}, backend=result.backend,
+        version=__version__,
     )  # fmt: skip
     entry = {
         "frames": qa_entries,
@@ -293,7 +303,7 @@ def mosaic_result(options, group, backend, specs=None, only=None, on_event=None)
         [i.path for i in infos], options.combine, backend, ext=specs,
         scale_per=options.scale_per, mask=mosaic_mask(options.mask),
         extension_lists=[i.extensions for i in infos], want_levels=("median",),
-        progress=_progress(on_event, group),
+        progress=_progress(on_event, group), calibration=options.calibration,
     )  # fmt: skip
 
 
