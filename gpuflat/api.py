@@ -12,15 +12,9 @@ import numpy as np
 
 from ._calibrate import Calibration
 from ._config import CombineConfig
+from ._extensions import check_scale_per, parse_ext_list, parse_one_ext
 from ._frames import bad_pixel_mask, open_frames
-from ._mosaic import (
-    MosaicResult,
-    check_scale_per,
-    combine_mosaic_files,
-    mosaic_mask,
-    parse_ext_list,
-    parse_one_ext,
-)
+from ._mosaic import MosaicResult, combine_mosaic_files, mosaic_mask
 from ._pipeline import CombineResult, combine_frames
 from .backends import get_backend
 

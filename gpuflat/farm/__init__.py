@@ -20,8 +20,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .._extensions import select_extensions
 from .._frames import bad_pixel_mask
-from .._mosaic import select_extensions
 from .._select import expand_inputs, group_frames, is_selected, read_info
 from .._version import __version__
 from ..backends import get_backend

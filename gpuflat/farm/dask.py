@@ -131,7 +131,7 @@ def _extensions_to_split(options, group, target):
         return None
     if target.exists() and not options.overwrite:
         return None  # the plain unit reports it as skipped
-    from .._mosaic import match_extensions
+    from .._extensions import match_extensions
 
     specs = options.ext_specs
     try:

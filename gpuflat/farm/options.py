@@ -20,7 +20,7 @@ from pathlib import Path
 
 from .._calibrate import Calibration
 from .._config import CombineConfig
-from .._mosaic import parse_ext_list
+from .._extensions import parse_ext_list
 from .._qa import QAConfig
 
 

@@ -21,8 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from .. import _qa
+from .._extensions import match_extensions
 from .._frames import bad_pixel_mask, check_readable, open_frames
-from .._mosaic import MosaicResult, combine_mosaic_files, match_extensions, mosaic_mask
+from .._mosaic import MosaicResult, combine_mosaic_files, mosaic_mask
 from .._pipeline import combine_frames
 from .._products import product_header, write_product
 from .._version import __version__

@@ -1,0 +1,254 @@
+"""The argument parser of the ``gpuflat`` command (part of the command line: imported by
+:mod:`gpuflat.cli` only). Options of ``run`` and ``inspect`` have no defaults here: the
+defaults are :class:`gpuflat.farm.RunOptions`', so that flags override a ``--config`` file."""
+
+from __future__ import annotations
+
+import argparse
+
+from ._version import __version__
+from .farm import options
+
+EXAMPLES = """examples:
+  gpuflat run night1/ -o masters/             flats in night1/, one master per filter
+  gpuflat run 'raw/*.fits' --plots --report r.json
+  gpuflat run @flats.txt --group-by FILTER,EXPTIME --method median
+  gpuflat run night1/ --imagetyp 'Flat Field' --where INSTRUME=gpuflat-sim
+  gpuflat run --config farm.toml --workers 8  options from a TOML file, 8 worker processes
+  gpuflat inspect night1/                    what run would select and group
+  gpuflat simulate demo/night                a realistic night to try it on
+  gpuflat run raw/ --overscan BIASSEC --trim TRIMSEC --bias mbias.fits --dark mdark.fits
+                                             raw frames, calibrated in the stream
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gpuflat",
+        description="Combine flat-field frames into master flats (astropy CCD guide method), "
+        "on the GPU when there is one and on the CPU otherwise.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"gpuflat {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def common(p):
+        p.add_argument("-v", "--verbose", action="count", help="more detail (-vv: debug)")
+        p.add_argument("-q", "--quiet", action="store_true", help="only errors")
+
+    def selection(p, inputs_nargs="+"):
+        p.add_argument(
+            "inputs", nargs=inputs_nargs, metavar="INPUT",
+            help="directories, files, globs or @listfiles",
+        )  # fmt: skip
+        p.add_argument("-r", "--recursive", action="store_true", help="descend into subdirectories")
+        p.add_argument(
+            "--imagetyp", action="append", metavar="VALUE",
+            help="select frames whose IMAGETYP is exactly VALUE (any case; repeatable). "
+            "Default: every IMAGETYP containing 'flat'",
+        )  # fmt: skip
+        p.add_argument(
+            "--where", action="append", metavar="KEY=VALUE",
+            help="also require a header value (repeatable)",
+        )  # fmt: skip
+        p.add_argument(
+            "--group-by", metavar="KEY[,KEY]",
+            help="header keys that make a group (default FILTER)",
+        )  # fmt: skip
+        p.add_argument(
+            "--ext", metavar="NAME[,NAME...]",
+            help="multi-extension files: combine only these image extensions, by EXTNAME "
+            "(any case); NAME,N names EXTNAME NAME with EXTVER N. Default: all of them",
+        )  # fmt: skip
+
+    run = sub.add_parser(
+        "run", help="combine the flats, one master per group",
+        argument_default=argparse.SUPPRESS,  # defaults: RunOptions' (flags override --config)
+        description="Select flats by IMAGETYP, group them by filter, scale each frame by "
+        "1/median, sigma-clip per pixel (median centre, MAD width, 5 sigma), average, and "
+        "write one combined_flat_filter_<filter>.fits per group (the guide's names: g'' -> gp, "
+        "anything unsafe in a file name -> _; products carry COMBINED = T).",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    selection(run, inputs_nargs="*")  # INPUTs may come from --config
+    run.add_argument("-o", "--outdir", help="where products go (default: .)")
+    run.add_argument(
+        "--config", metavar="FILE.toml",
+        help="read any option of run from a TOML file (keys named like the long flags, "
+        "hyphens or underscores, e.g. sigma-low = 3 or sigma_low = 3; 'inputs' = [...]; "
+        "paths relative to the file); flags given here override it",
+    )  # fmt: skip
+    run.add_argument("--overwrite", action="store_true", help="replace existing products")
+    run.add_argument(
+        "--compress", action="store_true",
+        help="write the products tile-compressed, losslessly (GZIP_2, no quantisation)",
+    )  # fmt: skip
+    run.add_argument(
+        "--skip-bad", action="store_true", help="leave out unreadable frames with a warning"
+    )
+    run.add_argument(
+        "--plots",
+        action="store_true",
+        help="PNG plots per group (levels, flat, scaled vs unscaled)",
+    )
+    run.add_argument("--report", metavar="FILE.json", help="write a JSON report")
+    eng = run.add_argument_group("combination (defaults follow the astropy CCD guide)")
+    eng.add_argument(
+        "--method", choices=("average", "median", "sum"), help="combine (default average)"
+    )
+    eng.add_argument("--scale", help="median (default), mean, none, or exptime:KEYWORD")
+    eng.add_argument("--clip", choices=("sigma", "none"), help="rejection (default sigma)")
+    eng.add_argument("--sigma-low", type=float, metavar="N")
+    eng.add_argument("--sigma-high", type=float, metavar="N")
+    eng.add_argument(
+        "--center", choices=("median", "mean"), help="clipping centre (default median)"
+    )
+    eng.add_argument("--dev", choices=("mad_std", "std"), help="clipping width (default mad_std)")
+    number = _flag(options.float_or_none, "a number or 'none'")
+    eng.add_argument(
+        "--maxiters", type=_flag(options.maxiters, "an integer or 'none'"), metavar="N",
+        help="clipping passes; 'none' = until nothing changes",
+    )  # fmt: skip
+    eng.add_argument("--min-value", type=number, metavar="ADU", help="reject raw values below")
+    eng.add_argument("--max-value", type=number, metavar="ADU", help="reject raw values above")
+    eng.add_argument("--nlow", type=int, help="reject the N lowest values per pixel")
+    eng.add_argument("--nhigh", type=int, help="reject the N highest values per pixel")
+    eng.add_argument(
+        "--mask", metavar="FITS", help="bad-pixel mask applied to every frame (nonzero = bad)"
+    )
+    eng.add_argument(
+        "--mem-limit", type=float, metavar="BYTES", help="working memory (default 350e6)"
+    )
+    eng.add_argument("--device", choices=("auto", "cpu", "cuda"), help="backend (default auto)")
+    eng.add_argument(
+        "--scale-per", choices=("extension", "exposure"),
+        help="multi-extension files: scale each extension by its own level (default), or "
+        "each exposure by one level over all its selected extensions (keeps the detectors' "
+        "relative gains; holds one exposure in memory)",
+    )  # fmt: skip
+    cal = run.add_argument_group(
+        "calibration of raw frames (as ccdproc.ccd_process; applied band by band as the "
+        "frames are read, before the levels and the combine: nothing is written in between)"
+    )
+    cal.add_argument(
+        "--overscan", metavar="SECTION|KEY",
+        help="subtract the overscan: a FITS section, 1-based and inclusive, columns first "
+        "(e.g. '[2049:2080,:]'), or the header keyword holding it (BIASSEC)",
+    )  # fmt: skip
+    cal.add_argument(
+        "--overscan-axis", type=_flag(options.overscan_axis, "0, 1 or auto"), metavar="0|1|auto",
+        help="1 (default): one value per row of the strip; 0: one per column; auto: along "
+        "the strip's shorter side",
+    )  # fmt: skip
+    cal.add_argument(
+        "--overscan-model", metavar="median|mean|poly:N",
+        help="each line's median (default) or mean, or a degree-N polynomial fitted to the "
+        "medians along the strip",
+    )  # fmt: skip
+    cal.add_argument(
+        "--trim", metavar="SECTION|KEY",
+        help="keep this part of each frame (a section, or TRIMSEC / DATASEC); the products "
+        "have the trimmed shape",
+    )  # fmt: skip
+    cal.add_argument(
+        "--bias", metavar="FITS",
+        help="subtract this master bias (trimmed shape; a multi-extension master is matched "
+        "by EXTNAME)",
+    )  # fmt: skip
+    cal.add_argument(
+        "--dark", metavar="FITS",
+        help="subtract this master dark scaled by exposure time (frame / dark, from "
+        "--exposure-key)",
+    )  # fmt: skip
+    cal.add_argument(
+        "--exposure-key", metavar="KEY", help="exposure time keyword (default EXPTIME)"
+    )
+    cal.add_argument(
+        "--gain", type=options.number_or_keyword, metavar="KEY|VALUE",
+        help="multiply by the gain (e-/ADU), a number or each frame's header keyword (GAIN), "
+        "after the masters are subtracted",
+    )  # fmt: skip
+    qa = run.add_argument_group(
+        "frame QA (on by default; the report lists every frame's level and rejected fraction)"
+    )
+    qa.add_argument(
+        "--level-range", nargs=2, type=float, metavar=("LOW", "HIGH"),
+        help="leave out frames whose median level (raw ADU) is outside [LOW, HIGH]: "
+        "saturated or too faint twilight flats",
+    )  # fmt: skip
+    qa.add_argument(
+        "--qa-reject-factor", type=float, metavar="F",
+        help="leave out frames whose rejected fraction is above 1%%, above F times the "
+        "group's median fraction and above that median + 5 sigma of the group's fractions "
+        "(groups of 3 or more frames; default 10)",
+    )  # fmt: skip
+    qa.add_argument("--no-qa", action="store_true", help="leave no frame out")
+    farm = run.add_argument_group(
+        "farm (needs the 'distributed' extra: pip install 'gpuflat[distributed]')"
+    )
+    farm.add_argument(
+        "--workers", type=_flag(options.positive_int, "an integer >= 1"), metavar="N",
+        help="combine the groups in parallel on a local Dask cluster of N worker processes "
+        "(one per GPU through dask-cuda, where installed, with --device cuda)",
+    )  # fmt: skip
+    farm.add_argument(
+        "--threads-per-worker", type=_flag(options.positive_int, "an integer >= 1"), metavar="N",
+        help="threads of each local worker (default 1)",
+    )  # fmt: skip
+    farm.add_argument(
+        "--scheduler", metavar="ADDRESS",
+        help="send the groups to an existing dask.distributed scheduler (e.g. "
+        "tcp://head:8786); its workers must see the same files",
+    )  # fmt: skip
+    common(run)
+
+    inspect = sub.add_parser(
+        "inspect", help="list the frames found and the groups run would make",
+        argument_default=argparse.SUPPRESS,
+    )  # fmt: skip
+    selection(inspect)
+    inspect.add_argument(
+        "--all", action="store_true", help="also list frames that are not selected"
+    )
+    common(inspect)
+
+    info = sub.add_parser("info", help="version and backends")
+    common(info)
+
+    sim = sub.add_parser("simulate", help="write a realistic simulated night")
+    sim.add_argument("outdir")
+    sim.add_argument("--size", default="512x768", metavar="ROWSxCOLS")
+    sim.add_argument(
+        "--n-dome", type=int, default=5, metavar="N", help="dome flats per filter (g'', r'')"
+    )
+    sim.add_argument("--n-twilight", type=int, default=7, metavar="N", help="twilight flats (V)")
+    sim.add_argument("--dtype", choices=("float32", "uint16"), default="float32")
+    sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument("--overwrite", action="store_true")
+    sim.add_argument(
+        "--mef", type=int, default=0, metavar="K",
+        help="write mosaics: a header-only primary HDU and K image extensions CCD1..CCDK, "
+        "one per detector, each with its own gain",
+    )  # fmt: skip
+    sim.add_argument(
+        "--raw", action="store_true",
+        help="raw frames: an overscan strip of 32 columns (BIASSEC, TRIMSEC, DATASEC), a "
+        "bias level that varies by frame and row, dark current; plus master-bias.fits and "
+        "master-dark.fits to calibrate them with",
+    )  # fmt: skip
+    common(sim)
+    return parser
+
+
+def _flag(convert, expected):
+    """An argparse type from one of the options' text converters."""
+
+    def parse(text):
+        try:
+            return convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+
+    parse.__name__ = convert.__name__
+    return parse
