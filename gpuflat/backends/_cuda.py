@@ -111,6 +111,46 @@ def available() -> tuple[bool, str]:
     )
 
 
+#: the stored dtype of each BITPIX (8 is unsigned bytes, the others big-endian)
+BITPIX_DTYPES = {
+    b: np.dtype(t)
+    for b, t in {8: "u1", 16: ">i2", 32: ">i4", 64: ">i8", -32: ">f4", -64: ">f8"}.items()
+}
+_CONVERT_SUFFIX = {
+    ("u", 1): "u8", ("i", 2): "i16", ("i", 4): "i32", ("i", 8): "i64", ("f", 4): "f32",
+    ("f", 8): "f64",
+}  # fmt: skip
+
+
+def convert_args(dtype, bscale, bzero, blank):
+    """How ``kernels/convert.cu`` turns stored values of ``dtype`` into float32: (kernel,
+    mode, bscale, bzero, has_blank, blank), decided by the rules of
+    ``gpuflat._frames.scale_raw`` (the reference), so that the device gives its values."""
+    dtype = np.dtype(dtype)
+    kind, size = dtype.kind, dtype.itemsize
+    kernel = "gpuflat_convert_" + _CONVERT_SUFFIX[(kind, size)]
+    s, z = 1.0, 0.0
+    if bscale == 1 and bzero == 0:
+        mode = 0
+    elif kind in "iu" and bscale == 1 and bzero == (-128 if size == 1 else 1 << (8 * size - 1)):
+        mode = 1
+    else:
+        single = size == 4 if kind == "f" else size <= 2
+        work = np.float32 if single else np.float64
+        mode = 2 if single else 3
+        if bscale != 1:
+            mode |= 4
+            s = float(work(bscale))
+        if bzero != 0:
+            mode |= 8
+            z = float(work(bzero))
+    has_blank, value = 0, 0
+    # ``blank`` is an int (FitsFrame makes it one); one outside int64 matches no pixel
+    if blank is not None and kind != "f" and -(2**63) <= blank < 2**63:
+        has_blank, value = 1, int(blank)
+    return kernel, mode, s, z, has_blank, value
+
+
 def combine_kernel(n: int) -> str:
     """The combine kernel for a stack of ``n`` frames."""
     for cap in (16, 32, 64):
@@ -379,22 +419,35 @@ class CudaBackend:
                 rejected += h.astype(np.int64)
         return image, uncert, count
 
-    def convert(self, raw: np.ndarray, bitpix: int, bscale: float, bzero: float) -> np.ndarray:
-        """Raw big-endian FITS data bytes -> float32 values, as astropy reads them."""
-        kernel = {16: "i16", 32: "i32", -32: "f32", -64: "f64"}[bitpix]
+    def convert(self, raw: np.ndarray, bitpix: int, bscale, bzero, blank=None) -> np.ndarray:
+        """Raw big-endian FITS data bytes -> float32 values, as ``_frames.scale_raw`` gives
+        them (BITPIX 8: unsigned bytes)."""
+        dtype = BITPIX_DTYPES[bitpix]
         dev = self.device
         stream = dev.stream()
         raw = np.ascontiguousarray(raw).view(np.uint8).reshape(-1)
-        count = raw.size // (abs(bitpix) // 8)
+        count = raw.size // dtype.itemsize
         d_raw = dev.empty(raw.size, np.uint8)
-        dev.upload(d_raw, raw, stream)
         d_out = dev.empty(count, np.float32)
-        args = (d_raw, np.int64(count), np.float64(bscale), np.float64(bzero), d_out)
-        dev.launch("convert.cu", f"gpuflat_convert_{kernel}", _blocks(count), BLOCK, args, stream)
-        out = dev.pinned(count, np.float32)
-        dev.download(out, d_out, stream)
-        dev.synchronize(stream)
+        try:
+            dev.upload(d_raw, raw, stream)
+            _launch_convert(dev, d_raw, d_out, count, (dtype, bscale, bzero, blank), stream)
+            out = dev.pinned(count, np.float32)
+            dev.download(out, d_out, stream)
+        finally:
+            dev.synchronize(stream)
         return np.array(out)
+
+
+def _launch_convert(dev, d_raw, d_out, count: int, fmt, stream) -> None:
+    """Queue the conversion of ``count`` stored values (``fmt``: dtype, bscale, bzero,
+    blank) from device bytes ``d_raw`` into device float32 ``d_out``."""
+    kernel, mode, s, z, has_blank, value = convert_args(*fmt)
+    args = (
+        d_raw, np.int64(count), np.int32(mode), np.float64(s), np.float64(z),
+        np.int32(has_blank), np.int64(value), d_out,
+    )  # fmt: skip
+    dev.launch("convert.cu", kernel, _blocks(count), BLOCK, args, stream)
 
 
 def _drain(slot: _Slot, outputs) -> None:
