@@ -211,6 +211,12 @@ class CupyDevice:
     def synchronize(self, stream) -> None:
         stream.synchronize()
 
+    def free_memory(self) -> int:
+        """Bytes of device memory free for new buffers: the driver's free memory plus what
+        CuPy's pool holds unused."""
+        free, _total = self._cp.cuda.runtime.memGetInfo()
+        return int(free) + int(self._cp.get_default_memory_pool().free_bytes())
+
 
 def device_info() -> dict:
     """Name, memory and versions of the current CUDA device (needs CuPy and a GPU)."""
@@ -264,10 +270,40 @@ class CudaBackend:
     """
 
     name = "cuda"
+    block = BLOCK
+    #: the pipeline may hand stored FITS bytes to :meth:`open_feed` (converted on the device)
+    accepts_raw = True
 
     def __init__(self, device=None, *, chunk_pixels: int | None = None):
         self.device = CupyDevice() if device is None else device
         self.chunk_pixels = chunk_pixels
+
+    # -- the host path (gpuflat/backends/_feed.py) ------------------------------------------
+
+    def open_feed(self, formats, shape, *, rows, masked, pass1, hows=("median",),
+                  device_mem_limit=None):  # fmt: skip
+        """The host path of one combination: slots made once, stored bytes converted on
+        the device, levels measured there, the stack kept there when it fits
+        ``device_mem_limit`` (bytes; None: half the free device memory). A context manager
+        (see :class:`gpuflat.backends._feed.Feed`)."""
+        from ._feed import Feed
+
+        return Feed(self, formats, shape, rows=rows, masked=masked, pass1=pass1, hows=hows,
+                    device_mem_limit=device_mem_limit)  # fmt: skip
+
+    def device_budget(self, limit=None) -> float:
+        """Bytes of device memory one combination may use."""
+        if limit is not None:
+            return float(limit)
+        from ._feed import DEFAULT_DEVICE_SHARE
+
+        return DEFAULT_DEVICE_SHARE * self.device.free_memory()
+
+    kernel_for = staticmethod(combine_kernel)
+
+    def launch_convert(self, d_raw, d_out, count, fmt, stream) -> None:
+        """Queue ``convert.cu`` on ``count`` stored values (``fmt``: a RawFormat)."""
+        _launch_convert(self.device, d_raw, d_out, count, tuple(fmt), stream)
 
     # -- pass 1 ---------------------------------------------------------------------------
 
