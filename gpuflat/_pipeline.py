@@ -117,7 +117,7 @@ def combine_frames(
         and not callable(config.scale)
         and np.dtype(dtype) == np.float32
     )
-    formats = [f.raw_format for f in frames] if fed else []
+    formats = [getattr(f, "raw_format", None) for f in frames] if fed else []
     itemsize = max([np.dtype(dtype).itemsize] + [np.dtype(f.dtype).itemsize for f in formats if f])
     plan = plan_bands(n, shape, itemsize=itemsize, masked=masked, mem_limit=config.mem_limit)
     nrows, cols = shape

@@ -47,6 +47,7 @@ def combine(
     backend: str = "auto",
     progress: Callable[[int, int], None] | None = None,
     ext: str | int | tuple[str, int] | None = None,
+    device_mem_limit: float | None = None,
 ) -> CombineResult:
     """Combine flat frames: scale, sigma-clip per pixel across the stack, average.
 
@@ -80,6 +81,10 @@ def combine(
     backend : {'auto', 'cpu', 'cuda'}
     progress : callable(done, total), optional
         Called after each band.
+    device_mem_limit : float, optional
+        Bytes of GPU memory the CUDA backend may use (default: half the free device
+        memory). When the whole stack fits, it stays on the device between the two passes,
+        so each input byte crosses PCIe once.
     ext : str, int or (str, int), optional
         Which image HDU of FITS inputs to combine: an EXTNAME (``"CCD1"``, any case),
         ``"CCD1,2"`` or ``("CCD1", 2)`` for EXTNAME and EXTVER, or an HDU index. Matched in
@@ -109,6 +114,7 @@ def combine(
         weights=None if weights is None else tuple(np.asarray(weights, float).ravel()),
         mem_limit=mem_limit,
         backend=backend,
+        device_mem_limit=device_mem_limit,
     )
     hdu = parse_one_ext(ext)
     if hdu is not None and not _all_paths(inputs):
@@ -148,6 +154,7 @@ def combine_mosaic(
     mem_limit: float = 350e6,
     backend: str = "auto",
     progress: Callable[[int, int], None] | None = None,
+    device_mem_limit: float | None = None,
 ) -> MosaicResult:
     """Combine multi-extension (mosaic) flats: every image extension on its own.
 
@@ -180,7 +187,7 @@ def combine_mosaic(
     progress : callable(done, total), optional
         Called after each extension.
     method, scale, clip, sigma_low, sigma_high, center, dev, maxiters, min_value, \
-max_value, nlow, nhigh, weights, mem_limit, backend
+max_value, nlow, nhigh, weights, mem_limit, backend, device_mem_limit
         As in :func:`combine`.
 
     Returns
@@ -195,7 +202,7 @@ max_value, nlow, nhigh, weights, mem_limit, backend
         center=center, dev=dev, maxiters=maxiters, min_value=min_value, max_value=max_value,
         nlow=nlow, nhigh=nhigh,
         weights=None if weights is None else tuple(np.asarray(weights, float).ravel()),
-        mem_limit=mem_limit, backend=backend,
+        mem_limit=mem_limit, backend=backend, device_mem_limit=device_mem_limit,
     )  # fmt: skip
     specs = parse_ext_list(ext)
     check_scale_per(scale_per)
