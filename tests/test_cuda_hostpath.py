@@ -23,6 +23,7 @@ from gpuflat._frames import ArrayFrame, open_frames
 from gpuflat._pipeline import combine_frames
 from gpuflat.backends import NumbaBackend
 from gpuflat.backends._cuda import BITPIX_DTYPES, CudaBackend
+from gpuflat.errors import GpuflatError
 
 pytestmark = pytest.mark.skipif(harness.compiler() is None, reason="no host C++ compiler (g++)")
 
@@ -328,3 +329,27 @@ def test_cuda_path_loads_no_numba(tmp_path):
                          timeout=300, check=False)  # fmt: skip
     assert res.returncode == 0, res.stdout + res.stderr
     assert "loaded: []" in res.stdout
+
+
+@pytest.mark.parametrize("budget", ["resident", "streamed"])
+def test_every_synchronisation_is_needed(tmp_path, budget):
+    """Skipping any single synchronisation the host path asks for is caught: a race, work
+    left queued, or a wrong result."""
+    paths = _files(tmp_path, "int16-scaled-blank", n=5)
+    budget = RESIDENT if budget == "resident" else streamed_budget(paths, mem_limit=MEM)
+    kw = {"mem_limit": MEM, "device_mem_limit": budget}
+    want = _combine(paths, NumbaBackend(), **kw)
+    dev = FakeDevice()
+    _identical(_combine(paths, CudaBackend(dev), **kw), want)
+    assert dev.syncs >= 4
+    missed = []
+    for k in range(1, dev.syncs + 1):
+        fake = FakeDevice({k})
+        try:
+            got = _combine(paths, CudaBackend(fake), **kw)
+            fake.assert_idle()
+            _identical(got, want)
+        except (AssertionError, GpuflatError):  # a garbage level is noticed too
+            continue
+        missed.append(k)
+    assert not missed, f"skipping synchronisation(s) {missed} of {dev.syncs} goes unnoticed"

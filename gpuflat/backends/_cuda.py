@@ -7,6 +7,11 @@ All device work goes through a small device object (:class:`CupyDevice` here; th
 substitute a fake whose queued work only runs at synchronisation), so that the ordering
 of copies, launches and synchronisations is tested without a GPU.
 
+The pipeline's production path is :meth:`CudaBackend.open_feed` (``_feed.py``): stored
+FITS bytes converted and measured on the device, the stack kept there between the passes
+when it fits; ``combine_band`` and ``frame_level`` serve other callers (mosaic exposure
+levels, the farm's median level, a ``scale`` callable).
+
 CuPy is imported lazily: importing this module never needs it.
 """
 
