@@ -120,6 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
     eng.add_argument(
         "--mem-limit", type=float, metavar="BYTES", help="working memory (default 350e6)"
     )
+    eng.add_argument(
+        "--device-mem-limit", type=number, metavar="BYTES",
+        help="device memory a GPU combination may use; the stack stays on the GPU between "
+        "the two passes when it fits (default: half the free device memory)",
+    )  # fmt: skip
     eng.add_argument("--device", choices=("auto", "cpu", "cuda"), help="backend (default auto)")
     eng.add_argument(
         "--scale-per", choices=("extension", "exposure"),

@@ -37,6 +37,9 @@ class CombineConfig:
     weights: tuple[float, ...] | None = None
     mem_limit: float = 350e6
     backend: str = "auto"
+    #: bytes of device memory a GPU combination may use (None: half the free device memory);
+    #: the stack stays on the device between the two passes when it fits
+    device_mem_limit: float | None = None
 
     def __post_init__(self):
         _choice("method", self.method, tuple(METHODS))
@@ -75,6 +78,13 @@ class CombineConfig:
             raise ValueError(
                 f"mem_limit must be a positive number of bytes, got {self.mem_limit!r}"
             )
+        if self.device_mem_limit is not None:
+            _number("device_mem_limit", self.device_mem_limit)
+            if not self.device_mem_limit > 0 or math.isinf(self.device_mem_limit):
+                raise ValueError(
+                    "device_mem_limit must be a positive number of bytes or None (half the "
+                    f"free device memory), got {self.device_mem_limit!r}"
+                )
         object.__setattr__(self, "scale", _normalise_scale(self.scale))
         if self.weights is not None:
             object.__setattr__(self, "weights", _positive_vector("weights", self.weights))

@@ -11,6 +11,7 @@ import tempfile
 import warnings
 from collections.abc import Sequence
 from contextlib import ExitStack, suppress
+from typing import NamedTuple
 
 import numpy as np
 from astropy.io import fits
@@ -25,8 +26,20 @@ STRUCTURAL = {
 }  # fmt: skip
 
 
+class RawFormat(NamedTuple):
+    """How a frame's pixels are stored: ``dtype`` (``u1`` or big-endian), BSCALE, BZERO and
+    BLANK (an int, or None); ``scale_raw`` turns them into values."""
+
+    dtype: np.dtype
+    bscale: float
+    bzero: float
+    blank: int | None
+
+
 class ArrayFrame:
     """A frame already in memory: a 2-D array, optionally with a mask and a header."""
+
+    raw_format = None  # no stored bytes to hand over: read_rows gives the values
 
     def __init__(self, data, *, name, mask=None, header=None, unit=None):
         self.data = data
@@ -102,9 +115,13 @@ class FitsFrame:
     """One image HDU of a FITS file. The file is opened once and stays open; uncompressed
     data are read by direct positioned reads of the needed rows (no memory mapping, so the
     resident memory does not grow with the files), compressed data through astropy sections.
-    ``file``: an open :class:`FitsFile` to read through (it is not closed by ``close``)."""
+    ``file``: an open :class:`FitsFile` to read through (it is not closed by ``close``).
+
+    ``raw_format`` (a :class:`RawFormat`, None for compressed data) and ``read_raw_rows``
+    hand the stored bytes over as they are, for a backend that converts them itself."""
 
     mask = None
+    raw_format = None
 
     def __init__(self, path, *, hdu=None, file=None):
         self.name = str(path)
@@ -153,8 +170,9 @@ class FitsFrame:
         )
         self._bzero = header.get("BZERO", 0)
         self._bscale = header.get("BSCALE", 1)
-        self._blank = header.get("BLANK") if bitpix > 0 else None
+        self._blank = _blank(header.get("BLANK")) if bitpix > 0 else None
         self._offset = h.fileinfo()["datLoc"]
+        self.raw_format = RawFormat(self._raw, self._bscale, self._bzero, self._blank)
         _check_whole(h, self._file.size, self.name)
 
     def read_rows(self, r0, r1, out):
@@ -172,10 +190,17 @@ class FitsFrame:
                 ) from None
             return
         raw = np.empty((r1 - r0, self.shape[1]), self._raw)
-        self._fh.seek(self._offset + r0 * self.shape[1] * self._raw.itemsize)
-        if self._fh.readinto(raw) != raw.nbytes:
-            raise FrameReadError(f"{self.name}: short read (file changed or truncated)")
+        self.read_raw_rows(r0, r1, raw.reshape(-1).view(np.uint8))
         scale_raw(raw, out, self._bscale, self._bzero, self._blank)
+
+    def read_raw_rows(self, r0, r1, out):
+        """Read the stored bytes of rows [r0, r1) into the contiguous uint8 buffer ``out``
+        (exactly their size), as they are in the file: no conversion, no copy."""
+        if self._compressed:
+            raise FrameReadError(f"{self.name}: compressed data have no raw rows")
+        self._fh.seek(self._offset + r0 * self.shape[1] * self._raw.itemsize)
+        if self._fh.readinto(out) != out.nbytes:
+            raise FrameReadError(f"{self.name}: short read (file changed or truncated)")
 
     def read_mask_rows(self, r0, r1):
         return None
@@ -183,6 +208,20 @@ class FitsFrame:
     def close(self):
         if self._owned:
             self._file.close()
+
+
+def _blank(value):
+    """BLANK as an int: the standard makes it one; a float with an integral value is taken
+    as that integer and any other value (no stored integer equals it) as no BLANK."""
+    if value is None or isinstance(value, (bool, str)):
+        return None
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return int(value) if value.is_integer() else None
 
 
 def scale_raw(raw, out, bscale, bzero, blank) -> None:

@@ -115,7 +115,20 @@ def combine_frames(
     if config.weights is not None and len(config.weights) != n:
         raise ValueError(f"weights has {len(config.weights)} values for {n} frames")
     masked = bad_pixel_mask is not None or any(f.mask is not None for f in frames)
-    itemsize = np.dtype(dtype).itemsize
+    need = set(want_levels)
+    if isinstance(config.scale, str) and config.scale in ("median", "mean"):
+        need.add(config.scale)
+    pass1 = bool(need) or callable(config.scale)
+    # The backend's host path (stored bytes to the device, converted and measured there):
+    # when it has one, for float32 work and the backend's own kernel and levels.
+    fed = (
+        getattr(backend, "accepts_raw", False)
+        and band_combiner is None
+        and not callable(config.scale)
+        and np.dtype(dtype) == np.float32
+    )
+    formats = [getattr(f, "raw_format", None) for f in frames] if fed else []
+    itemsize = max([np.dtype(dtype).itemsize] + [np.dtype(f.dtype).itemsize for f in formats if f])
     plan = plan_bands(
         n, shape, itemsize=itemsize, masked=masked, mem_limit=config.mem_limit,
         extra_per_row=extra[0], extra_fixed=extra[1],
@@ -136,19 +149,39 @@ def combine_frames(
     log.debug(
         "plan: %d band(s) of %d rows for %d frames of %dx%d", plan.nbands, plan.rows, n, *shape
     )
+    levels = {how: [] for how in sorted(need)}
+    image = np.empty(shape, out_dtype)
+    uncert = np.empty(shape, out_dtype)
+    count = np.empty(shape, np.int32)
+    weights = None if config.weights is None else np.asarray(config.weights, np.float64)
+    params = config.kernel_params(clip_scaled=clip_scaled)
+    bands = [(r, min(nrows, r + plan.rows)) for r in range(0, nrows, plan.rows)]
+    ctx = _Context(frames, bad_pixel_mask, masked, bands, timings, timed, progress)
+    if fed:
+        feed = backend.open_feed(
+            formats, shape, rows=plan.rows, masked=masked, pass1=pass1, hows=tuple(levels),
+            device_mem_limit=config.device_mem_limit,
+        )  # fmt: skip
+        if feed.rows != plan.rows:  # thinner bands, for the device budget
+            ctx.bands = [(r, min(nrows, r + feed.rows)) for r in range(0, nrows, feed.rows)]
+        with feed:
+            rejected = np.zeros(n, np.int64)
+            levels = _fed(ctx, feed, formats, levels, pass1)
+            scales = _scales(config, frames, levels, [])
+            _fed_bands(ctx, feed, formats, scales, weights, params, (image, uncert, count),
+                       rejected, reread=not (feed.resident and pass1))  # fmt: skip
+        log.debug("host path: %s stack, %.4g device bytes",
+                  "resident" if feed.resident else "streamed", feed.device_bytes)  # fmt: skip
+        return _result(frames, image, uncert, count, scales, levels, config, backend, plan,
+                       timings, rejected, calibrator)  # fmt: skip
 
     # Pass 1: frame levels (whole frames), the next frame read while this one is measured.
     # With one band the stack is read once, here.
-    need = set(want_levels)
-    if isinstance(config.scale, str) and config.scale in ("median", "mean"):
-        need.add(config.scale)
     # 1-D buffers so that every band, the last short one too, is a contiguous view (the
     # two band buffers of a banded plan are made after pass 1, whose frames they replace)
     buffers = [np.empty(n * plan.rows * cols, dtype)] if plan.single else []
     stack = buffers[0].reshape(n, nrows, cols) if plan.single else None
-    levels = {how: [] for how in sorted(need)}
     user_scales = []
-    pass1 = bool(need) or callable(config.scale)
     reader = ThreadPoolExecutor(1, thread_name_prefix="gpuflat-reader")
     with reader:
         if pass1:
@@ -176,11 +209,6 @@ def combine_frames(
         scales = _scales(config, frames, levels, user_scales)
 
         # Pass 2: bands, the next band read while this one is combined.
-        image = np.empty(shape, out_dtype)
-        uncert = np.empty(shape, out_dtype)
-        count = np.empty(shape, np.int32)
-        weights = None if config.weights is None else np.asarray(config.weights, np.float64)
-        params = config.kernel_params(clip_scaled=clip_scaled)
         rejected = None
         if band_combiner is None:
             # float64 band outputs, reused band after band
@@ -193,7 +221,6 @@ def combine_frames(
                 return backend.combine_band(d, m, s, w, params, out=out, rejected=rejected)
         else:
             combiner = band_combiner
-        bands = [(r, min(nrows, r + plan.rows)) for r in range(0, nrows, plan.rows)]
 
         def band_view(k):
             r0, r1 = bands[k]
@@ -223,6 +250,12 @@ def combine_frames(
             count[r0:r1] = cnt.reshape(rows, cols)
             if progress is not None:
                 progress(k + 1, len(bands))
+    return _result(frames, image, uncert, count, scales, levels, config, backend, plan, timings,
+                   rejected, calibrator)  # fmt: skip
+
+
+def _result(frames, image, uncert, count, scales, levels, config, backend, plan, timings,
+            rejected, calibrator) -> CombineResult:  # fmt: skip
     first = frames[0]
     return CombineResult(
         image=image,
@@ -241,6 +274,108 @@ def combine_frames(
         rejected=rejected,
         calibration=None if calibrator is None else calibrator.cal.describe(),
     )
+
+
+@dataclass
+class _Context:
+    frames: list
+    bad_pixel_mask: np.ndarray | None
+    masked: bool
+    bands: list
+    timings: dict
+    timed: object
+    progress: object
+
+
+def _stage(ctx, feed, formats, k, i, r0, r1, seg) -> None:
+    """Read frame ``i``'s rows [r0, r1) (stored bytes when it has a raw format, else its
+    float32 values) and its mask rows straight into the feed's pinned staging of slot ``k``."""
+    frame = ctx.frames[i]
+    buf = feed.stage(k, i, r1 - r0, seg)
+    if formats[i] is None:
+        frame.read_rows(r0, r1, buf)
+    else:
+        frame.read_raw_rows(r0, r1, buf)
+    if ctx.masked:
+        m = _frame_mask(frame, ctx.bad_pixel_mask, r0, r1)
+        dst = feed.mask_stage(k, r1 - r0, seg)
+        if m is None:
+            dst[...] = 0
+        else:
+            dst[...] = np.asarray(m, bool).reshape(-1)
+
+
+def _fed(ctx, feed, formats, levels, pass1):
+    """Pass 1 on the backend's host path: each whole frame read into one slot's pinned
+    staging while the other slot's frame is converted and measured on the device."""
+    if not pass1:
+        return levels
+    frames, timings = ctx.frames, ctx.timings
+    n, nrows = len(frames), frames[0].shape[0]
+
+    def read_frame(i):
+        t = time.perf_counter()
+        _stage(ctx, feed, formats, i % 2, i, 0, nrows, 0)
+        timings["read"] += time.perf_counter() - t
+
+    with ThreadPoolExecutor(1, thread_name_prefix="gpuflat-reader") as reader:
+        pending = None
+        try:
+            ctx.timed("levels", feed.acquire, 0)
+            pending = reader.submit(read_frame, 0)
+            for i in range(n):
+                ctx.timed("wait", pending.result)
+                pending = None
+                if i + 1 < n:
+                    ctx.timed("levels", feed.acquire, (i + 1) % 2)
+                    pending = reader.submit(read_frame, i + 1)
+                ctx.timed("levels", feed.measure, i % 2, i)
+        finally:
+            if pending is not None:  # never leave the reader writing into staging
+                pending.cancel() or pending.exception()
+        got = ctx.timed("levels", feed.levels)
+    return {how: got[how] for how in levels}
+
+
+def _fed_bands(ctx, feed, formats, scales, weights, params, outputs, rejected, *, reread):
+    """Pass 2 on the host path: each band read into one slot's staging (unless the stack
+    is resident on the device) while the other slot's band is converted and combined."""
+    frames, bands, timings = ctx.frames, ctx.bands, ctx.timings
+    n = len(frames)
+
+    def read_band(k):
+        t = time.perf_counter()
+        r0, r1 = bands[k]
+        for i in range(n):
+            _stage(ctx, feed, formats, k % 2, i, r0, r1, i)
+        timings["read"] += time.perf_counter() - t
+
+    with ThreadPoolExecutor(1, thread_name_prefix="gpuflat-reader") as reader:
+        pending = None
+        try:
+            if reread:
+                ctx.timed("combine", feed.acquire, 0)
+                pending = reader.submit(read_band, 0)
+            for k, (r0, r1) in enumerate(bands):
+                slot = k % 2
+                if reread:
+                    ctx.timed("wait", pending.result)
+                    pending = None
+                    if k + 1 < len(bands):
+                        ctx.timed("combine", feed.acquire, (k + 1) % 2)
+                        pending = reader.submit(read_band, k + 1)
+                    ctx.timed("combine", feed.load, slot, r0, r1)
+                else:
+                    ctx.timed("combine", feed.acquire, slot)
+                dests = tuple(o[r0:r1] for o in outputs)
+                ctx.timed("combine", feed.combine, slot, r0, r1, scales, weights, params,
+                          dests, rejected)  # fmt: skip
+                if ctx.progress is not None:
+                    ctx.progress(k + 1, len(bands))
+        finally:
+            if pending is not None:
+                pending.cancel() or pending.exception()
+        ctx.timed("combine", feed.finish)
 
 
 def _frame_mask(frame, bad_pixel_mask, r0, r1):

@@ -50,6 +50,7 @@ def combine(
     dark: str | os.PathLike | None = None,
     exposure_key: str = "EXPTIME",
     gain: float | str | None = None,
+    device_mem_limit: float | None = None,
 ) -> CombineResult:
     """Combine flat frames: scale, sigma-clip per pixel across the stack, average.
 
@@ -83,6 +84,10 @@ def combine(
     backend : {'auto', 'cpu', 'cuda'}
     progress : callable(done, total), optional
         Called after each band.
+    device_mem_limit : float, optional
+        Bytes of GPU memory the CUDA backend may use (default: half the free device
+        memory). When the whole stack fits, it stays on the device between the two passes,
+        so each input byte crosses PCIe once.
     ext : str, int or (str, int), optional
         Which image HDU of FITS inputs to combine: an EXTNAME (``"CCD1"``, any case),
         ``"CCD1,2"`` or ``("CCD1", 2)`` for EXTNAME and EXTVER, or an HDU index. Matched in
@@ -122,6 +127,7 @@ def combine(
         weights=None if weights is None else tuple(np.asarray(weights, float).ravel()),
         mem_limit=mem_limit,
         backend=backend,
+        device_mem_limit=device_mem_limit,
     )
     calibration = Calibration(
         overscan=overscan, overscan_axis=overscan_axis, overscan_model=overscan_model,
@@ -179,6 +185,7 @@ def combine_mosaic(
     dark: str | os.PathLike | None = None,
     exposure_key: str = "EXPTIME",
     gain: float | str | None = None,
+    device_mem_limit: float | None = None,
 ) -> MosaicResult:
     """Combine multi-extension (mosaic) flats: every image extension on its own.
 
@@ -211,7 +218,7 @@ def combine_mosaic(
     progress : callable(done, total), optional
         Called after each extension.
     method, scale, clip, sigma_low, sigma_high, center, dev, maxiters, min_value, \
-max_value, nlow, nhigh, weights, mem_limit, backend
+max_value, nlow, nhigh, weights, mem_limit, backend, device_mem_limit
         As in :func:`combine`.
     overscan, overscan_axis, overscan_model, trim, bias, dark, exposure_key, gain
         As in :func:`combine`, per extension: a section named by a header keyword is read
@@ -231,7 +238,7 @@ max_value, nlow, nhigh, weights, mem_limit, backend
         center=center, dev=dev, maxiters=maxiters, min_value=min_value, max_value=max_value,
         nlow=nlow, nhigh=nhigh,
         weights=None if weights is None else tuple(np.asarray(weights, float).ravel()),
-        mem_limit=mem_limit, backend=backend,
+        mem_limit=mem_limit, backend=backend, device_mem_limit=device_mem_limit,
     )  # fmt: skip
     calibration = Calibration(
         overscan=overscan, overscan_axis=overscan_axis, overscan_model=overscan_model,

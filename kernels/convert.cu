@@ -1,22 +1,26 @@
-// convert.cu: raw FITS image bytes (big-endian) -> float32, as astropy.io.fits reads them.
+// convert.cu: raw FITS image bytes (big-endian) -> float32, as gpuflat reads them on the CPU.
 //
-// The value written is the one `astropy.io.fits` gives for `hdu.data.astype(np.float32)`
-// (astropy 6-8, uint=True, no BLANK):
-//   BITPIX 16, BSCALE 1, BZERO 32768: uint16 (pseudo-unsigned), exactly;
-//   BITPIX 16 otherwise:              float32 arithmetic: f = (float)raw;
-//                                     f *= (float)BSCALE if BSCALE != 1;
-//                                     f += (float)BZERO  if BZERO  != 0;
-//   BITPIX 32, BSCALE 1, BZERO 2^31:  uint32 (pseudo-unsigned), rounded to float32;
-//   BITPIX 32 otherwise:              float64 arithmetic (raw * BSCALE, + BZERO, each only
-//                                     when not the identity), rounded to float32;
-//   BITPIX -32:                       float32 arithmetic as for BITPIX 16;
-//   BITPIX -64:                       float64 arithmetic, rounded to float32.
-// Compile without fused multiply-add (--fmad=false), so that raw * BSCALE + BZERO is two
-// roundings, as in NumPy.
+// The value written is exactly what `gpuflat._frames.scale_raw` gives for a float32 output
+// (the values of `astropy.io.fits.getdata`, uint=True): the host decides how, with the same
+// rules (gpuflat/backends/_cuda.py, `convert_args`), and passes it as `mode`:
+//   mode & 3 == 0  direct:   BSCALE 1 and BZERO 0: the stored value rounded once to float32;
+//   mode & 3 == 1  unsigned: the unsigned conventions (BSCALE 1; BZERO -128 for BITPIX 8,
+//                            2**(BITPIX-1) otherwise): stored value + BZERO, an exact
+//                            integer (flip of the top bit), rounded once to float32;
+//   mode & 3 == 2  float32:  8/16-bit integers and BITPIX -32: f = (float)stored;
+//                            f *= BSCALE (mode & 4); f += BZERO (mode & 8), in float32;
+//   mode & 3 == 3  float64:  32/64-bit integers and BITPIX -64: the same in float64, then
+//                            rounded to float32.
+// BSCALE and BZERO arrive already rounded to the working precision (a float32 value passed
+// as a double for mode 2). Integer pixels whose stored value equals `blank` become NaN when
+// `has_blank`. Compile without fused multiply-add (--fmad=false), so that raw * BSCALE +
+// BZERO is two roundings, as in NumPy; float32 arithmetic goes through PTX without .ftz,
+// so subnormals survive CuPy's -ftz=true.
 //
-// Every kernel: (const unsigned char *raw, long long count, double bscale, double bzero,
-//                float *out), one thread per value (any 1-D grid covering count threads);
-// raw holds count big-endian values of the kernel's width.
+// Every kernel: (const unsigned char *raw, long long count, int mode, double bscale,
+//                double bzero, int has_blank, long long blank, float *out),
+// one thread per value (any 1-D grid covering count threads); raw holds count big-endian
+// values of the kernel's width (gpuflat_convert_u8, _i16, _i32, _i64, _f32, _f64).
 
 __device__ __forceinline__ unsigned int gf_be16(const unsigned char *b) {
   return ((unsigned int)b[0] << 8) | (unsigned int)b[1];
@@ -61,67 +65,132 @@ __device__ __forceinline__ float gf_add_f32(float a, float b) {
 #endif
 }
 
-__device__ __forceinline__ float gf_scale_f32(float f, double bscale, double bzero) {
-  if (bscale != 1.0) f = gf_mul_f32(f, gf_narrow(bscale));
-  if (bzero != 0.0) f = gf_add_f32(f, gf_narrow(bzero));
+__device__ __forceinline__ float gf_scale_f32(float f, int mode, double bscale, double bzero) {
+  if (mode & 4) f = gf_mul_f32(f, gf_narrow(bscale));
+  if (mode & 8) f = gf_add_f32(f, gf_narrow(bzero));
   return f;
 }
 
-__device__ __forceinline__ float gf_scale_f64(double d, double bscale, double bzero) {
-  if (bscale != 1.0) d = d * bscale;
-  if (bzero != 0.0) d = d + bzero;
+__device__ __forceinline__ float gf_scale_f64(double d, int mode, double bscale, double bzero) {
+  if (mode & 4) d = d * bscale;
+  if (mode & 8) d = d + bzero;
   return gf_narrow(d);
 }
 
-#define GF_CONVERT_INDEX                                                     \
-  long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x;            \
-  if (e >= count) return;
+// An integer pixel: `v` its stored value, `u` its unsigned-convention value (v + BZERO,
+// exact), `wide` whether u needs 64 bits unsigned.
+__device__ __forceinline__ float gf_from_int(long long v, unsigned long long u, bool wide,
+                                             int mode, double bscale, double bzero,
+                                             int has_blank, long long blank) {
+  if (has_blank && v == blank) return __uint_as_float(0x7fc00000u);
+  switch (mode & 3) {
+    case 0:
+      return (float)v;  // integer -> float32, one rounding; never subnormal
+    case 1:
+      return wide ? (float)u : (float)(long long)u;
+    case 2:
+      return gf_scale_f32((float)v, mode, bscale, bzero);  // (float)v exact: <= 16 bits
+    default:
+      return gf_scale_f64((double)v, mode, bscale, bzero);
+  }
+}
+
+#define GF_CONVERT_ARGS                                                                   \
+  const unsigned char *raw, long long e, int mode, double bscale, double bzero,            \
+      int has_blank, long long blank
+
+__device__ __forceinline__ float gf_convert_u8(GF_CONVERT_ARGS) {
+  unsigned int u = raw[e];
+  long long flipped = (long long)(signed char)(unsigned char)(u ^ 0x80u);  // BZERO -128
+  return gf_from_int((long long)u, (unsigned long long)flipped, false, mode, bscale, bzero,
+                     has_blank, blank);
+}
+
+__device__ __forceinline__ float gf_convert_i16(GF_CONVERT_ARGS) {
+  unsigned int u = gf_be16(raw + 2 * e);
+  long long v = (long long)u - (long long)((u & 0x8000u) << 1);  // two's complement int16
+  return gf_from_int(v, u ^ 0x8000u, false, mode, bscale, bzero, has_blank, blank);
+}
+
+__device__ __forceinline__ float gf_convert_i32(GF_CONVERT_ARGS) {
+  unsigned int u = gf_be32(raw + 4 * e);
+  long long v = (long long)u - ((u & 0x80000000u) ? 4294967296LL : 0LL);
+  return gf_from_int(v, u ^ 0x80000000u, false, mode, bscale, bzero, has_blank, blank);
+}
+
+__device__ __forceinline__ float gf_convert_i64(GF_CONVERT_ARGS) {
+  const unsigned char *b = raw + 8 * e;
+  unsigned long long u = ((unsigned long long)gf_be32(b) << 32) | gf_be32(b + 4);
+  return gf_from_int((long long)u, u ^ 0x8000000000000000ull, true, mode, bscale, bzero,
+                     has_blank, blank);
+}
+
+__device__ __forceinline__ float gf_convert_f32(const unsigned char *raw, long long e, int mode,
+                                              double bscale, double bzero, int, long long) {
+  float f = __uint_as_float(gf_be32(raw + 4 * e));
+  return (mode & 3) == 0 ? f : gf_scale_f32(f, mode, bscale, bzero);
+}
+
+__device__ __forceinline__ float gf_convert_f64(const unsigned char *raw, long long e, int mode,
+                                              double bscale, double bzero, int, long long) {
+  const unsigned char *b = raw + 8 * e;
+  unsigned long long bits = ((unsigned long long)gf_be32(b) << 32) | gf_be32(b + 4);
+  return gf_scale_f64(__longlong_as_double((long long)bits), mode, bscale, bzero);
+}
+
+extern "C" __global__ void gpuflat_convert_u8(const unsigned char *__restrict__ raw,
+                                              long long count, int mode, double bscale,
+                                              double bzero, int has_blank, long long blank,
+                                              float *__restrict__ out) {
+  long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+  if (e < count) out[e] = gf_convert_u8(raw, e, mode, bscale, bzero, has_blank, blank);
+}
 
 extern "C" __global__ void gpuflat_convert_i16(const unsigned char *__restrict__ raw,
-                                               long long count, double bscale, double bzero,
-                                               float *__restrict__ out) {
-  GF_CONVERT_INDEX
-  unsigned int u = gf_be16(raw + 2 * e);
-  if (bscale == 1.0 && bzero == 32768.0) {
-    out[e] = (float)(u ^ 0x8000u);
-  } else {
-    int v = (int)u - (int)((u & 0x8000u) << 1);  // two's complement int16
-    out[e] = gf_scale_f32((float)v, bscale, bzero);
-  }
+                                              long long count, int mode, double bscale,
+                                              double bzero, int has_blank, long long blank,
+                                              float *__restrict__ out) {
+  long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+  if (e < count) out[e] = gf_convert_i16(raw, e, mode, bscale, bzero, has_blank, blank);
 }
 
 extern "C" __global__ void gpuflat_convert_i32(const unsigned char *__restrict__ raw,
-                                               long long count, double bscale, double bzero,
-                                               float *__restrict__ out) {
-  GF_CONVERT_INDEX
-  unsigned int u = gf_be32(raw + 4 * e);
-  if (bscale == 1.0 && bzero == 2147483648.0) {
-    out[e] = (float)(u ^ 0x80000000u);
-  } else {
-    long long v = (long long)u - (long long)((u & 0x80000000u) ? 4294967296LL : 0LL);
-    out[e] = gf_scale_f64((double)v, bscale, bzero);
-  }
+                                              long long count, int mode, double bscale,
+                                              double bzero, int has_blank, long long blank,
+                                              float *__restrict__ out) {
+  long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+  if (e < count) out[e] = gf_convert_i32(raw, e, mode, bscale, bzero, has_blank, blank);
+}
+
+extern "C" __global__ void gpuflat_convert_i64(const unsigned char *__restrict__ raw,
+                                              long long count, int mode, double bscale,
+                                              double bzero, int has_blank, long long blank,
+                                              float *__restrict__ out) {
+  long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+  if (e < count) out[e] = gf_convert_i64(raw, e, mode, bscale, bzero, has_blank, blank);
 }
 
 extern "C" __global__ void gpuflat_convert_f32(const unsigned char *__restrict__ raw,
-                                               long long count, double bscale, double bzero,
-                                               float *__restrict__ out) {
-  GF_CONVERT_INDEX
-  out[e] = gf_scale_f32(__uint_as_float(gf_be32(raw + 4 * e)), bscale, bzero);
+                                              long long count, int mode, double bscale,
+                                              double bzero, int has_blank, long long blank,
+                                              float *__restrict__ out) {
+  long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+  if (e < count) out[e] = gf_convert_f32(raw, e, mode, bscale, bzero, has_blank, blank);
 }
 
 extern "C" __global__ void gpuflat_convert_f64(const unsigned char *__restrict__ raw,
-                                               long long count, double bscale, double bzero,
-                                               float *__restrict__ out) {
-  GF_CONVERT_INDEX
-  const unsigned char *b = raw + 8 * e;
-  unsigned long long bits = ((unsigned long long)gf_be32(b) << 32) | gf_be32(b + 4);
-  out[e] = gf_scale_f64(__longlong_as_double((long long)bits), bscale, bzero);
+                                              long long count, int mode, double bscale,
+                                              double bzero, int has_blank, long long blank,
+                                              float *__restrict__ out) {
+  long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+  if (e < count) out[e] = gf_convert_f64(raw, e, mode, bscale, bzero, has_blank, blank);
 }
 
 #ifdef GPUFLAT_HOST_SHIM
+GPUFLAT_HOST_ENTRY(gpuflat_convert_u8)
 GPUFLAT_HOST_ENTRY(gpuflat_convert_i16)
 GPUFLAT_HOST_ENTRY(gpuflat_convert_i32)
-GPUFLAT_HOST_ENTRY(gpuflat_convert_f64)
+GPUFLAT_HOST_ENTRY(gpuflat_convert_i64)
 GPUFLAT_HOST_ENTRY(gpuflat_convert_f32)
+GPUFLAT_HOST_ENTRY(gpuflat_convert_f64)
 #endif

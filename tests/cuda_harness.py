@@ -62,10 +62,7 @@ SIGNATURES = {
     "gpuflat_level_hist": "PPqiPP",
     "gpuflat_level_select": "PPi",
     "gpuflat_level_rowsum": "PPqqPP",
-    "gpuflat_convert_i16": "PqddP",
-    "gpuflat_convert_i32": "PqddP",
-    "gpuflat_convert_f32": "PqddP",
-    "gpuflat_convert_f64": "PqddP",
+    **{f"gpuflat_convert_{s}": "PqiddiqP" for s in ("u8", "i16", "i32", "i64", "f32", "f64")},
 }
 _CTYPES = {"P": ctypes.c_void_p, "i": ctypes.c_int32, "q": ctypes.c_int64, "d": ctypes.c_double}
 # Positions of the pointer arguments a kernel writes (the rest it only reads).
@@ -75,7 +72,7 @@ WRITES |= {
     "gpuflat_level_select": (0, 1),
     "gpuflat_level_rowsum": (4, 5),
 }
-WRITES |= {name: (4,) for name in SIGNATURES if name.startswith("gpuflat_convert")}
+WRITES |= {name: (7,) for name in SIGNATURES if name.startswith("gpuflat_convert")}
 
 _libs: dict[str, ctypes.CDLL] = {}
 _paths: dict[str, Path] = {}
@@ -204,7 +201,7 @@ def combine_band(
     ``kernel`` forces one of the combine kernels (default: the one the backend picks);
     ``pieces`` splits the pixels over that many launches (exercises ``p0``).
     """
-    from gpuflat.backends._cuda import combine_kernel
+    from gpuflat.backends._kernels import combine_kernel
 
     data = np.ascontiguousarray(data, np.float32)
     n, npix = data.shape
@@ -241,7 +238,7 @@ def combine_band(
 
 def frame_level(frame, mask, how, *, flavour=None) -> float:
     """The level kernels on the CPU, with the CUDA backend's signature."""
-    from gpuflat.backends._cuda import LEVEL_COPIES, median_from_state
+    from gpuflat.backends._kernels import LEVEL_COPIES, median_from_state
 
     frame = np.ascontiguousarray(frame, np.float32)
     mask = None if mask is None else np.ascontiguousarray(mask, np.uint8)
@@ -265,14 +262,21 @@ def frame_level(frame, mask, how, *, flavour=None) -> float:
     return median_from_state(state)
 
 
-def convert(raw, bitpix, bscale, bzero, *, flavour=None) -> np.ndarray:
-    """The convert kernels on the CPU: big-endian FITS bytes -> float32."""
-    kernel = {16: "i16", 32: "i32", -32: "f32", -64: "f64"}[bitpix]
+def convert(raw, bitpix, bscale, bzero, blank=None, *, flavour=None) -> np.ndarray:
+    """The convert kernels on the CPU: big-endian FITS bytes -> float32 (BITPIX 8 is
+    unsigned bytes), decided as the CUDA backend decides (``_kernels.convert_args``)."""
+    from gpuflat.backends._kernels import BITPIX_DTYPES, convert_args
+
+    dtype = BITPIX_DTYPES[bitpix]
     raw = np.ascontiguousarray(raw).view(np.uint8).reshape(-1)
-    count = raw.size // (abs(bitpix) // 8)
+    count = raw.size // dtype.itemsize
     out = np.empty(count, np.float32)
-    args = [ptr(raw), ctypes.c_int64(count), ctypes.c_double(bscale), ctypes.c_double(bzero)]
-    launch(f"gpuflat_convert_{kernel}", _blocks(count), BLOCK, [*args, ptr(out)], flavour)
+    kernel, mode, s, z, has_blank, value = convert_args(dtype, bscale, bzero, blank)
+    args = [
+        ptr(raw), ctypes.c_int64(count), ctypes.c_int32(mode), ctypes.c_double(s),
+        ctypes.c_double(z), ctypes.c_int32(has_blank), ctypes.c_int64(value), ptr(out),
+    ]  # fmt: skip
+    launch(kernel, _blocks(count), BLOCK, args, flavour)
     return out
 
 

@@ -1,7 +1,7 @@
 """Compile gpuflat's kernels the way CuPy does, without CuPy or a GPU, and read the result.
 
 CuPy's ``RawModule`` compiles with NVRTC and appends options of its own after gpuflat's
-(:func:`gpuflat.backends._cuda.cupy_nvrtc_options` lists them). This module loads NVRTC
+(:func:`gpuflat.backends._kernels.cupy_nvrtc_options` lists them). This module loads NVRTC
 with ctypes, compiles a kernel file with exactly that option list to PTX and to a cubin for
 a given ``sm_XX``, and disassembles the cubin with ``cuobjdump -sass`` (which runs
 ``nvdisasm``), so tests can check the machine code a GPU would run.

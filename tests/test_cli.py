@@ -159,6 +159,7 @@ def test_truncated_file_fails_its_group_only(night, tmp_path, capsys):
         (["run", "{night}", "--imagetyp", "nothing"], 1, "no flat frames"),
         (["run", "{night}", "--device", "cuda"], 1, "cuda"),
         (["run", "{night}", "--mem-limit", "1000"], 1, "mem_limit"),
+        (["run", "{night}", "--device-mem-limit", "0"], 2, "device_mem_limit"),
         (["simulate", "{tmp}/sim", "--size", "big"], 2, "--size"),
     ],
 )

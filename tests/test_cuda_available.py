@@ -119,9 +119,11 @@ def test_explicit_cuda_backend_error_names_the_reason(monkeypatch):
 
 
 def test_cupy_options_end_with_cupys_own():
-    opts = _cuda.cupy_nvrtc_options("sm_90")
-    assert opts[: len(_cuda.COMPILE_OPTIONS)] == _cuda.COMPILE_OPTIONS
-    assert opts[len(_cuda.COMPILE_OPTIONS) :] == (
+    from gpuflat.backends import _kernels
+
+    opts = _kernels.cupy_nvrtc_options("sm_90")
+    assert opts[: len(_kernels.COMPILE_OPTIONS)] == _kernels.COMPILE_OPTIONS
+    assert opts[len(_kernels.COMPILE_OPTIONS) :] == (
         "-ftz=true",
         "-arch=sm_90",
         "--device-as-default-execution-space",

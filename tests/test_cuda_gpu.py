@@ -250,3 +250,34 @@ def test_device_info():
 
     info = device_info()
     assert info["name"] and info["memory_bytes"] > 0 and info["cupy_version"]
+
+
+HOST_PATH_FORMATS = {  # bitpix, bscale, bzero, blank
+    "uint16": (16, 1, 32768, None),
+    "int16-scaled-blank": (16, 0.5, 1000.0, -32768),
+    "int32-scaled": (32, 0.25, 5.0, -1),
+    "float32": (-32, 1, 0, None),
+    "float64": (-64, 1, 0, None),
+}
+
+
+@pytest.mark.parametrize("fmt", HOST_PATH_FORMATS)
+@pytest.mark.parametrize("device_mem_limit", [None, 4e6])
+def test_host_path_fits_cuda_matches_cpu(tmp_path, fmt, device_mem_limit):
+    """The host path on the GPU: stored bytes converted and measured on the device, the
+    stack resident (default budget) or streamed in thin bands (4 MB): bit for bit the CPU."""
+    from test_cuda_hostpath import _identical, write_fits
+
+    bitpix, bscale, bzero, blank = HOST_PATH_FORMATS[fmt]
+    stack = _stack(n=11, shape=(401, 333), seed=12)
+    stack = np.nan_to_num(stack, nan=0.0)
+    if bitpix > 0:
+        stack = np.round((np.clip(stack, 0, 15000) - bzero) / bscale)
+        if blank is not None:
+            stack[:, 7, 3:20] = blank
+    paths = [write_fits(tmp_path / f"f{i}.fits", s, bitpix, bscale, bzero, blank)
+             for i, s in enumerate(stack)]  # fmt: skip
+    kw = {"mem_limit": 20e6, "device_mem_limit": device_mem_limit}
+    want = gpuflat.combine(paths, backend="cpu", **kw)
+    got = gpuflat.combine(paths, backend="cuda", **kw)
+    _identical(got, want)

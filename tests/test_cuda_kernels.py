@@ -189,7 +189,7 @@ def check_combine(data, mask, scale, weight, params, *, kernels=None, reference=
 
 
 def harness_default(n):
-    from gpuflat.backends._cuda import combine_kernel
+    from gpuflat.backends._kernels import combine_kernel
 
     return combine_kernel(n)
 
@@ -213,7 +213,7 @@ def nvcc_resources(source: str, tmp_path: Path) -> dict:
         "-gencode=arch=compute_90,code=sm_90",
         "--fmad=false",
         "-std=c++17",
-        "-ftz=true",  # as CuPy compiles (gpuflat.backends._cuda.cupy_nvrtc_options)
+        "-ftz=true",  # as CuPy compiles (gpuflat.backends._kernels.cupy_nvrtc_options)
         "-Werror",
         "all-warnings",
         "-Xptxas",
@@ -257,7 +257,7 @@ def test_sources_are_standalone():
         assert "#include" not in text, source
         assert "fast" not in text.lower().replace("fast-math", "").replace("fast_math", ""), source
         assert text.count("#ifdef GPUFLAT_HOST_SHIM") == 1, source
-    from gpuflat.backends._cuda import COMPILE_OPTIONS, _kernel_source
+    from gpuflat.backends._kernels import COMPILE_OPTIONS, _kernel_source
 
     assert "--fmad=false" in COMPILE_OPTIONS
     assert _kernel_source("combine.cu") == (ROOT / "kernels" / "combine.cu").read_text()
@@ -283,7 +283,7 @@ def _nvrtc(major):
 
 
 def _cupy_build(major, source, arch, ftz="-ftz=true"):
-    from gpuflat.backends._cuda import cupy_nvrtc_options
+    from gpuflat.backends._kernels import cupy_nvrtc_options
 
     _nvrtc(major)
     options = tuple(o if o != "-ftz=true" else ftz for o in cupy_nvrtc_options(arch))
@@ -339,7 +339,7 @@ extern "C" __global__ void widen(const float *x, double *y, float *z) {
 def test_cupy_compile_ftz_detector_sees_flushes():
     """Negative control: plain (double)x and float arithmetic under CuPy's options do flush,
     and both checks above see it (so their passing is not vacuous)."""
-    from gpuflat.backends._cuda import cupy_nvrtc_options
+    from gpuflat.backends._kernels import cupy_nvrtc_options
 
     libs = nvrtc_harness.nvrtc_libraries()
     if not libs:

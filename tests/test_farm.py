@@ -89,6 +89,7 @@ quiet = true
         ('config = "other.toml"', "'config' cannot be set in the file"),
         ("sigma_low = 3\nsigma-low = 4", "'sigma-low' and 'sigma_low' are the same option"),
         ("method = ", "not valid TOML"),
+        ('device-mem-limit = "lots"', "device-mem-limit: expected a number or 'none'"),
     ],
 )
 def test_config_errors_are_one_line(night, tmp_path, capsys, text, words):
@@ -137,3 +138,15 @@ def test_in_process_run_imports_no_dask(night, tmp_path, capsys):
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_device_mem_limit_option(tmp_path):
+    """--device-mem-limit: a flag, a TOML key (a number or 'none'), into CombineConfig."""
+    from gpuflat.farm.options import build_options
+
+    cfg = _toml(tmp_path / "farm.toml", "device_mem_limit = 2e9\n")
+    assert build_options({}, cfg).combine.device_mem_limit == 2e9
+    assert build_options({"device_mem_limit": 5e9}, cfg).combine.device_mem_limit == 5e9
+    assert build_options({}).combine.device_mem_limit is None
+    none = _toml(tmp_path / "none.toml", 'device-mem-limit = "none"\n')
+    assert build_options({}, none).combine.device_mem_limit is None

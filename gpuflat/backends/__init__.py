@@ -1,4 +1,9 @@
-"""Backends: one small protocol (``frame_level``, ``combine_band``), numba and CUDA siblings."""
+"""Backends: one small protocol (``frame_level``, ``combine_band``), numba and CUDA siblings.
+
+A backend may also offer a host path (``accepts_raw = True`` and ``open_feed(...)``, see
+docs/architecture.md, "The host path"): the pipeline then hands it the frames' stored bytes
+and it converts, measures and combines them on its device. The CUDA backend does; the numba
+backend does not (it gets float32 bands from the pipeline's reader)."""
 
 from __future__ import annotations
 

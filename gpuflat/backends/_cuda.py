@@ -7,56 +7,35 @@ All device work goes through a small device object (:class:`CupyDevice` here; th
 substitute a fake whose queued work only runs at synchronisation), so that the ordering
 of copies, launches and synchronisations is tested without a GPU.
 
+The pipeline's production path is :meth:`CudaBackend.open_feed` (``_feed.py``): stored
+FITS bytes converted and measured on the device, the stack kept there between the passes
+when it fits; ``combine_band`` and ``frame_level`` serve other callers (mosaic exposure
+levels, the farm's median level, a ``scale`` callable).
+
 CuPy is imported lazily: importing this module never needs it.
 """
 
 from __future__ import annotations
 
 import functools
-from importlib import resources
-from pathlib import Path
 
 import numpy as np
 
+from ._kernels import (
+    BITPIX_DTYPES,
+    BLOCK,
+    CHUNK_BYTES,
+    COMPILE_OPTIONS,
+    LEVEL_COPIES,
+    _kernel_source,
+    combine_kernel,
+    convert_args,
+    median_from_state,
+)
 from ._params import KernelParams
 
-#: nvcc/NVRTC options: no fused multiply-add, or results drift from the numba backend.
-COMPILE_OPTIONS = ("--fmad=false", "-std=c++17")
-#: What CuPy's RawModule puts after COMPILE_OPTIONS on every compile (CuPy 13 and 14, NVRTC
-#: backend; cupy/cuda/compiler.py and cupy/_core/core.pyx): ``-ftz=true``, the target
-#: ``-arch=sm_XX`` and ``--device-as-default-execution-space`` (before them, ``-I`` paths to
-#: its own headers, which the kernels do not include). NVRTC takes the last ``-ftz``, so a
-#: ``-ftz=false`` of ours could not undo it: the kernels are written so that flushing
-#: subnormals cannot change a result (inline PTX without ``.ftz``, kernels/combine.cu
-#: ``gf_widen``), and tests/test_cuda_kernels.py checks the machine code that
-#: :func:`cupy_nvrtc_options` gives.
-CUPY_FTZ = "-ftz=true"
-CUPY_TRAILING_OPTIONS = ("--device-as-default-execution-space",)
 #: A kernel that :func:`available` compiles to find out whether NVRTC works here.
 _PROBE_SOURCE = 'extern "C" __global__ void gpuflat_probe(double *x) { x[0] = 1.0; }\n'
-BLOCK = 128  # threads per block
-CHUNK_BYTES = 64 << 20  # input bytes per chunk and slot
-LEVEL_COPIES = 32  # GF_COPIES in level.cu
-_KEY_SIGN = np.uint32(0x80000000)
-
-
-def _kernel_source(name: str) -> str:
-    """The text of ``kernels/<name>``: from the installed package, else the repository."""
-    try:
-        path = resources.files("gpuflat.kernels").joinpath(name)
-        if path.is_file():
-            return path.read_text(encoding="utf-8")
-    except ModuleNotFoundError:
-        pass
-    return (Path(__file__).resolve().parents[2] / "kernels" / name).read_text(encoding="utf-8")
-
-
-def cupy_nvrtc_options(arch: str) -> tuple[str, ...]:
-    """The NVRTC options CuPy's RawModule compiles the kernels with for ``arch``
-    (``"sm_90"``), include paths left out: COMPILE_OPTIONS, then CuPy's own."""
-    return (*COMPILE_OPTIONS, CUPY_FTZ, f"-arch={arch}", *CUPY_TRAILING_OPTIONS)
-
-
 _INSTALL_HINT = (
     "install gpuflat[cuda12] (CUDA 12 driver) or gpuflat[cuda13] (CUDA 13 driver), which bring "
     "CuPy, NVRTC and the CUDA runtime headers from PyPI"
@@ -111,14 +90,6 @@ def available() -> tuple[bool, str]:
     )
 
 
-def combine_kernel(n: int) -> str:
-    """The combine kernel for a stack of ``n`` frames."""
-    for cap in (16, 32, 64):
-        if n <= cap:
-            return f"gpuflat_combine_{cap}"
-    return "gpuflat_combine_n"
-
-
 class CupyDevice:
     """Device operations on CuPy: allocation, async copies, launches, synchronisation.
 
@@ -170,6 +141,12 @@ class CupyDevice:
 
     def synchronize(self, stream) -> None:
         stream.synchronize()
+
+    def free_memory(self) -> int:
+        """Bytes of device memory free for new buffers: the driver's free memory plus what
+        CuPy's pool holds unused."""
+        free, _total = self._cp.cuda.runtime.memGetInfo()
+        return int(free) + int(self._cp.get_default_memory_pool().free_bytes())
 
 
 def device_info() -> dict:
@@ -224,10 +201,40 @@ class CudaBackend:
     """
 
     name = "cuda"
+    block = BLOCK
+    #: the pipeline may hand stored FITS bytes to :meth:`open_feed` (converted on the device)
+    accepts_raw = True
 
     def __init__(self, device=None, *, chunk_pixels: int | None = None):
         self.device = CupyDevice() if device is None else device
         self.chunk_pixels = chunk_pixels
+
+    # -- the host path (gpuflat/backends/_feed.py) ------------------------------------------
+
+    def open_feed(self, formats, shape, *, rows, masked, pass1, hows=("median",),
+                  device_mem_limit=None):  # fmt: skip
+        """The host path of one combination: slots made once, stored bytes converted on
+        the device, levels measured there, the stack kept there when it fits
+        ``device_mem_limit`` (bytes; None: half the free device memory). A context manager
+        (see :class:`gpuflat.backends._feed.Feed`)."""
+        from ._feed import Feed
+
+        return Feed(self, formats, shape, rows=rows, masked=masked, pass1=pass1, hows=hows,
+                    device_mem_limit=device_mem_limit)  # fmt: skip
+
+    def device_budget(self, limit=None) -> float:
+        """Bytes of device memory one combination may use."""
+        if limit is not None:
+            return float(limit)
+        from ._feed import DEFAULT_DEVICE_SHARE
+
+        return DEFAULT_DEVICE_SHARE * self.device.free_memory()
+
+    kernel_for = staticmethod(combine_kernel)
+
+    def launch_convert(self, d_raw, d_out, count, fmt, stream) -> None:
+        """Queue ``convert.cu`` on ``count`` stored values (``fmt``: a RawFormat)."""
+        _launch_convert(self.device, d_raw, d_out, count, tuple(fmt), stream)
 
     # -- pass 1 ---------------------------------------------------------------------------
 
@@ -379,22 +386,35 @@ class CudaBackend:
                 rejected += h.astype(np.int64)
         return image, uncert, count
 
-    def convert(self, raw: np.ndarray, bitpix: int, bscale: float, bzero: float) -> np.ndarray:
-        """Raw big-endian FITS data bytes -> float32 values, as astropy reads them."""
-        kernel = {16: "i16", 32: "i32", -32: "f32", -64: "f64"}[bitpix]
+    def convert(self, raw: np.ndarray, bitpix: int, bscale, bzero, blank=None) -> np.ndarray:
+        """Raw big-endian FITS data bytes -> float32 values, as ``_frames.scale_raw`` gives
+        them (BITPIX 8: unsigned bytes)."""
+        dtype = BITPIX_DTYPES[bitpix]
         dev = self.device
         stream = dev.stream()
         raw = np.ascontiguousarray(raw).view(np.uint8).reshape(-1)
-        count = raw.size // (abs(bitpix) // 8)
+        count = raw.size // dtype.itemsize
         d_raw = dev.empty(raw.size, np.uint8)
-        dev.upload(d_raw, raw, stream)
         d_out = dev.empty(count, np.float32)
-        args = (d_raw, np.int64(count), np.float64(bscale), np.float64(bzero), d_out)
-        dev.launch("convert.cu", f"gpuflat_convert_{kernel}", _blocks(count), BLOCK, args, stream)
-        out = dev.pinned(count, np.float32)
-        dev.download(out, d_out, stream)
-        dev.synchronize(stream)
+        try:
+            dev.upload(d_raw, raw, stream)
+            _launch_convert(dev, d_raw, d_out, count, (dtype, bscale, bzero, blank), stream)
+            out = dev.pinned(count, np.float32)
+            dev.download(out, d_out, stream)
+        finally:
+            dev.synchronize(stream)
         return np.array(out)
+
+
+def _launch_convert(dev, d_raw, d_out, count: int, fmt, stream) -> None:
+    """Queue the conversion of ``count`` stored values (``fmt``: dtype, bscale, bzero,
+    blank) from device bytes ``d_raw`` into device float32 ``d_out``."""
+    kernel, mode, s, z, has_blank, value = convert_args(*fmt)
+    args = (
+        d_raw, np.int64(count), np.int32(mode), np.float64(s), np.float64(z),
+        np.int32(has_blank), np.int64(value), d_out,
+    )  # fmt: skip
+    dev.launch("convert.cu", kernel, _blocks(count), BLOCK, args, stream)
 
 
 def _drain(slot: _Slot, outputs) -> None:
@@ -408,16 +428,3 @@ def _drain(slot: _Slot, outputs) -> None:
 
 def _blocks(threads: int) -> int:
     return max(1, (threads + BLOCK - 1) // BLOCK)
-
-
-def _float_of_key(key) -> float:
-    key = np.uint32(key)
-    bits = key & ~_KEY_SIGN if key & _KEY_SIGN else ~key
-    return float(np.array(bits, np.uint32).view(np.float32))
-
-
-def median_from_state(state: np.ndarray) -> float:
-    """The frame median from the radix-select state that ``level.cu`` leaves."""
-    if state[4] == 0:
-        return float("nan")
-    return (_float_of_key(state[0]) + _float_of_key(state[1])) * 0.5

@@ -68,7 +68,8 @@ _KINDS = {
     "scale": "str", "clip": ("sigma", "none"), "sigma_low": float, "sigma_high": float,
     "center": ("median", "mean"), "dev": ("mad_std", "std"), "maxiters": maxiters,
     "min_value": float_or_none, "max_value": float_or_none, "nlow": int, "nhigh": int,
-    "mask": "str", "mem_limit": float, "device": ("auto", "cpu", "cuda"),
+    "mask": "str", "mem_limit": float, "device_mem_limit": float_or_none,
+    "device": ("auto", "cpu", "cuda"),
     "scale_per": ("extension", "exposure"), "level_range": "pair", "qa_reject_factor": float,
     "no_qa": "bool", "workers": positive_int, "threads_per_worker": positive_int,
     "scheduler": "str", "verbose": "count", "quiet": "bool", "overscan": "str",
@@ -117,6 +118,7 @@ class RunOptions:
     nhigh: int = 0
     mask: str | None = None
     mem_limit: float = 350e6
+    device_mem_limit: float | None = None
     device: str = "auto"
     scale_per: str = "extension"
     level_range: tuple[float, float] | None = None
@@ -154,6 +156,7 @@ class RunOptions:
                 sigma_high=self.sigma_high, center=self.center, dev=self.dev,
                 maxiters=self.maxiters, min_value=self.min_value, max_value=self.max_value,
                 nlow=self.nlow, nhigh=self.nhigh, mem_limit=self.mem_limit, backend=self.device,
+                device_mem_limit=self.device_mem_limit,
             )  # fmt: skip
             qa = QAConfig(level_range=self.level_range, reject_factor=self.qa_reject_factor)
             calibration = Calibration(
