@@ -29,3 +29,21 @@ def test_one_odd_value_among_normal_ones(rng, method, odd):
     np.testing.assert_array_equal(rejected, ref[3])
     np.testing.assert_allclose(image, ref[0], rtol=1e-12, atol=0, equal_nan=True)
     np.testing.assert_allclose(uncert, ref[1], rtol=1e-9, atol=1e-300, equal_nan=True)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_small_frame_median_paths_agree(seed):
+    """Frames below _numba._SMALL take a NumPy selection; the radix selection (used for
+    larger frames and as the bracket's fallback) gives the same on the same values."""
+    rng = np.random.default_rng(seed)
+    frame = rng.integers(0, 50, (37, 41)).astype(np.float32)  # many ties
+    frame[rng.random(frame.shape) < 0.02] = np.nan
+    frame[0, :3] = (np.inf, -np.inf, -0.0)
+    mask = rng.random(frame.shape) < 0.1 if seed % 2 else None
+    small = _numba._median_small(frame, mask)
+    bits = np.ascontiguousarray(frame).view(np.uint32).ravel()
+    m = np.zeros(bits.size, np.uint8) if mask is None else mask.ravel().astype(np.uint8)
+    radix = _numba._median_radix(bits, m, mask is not None, 2)
+    usable = np.isfinite(frame) & (True if mask is None else ~mask)
+    assert small == radix == np.median(frame[usable].astype(np.float64))
+    assert _numba.frame_level(frame, mask, "median") == small

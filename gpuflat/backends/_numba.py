@@ -1114,7 +1114,13 @@ def _bin_of_rank(hist, rank):
     return b, rank - (int(cum[b - 1]) if b else 0)
 
 
+#: below this many pixels a NumPy selection is cheaper than waking the threads
+_SMALL = 1 << 15
+
+
 def _frame_median(frame, mask):
+    if frame.size < _SMALL:
+        return _median_small(frame, mask)
     bits = np.ascontiguousarray(frame, np.float32).view(np.uint32).ravel()
     has_mask = mask is not None
     m = np.ascontiguousarray(mask != 0).view(np.uint8).ravel() if has_mask else _NO_MASK.ravel()
@@ -1123,6 +1129,26 @@ def _frame_median(frame, mask):
         found = _numba_median.select(bits.view(np.float32), m, has_mask, nparts)
         if found is not None:
             return found
+    return _median_radix(bits, m, has_mask, nparts)
+
+
+def _median_small(frame, mask):
+    """The exact median of a small frame's finite, unmasked values by NumPy selection."""
+    values = np.asarray(frame, np.float32).ravel()
+    usable = np.isfinite(values)
+    if mask is not None:
+        usable &= np.asarray(mask).ravel() == 0
+    values = values[usable].astype(np.float64)
+    k = values.size
+    if k == 0:
+        return float("nan")
+    ranks = ((k - 1) // 2, k // 2)
+    part = np.partition(values, ranks)
+    return float((part[ranks[0]] + part[ranks[1]]) * 0.5)
+
+
+def _median_radix(bits, m, has_mask, nparts):
+    """The exact median by radix selection on the float32 bit patterns (two histograms)."""
     none = np.empty(0, np.uint32)
     high = _median_hist(bits, m, has_mask, nparts, True, none)[0]
     k = int(high.sum())
