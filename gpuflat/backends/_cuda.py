@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._params import KernelParams
+from ._params import KernelParams, noise_table
 
 #: nvcc/NVRTC options: no fused multiply-add, or results drift from the numba backend.
 COMPILE_OPTIONS = ("--fmad=false", "-std=c++17")
@@ -313,6 +313,12 @@ class CudaBackend:
         ]
         dev.synchronize(slots[0].stream)
         p = KernelParams(*params)
+        noise = noise_table(p, n)
+        d_noise = None
+        if noise.size:  # ccdclip's per-frame noise model, uploaded once like the scales
+            d_noise = dev.empty(noise.size, np.float64)
+            dev.upload(d_noise, noise, slots[0].stream)
+            dev.synchronize(slots[0].stream)
         prm = (
             np.int32(p.clip_scaled),
             np.float64(p.min_value),
@@ -326,6 +332,8 @@ class CudaBackend:
             np.float64(p.sigma_high),
             np.int32(p.maxiters),
             np.int32(p.method),
+            np.int32(p.ccdclip),
+            np.int32(p.nkeep),
         )
         outputs = (image, uncert, count)
         for c, p0 in enumerate(range(0, npix, width)):
@@ -357,6 +365,7 @@ class CudaBackend:
                 np.int64(w),
                 slot.d_scratch,
                 *prm,
+                d_noise,
                 slot.d_image,
                 slot.d_uncert,
                 slot.d_count,

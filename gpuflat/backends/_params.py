@@ -46,7 +46,9 @@ def noise_table(params: KernelParams, n: int) -> np.ndarray:
     unless ``params.ccdclip``."""
     if not params.ccdclip:
         return np.zeros(0, np.float64)
-    rd, gain, sn = (np.asarray(v, np.float64).ravel() for v in (params.rdnoise, params.gain, params.snoise))
+    rd, gain, sn = (
+        np.asarray(v, np.float64).ravel() for v in (params.rdnoise, params.gain, params.snoise)
+    )
     if not rd.size == gain.size == sn.size == n:
         raise ValueError(
             f"ccdclip needs rdnoise, gain and snoise for each of the {n} frames; got "
