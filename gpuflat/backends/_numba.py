@@ -874,8 +874,10 @@ def _ccdclip_lanes(tl, il, fl, n, w0, prm, scale, srt):
         il[_B, lane] = k
         fl[_MEAN, lane] = 0.0
         nact += act
+    # (a lane with an empty window may hold values in _TV: ``_window`` skips it)
     for i in range(n):
         for lane in range(_L):
+            tl[_TV, i, lane] = tl[_TV, i, lane] if il[_W1, lane] > w0 else _NAN
             tl[_TD, i, lane] = tl[_TV, i, lane]
     it = 0
     while nact > 0 and (maxiters < 0 or it < maxiters):
