@@ -180,7 +180,8 @@ def combine_frames(
         uncert = np.empty(shape, out_dtype)
         count = np.empty(shape, np.int32)
         weights = None if config.weights is None else np.asarray(config.weights, np.float64)
-        params = config.kernel_params(clip_scaled=clip_scaled)
+        noise = config.noise_model([f.header for f in frames], [f.name for f in frames])
+        params = config.kernel_params(clip_scaled=clip_scaled, noise=noise)
         rejected = None
         if band_combiner is None:
             # float64 band outputs, reused band after band

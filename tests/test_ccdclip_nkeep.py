@@ -202,3 +202,99 @@ def test_hypothesis(n, npix, seed, ties, name, maxiters, nkeep, use_mask):
     if nkeep is not None:
         opts["nkeep"] = nkeep
     check_twins(data, mask, scale, None, opts, noise_model(rng, n, "mixed"))
+
+
+# -- options: library, config file, command line ---------------------------------------------
+
+
+def test_combine_api_numbers_and_keywords(tmp_path):
+    """Numbers and header keywords give the same result; a missing keyword names the file."""
+    from conftest import flat_stack, write_fits
+
+    import gpuflat
+
+    rng = np.random.default_rng(3)
+    frames = flat_stack(rng, n=7, shape=(20, 30), outliers=0.05)
+    paths = [
+        write_fits(tmp_path / f"f{i}.fits", f, RDNOISE=6.0, GAIN=1.5) for i, f in enumerate(frames)
+    ]
+    opts = {"clip": "ccdclip", "sigma_low": 3.0, "sigma_high": 3.0, "nkeep": 4}
+    by_key = gpuflat.combine(paths, rdnoise="rdnoise", noise_gain="GAIN", snoise=0.01, **opts)
+    by_num = gpuflat.combine(paths, rdnoise=6.0, noise_gain=1.5, snoise=0.01, **opts)
+    np.testing.assert_array_equal(by_key.image, by_num.image)
+    np.testing.assert_array_equal(by_key.count, by_num.count)
+    assert by_key.count.min() >= 4 and by_key.count.max() <= 7
+    scale = 1.0 / np.median(frames.reshape(7, -1), axis=1)
+    ref = reference_combine(
+        frames.reshape(7, -1), None, scale, ccdclip=True, rdnoise=(6.0,) * 7, gain=(1.5,) * 7,
+        snoise=(0.01,) * 7, nkeep=4, sigma_low=3.0, sigma_high=3.0,
+    )  # fmt: skip
+    np.testing.assert_array_equal(by_num.count.ravel(), ref[2])
+    with pytest.raises(gpuflat.GpuflatError, match=r"f0\.fits: no RDN keyword"):
+        gpuflat.combine(paths, rdnoise="RDN", **opts)
+    # the options do nothing without ccdclip (nkeep still applies to sigma clipping)
+    plain = gpuflat.combine(paths, rdnoise="RDN", sigma_low=3.0, sigma_high=3.0)
+    assert plain.count.max() == 7
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "words"),
+    [
+        ({"clip": "ccdclip", "rdnoise": -1.0}, ValueError, "rdnoise must be a finite number >= 0"),
+        (
+            {"clip": "ccdclip", "noise_gain": 0},
+            ValueError,
+            "noise_gain must be a finite number > 0",
+        ),
+        ({"clip": "ccdclip", "snoise": "1 2"}, ValueError, "snoise must be a number >= 0"),
+        ({"clip": "ccdclip", "noise_gain": float("nan")}, ValueError, "noise_gain"),
+        ({"nkeep": 1.5}, TypeError, "nkeep must be an integer"),
+        ({"clip": "iraf"}, ValueError, "'ccdclip'"),
+    ],
+)
+def test_option_errors(kwargs, exc, words):
+    from gpuflat._config import CombineConfig
+
+    with pytest.raises(exc, match=words):
+        CombineConfig(**kwargs)
+
+
+def test_bad_header_value_names_the_file():
+    from gpuflat._config import CombineConfig
+    from gpuflat.errors import GpuflatError
+
+    config = CombineConfig(clip="ccdclip", noise_gain="GAIN")
+    assert config.noise_model([{"GAIN": 2}, {"GAIN": 3.0}], ["a", "b"]) == (
+        (0.0, 0.0), (2.0, 3.0), (0.0, 0.0),
+    )  # fmt: skip
+    with pytest.raises(GpuflatError, match=r"b: GAIN = 0 is not a valid noise_gain"):
+        config.noise_model([{"GAIN": 2}, {"GAIN": 0}], ["a", "b"])
+    with pytest.raises(GpuflatError, match=r"a: GAIN = 'x'"):
+        config.noise_model([{"GAIN": "x"}], ["a"])
+
+
+def test_cli_and_config_file(tmp_path):
+    from astropy.io import fits
+    from conftest import flat_stack, write_fits
+
+    from gpuflat.cli import main
+    from gpuflat.farm import build_options
+
+    rng = np.random.default_rng(4)
+    frames = flat_stack(rng, n=6, shape=(16, 16), outliers=0.05)
+    for i, f in enumerate(frames):
+        write_fits(tmp_path / f"f{i}.fits", f, IMAGETYP="FLAT", FILTER="R", RDNOISE=4.0)
+    out = tmp_path / "out"
+    argv = ["run", str(tmp_path), "-o", str(out), "-q", "--clip", "ccdclip", "--rdnoise",
+            "RDNOISE", "--noise-gain", "2", "--snoise", "0.01", "--nkeep", "3"]  # fmt: skip
+    assert main(argv) == 0
+    header = fits.getheader(out / "combined_flat_filter_R.fits")
+    assert header["HIERARCH GPUFLAT CLIP"] == "ccdclip"
+    assert header["HIERARCH GPUFLAT RDNOISE"] == "RDNOISE"
+    assert header["HIERARCH GPUFLAT NKEEP"] == 3
+    toml = tmp_path / "farm.toml"
+    toml.write_text('clip = "ccdclip"\nrdnoise = 4.5\nnoise-gain = "GAIN"\nnkeep = -2\n')
+    opts = build_options({}, str(toml))
+    assert opts.combine.rdnoise == 4.5 and opts.combine.noise_gain == "GAIN"
+    assert opts.combine.nkeep == -2
+    assert main(["run", str(tmp_path), "-o", str(out), "--clip", "ccdclip", "--snoise", "-1"]) == 2
