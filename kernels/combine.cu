@@ -14,7 +14,9 @@
 //       for stacks of n <= 16 / 32 / 64 frames: the per-thread sort buffer is a fixed-size
 //       local array (double[CAP]) and the per-frame flags are two 64-bit registers;
 //   gpuflat_combine_n
-//       any n: the sort buffer and flags live in a caller-provided global scratch buffer.
+//       any n: the sort buffer and flags live in a caller-provided global scratch buffer;
+//   gpuflat_combine_x16, _x32, _x64, _xn
+//       the same with ccdclip and nkeep (steps 5b, 5c), which the others refuse (count -1).
 //
 // Arguments, in order (C types; pass exactly these widths from the host):
 //   const float         *data        [n * npix], frame-major: data[i * npix + p]
@@ -305,7 +307,7 @@ __device__ __forceinline__ void nkeep_restore(W &w, const Pixel &px, int n, int 
   }
 }
 
-template <class W>
+template <bool EXT, class W>
 __device__ __forceinline__ void combine_pixel(W &w, const Pixel &px, const unsigned char *mask,
                                               const double *weight, int n, const Params &pr,
                                               double *image, double *uncert, int *count,
@@ -314,6 +316,13 @@ __device__ __forceinline__ void combine_pixel(W &w, const Pixel &px, const unsig
   const long long p = px.p;
   const long long npix = px.npix;
   w.init(n);
+  if (!EXT && (pr.ccdclip || pr.nkeep)) {
+    // ccdclip and nkeep take the gpuflat_combine_x* kernels: an impossible count says so
+    count[p] = -1;
+    image[p] = gf_nan();
+    uncert[p] = gf_nan();
+    return;
+  }
   // 1-3: valid frames, clip values, sort
   int m = 0;
   for (int i = 0; i < n; ++i) {
@@ -374,7 +383,7 @@ __device__ __forceinline__ void combine_pixel(W &w, const Pixel &px, const unsig
   int bf = w1;
   bool general = false;
   double c = 0.0;
-  if (pr.sigma && w1 > w0 && pr.ccdclip) {
+  if (EXT && pr.sigma && w1 > w0 && pr.ccdclip) {
     c = ccd_clip(w, px, n, w1 - w0, pr, noise);
     general = true;
   } else if (pr.sigma && w1 > w0) {
@@ -441,7 +450,7 @@ __device__ __forceinline__ void combine_pixel(W &w, const Pixel &px, const unsig
     }
   }
   // 5b: nkeep, on the clipping only
-  if (pr.sigma && w1 > w0 && pr.nkeep != 0) {
+  if (EXT && pr.sigma && w1 > w0 && pr.nkeep != 0) {
     int kw = w1 - w0;
     int keep = pr.nkeep > 0 ? (pr.nkeep < kw ? pr.nkeep : kw)
                             : (kw + pr.nkeep > 0 ? kw + pr.nkeep : 0);
@@ -540,40 +549,53 @@ __device__ __forceinline__ void combine_pixel(W &w, const Pixel &px, const unsig
             ccdclip,     nkeep};                                                            \
   Pixel px{data, scale, npix, p0 + t, clip_scaled};
 
-template <int CAP>
+template <int CAP, bool EXT>
 __device__ __forceinline__ void combine_local(GF_COMBINE_ARGS) {
   (void)scratch;
   GF_COMBINE_SETUP
   LocalStore<CAP> w;
-  combine_pixel(w, px, mask, weight, n, pr, image, uncert, count, rejected, noise);
+  combine_pixel<EXT>(w, px, mask, weight, n, pr, image, uncert, count, rejected, noise);
 }
 
-extern "C" __global__ void gpuflat_combine_16(GF_COMBINE_ARGS) {
-  combine_local<16>(data, mask, scale, weight, n, npix, p0, nthreads, scratch, clip_scaled,
-                    min_value, max_value, nlow, nhigh, sigma, center, dev, sigma_low,
-                    sigma_high, maxiters, method, ccdclip, nkeep, noise, image, uncert, count,
-                    rejected);
-}
-
-extern "C" __global__ void gpuflat_combine_32(GF_COMBINE_ARGS) {
-  combine_local<32>(data, mask, scale, weight, n, npix, p0, nthreads, scratch, clip_scaled,
-                    min_value, max_value, nlow, nhigh, sigma, center, dev, sigma_low,
-                    sigma_high, maxiters, method, ccdclip, nkeep, noise, image, uncert, count,
-                    rejected);
-}
-
-extern "C" __global__ void gpuflat_combine_64(GF_COMBINE_ARGS) {
-  combine_local<64>(data, mask, scale, weight, n, npix, p0, nthreads, scratch, clip_scaled,
-                    min_value, max_value, nlow, nhigh, sigma, center, dev, sigma_low,
-                    sigma_high, maxiters, method, ccdclip, nkeep, noise, image, uncert, count,
-                    rejected);
-}
-
-extern "C" __global__ void gpuflat_combine_n(GF_COMBINE_ARGS) {
+template <bool EXT>
+__device__ __forceinline__ void combine_global(GF_COMBINE_ARGS) {
   GF_COMBINE_SETUP
   GlobalStore w{(double *)scratch + t,
                 (unsigned char *)((double *)scratch + (long long)n * nthreads) + t, nthreads};
-  combine_pixel(w, px, mask, weight, n, pr, image, uncert, count, rejected, noise);
+  combine_pixel<EXT>(w, px, mask, weight, n, pr, image, uncert, count, rejected, noise);
+}
+
+#define GF_COMBINE_CALL                                                                     \
+  (data, mask, scale, weight, n, npix, p0, nthreads, scratch, clip_scaled, min_value,       \
+   max_value, nlow, nhigh, sigma, center, dev, sigma_low, sigma_high, maxiters, method,      \
+   ccdclip, nkeep, noise, image, uncert, count, rejected)
+
+extern "C" __global__ void gpuflat_combine_16(GF_COMBINE_ARGS) {
+  combine_local<16, false> GF_COMBINE_CALL;
+}
+extern "C" __global__ void gpuflat_combine_32(GF_COMBINE_ARGS) {
+  combine_local<32, false> GF_COMBINE_CALL;
+}
+extern "C" __global__ void gpuflat_combine_64(GF_COMBINE_ARGS) {
+  combine_local<64, false> GF_COMBINE_CALL;
+}
+extern "C" __global__ void gpuflat_combine_n(GF_COMBINE_ARGS) {
+  combine_global<false> GF_COMBINE_CALL;
+}
+
+// ccdclip and nkeep: the same kernels with steps 5b and 5c compiled in (they cost registers
+// the guide's path should not pay for)
+extern "C" __global__ void gpuflat_combine_x16(GF_COMBINE_ARGS) {
+  combine_local<16, true> GF_COMBINE_CALL;
+}
+extern "C" __global__ void gpuflat_combine_x32(GF_COMBINE_ARGS) {
+  combine_local<32, true> GF_COMBINE_CALL;
+}
+extern "C" __global__ void gpuflat_combine_x64(GF_COMBINE_ARGS) {
+  combine_local<64, true> GF_COMBINE_CALL;
+}
+extern "C" __global__ void gpuflat_combine_xn(GF_COMBINE_ARGS) {
+  combine_global<true> GF_COMBINE_CALL;
 }
 
 #ifdef GPUFLAT_HOST_SHIM
@@ -581,4 +603,8 @@ GPUFLAT_HOST_ENTRY(gpuflat_combine_16)
 GPUFLAT_HOST_ENTRY(gpuflat_combine_32)
 GPUFLAT_HOST_ENTRY(gpuflat_combine_64)
 GPUFLAT_HOST_ENTRY(gpuflat_combine_n)
+GPUFLAT_HOST_ENTRY(gpuflat_combine_x16)
+GPUFLAT_HOST_ENTRY(gpuflat_combine_x32)
+GPUFLAT_HOST_ENTRY(gpuflat_combine_x64)
+GPUFLAT_HOST_ENTRY(gpuflat_combine_xn)
 #endif

@@ -59,6 +59,10 @@ SIGNATURES = {
     "gpuflat_combine_32": _COMBINE,
     "gpuflat_combine_64": _COMBINE,
     "gpuflat_combine_n": _COMBINE,
+    "gpuflat_combine_x16": _COMBINE,
+    "gpuflat_combine_x32": _COMBINE,
+    "gpuflat_combine_x64": _COMBINE,
+    "gpuflat_combine_xn": _COMBINE,
     "gpuflat_level_hist": "PPqiPP",
     "gpuflat_level_select": "PPi",
     "gpuflat_level_rowsum": "PPqqPP",
@@ -216,11 +220,12 @@ def combine_band(
 
     data = np.ascontiguousarray(data, np.float32)
     n, npix = data.shape
-    noise = noise_table(KernelParams(*params), n)
+    noise = noise_table(KernelParams(*params), n)  # kept alive over the launches
     mask = None if mask is None else np.ascontiguousarray(mask, np.uint8)
     scale = np.ascontiguousarray(scale, np.float64)
     weight = None if weight is None else np.ascontiguousarray(weight, np.float64)
-    kernel = kernel or combine_kernel(n)
+    prm = KernelParams(*params)
+    kernel = kernel or combine_kernel(n, extended=bool(prm.ccdclip or prm.nkeep))
     image = np.full(npix, -1.0)
     uncert = np.full(npix, -1.0)
     count = np.full(npix, -1, np.int32)
@@ -229,7 +234,7 @@ def combine_band(
         w = int(p1 - p0)
         if w == 0:
             continue
-        scratch = np.empty(9 * n * w, np.uint8) if kernel == "gpuflat_combine_n" else None
+        scratch = np.empty(9 * n * w, np.uint8) if kernel[-1] == "n" else None
         args = combine_args(
             data,
             mask,

@@ -89,7 +89,7 @@ def check_twins(data, mask, scale, weight, opts, noise, *, shim=True, reference=
     assert_identical(got, want, f"numba block vs per-pixel {opts}")
     np.testing.assert_array_equal(rejected, want_rejected)
     if shim and harness.compiler() is not None:
-        for kernel in (None, "gpuflat_combine_n"):
+        for kernel in (None, "gpuflat_combine_xn"):
             rej = np.zeros(n, np.uint64)
             out = harness.combine_band(
                 data, mask, scale, weight, params, kernel=kernel, pieces=2, rejected=rej

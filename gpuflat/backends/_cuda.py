@@ -111,12 +111,14 @@ def available() -> tuple[bool, str]:
     )
 
 
-def combine_kernel(n: int) -> str:
-    """The combine kernel for a stack of ``n`` frames."""
+def combine_kernel(n: int, extended: bool = False) -> str:
+    """The combine kernel for a stack of ``n`` frames; ``extended``: ccdclip or nkeep (the
+    ``gpuflat_combine_x*`` kernels)."""
+    x = "x" if extended else ""
     for cap in (16, 32, 64):
         if n <= cap:
-            return f"gpuflat_combine_{cap}"
-    return "gpuflat_combine_n"
+            return f"gpuflat_combine_{x}{cap}"
+    return f"gpuflat_combine_{x}n"
 
 
 class CupyDevice:
@@ -294,11 +296,12 @@ class CudaBackend:
         image, uncert, count = out
         if npix == 0:
             return image, uncert, count
-        kernel = combine_kernel(n)
+        given = KernelParams(*params)
+        kernel = combine_kernel(n, extended=bool(given.ccdclip or given.nkeep))
         per_pixel = n * (5 if mask is not None else 4)
         width = self.chunk_pixels or max(BLOCK, CHUNK_BYTES // per_pixel // BLOCK * BLOCK)
         width = min(width, npix)
-        scratch = 9 * n * width if kernel == "gpuflat_combine_n" else 0
+        scratch = 9 * n * width if kernel[-1] == "n" else 0
         slots = [_Slot(dev, n, width, mask is not None, scratch) for _ in range(2)]
         # per-frame vectors, uploaded once; every slot's stream reads them, hence the wait
         d_scale = dev.empty(n, np.float64)
