@@ -98,7 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--method", choices=("average", "median", "sum"), help="combine (default average)"
     )
     eng.add_argument("--scale", help="median (default), mean, none, or exptime:KEYWORD")
-    eng.add_argument("--clip", choices=("sigma", "none"), help="rejection (default sigma)")
+    eng.add_argument(
+        "--clip", choices=("sigma", "ccdclip", "none"),
+        help="rejection (default sigma; ccdclip: width from the CCD noise model, IRAF's)",
+    )  # fmt: skip
     eng.add_argument("--sigma-low", type=float, metavar="N")
     eng.add_argument("--sigma-high", type=float, metavar="N")
     eng.add_argument(
@@ -114,6 +117,24 @@ def build_parser() -> argparse.ArgumentParser:
     eng.add_argument("--max-value", type=number, metavar="ADU", help="reject raw values above")
     eng.add_argument("--nlow", type=int, help="reject the N lowest values per pixel")
     eng.add_argument("--nhigh", type=int, help="reject the N highest values per pixel")
+    eng.add_argument(
+        "--nkeep", type=int, metavar="N",
+        help="clipping keeps at least N of a pixel's samples, the nearest the centre "
+        "(negative: rejects at most -N; IRAF's nkeep)",
+    )  # fmt: skip
+    eng.add_argument(
+        "--rdnoise", type=options.number_or_keyword, metavar="KEY|VALUE",
+        help="ccdclip: read noise in electrons, a number or each frame's keyword (default 0)",
+    )  # fmt: skip
+    eng.add_argument(
+        "--noise-gain", type=options.number_or_keyword, metavar="KEY|VALUE",
+        help="ccdclip: gain in e-/ADU of the data as combined, a number or each frame's "
+        "keyword (default 1; not --gain, which calibrates)",
+    )  # fmt: skip
+    eng.add_argument(
+        "--snoise", type=options.number_or_keyword, metavar="KEY|VALUE",
+        help="ccdclip: sensitivity noise as a fraction (default 0)",
+    )  # fmt: skip
     eng.add_argument(
         "--mask", metavar="FITS", help="bad-pixel mask applied to every frame (nonzero = bad)"
     )

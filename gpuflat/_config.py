@@ -14,7 +14,9 @@ import numpy as np
 from .backends._params import CENTERS, DEVS, METHODS, KernelParams
 
 SCALE_WORDS = ("median", "mean", "none")
-CLIPS = ("sigma", "none")
+CLIPS = ("sigma", "ccdclip", "none")
+#: the noise model's options: (name, default, the values allowed)
+NOISE_OPTIONS = (("rdnoise", ">= 0"), ("noise_gain", "> 0"), ("snoise", ">= 0"))
 BACKENDS = ("auto", "cpu", "cuda")
 
 
@@ -35,6 +37,10 @@ class CombineConfig:
     nlow: int = 0
     nhigh: int = 0
     weights: tuple[float, ...] | None = None
+    rdnoise: float | str = 0.0
+    noise_gain: float | str = 1.0
+    snoise: float | str = 0.0
+    nkeep: int = 0
     mem_limit: float = 350e6
     backend: str = "auto"
     #: bytes of device memory a GPU combination may use (None: half the free device memory);
@@ -71,6 +77,9 @@ class CombineConfig:
                 f"min_value ({self.min_value}) must not be greater than "
                 f"max_value ({self.max_value})"
             )
+        for name, allowed in NOISE_OPTIONS:
+            object.__setattr__(self, name, _noise_option(name, getattr(self, name), allowed))
+        _integer("nkeep", self.nkeep, minimum=-(2**31), extra=" (< 0: the most to reject)")
         _integer("nlow", self.nlow, minimum=0)
         _integer("nhigh", self.nhigh, minimum=0)
         _number("mem_limit", self.mem_limit)
@@ -89,22 +98,61 @@ class CombineConfig:
         if self.weights is not None:
             object.__setattr__(self, "weights", _positive_vector("weights", self.weights))
 
-    def kernel_params(self, *, clip_scaled: bool = True) -> KernelParams:
-        """The numbers the backends' combine kernel takes."""
+    def kernel_params(self, *, clip_scaled: bool = True, noise=None) -> KernelParams:
+        """The numbers the backends' combine kernel takes; with ccdclip, ``noise`` is the
+        per-frame (rdnoise, gain, snoise) as three sequences (see :meth:`noise_model`)."""
+        ccdclip = self.clip == "ccdclip"
+        if ccdclip and noise is None:
+            raise ValueError("clip='ccdclip' needs the per-frame noise model (noise_model)")
+        rdnoise, gain, snoise = noise if ccdclip else ((), (), ())
         return KernelParams(
             clip_scaled=int(clip_scaled),
             min_value=-math.inf if self.min_value is None else float(self.min_value),
             max_value=math.inf if self.max_value is None else float(self.max_value),
             nlow=self.nlow,
             nhigh=self.nhigh,
-            sigma=int(self.clip == "sigma"),
+            sigma=int(self.clip in ("sigma", "ccdclip")),
             center=CENTERS[self.center],
             dev=DEVS[self.dev],
             sigma_low=float(self.sigma_low),
             sigma_high=float(self.sigma_high),
             maxiters=-1 if self.maxiters is None else self.maxiters,
             method=METHODS[self.method],
+            ccdclip=int(ccdclip),
+            nkeep=self.nkeep,
+            rdnoise=tuple(rdnoise),
+            gain=tuple(gain),
+            snoise=tuple(snoise),
         )
+
+    def noise_model(self, headers, names) -> tuple[tuple[float, ...], ...] | None:
+        """The per-frame (rdnoise, gain, snoise) of ccdclip, numbers as given or each
+        frame's header keyword; None without ccdclip. A keyword that is missing or holds a
+        bad value is a :class:`~gpuflat.errors.GpuflatError` naming the file."""
+        from .errors import GpuflatError
+
+        if self.clip != "ccdclip":
+            return None
+        out = []
+        for name, allowed in NOISE_OPTIONS:
+            option = getattr(self, name)
+            if not isinstance(option, str):
+                out.append((float(option),) * len(names))
+                continue
+            values = []
+            for header, frame in zip(headers, names, strict=True):
+                if option not in header:
+                    raise GpuflatError(f"{frame}: no {option} keyword in the header ({name})")
+                try:
+                    value = _noise_option(name, header[option], allowed, keyword=False)
+                except (TypeError, ValueError):
+                    raise GpuflatError(
+                        f"{frame}: {option} = {header[option]!r} is not a valid {name} "
+                        f"(a number {allowed})"
+                    ) from None
+                values.append(float(value))
+            out.append(tuple(values))
+        return tuple(out)
 
     def describe(self) -> dict:
         """The parameters as plain JSON-able values (for provenance and reports)."""
@@ -134,6 +182,30 @@ def _integer(name, value, *, minimum, extra=""):
         raise TypeError(f"{name} must be an integer{extra}, got {type(value).__name__} {value!r}")
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}{extra}, got {value!r}")
+
+
+def _noise_option(name, value, allowed, *, keyword=True):
+    """A noise-model option: a number in range, or (``keyword``) a header keyword."""
+    if keyword and isinstance(value, str):
+        key = value.strip().upper()
+        try:
+            number = float(key)
+        except ValueError:
+            number = None
+        if number is not None:
+            return _noise_option(name, number, allowed, keyword=False)
+        if not key or not key.replace("-", "").replace("_", "").isalnum() or len(key) > 8:
+            raise ValueError(
+                f"{name} must be a number {allowed} or a header keyword; got {value!r}"
+            )
+        return key
+    _number(name, value)
+    ok = value > 0 if allowed == "> 0" else value >= 0
+    if not ok or math.isinf(value):  # also rejects NaN
+        raise ValueError(
+            f"{name} must be a finite number {allowed} or a header keyword; got {value!r}"
+        )
+    return float(value)
 
 
 def _positive_vector(name, values) -> tuple[float, ...]:

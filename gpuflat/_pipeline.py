@@ -154,7 +154,8 @@ def combine_frames(
     uncert = np.empty(shape, out_dtype)
     count = np.empty(shape, np.int32)
     weights = None if config.weights is None else np.asarray(config.weights, np.float64)
-    params = config.kernel_params(clip_scaled=clip_scaled)
+    noise = config.noise_model([f.header for f in frames], [f.name for f in frames])
+    params = config.kernel_params(clip_scaled=clip_scaled, noise=noise)
     bands = [(r, min(nrows, r + plan.rows)) for r in range(0, nrows, plan.rows)]
     ctx = _Context(frames, bad_pixel_mask, masked, bands, timings, timed, progress)
     if fed:

@@ -37,6 +37,10 @@ def combine(
     nlow: int = 0,
     nhigh: int = 0,
     weights: Sequence[float] | None = None,
+    rdnoise: float | str = 0.0,
+    noise_gain: float | str = 1.0,
+    snoise: float | str = 0.0,
+    nkeep: int = 0,
     mask=None,
     mem_limit: float = 350e6,
     backend: str = "auto",
@@ -64,9 +68,12 @@ def combine(
         Per-frame scale: 1/median (default), 1/mean, none, 1/exposure time from a header
         keyword, explicit factors, or a callable evaluated on each whole frame that returns
         the factor (the guide's ``inv_median``).
-    clip : {'sigma', 'none'}
-        Sigma clipping on the scaled values. ``min_value``/``max_value`` (raw values) and
-        ``nlow``/``nhigh`` (extrema) reject too, with or without it.
+    clip : {'sigma', 'ccdclip', 'none'}
+        Sigma clipping on the scaled values; ``'ccdclip'`` (IRAF imcombine's) takes each
+        frame's width from the CCD noise model at the centre instead of the MAD or the
+        standard deviation (``rdnoise``, ``noise_gain``, ``snoise``). ``min_value``/
+        ``max_value`` (raw values) and ``nlow``/``nhigh`` (extrema) reject too, with or
+        without it.
     sigma_low, sigma_high : float
         Clipping bounds in units of the width; ``inf`` disables a side.
     center : {'median', 'mean'}
@@ -76,6 +83,16 @@ def combine(
         Clipping passes; None repeats until nothing changes.
     weights : sequence of float, optional
         Per-frame weights, renormalised over each pixel's survivors.
+    rdnoise, noise_gain, snoise : float or str
+        ccdclip's noise model: read noise (electrons), gain (e-/ADU) and a fractional
+        "sensitivity" noise, each a number or a header keyword read from every frame
+        (IRAF's RDNOISE, GAIN): sigma = sqrt((rdnoise/gain)^2 + c/gain + (snoise c)^2) in
+        raw units at the centre c, carried through each frame's scale. They describe the
+        data as combined: after calibration with ``gain`` (electrons), give noise_gain 1.
+    nkeep : int
+        IRAF's nkeep: when the clipping leaves fewer than ``nkeep`` of the frames it was
+        given, the clipped ones closest to the centre come back up to that number;
+        negative: at most ``-nkeep`` are clipped. Thresholds and nlow/nhigh are not undone.
     mask : 2-D array or path, optional
         A bad-pixel mask (nonzero = bad) applied to every frame, on top of CCDData masks.
         NaN and inf samples never count either.
@@ -125,6 +142,10 @@ def combine(
         nlow=nlow,
         nhigh=nhigh,
         weights=None if weights is None else tuple(np.asarray(weights, float).ravel()),
+        rdnoise=rdnoise,
+        noise_gain=noise_gain,
+        snoise=snoise,
+        nkeep=nkeep,
         mem_limit=mem_limit,
         backend=backend,
         device_mem_limit=device_mem_limit,
@@ -173,6 +194,10 @@ def combine_mosaic(
     nlow: int = 0,
     nhigh: int = 0,
     weights: Sequence[float] | None = None,
+    rdnoise: float | str = 0.0,
+    noise_gain: float | str = 1.0,
+    snoise: float | str = 0.0,
+    nkeep: int = 0,
     mask=None,
     mem_limit: float = 350e6,
     backend: str = "auto",
@@ -218,7 +243,8 @@ def combine_mosaic(
     progress : callable(done, total), optional
         Called after each extension.
     method, scale, clip, sigma_low, sigma_high, center, dev, maxiters, min_value, \
-max_value, nlow, nhigh, weights, mem_limit, backend, device_mem_limit
+max_value, nlow, nhigh, weights, rdnoise, noise_gain, snoise, nkeep, mem_limit, backend,
+device_mem_limit
         As in :func:`combine`.
     overscan, overscan_axis, overscan_model, trim, bias, dark, exposure_key, gain
         As in :func:`combine`, per extension: a section named by a header keyword is read
@@ -238,6 +264,7 @@ max_value, nlow, nhigh, weights, mem_limit, backend, device_mem_limit
         center=center, dev=dev, maxiters=maxiters, min_value=min_value, max_value=max_value,
         nlow=nlow, nhigh=nhigh,
         weights=None if weights is None else tuple(np.asarray(weights, float).ravel()),
+        rdnoise=rdnoise, noise_gain=noise_gain, snoise=snoise, nkeep=nkeep,
         mem_limit=mem_limit, backend=backend, device_mem_limit=device_mem_limit,
     )  # fmt: skip
     calibration = Calibration(

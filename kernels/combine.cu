@@ -14,7 +14,9 @@
 //       for stacks of n <= 16 / 32 / 64 frames: the per-thread sort buffer is a fixed-size
 //       local array (double[CAP]) and the per-frame flags are two 64-bit registers;
 //   gpuflat_combine_n
-//       any n: the sort buffer and flags live in a caller-provided global scratch buffer.
+//       any n: the sort buffer and flags live in a caller-provided global scratch buffer;
+//   gpuflat_combine_x16, _x32, _x64, _xn
+//       the same with ccdclip and nkeep (steps 5b, 5c), which the others refuse (count -1).
 //
 // Arguments, in order (C types; pass exactly these widths from the host):
 //   const float         *data        [n * npix], frame-major: data[i * npix + p]
@@ -34,6 +36,10 @@
 //   double               sigma_low, sigma_high
 //   int                  maxiters
 //   int                  method
+//   int                  ccdclip     1: the clipping width from the CCD noise model
+//   int                  nkeep       least survivors the clipping leaves (< 0: most rejected)
+//   const double        *noise       [3 * n] or NULL (ccdclip only): (rdnoise/gain)^2 of
+//                                    every frame, then gain, then snoise
 //   double              *image       [npix]  (written at p0 .. p0 + nthreads - 1)
 //   double              *uncert      [npix]
 //   int                 *count       [npix]
@@ -75,9 +81,11 @@ struct LocalStore {
   double buf[CAP];
   unsigned long long valid_bits;
   unsigned long long inwin_bits;
+  unsigned long long surv_bits;
   __device__ __forceinline__ void init(int) {
     valid_bits = 0ull;
     inwin_bits = 0ull;
+    surv_bits = 0ull;
   }
   __device__ __forceinline__ double &s(int q) { return buf[q]; }
   __device__ __forceinline__ bool valid(int i) const { return (valid_bits >> i) & 1ull; }
@@ -89,13 +97,20 @@ struct LocalStore {
     else
       inwin_bits &= ~(1ull << i);
   }
+  __device__ __forceinline__ bool surv(int i) const { return (surv_bits >> i) & 1ull; }
+  __device__ __forceinline__ void set_surv(int i, bool on) {
+    if (on)
+      surv_bits |= 1ull << i;
+    else
+      surv_bits &= ~(1ull << i);
+  }
 };
 
 // Working storage for any n in global scratch: element j of thread t at [j * stride + t],
 // so that neighbouring threads touch neighbouring words.
 struct GlobalStore {
   double *sbuf;
-  unsigned char *flags;  // bit 0: valid, bit 1: in the window
+  unsigned char *flags;  // bit 0: valid, bit 1: in the window, bit 2: survivor
   long long stride;
   __device__ __forceinline__ void init(int n) {
     for (int i = 0; i < n; ++i) flags[i * stride] = 0;
@@ -108,6 +123,11 @@ struct GlobalStore {
     unsigned char f = flags[i * stride];
     flags[i * stride] = on ? (unsigned char)(f | 2) : (unsigned char)(f & ~2);
   }
+  __device__ __forceinline__ bool surv(int i) const { return (flags[i * stride] >> 2) & 1; }
+  __device__ __forceinline__ void set_surv(int i, bool on) {
+    unsigned char f = flags[i * stride];
+    flags[i * stride] = on ? (unsigned char)(f | 4) : (unsigned char)(f & ~4);
+  }
 };
 
 struct Params {
@@ -116,6 +136,7 @@ struct Params {
   int nlow, nhigh, sigma, center, dev;
   double sigma_low, sigma_high;
   int maxiters, method;
+  int ccdclip, nkeep;
 };
 
 // The inputs of one pixel: recomputing x, y and v from the band is cheaper than storing
@@ -184,14 +205,124 @@ __device__ __forceinline__ double mad_range(W &w, int a, int b, double med) {
   return (d1 + d2) * 0.5;
 }
 
+// ccdclip: frame i's bounds about the centre c from the CCD noise model (contract step 5,
+// ccdclip); noise = [(rdnoise/gain)^2 x n, gain x n, snoise x n].
+__device__ __forceinline__ double noise_bounds(double c, int i, const Pixel &px,
+                                               const double *noise, int n, double sigma_low,
+                                               double sigma_high, double &lo, double &hi) {
+  const double inf = gf_inf();
+  double sc = px.clip_scaled ? px.scale[i] : 1.0;
+  double r = c / sc;
+  if (!(r > 0.0)) r = 0.0;
+  double q = r * noise[2 * n + i];
+  double sig = sqrt(noise[i] + r / noise[n + i] + q * q) * sc;
+  lo = sigma_low == inf ? -inf : c - sigma_low * sig;
+  hi = sigma_high == inf ? inf : c + sigma_high * sig;
+  return sig;
+}
+
+// ccdclip over the k window frames: the surv flags end as the survivors; returns the
+// final centre. The sort buffer (the window's sorted values are no longer needed) holds
+// the alive values for the median.
 template <class W>
+__device__ __forceinline__ double ccd_clip(W &w, const Pixel &px, int n, int k,
+                                           const Params &pr, const double *noise) {
+  for (int i = 0; i < n; ++i) w.set_surv(i, w.inwin(i));
+  double c = 0.0;
+  double lo, hi;
+  int it = 0;
+  while (k > 0 && (pr.maxiters < 0 || it < pr.maxiters)) {
+    ++it;
+    if (pr.center == 0) {
+      int q = 0;
+      for (int i = 0; i < n; ++i) {
+        if (!w.surv(i)) continue;
+        double v, y;
+        px.values(i, v, y);
+        w.s(q) = v;
+        ++q;
+      }
+      sort_range(w, k);
+      c = median_range(w, 0, k);
+    } else {
+      double total = 0.0;
+      for (int i = 0; i < n; ++i) {
+        if (!w.surv(i)) continue;
+        double v, y;
+        px.values(i, v, y);
+        total += v;
+      }
+      c = total / (double)k;
+    }
+    int k2 = 0;
+    for (int i = 0; i < n; ++i) {
+      if (!w.surv(i)) continue;
+      double v, y;
+      px.values(i, v, y);
+      noise_bounds(c, i, px, noise, n, pr.sigma_low, pr.sigma_high, lo, hi);
+      bool keep = !(v < lo || v > hi);
+      w.set_surv(i, keep);
+      k2 += keep ? 1 : 0;
+    }
+    if (k2 == k) break;
+    k = k2;
+  }
+  if (it > 0) {  // the final bounds apply to the whole window
+    for (int i = 0; i < n; ++i) {
+      if (!w.inwin(i)) continue;
+      double v, y;
+      px.values(i, v, y);
+      noise_bounds(c, i, px, noise, n, pr.sigma_low, pr.sigma_high, lo, hi);
+      w.set_surv(i, !(v < lo || v > hi));
+    }
+  }
+  return c;
+}
+
+// nkeep: the `need` clipped window frames closest to the centre join the survivors, one
+// at a time, smallest distance first (|v - c|; divided by the frame's noise-model width
+// with ccdclip), ties by frame index.
+template <class W>
+__device__ __forceinline__ void nkeep_restore(W &w, const Pixel &px, int n, int need, double c,
+                                              const Params &pr, const double *noise) {
+  for (int r = 0; r < need; ++r) {
+    int best = -1;
+    double be = 0.0;
+    for (int i = 0; i < n; ++i) {
+      if (!w.inwin(i) || w.surv(i)) continue;
+      double v, y;
+      px.values(i, v, y);
+      double e = v - c;
+      e = e < 0.0 ? -e : e;
+      if (pr.ccdclip && e != 0.0) {
+        double lo, hi;
+        e = e / noise_bounds(c, i, px, noise, n, 1.0, 1.0, lo, hi);
+      }
+      if (best < 0 || e < be) {
+        best = i;
+        be = e;
+      }
+    }
+    w.set_surv(best, true);
+  }
+}
+
+template <bool EXT, class W>
 __device__ __forceinline__ void combine_pixel(W &w, const Pixel &px, const unsigned char *mask,
                                               const double *weight, int n, const Params &pr,
                                               double *image, double *uncert, int *count,
-                                              unsigned long long *rejected) {
+                                              unsigned long long *rejected,
+                                              const double *noise) {
   const long long p = px.p;
   const long long npix = px.npix;
   w.init(n);
+  if (!EXT && (pr.ccdclip || pr.nkeep)) {
+    // ccdclip and nkeep take the gpuflat_combine_x* kernels: an impossible count says so
+    count[p] = -1;
+    image[p] = gf_nan();
+    uncert[p] = gf_nan();
+    return;
+  }
   // 1-3: valid frames, clip values, sort
   int m = 0;
   for (int i = 0; i < n; ++i) {
@@ -246,10 +377,16 @@ __device__ __forceinline__ void combine_pixel(W &w, const Pixel &px, const unsig
     }
   }
 
-  // 5: sigma clipping, astropy sigma_clip semantics
+  // 5: clipping, astropy sigma_clip semantics. The survivors are the sorted positions
+  // [af, bf) unless `general` (ccdclip, or nkeep restored frames): then the surv flags.
   int af = w0;
   int bf = w1;
-  if (pr.sigma && w1 > w0) {
+  bool general = false;
+  double c = 0.0;
+  if (EXT && pr.sigma && w1 > w0 && pr.ccdclip) {
+    c = ccd_clip(w, px, n, w1 - w0, pr, noise);
+    general = true;
+  } else if (pr.sigma && w1 > w0) {
     const double inf = gf_inf();
     int a = w0;
     int b = w1;
@@ -286,7 +423,7 @@ __device__ __forceinline__ void combine_pixel(W &w, const Pixel &px, const unsig
         }
         sd = sqrt(ss / (double)k);
       }
-      double c = pr.center == 0 ? med : mean;
+      c = pr.center == 0 ? med : mean;
       double d = pr.dev == 0 ? GF_MAD_TO_STD * mad_range(w, a, b, med) : sd;
       lo = pr.sigma_low == inf ? -inf : c - pr.sigma_low * d;
       hi = pr.sigma_high == inf ? inf : c + pr.sigma_high * d;
@@ -301,20 +438,40 @@ __device__ __forceinline__ void combine_pixel(W &w, const Pixel &px, const unsig
     while (af < bf && w.s(af) < lo) ++af;
     while (bf > af && w.s(bf - 1) > hi) --bf;
   }
+  if (!general) {
+    for (int i = 0; i < n; ++i) {
+      bool on = false;
+      if (bf > af && w.inwin(i)) {
+        double v, y;
+        px.values(i, v, y);
+        on = v >= w.s(af) && v <= w.s(bf - 1);
+      }
+      w.set_surv(i, on);
+    }
+  }
+  // 5b: nkeep, on the clipping only
+  if (EXT && pr.sigma && w1 > w0 && pr.nkeep != 0) {
+    int kw = w1 - w0;
+    int keep = pr.nkeep > 0 ? (pr.nkeep < kw ? pr.nkeep : kw)
+                            : (kw + pr.nkeep > 0 ? kw + pr.nkeep : 0);
+    int k = 0;
+    for (int i = 0; i < n; ++i) k += w.surv(i) ? 1 : 0;
+    if (k < keep) {
+      nkeep_restore(w, px, n, keep - k, c, pr, noise);
+      general = true;
+    }
+  }
 
   // 6: combine the survivors
   int k = bf - af;
+  if (general) {
+    k = 0;
+    for (int i = 0; i < n; ++i) k += w.surv(i) ? 1 : 0;
+  }
   count[p] = k;
   if (rejected) {
     for (int i = 0; i < n; ++i) {
-      if (!w.valid(i)) continue;
-      bool survived = false;
-      if (k > 0 && w.inwin(i)) {
-        double v, y;
-        px.values(i, v, y);
-        survived = v >= w.s(af) && v <= w.s(bf - 1);
-      }
-      if (!survived) atomicAdd(&rejected[i], 1ull);
+      if (w.valid(i) && !w.surv(i)) atomicAdd(&rejected[i], 1ull);
     }
   }
   if (k == 0) {
@@ -322,23 +479,18 @@ __device__ __forceinline__ void combine_pixel(W &w, const Pixel &px, const unsig
     uncert[p] = gf_nan();
     return;
   }
-  const double vlo = w.s(af);
-  const double vhi = w.s(bf - 1);
   if (pr.method == 1) {
     double med;
     double mad;
-    if (pr.clip_scaled) {
+    if (pr.clip_scaled && !general) {
       med = median_range(w, af, bf);
       mad = mad_range(w, af, bf, med);
     } else {
       // the sorted clip values are no longer needed: reuse the buffer for the survivors' y
       int q = 0;
       for (int i = 0; i < n; ++i) {
-        if (!w.inwin(i)) continue;
-        double v, y;
-        px.values(i, v, y);
-        if (v >= vlo && v <= vhi) {
-          w.s(q) = y;
+        if (w.surv(i)) {
+          w.s(q) = px.y(i);
           ++q;
         }
       }
@@ -354,27 +506,20 @@ __device__ __forceinline__ void combine_pixel(W &w, const Pixel &px, const unsig
   double swy = 0.0;
   double sw = 0.0;
   for (int i = 0; i < n; ++i) {
-    if (!w.inwin(i)) continue;
-    double v, y;
-    px.values(i, v, y);
-    if (v >= vlo && v <= vhi) {
-      sy += y;
-      if (weight) {
-        swy += weight[i] * y;
-        sw += weight[i];
-      }
+    if (!w.surv(i)) continue;
+    double y = px.y(i);
+    sy += y;
+    if (weight) {
+      swy += weight[i] * y;
+      sw += weight[i];
     }
   }
   double my = sy / (double)k;
   double ssy = 0.0;
   for (int i = 0; i < n; ++i) {
-    if (!w.inwin(i)) continue;
-    double v, y;
-    px.values(i, v, y);
-    if (v >= vlo && v <= vhi) {
-      double dy = y - my;
-      ssy += dy * dy;
-    }
+    if (!w.surv(i)) continue;
+    double dy = px.y(i) - my;
+    ssy += dy * dy;
   }
   double sd = sqrt(ssy / (double)k);
   if (pr.method == 0) {
@@ -391,48 +536,66 @@ __device__ __forceinline__ void combine_pixel(W &w, const Pixel &px, const unsig
       const double *__restrict__ scale, const double *__restrict__ weight, int n,          \
       long long npix, long long p0, long long nthreads, void *scratch, int clip_scaled,    \
       double min_value, double max_value, int nlow, int nhigh, int sigma, int center,      \
-      int dev, double sigma_low, double sigma_high, int maxiters, int method,              \
-      double *__restrict__ image, double *__restrict__ uncert, int *__restrict__ count,     \
+      int dev, double sigma_low, double sigma_high, int maxiters, int method, int ccdclip,  \
+      int nkeep, const double *__restrict__ noise, double *__restrict__ image,            \
+      double *__restrict__ uncert, int *__restrict__ count,                                \
       unsigned long long *__restrict__ rejected
 
 #define GF_COMBINE_SETUP                                                                    \
   long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x;                           \
   if (t >= nthreads) return;                                                                \
   Params pr{clip_scaled, min_value, max_value, nlow, nhigh, sigma,                          \
-            center,      dev,       sigma_low, sigma_high, maxiters, method};               \
+            center,      dev,       sigma_low, sigma_high, maxiters, method,                \
+            ccdclip,     nkeep};                                                            \
   Pixel px{data, scale, npix, p0 + t, clip_scaled};
 
-template <int CAP>
+template <int CAP, bool EXT>
 __device__ __forceinline__ void combine_local(GF_COMBINE_ARGS) {
   (void)scratch;
   GF_COMBINE_SETUP
   LocalStore<CAP> w;
-  combine_pixel(w, px, mask, weight, n, pr, image, uncert, count, rejected);
+  combine_pixel<EXT>(w, px, mask, weight, n, pr, image, uncert, count, rejected, noise);
 }
 
-extern "C" __global__ void gpuflat_combine_16(GF_COMBINE_ARGS) {
-  combine_local<16>(data, mask, scale, weight, n, npix, p0, nthreads, scratch, clip_scaled,
-                    min_value, max_value, nlow, nhigh, sigma, center, dev, sigma_low,
-                    sigma_high, maxiters, method, image, uncert, count, rejected);
-}
-
-extern "C" __global__ void gpuflat_combine_32(GF_COMBINE_ARGS) {
-  combine_local<32>(data, mask, scale, weight, n, npix, p0, nthreads, scratch, clip_scaled,
-                    min_value, max_value, nlow, nhigh, sigma, center, dev, sigma_low,
-                    sigma_high, maxiters, method, image, uncert, count, rejected);
-}
-
-extern "C" __global__ void gpuflat_combine_64(GF_COMBINE_ARGS) {
-  combine_local<64>(data, mask, scale, weight, n, npix, p0, nthreads, scratch, clip_scaled,
-                    min_value, max_value, nlow, nhigh, sigma, center, dev, sigma_low,
-                    sigma_high, maxiters, method, image, uncert, count, rejected);
-}
-
-extern "C" __global__ void gpuflat_combine_n(GF_COMBINE_ARGS) {
+template <bool EXT>
+__device__ __forceinline__ void combine_global(GF_COMBINE_ARGS) {
   GF_COMBINE_SETUP
   GlobalStore w{(double *)scratch + t,
                 (unsigned char *)((double *)scratch + (long long)n * nthreads) + t, nthreads};
-  combine_pixel(w, px, mask, weight, n, pr, image, uncert, count, rejected);
+  combine_pixel<EXT>(w, px, mask, weight, n, pr, image, uncert, count, rejected, noise);
+}
+
+#define GF_COMBINE_CALL                                                                     \
+  (data, mask, scale, weight, n, npix, p0, nthreads, scratch, clip_scaled, min_value,       \
+   max_value, nlow, nhigh, sigma, center, dev, sigma_low, sigma_high, maxiters, method,      \
+   ccdclip, nkeep, noise, image, uncert, count, rejected)
+
+extern "C" __global__ void gpuflat_combine_16(GF_COMBINE_ARGS) {
+  combine_local<16, false> GF_COMBINE_CALL;
+}
+extern "C" __global__ void gpuflat_combine_32(GF_COMBINE_ARGS) {
+  combine_local<32, false> GF_COMBINE_CALL;
+}
+extern "C" __global__ void gpuflat_combine_64(GF_COMBINE_ARGS) {
+  combine_local<64, false> GF_COMBINE_CALL;
+}
+extern "C" __global__ void gpuflat_combine_n(GF_COMBINE_ARGS) {
+  combine_global<false> GF_COMBINE_CALL;
+}
+
+// ccdclip and nkeep: the same kernels with steps 5b and 5c compiled in (they cost registers
+// the guide's path should not pay for)
+extern "C" __global__ void gpuflat_combine_x16(GF_COMBINE_ARGS) {
+  combine_local<16, true> GF_COMBINE_CALL;
+}
+extern "C" __global__ void gpuflat_combine_x32(GF_COMBINE_ARGS) {
+  combine_local<32, true> GF_COMBINE_CALL;
+}
+extern "C" __global__ void gpuflat_combine_x64(GF_COMBINE_ARGS) {
+  combine_local<64, true> GF_COMBINE_CALL;
+}
+extern "C" __global__ void gpuflat_combine_xn(GF_COMBINE_ARGS) {
+  combine_global<true> GF_COMBINE_CALL;
 }
 
 #ifdef GPUFLAT_HOST_SHIM
@@ -440,4 +603,8 @@ GPUFLAT_HOST_ENTRY(gpuflat_combine_16)
 GPUFLAT_HOST_ENTRY(gpuflat_combine_32)
 GPUFLAT_HOST_ENTRY(gpuflat_combine_64)
 GPUFLAT_HOST_ENTRY(gpuflat_combine_n)
+GPUFLAT_HOST_ENTRY(gpuflat_combine_x16)
+GPUFLAT_HOST_ENTRY(gpuflat_combine_x32)
+GPUFLAT_HOST_ENTRY(gpuflat_combine_x64)
+GPUFLAT_HOST_ENTRY(gpuflat_combine_xn)
 #endif

@@ -53,12 +53,16 @@ FLAVOURS = {
 }
 
 # Kernel parameter types, in order: P pointer, i int, q long long, d double.
-_COMBINE = "PPPPiqqqPiddiiiiiddiiPPPP"
+_COMBINE = "PPPPiqqqPiddiiiiiddiiiiPPPPP"
 SIGNATURES = {
     "gpuflat_combine_16": _COMBINE,
     "gpuflat_combine_32": _COMBINE,
     "gpuflat_combine_64": _COMBINE,
     "gpuflat_combine_n": _COMBINE,
+    "gpuflat_combine_x16": _COMBINE,
+    "gpuflat_combine_x32": _COMBINE,
+    "gpuflat_combine_x64": _COMBINE,
+    "gpuflat_combine_xn": _COMBINE,
     "gpuflat_level_hist": "PPqiPP",
     "gpuflat_level_select": "PPi",
     "gpuflat_level_rowsum": "PPqqPP",
@@ -66,7 +70,7 @@ SIGNATURES = {
 }
 _CTYPES = {"P": ctypes.c_void_p, "i": ctypes.c_int32, "q": ctypes.c_int64, "d": ctypes.c_double}
 # Positions of the pointer arguments a kernel writes (the rest it only reads).
-WRITES = {name: (8, 21, 22, 23, 24) for name in SIGNATURES if name.startswith("gpuflat_combine")}
+WRITES = {name: (8, 24, 25, 26, 27) for name in SIGNATURES if name.startswith("gpuflat_combine")}
 WRITES |= {
     "gpuflat_level_hist": (5,),
     "gpuflat_level_select": (0, 1),
@@ -175,19 +179,26 @@ def _blocks(threads: int) -> int:
 
 
 def combine_args(
-    data, mask, scale, weight, params, p0, nthreads, scratch, image, uncert, count, rejected=None
-):
-    """The combine kernels' argument list as ctypes values."""
+    data, mask, scale, weight, params, p0, nthreads, scratch, image, uncert, count, rejected=None,
+    noise=None,
+):  # fmt: skip
+    """The combine kernels' argument list as ctypes values (``noise``: the noise model
+    table, ``_params.noise_table``, which the caller keeps alive; needed with ccdclip)."""
+    from gpuflat.backends._params import KernelParams
+
     n, npix = data.shape
+    prm = KernelParams(*params)
     (clip_scaled, min_value, max_value, nlow, nhigh, sigma, center, dev, sigma_low, sigma_high,
-     maxiters, method) = params  # fmt: skip
+     maxiters, method, ccdclip, nkeep) = prm[:14]  # fmt: skip
+    if ccdclip and (noise is None or noise.size != 3 * n):
+        raise ValueError("ccdclip needs the noise table of the n frames")
     i32, i64, f64 = ctypes.c_int32, ctypes.c_int64, ctypes.c_double
     return [
         ptr(data), ptr(mask), ptr(scale), ptr(weight),
         i32(n), i64(npix), i64(p0), i64(nthreads), ptr(scratch),
         i32(int(clip_scaled)), f64(min_value), f64(max_value), i32(nlow), i32(nhigh),
         i32(int(sigma)), i32(center), i32(dev), f64(sigma_low), f64(sigma_high),
-        i32(maxiters), i32(method),
+        i32(maxiters), i32(method), i32(int(ccdclip)), i32(nkeep), ptr(noise),
         ptr(image), ptr(uncert), ptr(count), ptr(rejected),
     ]  # fmt: skip
 
@@ -202,13 +213,16 @@ def combine_band(
     ``pieces`` splits the pixels over that many launches (exercises ``p0``).
     """
     from gpuflat.backends._kernels import combine_kernel
+    from gpuflat.backends._params import KernelParams, noise_table
 
     data = np.ascontiguousarray(data, np.float32)
     n, npix = data.shape
+    noise = noise_table(KernelParams(*params), n)  # kept alive over the launches
     mask = None if mask is None else np.ascontiguousarray(mask, np.uint8)
     scale = np.ascontiguousarray(scale, np.float64)
     weight = None if weight is None else np.ascontiguousarray(weight, np.float64)
-    kernel = kernel or combine_kernel(n)
+    prm = KernelParams(*params)
+    kernel = kernel or combine_kernel(n, extended=bool(prm.ccdclip or prm.nkeep))
     image = np.full(npix, -1.0)
     uncert = np.full(npix, -1.0)
     count = np.full(npix, -1, np.int32)
@@ -217,7 +231,7 @@ def combine_band(
         w = int(p1 - p0)
         if w == 0:
             continue
-        scratch = np.empty(9 * n * w, np.uint8) if kernel == "gpuflat_combine_n" else None
+        scratch = np.empty(9 * n * w, np.uint8) if kernel[-1] == "n" else None
         args = combine_args(
             data,
             mask,
@@ -231,6 +245,7 @@ def combine_band(
             uncert,
             count,
             rejected,
+            noise if noise.size else None,
         )
         launch(kernel, _blocks(w), BLOCK, args, flavour)
     return image, uncert, count

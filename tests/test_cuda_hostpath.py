@@ -158,6 +158,8 @@ OPTIONS = {
     "median-combine": {"method": "median", "maxiters": None, "sigma_low": 2.0},
     "no-scale-sum-weights": {"scale": "none", "method": "sum", "weights": tuple(range(1, 16))},
     "extrema": {"nlow": 1, "nhigh": 1, "min_value": 500.0},
+    "ccdclip-nkeep": {"clip": "ccdclip", "rdnoise": 5.0, "noise_gain": 1.5, "nkeep": 12},
+    "sigma-nkeep": {"sigma_low": 1.0, "sigma_high": 1.0, "nkeep": -3},
 }
 
 

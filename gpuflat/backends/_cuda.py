@@ -32,7 +32,7 @@ from ._kernels import (
     convert_args,
     median_from_state,
 )
-from ._params import KernelParams
+from ._params import KernelParams, noise_table
 
 #: A kernel that :func:`available` compiles to find out whether NVRTC works here.
 _PROBE_SOURCE = 'extern "C" __global__ void gpuflat_probe(double *x) { x[0] = 1.0; }\n'
@@ -230,8 +230,6 @@ class CudaBackend:
 
         return DEFAULT_DEVICE_SHARE * self.device.free_memory()
 
-    kernel_for = staticmethod(combine_kernel)
-
     def launch_convert(self, d_raw, d_out, count, fmt, stream) -> None:
         """Queue ``convert.cu`` on ``count`` stored values (``fmt``: a RawFormat)."""
         _launch_convert(self.device, d_raw, d_out, count, tuple(fmt), stream)
@@ -301,11 +299,12 @@ class CudaBackend:
         image, uncert, count = out
         if npix == 0:
             return image, uncert, count
-        kernel = combine_kernel(n)
+        given = KernelParams(*params)
+        kernel = combine_kernel(n, extended=bool(given.ccdclip or given.nkeep))
         per_pixel = n * (5 if mask is not None else 4)
         width = self.chunk_pixels or max(BLOCK, CHUNK_BYTES // per_pixel // BLOCK * BLOCK)
         width = min(width, npix)
-        scratch = 9 * n * width if kernel == "gpuflat_combine_n" else 0
+        scratch = 9 * n * width if kernel[-1] == "n" else 0
         slots = [_Slot(dev, n, width, mask is not None, scratch) for _ in range(2)]
         # per-frame vectors, uploaded once; every slot's stream reads them, hence the wait
         d_scale = dev.empty(n, np.float64)
@@ -320,6 +319,12 @@ class CudaBackend:
         ]
         dev.synchronize(slots[0].stream)
         p = KernelParams(*params)
+        noise = noise_table(p, n)
+        d_noise = None
+        if noise.size:  # ccdclip's per-frame noise model, uploaded once like the scales
+            d_noise = dev.empty(noise.size, np.float64)
+            dev.upload(d_noise, noise, slots[0].stream)
+            dev.synchronize(slots[0].stream)
         prm = (
             np.int32(p.clip_scaled),
             np.float64(p.min_value),
@@ -333,6 +338,8 @@ class CudaBackend:
             np.float64(p.sigma_high),
             np.int32(p.maxiters),
             np.int32(p.method),
+            np.int32(p.ccdclip),
+            np.int32(p.nkeep),
         )
         outputs = (image, uncert, count)
         for c, p0 in enumerate(range(0, npix, width)):
@@ -364,6 +371,7 @@ class CudaBackend:
                 np.int64(w),
                 slot.d_scratch,
                 *prm,
+                d_noise,
                 slot.d_image,
                 slot.d_uncert,
                 slot.d_count,

@@ -23,8 +23,8 @@ import math
 
 import numpy as np
 
-from ._kernels import median_from_state
-from ._params import KernelParams
+from ._kernels import combine_kernel, median_from_state
+from ._params import KernelParams, noise_table
 
 #: the share of the free device memory a combination may use unless told otherwise
 DEFAULT_DEVICE_SHARE = 0.5
@@ -41,7 +41,7 @@ def _kernel_params(params) -> tuple:
         np.int32(p.clip_scaled), np.float64(p.min_value), np.float64(p.max_value),
         np.int32(p.nlow), np.int32(p.nhigh), np.int32(p.sigma), np.int32(p.center),
         np.int32(p.dev), np.float64(p.sigma_low), np.float64(p.sigma_high),
-        np.int32(p.maxiters), np.int32(p.method),
+        np.int32(p.maxiters), np.int32(p.method), np.int32(p.ccdclip), np.int32(p.nkeep),
     )  # fmt: skip
 
 
@@ -63,7 +63,7 @@ class _FeedSlot:
             self.d_out = tuple(dev.empty(out_pixels, t) for t in kinds)
         self.d_scratch = dev.empty(scratch_bytes, np.uint8) if scratch_bytes else None
         self.d_rejected = dev.zeros(n, np.uint64, self.stream) if counters else None
-        self.d_scale = self.d_weight = None
+        self.d_scale = self.d_weight = self.d_noise = None
         if level_rows:
             self.h_zero = dev.pinned(8, np.uint32)
             self.h_zero[...] = 0
@@ -97,14 +97,13 @@ class Feed:
         self.masked = masked
         self.hows = tuple(hows) if pass1 else ()
         self.block = backend.block
-        self.kernel = backend.kernel_for(n)
         sizes = [4 if f is None else np.dtype(f.dtype).itemsize for f in self.formats]
         self.itemsize = max(sizes)
         frame_pixels = nrows * cols
         per_mask = 1 if masked else 0
 
         def scratch_width(rows):
-            if not self.kernel.endswith("_n"):
+            if n <= 64:  # only gpuflat_combine_n / _xn use scratch
                 return 0
             return min(rows * cols, max(self.block, SCRATCH_BYTES // (9 * n)))
 
@@ -345,6 +344,12 @@ class Feed:
                 slot.h_weight = dev.pinned(n, np.float64)
                 slot.h_weight[...] = weight
                 dev.upload(slot.d_weight, slot.h_weight, stream)
+            noise = noise_table(KernelParams(*params), n)
+            if noise.size:  # ccdclip's per-frame noise model
+                slot.d_noise = dev.empty(noise.size, np.float64)
+                slot.h_noise = dev.pinned(noise.size, np.float64)
+                slot.h_noise[...] = noise
+                dev.upload(slot.d_noise, slot.h_noise, stream)
         self._rejected = rejected
         if self.resident:
             data, masks = self.d_stack, self.d_mstack
@@ -352,6 +357,8 @@ class Feed:
         else:
             data, masks, stride, offset = slot.d_work, slot.d_mask, width, 0
         prm = _kernel_params(params)
+        p = KernelParams(*params)
+        kernel = combine_kernel(n, extended=bool(p.ccdclip or p.nkeep))
         for p0 in range(0, width, self.chunk):
             w = min(self.chunk, width - p0)
             # the chunk's frames: base + offset + p0 + i * stride, for i < n
@@ -359,10 +366,10 @@ class Feed:
             args = (
                 data[lo:hi], None if masks is None else masks[lo:hi], slot.d_scale,
                 slot.d_weight, np.int32(n), np.int64(stride), np.int64(0), np.int64(w),
-                slot.d_scratch, *prm, *(d[p0 : p0 + w] for d in slot.d_out),
+                slot.d_scratch, *prm, slot.d_noise, *(d[p0 : p0 + w] for d in slot.d_out),
                 slot.d_rejected,
             )  # fmt: skip
-            dev.launch("combine.cu", self.kernel, _blocks(w, self.block), self.block, args,
+            dev.launch("combine.cu", kernel, _blocks(w, self.block), self.block, args,
                        stream)  # fmt: skip
         for h, d in zip(slot.h_out, slot.d_out, strict=True):
             dev.download(h[:width], d[:width], stream)

@@ -85,12 +85,14 @@ def convert_args(dtype, bscale, bzero, blank):
     return kernel, mode, s, z, has_blank, value
 
 
-def combine_kernel(n: int) -> str:
-    """The combine kernel for a stack of ``n`` frames."""
+def combine_kernel(n: int, extended: bool = False) -> str:
+    """The combine kernel for a stack of ``n`` frames; ``extended``: ccdclip or nkeep (the
+    ``gpuflat_combine_x*`` kernels)."""
+    x = "x" if extended else ""
     for cap in (16, 32, 64):
         if n <= cap:
-            return f"gpuflat_combine_{cap}"
-    return "gpuflat_combine_n"
+            return f"gpuflat_combine_{x}{cap}"
+    return f"gpuflat_combine_{x}n"
 
 
 def _float_of_key(key) -> float:

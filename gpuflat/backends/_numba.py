@@ -13,7 +13,7 @@ import numpy as np
 
 from . import _numba_median
 from ._numba_fast import FAST_L, NROWS_F, fast_block, fast_eligible
-from ._params import KernelParams
+from ._params import KernelParams, noise_table
 
 MAD_TO_STD = 1.482602218505602
 _INF = np.inf
@@ -81,6 +81,82 @@ def _member_mean_sd(v, inwin, n, vlo, vhi, k):
     return mean, np.sqrt(ss / k)
 
 
+@nb.njit(cache=True, nogil=True, inline="always")
+def _noise_bounds(c, i, scale, clip_scaled, noise, n, sigma_low, sigma_high):
+    """ccdclip: frame i's bounds about the centre ``c`` from the noise model, and its
+    width (contract step 5, ccdclip)."""
+    sc = scale[i] if clip_scaled else 1.0
+    r = c / sc
+    if not r > 0.0:
+        r = 0.0
+    q = r * noise[2 * n + i]
+    sig = np.sqrt(noise[i] + r / noise[n + i] + q * q) * sc
+    lo = -_INF if sigma_low == _INF else c - sigma_low * sig
+    hi = _INF if sigma_high == _INF else c + sigma_high * sig
+    return lo, hi, sig
+
+
+@nb.njit(cache=True, nogil=True)
+def _ccdclip(v, inwin, sv, t, n, k, scale, clip_scaled, noise, center, sigma_low, sigma_high,
+             maxiters):  # fmt: skip
+    """ccdclip (contract step 5): ``sv`` = the survivors among the ``k`` window frames;
+    returns the final centre."""
+    for i in range(n):
+        sv[i] = inwin[i]
+    c = 0.0
+    it = 0
+    while k > 0 and (maxiters < 0 or it < maxiters):
+        it += 1
+        if center == 0:
+            q = 0
+            for i in range(n):
+                if sv[i]:
+                    t[q] = v[i]
+                    q += 1
+            _sort(t, k)
+            c = _median(t, 0, k)
+        else:
+            total = 0.0
+            for i in range(n):
+                if sv[i]:
+                    total += v[i]
+            c = total / k
+        k2 = 0
+        for i in range(n):
+            if sv[i]:
+                lo, hi, _ = _noise_bounds(c, i, scale, clip_scaled, noise, n, sigma_low, sigma_high)
+                sv[i] = not (v[i] < lo or v[i] > hi)
+                k2 += sv[i]
+        if k2 == k:
+            break
+        k = k2
+    if it > 0:  # the final bounds apply to the whole window
+        for i in range(n):
+            if inwin[i]:
+                lo, hi, _ = _noise_bounds(c, i, scale, clip_scaled, noise, n, sigma_low, sigma_high)
+                sv[i] = not (v[i] < lo or v[i] > hi)
+    return c
+
+
+@nb.njit(cache=True, nogil=True)
+def _nkeep_restore(v, inwin, sv, n, need, c, ccdclip, scale, clip_scaled, noise):
+    """nkeep (contract step 5b): the ``need`` clipped window frames closest to the centre
+    join the survivors, one at a time, smallest distance first, ties by frame index."""
+    for _ in range(need):
+        best = -1
+        be = 0.0
+        for i in range(n):
+            if inwin[i] and not sv[i]:
+                e = abs(v[i] - c)
+                if ccdclip and e != 0.0:
+                    _, _, sig = _noise_bounds(c, i, scale, clip_scaled, noise, n, 1.0, 1.0)
+                    e = e / sig
+                if best < 0 or e < be:
+                    best = i
+                    be = e
+        sv[best] = True
+
+
 @nb.njit(cache=True, nogil=True)
 def _combine_pixels(
     data, mask, has_mask, scale, weight, has_weight, prm, p0, p1, image, uncert, count, rej
@@ -98,14 +174,18 @@ def _combine_pixels(
         sigma_high,
         maxiters,
         method,
+        ccdclip,
+        nkeep,
+        noise,
     ) = prm
     n = data.shape[0]
     v = np.empty(n, np.float64)  # clip values, frame order
     y = np.empty(n, np.float64)  # combine values, frame order
     s = np.empty(n, np.float64)  # sorted clip values of the valid frames
-    t = np.empty(n, np.float64)  # sorted survivors' combine values (clip_scaled == 0)
+    t = np.empty(n, np.float64)  # sorted survivors' combine values; ccdclip's sort buffer
     inwin = np.empty(n, np.bool_)  # valid, then: valid and inside the extrema window
     valid = np.empty(n, np.bool_)
+    sv = np.empty(n, np.bool_)  # survivors
     has_rej = rej.size > 0
     for p in range(p0, p1):
         # 1-3: valid frames, values, sort
@@ -136,10 +216,19 @@ def _combine_pixels(
                         if valid[j] and (v[j] < v[i] or (v[j] == v[i] and j < i)):
                             rank += 1
                     inwin[i] = w0 <= rank < w1
-        # 5: sigma clipping (astropy semantics)
+        # 5: clipping (astropy semantics). The survivors are the sorted positions [af, bf)
+        # unless ``general``: then they are the frames flagged in ``sv``
         af = w0
         bf = w1
-        if sigma and w1 > w0:
+        general = False
+        c = 0.0
+        if sigma and w1 > w0 and ccdclip:
+            c = _ccdclip(
+                v, inwin, sv, t, n, w1 - w0, scale, clip_scaled, noise, center, sigma_low,
+                sigma_high, maxiters,
+            )  # fmt: skip
+            general = True
+        elif sigma and w1 > w0:
             a = w0
             b = w1
             lo = -_INF
@@ -172,27 +261,43 @@ def _combine_pixels(
                 af += 1
             while bf > af and s[bf - 1] > hi:
                 bf -= 1
+        if not general:
+            for i in range(n):
+                sv[i] = bf > af and inwin[i] and s[af] <= v[i] <= s[bf - 1]
+        # 5b: nkeep, on the clipping only
+        if sigma and w1 > w0 and nkeep != 0:
+            kw = w1 - w0
+            keep = min(nkeep, kw) if nkeep > 0 else max(0, kw + nkeep)
+            k = 0
+            for i in range(n):
+                k += sv[i]
+            if k < keep:
+                _nkeep_restore(v, inwin, sv, n, keep - k, c, ccdclip, scale, clip_scaled, noise)
+                general = True
         # 6: combine the survivors
-        k = bf - af
+        if general:
+            k = 0
+            for i in range(n):
+                k += sv[i]
+        else:
+            k = bf - af
         count[p] = k
         if has_rej:  # valid samples that did not survive, per frame
             for i in range(n):
-                if valid[i] and not (k > 0 and inwin[i] and s[af] <= v[i] <= s[bf - 1]):
+                if valid[i] and not sv[i]:
                     rej[i] += 1
         if k == 0:
             image[p] = np.nan
             uncert[p] = np.nan
             continue
-        vlo = s[af]
-        vhi = s[bf - 1]
         if method == 1:
-            if clip_scaled:
+            if clip_scaled and not general:
                 med = _median(s, af, bf)
                 mad = _mad(s, af, bf, med)
             else:
                 q = 0
                 for i in range(n):
-                    if inwin[i] and v[i] >= vlo and v[i] <= vhi:
+                    if sv[i]:
                         t[q] = y[i]
                         q += 1
                 _sort(t, k)
@@ -205,7 +310,7 @@ def _combine_pixels(
         swy = 0.0
         sw = 0.0
         for i in range(n):
-            if inwin[i] and v[i] >= vlo and v[i] <= vhi:
+            if sv[i]:
                 sy += y[i]
                 if has_weight:
                     swy += weight[i] * y[i]
@@ -213,7 +318,7 @@ def _combine_pixels(
         my = sy / k
         ssy = 0.0
         for i in range(n):
-            if inwin[i] and v[i] >= vlo and v[i] <= vhi:
+            if sv[i]:
                 dy = y[i] - my
                 ssy += dy * dy
         sd = np.sqrt(ssy / k)
@@ -749,6 +854,103 @@ def _sigma_clip(tl, il, fl, n, w0, prm, mrg):
 
 
 @nb.njit(cache=True, nogil=True, error_model="numpy")
+def _ccdclip_lanes(tl, il, fl, n, w0, prm, scale, srt):
+    """Step 5 with ccdclip on every lane, as ``_ccdclip`` does per pixel: the alive window
+    values in frame order in _TD (NaN when not alive), the centre in ``fl[_MEAN]``. At the
+    end _TV holds the survivors in frame order (NaN otherwise), _TS them sorted (then +inf)
+    and [af, bf) = [0, k), so that step 6 reads them as it reads a clipped range."""
+    clip_scaled = prm[0]
+    center = prm[6]
+    sigma_low = prm[8]
+    sigma_high = prm[9]
+    maxiters = prm[10]
+    noise = prm[14]
+    nact = 0
+    for lane in range(_L):
+        k = il[_W1, lane] - w0
+        act = k > 0
+        il[_ACT, lane] = act
+        il[_A, lane] = 0
+        il[_B, lane] = k
+        fl[_MEAN, lane] = 0.0
+        nact += act
+    # (a lane with an empty window may hold values in _TV: ``_window`` skips it)
+    for i in range(n):
+        for lane in range(_L):
+            tl[_TV, i, lane] = tl[_TV, i, lane] if il[_W1, lane] > w0 else _NAN
+            tl[_TD, i, lane] = tl[_TV, i, lane]
+    it = 0
+    while nact > 0 and (maxiters < 0 or it < maxiters):
+        it += 1
+        if center == 0:
+            for i in range(n):
+                for lane in range(_L):
+                    x = tl[_TD, i, lane]
+                    tl[_TS, i, lane] = x if x == x else _INF
+            _sort_tile(tl, _TS, srt)
+            _medians(tl, _TS, il, _A, _B, fl, _MED)
+        else:
+            for lane in range(_L):
+                fl[_S1, lane] = 0.0
+            for i in range(n):
+                for lane in range(_L):
+                    x = tl[_TD, i, lane]
+                    fl[_S1, lane] += x if x == x else 0.0
+            for lane in range(_L):
+                fl[_MED, lane] = fl[_S1, lane] / max(il[_B, lane], 1)
+        for lane in range(_L):
+            act = il[_ACT, lane] != 0
+            fl[_MEAN, lane] = fl[_MED, lane] if act else fl[_MEAN, lane]
+            il[_CL, lane] = 0
+        for i in range(n):
+            for lane in range(_L):
+                x = tl[_TD, i, lane]
+                lo, hi, _ = _noise_bounds(
+                    fl[_MEAN, lane], i, scale, clip_scaled, noise, n, sigma_low, sigma_high
+                )
+                keep = not (x < lo or x > hi)
+                act = il[_ACT, lane] != 0
+                tl[_TD, i, lane] = x if (keep or not act) else _NAN
+                il[_CL, lane] += keep & (x == x)
+        nact = 0
+        for lane in range(_L):
+            k = il[_B, lane]
+            k2 = il[_CL, lane]
+            act = il[_ACT, lane] != 0
+            go = act & (k2 != k) & (k2 > 0)
+            il[_B, lane] = k2 if act else k
+            il[_ACT, lane] = go
+            nact += go
+    # the final bounds apply to the whole window
+    for lane in range(_L):
+        il[_AF, lane] = 0
+        il[_BF, lane] = 0
+    for i in range(n):
+        for lane in range(_L):
+            x = tl[_TV, i, lane]
+            if it > 0:
+                lo, hi, _ = _noise_bounds(
+                    fl[_MEAN, lane], i, scale, clip_scaled, noise, n, sigma_low, sigma_high
+                )
+                x = _NAN if (x < lo or x > hi) else x
+            tl[_TV, i, lane] = x
+            tl[_TS, i, lane] = x if x == x else _INF
+            il[_BF, lane] += x == x
+    _sort_tile(tl, _TS, srt)
+
+
+@nb.njit(cache=True, nogil=True)
+def _nkeep_lanes(il, w0, nkeep):
+    """nkeep on every lane: a lane whose clipping left fewer than it keeps goes to the
+    per-pixel path (``_nkeep_restore``); most lanes lose a sample or two at most."""
+    for lane in range(_L):
+        kw = il[_W1, lane] - w0
+        keep = min(nkeep, kw) if nkeep > 0 else max(0, kw + nkeep)
+        if il[_BF, lane] - il[_AF, lane] < keep:
+            il[_BAD, lane] = 1
+
+
+@nb.njit(cache=True, nogil=True, error_model="numpy")
 def _combine_lanes(
     tl, il, fl, n, scale, weight, has_weight, prm, srt, mrg, p0, nl, image, uncert, count
 ):
@@ -874,7 +1076,12 @@ def _combine_block(
         il[_W1, lane] = max(il[_M, lane] - nhigh, nlow)
     if nlow + nhigh > 0:
         _window(tl, il, n, nlow)
-    _sigma_clip(tl, il, fl, n, nlow, prm, mrg)  # 5
+    if prm[5] and prm[12]:  # 5
+        _ccdclip_lanes(tl, il, fl, n, nlow, prm, scale, srt)
+    else:
+        _sigma_clip(tl, il, fl, n, nlow, prm, mrg)
+    if prm[5] and prm[13] != 0:  # 5b
+        _nkeep_lanes(il, nlow, prm[13])
     _combine_lanes(
         tl, il, fl, n, scale, weight, has_weight, prm, srt, mrg, p0, nl, image, uncert, count
     )  # 6
@@ -1011,10 +1218,10 @@ def combine_band(data, mask, scale, weight, params: KernelParams, out=None, reje
         np.ascontiguousarray(scale, np.float64),
         np.ascontiguousarray(weight, np.float64) if has_weight else _NO_WEIGHT,
         has_weight,
-        _as_tuple(params),
+        _as_tuple(params, data.shape[0]),
         srt,
         mrg,
-        fast_eligible(params, data.shape[0]),
+        fast_eligible(params, data.shape[0]) and not params.ccdclip and params.nkeep == 0,
         image,
         uncert,
         count,
@@ -1028,8 +1235,11 @@ _NO_MASK = np.zeros((1, 1), np.uint8)
 _NO_WEIGHT = np.ones(1)
 
 
-def _as_tuple(params: KernelParams):
-    """Fixed numeric types, so that numba compiles the kernel once."""
+def _as_tuple(params: KernelParams, n: int | None = None):
+    """Fixed numeric types, so that numba compiles the kernel once; the noise model table
+    (``_params.noise_table``) last."""
+    if n is None:
+        n = len(params.rdnoise)
     return (
         bool(params.clip_scaled),
         float(params.min_value),
@@ -1043,6 +1253,9 @@ def _as_tuple(params: KernelParams):
         float(params.sigma_high),
         int(params.maxiters),
         int(params.method),
+        bool(params.ccdclip),
+        int(params.nkeep),
+        noise_table(params, n),
     )
 
 

@@ -4,13 +4,21 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import numpy as np
+
 CENTERS = {"median": 0, "mean": 1}
 DEVS = {"mad_std": 0, "std": 1}
 METHODS = {"average": 0, "median": 1, "sum": 2}
 
 
 class KernelParams(NamedTuple):
-    """Per-pixel rejection and combine options, as numbers (see docs/kernel-contract.md)."""
+    """Per-pixel rejection and combine options, as numbers (see docs/kernel-contract.md).
+
+    ``ccdclip`` (with ``sigma``): the clipping width of each frame comes from the CCD noise
+    model, with the per-frame ``rdnoise`` (electrons), ``gain`` (e-/ADU) and ``snoise``
+    (fraction), one value per frame each (empty unless ``ccdclip``). ``nkeep``: the least
+    number of window frames the clipping leaves (negative: the most it rejects).
+    """
 
     clip_scaled: int = 1
     min_value: float = float("-inf")
@@ -24,3 +32,27 @@ class KernelParams(NamedTuple):
     sigma_high: float = 5.0
     maxiters: int = 1
     method: int = 0
+    ccdclip: int = 0
+    nkeep: int = 0
+    rdnoise: tuple = ()
+    gain: tuple = ()
+    snoise: tuple = ()
+
+
+def noise_table(params: KernelParams, n: int) -> np.ndarray:
+    """The noise model as the kernels take it: float64 ``[3 * n]``, frame i's
+    ``(rdnoise_i / gain_i) ** 2`` at ``i``, ``gain_i`` at ``n + i``, ``snoise_i`` at
+    ``2 n + i``; computed here once, so every backend uses the same bits. Empty (size 0)
+    unless ``params.ccdclip``."""
+    if not params.ccdclip:
+        return np.zeros(0, np.float64)
+    rd, gain, sn = (
+        np.asarray(v, np.float64).ravel() for v in (params.rdnoise, params.gain, params.snoise)
+    )
+    if not rd.size == gain.size == sn.size == n:
+        raise ValueError(
+            f"ccdclip needs rdnoise, gain and snoise for each of the {n} frames; got "
+            f"{rd.size}, {gain.size} and {sn.size} values"
+        )
+    ratio = rd / gain
+    return np.ascontiguousarray(np.concatenate([ratio * ratio, gain, sn]), np.float64)

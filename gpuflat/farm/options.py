@@ -65,7 +65,7 @@ _KINDS = {
     "inputs": "strings", "recursive": "bool", "imagetyp": "strings", "where": "strings",
     "group_by": "keys", "ext": "str", "outdir": "str", "overwrite": "bool", "compress": "bool",
     "skip_bad": "bool", "plots": "bool", "report": "str", "method": ("average", "median", "sum"),
-    "scale": "str", "clip": ("sigma", "none"), "sigma_low": float, "sigma_high": float,
+    "scale": "str", "clip": ("sigma", "ccdclip", "none"), "sigma_low": float, "sigma_high": float,
     "center": ("median", "mean"), "dev": ("mad_std", "std"), "maxiters": maxiters,
     "min_value": float_or_none, "max_value": float_or_none, "nlow": int, "nhigh": int,
     "mask": "str", "mem_limit": float, "device_mem_limit": float_or_none,
@@ -75,6 +75,8 @@ _KINDS = {
     "scheduler": "str", "verbose": "count", "quiet": "bool", "overscan": "str",
     "overscan_axis": overscan_axis, "overscan_model": "str", "trim": "str", "bias": "str",
     "dark": "str", "exposure_key": "str", "gain": number_or_keyword,
+    "rdnoise": number_or_keyword, "noise_gain": number_or_keyword, "snoise": number_or_keyword,
+    "nkeep": int,
 }  # fmt: skip
 _EXPECTED = {
     float: "a number",
@@ -116,6 +118,10 @@ class RunOptions:
     max_value: float | None = None
     nlow: int = 0
     nhigh: int = 0
+    rdnoise: str = "0"
+    noise_gain: str = "1"
+    snoise: str = "0"
+    nkeep: int = 0
     mask: str | None = None
     mem_limit: float = 350e6
     device_mem_limit: float | None = None
@@ -155,7 +161,9 @@ class RunOptions:
                 method=self.method, scale=self.scale, clip=self.clip, sigma_low=self.sigma_low,
                 sigma_high=self.sigma_high, center=self.center, dev=self.dev,
                 maxiters=self.maxiters, min_value=self.min_value, max_value=self.max_value,
-                nlow=self.nlow, nhigh=self.nhigh, mem_limit=self.mem_limit, backend=self.device,
+                nlow=self.nlow, nhigh=self.nhigh, rdnoise=self.rdnoise,
+                noise_gain=self.noise_gain, snoise=self.snoise, nkeep=self.nkeep,
+                mem_limit=self.mem_limit, backend=self.device,
                 device_mem_limit=self.device_mem_limit,
             )  # fmt: skip
             qa = QAConfig(level_range=self.level_range, reject_factor=self.qa_reject_factor)
@@ -166,6 +174,7 @@ class RunOptions:
             )  # fmt: skip
         except (ValueError, TypeError) as exc:
             text = str(exc).replace("level_range", "--level-range")
+            text = _NOISE_PARAM.sub(lambda m: "--" + m[1].replace("_", "-"), text)
             text = _CALIBRATION_PARAM.sub(lambda m: "--" + m[1].replace("_", "-"), text)
             raise OptionError(text.replace("reject_factor", "--qa-reject-factor")) from None
         where = []
@@ -212,6 +221,8 @@ _PATHS = ("outdir", "report", "mask", "bias", "dark")
 _CALIBRATION_PARAM = re.compile(
     r"^(overscan_axis|overscan_model|overscan|trim|bias|dark|exposure_key|gain)\b"
 )
+#: the noise model's parameter names at the start of their messages, said as flags
+_NOISE_PARAM = re.compile(r"^(rdnoise|noise_gain|snoise|nkeep)\b")
 #: options that choose where the work runs; giving one as a flag drops the file's other
 #: (a farm.toml with ``workers = 8`` still runs with ``--scheduler ADDR``)
 _EXCLUSIVE = ("workers", "scheduler")
