@@ -12,8 +12,10 @@ import numba as nb
 import numpy as np
 
 from . import _numba_median
-from ._numba_fast import FAST_L, NROWS_F, fast_block, fast_eligible
+from ._numba_fast import FAST_L, fast_block, fast_eligible, merge_network
 from ._params import KernelParams
+
+_FAST_BAD = 11 * FAST_L  # the flags' row in the fast path's scratch
 
 MAD_TO_STD = 1.482602218505602
 _INF = np.inf
@@ -917,10 +919,7 @@ def _combine_parallel(
         rc = parts[c] if rej.size > 0 else rej
         p1 = min(npix, (c + 1) * _CHUNK)
         if fast:
-            T = np.empty((max(n, 16), FAST_L), np.float64)
-            Y = np.empty((n, FAST_L), np.float64)
-            F = np.empty((NROWS_F, FAST_L), np.float64)
-            bad = np.empty(FAST_L, np.float64)
+            W = np.empty((12 + 33 * ((n + 15) // 16)) * FAST_L, np.float64)  # scratch_size
             for p0 in range(c * _CHUNK, p1, FAST_L):
                 if p1 - p0 < FAST_L:
                     _combine_pixels(
@@ -929,12 +928,12 @@ def _combine_parallel(
                     )  # fmt: skip
                     continue
                 nbad = fast_block(
-                    data, mask, has_mask, scale, weight, has_weight, prm, srt, p0, T, Y, F,
-                    bad, image, uncert, count, rc,
+                    data, mask, has_mask, scale, weight, has_weight, prm, srt, p0, W, image,
+                    uncert, count, rc,
                 )  # fmt: skip
                 if nbad > 0:
                     for lane in range(FAST_L):
-                        if bad[lane] != 0.0:
+                        if W[_FAST_BAD + lane] != 0.0:
                             _combine_pixels(
                                 data, mask, has_mask, scale, weight, has_weight, prm,
                                 p0 + lane, p0 + lane + 1, image, uncert, count, rc,
@@ -1003,7 +1002,9 @@ def combine_band(data, mask, scale, weight, params: KernelParams, out=None, reje
     image, uncert, count = out
     has_mask = mask is not None
     has_weight = weight is not None
-    srt, mrg = _networks(data.shape[0])
+    fast = fast_eligible(params, data.shape[0])
+    # the fast path sorts runs of 16 frames in registers and merges them by a network
+    srt, mrg = (merge_network(data.shape[0]), _NO_NET) if fast else _networks(data.shape[0])
     _combine_parallel(
         data,
         mask if has_mask else _NO_MASK,
@@ -1014,7 +1015,7 @@ def combine_band(data, mask, scale, weight, params: KernelParams, out=None, reje
         _as_tuple(params),
         srt,
         mrg,
-        fast_eligible(params, data.shape[0]),
+        fast,
         image,
         uncert,
         count,
@@ -1024,6 +1025,7 @@ def combine_band(data, mask, scale, weight, params: KernelParams, out=None, reje
 
 
 _NO_REJECTED = np.zeros(0, np.int64)
+_NO_NET = np.zeros((2, 0), np.int64)
 _NO_MASK = np.zeros((1, 1), np.uint8)
 _NO_WEIGHT = np.ones(1)
 
