@@ -53,14 +53,22 @@ _NAN = np.nan
 _LU = np.uint64(FAST_L)
 # float lane rows: per-lane results, then the flags, then the sorted values T, then the
 # scaled values Y in frame order
-_MED, _D1, _D2, _LO, _HI, _SY, _K, _MEAN, _SS, _SWY, _SW = (np.uint64(r * FAST_L) for r in range(11))
+_MED, _D1, _D2, _LO, _HI, _SY, _K, _MEAN, _SS, _SWY, _SW = (
+    np.uint64(r * FAST_L) for r in range(11)
+)
 NROWS_F = 11
 _OBAD = np.uint64(11 * FAST_L)
-_OT = np.uint64(12 * FAST_L)
-# then one run of 33 rows per 16 frames: T (sorted values), Y (values in frame order) and
-# the run's flags, so that the loop that fills a run addresses one base at constant offsets
-_RUN = 33
+_PINF = np.uint64(12 * FAST_L)  # a row of +inf
+_MINF = np.uint64(13 * FAST_L)  # a row of -inf
+_OT = np.uint64(14 * FAST_L)
+# then one run of 37 rows per 16 frames: T (sorted values), Y (values in frame order), the
+# run's flags and sums, so that the loop that fills a run addresses one base at constant offsets
+_RUN = 37
 _RFLAGS = np.uint64(32 * FAST_L)
+_RSYIN = np.uint64(33 * FAST_L)  # the frame-order sum of the frames before the run
+_RSY = np.uint64(34 * FAST_L)  # ... and of the run's frames too
+_RMEAN = np.uint64(35 * FAST_L)  # the unclipped mean and sum of squared deviations, as if
+_RSS = np.uint64(36 * FAST_L)  # the run's frames were all (right when n <= 16)
 # row offsets 0..15 (unsigned: an int64 literal would make the sum float64)
 _R0 = np.uint64(0 * FAST_L)
 _R1 = np.uint64(1 * FAST_L)
@@ -82,9 +90,9 @@ _R16 = np.uint64(16 * FAST_L)
 
 
 def scratch_size(n) -> int:
-    """Length of the flat scratch array ``fast_block`` needs for n frames: 12 rows, then a
-    run of 33 rows per 16 frames."""
-    return (12 + _RUN * ((n + 15) // 16)) * FAST_L
+    """Length of the flat scratch array ``fast_block`` needs for n frames: 14 rows, then a
+    run of 37 rows per 16 frames."""
+    return (14 + _RUN * ((n + 15) // 16)) * FAST_L
 
 
 @nb.njit(cache=True, nogil=True, inline="always")
@@ -167,16 +175,21 @@ def _cx(a, b):
     return (a if a < b else b), (b if a < b else a)
 
 
-@nb.njit(cache=True, nogil=True, error_model="numpy")
+@nb.njit(cache=True, nogil=True, error_model="numpy", inline="always")
 def _load_sort16(data, scale, n, b, pu, W):
     """Frames ``b .. b+15`` of one block (b a multiple of 16), in one lane loop and in
-    registers: ``Y`` rows get the scaled values, ``T`` rows the same values
-    sorted by Green's 60-comparator network (frames past n are +inf, which every
-    comparator leaves in place, and their rows repeat frame n - 1 in ``Y``), and the flags
-    the run's flags 1.0 where a value is not ``0 < |y| <= 1e300``, else 0.0."""
+    registers: ``Y`` rows get the scaled values (rows past n repeat frame n - 1), ``T``
+    rows the same values sorted by Green's 60-comparator network (frames past n are
+    +inf, which every comparator leaves in place), the run's flags 1.0 where a value is
+    not ``0 < |y| <= 1e300``, else 0.0. The run's frame-order sum goes on from its row
+    ``_RSYIN`` (set by the caller; adding +0.0 for the frames past n changes nothing, the
+    sum being no -0.0), and ``_RMEAN`` and ``_RSS`` get the unclipped mean and sum of
+    squared deviations as if these were all the frames (right when n <= 16). Every row
+    the loop touches is at a constant offset from one base."""
     ot = _trow(b)
     oyb = ot + _R16
     ob = ot + _RFLAGS
+    m = min(16, n - b)  # frames of this run
     r0 = min(b + 0, n - 1)
     r1 = min(b + 1, n - 1)
     r2 = min(b + 2, n - 1)
@@ -277,6 +290,60 @@ def _load_sort16(data, scale, n, b, pu, W):
         ok &= (abs(y14) > 0.0) & (abs(y14) <= _BIG)
         ok &= (abs(y15) > 0.0) & (abs(y15) <= _BIG)
         W[ob + lane] = 0.0 if ok else 1.0
+        sy = W[ot + _RSYIN + lane]
+        sy += y0 if v0 else 0.0
+        sy += y1 if v1 else 0.0
+        sy += y2 if v2 else 0.0
+        sy += y3 if v3 else 0.0
+        sy += y4 if v4 else 0.0
+        sy += y5 if v5 else 0.0
+        sy += y6 if v6 else 0.0
+        sy += y7 if v7 else 0.0
+        sy += y8 if v8 else 0.0
+        sy += y9 if v9 else 0.0
+        sy += y10 if v10 else 0.0
+        sy += y11 if v11 else 0.0
+        sy += y12 if v12 else 0.0
+        sy += y13 if v13 else 0.0
+        sy += y14 if v14 else 0.0
+        sy += y15 if v15 else 0.0
+        W[ot + _RSY + lane] = sy
+        mean = sy / m
+        W[ot + _RMEAN + lane] = mean
+        ss = 0.0
+        d0 = y0 - mean
+        ss += d0 * d0 if v0 else 0.0
+        d1 = y1 - mean
+        ss += d1 * d1 if v1 else 0.0
+        d2 = y2 - mean
+        ss += d2 * d2 if v2 else 0.0
+        d3 = y3 - mean
+        ss += d3 * d3 if v3 else 0.0
+        d4 = y4 - mean
+        ss += d4 * d4 if v4 else 0.0
+        d5 = y5 - mean
+        ss += d5 * d5 if v5 else 0.0
+        d6 = y6 - mean
+        ss += d6 * d6 if v6 else 0.0
+        d7 = y7 - mean
+        ss += d7 * d7 if v7 else 0.0
+        d8 = y8 - mean
+        ss += d8 * d8 if v8 else 0.0
+        d9 = y9 - mean
+        ss += d9 * d9 if v9 else 0.0
+        d10 = y10 - mean
+        ss += d10 * d10 if v10 else 0.0
+        d11 = y11 - mean
+        ss += d11 * d11 if v11 else 0.0
+        d12 = y12 - mean
+        ss += d12 * d12 if v12 else 0.0
+        d13 = y13 - mean
+        ss += d13 * d13 if v13 else 0.0
+        d14 = y14 - mean
+        ss += d14 * d14 if v14 else 0.0
+        d15 = y15 - mean
+        ss += d15 * d15 if v15 else 0.0
+        W[ot + _RSS + lane] = ss
         x0 = y0 if v0 else _INF
         x1 = y1 if v1 else _INF
         x2 = y2 if v2 else _INF
@@ -370,45 +437,64 @@ def _load_sort16(data, scale, n, b, pu, W):
         W[ot + _R14 + lane] = x14
         W[ot + _R15 + lane] = x15
 
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _dmax(a, b):
+    return a if a > b else b
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _dev_rows(h1, r, i):
+    """Offsets of the two rows of split i of the r-th smallest deviation: A[i-1] from
+    ``med - W[ra]`` and B[r-i] from ``W[rb] - med``; the sentinel rows stand for the
+    missing side (``med - inf`` and ``-inf - med`` are -inf)."""
+    ra = _PINF if i == 0 else _trow(h1 - (i - 1))
+    rb = _MINF if i == r + 1 else _trow(h1 + 1 + r - i)
+    return ra, rb
+
+
 @nb.njit(cache=True, nogil=True, error_model="numpy", inline="always")
 def _kth(W, out, h1, n, r):
     """``W[out + lane]`` = the r-th smallest (0-based) of the deviations, per lane: the
-    union of A[j] = med - T[h1-j] (j = 0..h1) and B[j] = T[h1+1+j] - med (j = 0..n-h1-2)."""
+    union of A[j] = med - T[h1-j] (j = 0..h1) and B[j] = T[h1+1+j] - med (j = 0..n-h1-2),
+    which is ``min_i max(A[i-1], B[r-i])`` over the splits i. Four splits per lane loop
+    (the last repeated to fill a four: min is idempotent), the running minimum in a
+    register and the stored value never a select of the loaded one (which LLVM would
+    make a masked store, and a masked store forwards to no load)."""
     p = h1 + 1
     q = n - p
     lo_i = max(0, r + 1 - q)
     hi_i = min(p, r + 1)
     for lane in range(_LU):
         W[out + lane] = _INF
-    for i in range(lo_i, hi_i + 1):
-        if i == 0:  # r + 1 from B
-            rb = _trow(p + r)
-            for lane in range(_LU):
-                c = W[rb + lane] - W[_MED + lane]
-                cur = W[out + lane]
-                W[out + lane] = c if c < cur else cur
-        elif i == r + 1:  # r + 1 from A
-            ra = _trow(h1 - r)
-            for lane in range(_LU):
-                c = W[_MED + lane] - W[ra + lane]
-                cur = W[out + lane]
-                W[out + lane] = c if c < cur else cur
-        else:
-            ra = _trow(h1 - (i - 1))
-            rb = _trow(p + (r - i))
-            for lane in range(_LU):
-                ca = W[_MED + lane] - W[ra + lane]
-                cb = W[rb + lane] - W[_MED + lane]
-                c = ca if ca > cb else cb
-                cur = W[out + lane]
-                W[out + lane] = c if c < cur else cur
+    for i0 in range(lo_i, hi_i + 1, 4):
+        a0, b0 = _dev_rows(h1, r, i0)
+        a1, b1 = _dev_rows(h1, r, min(i0 + 1, hi_i))
+        a2, b2 = _dev_rows(h1, r, min(i0 + 2, hi_i))
+        a3, b3 = _dev_rows(h1, r, min(i0 + 3, hi_i))
+        for lane in range(_LU):
+            m = W[_MED + lane]
+            c0 = _dmax(m - W[a0 + lane], W[b0 + lane] - m)
+            c1 = _dmax(m - W[a1 + lane], W[b1 + lane] - m)
+            c2 = _dmax(m - W[a2 + lane], W[b2 + lane] - m)
+            c3 = _dmax(m - W[a3 + lane], W[b3 + lane] - m)
+            acc = W[out + lane]
+            acc = c0 if c0 < acc else acc
+            acc = c1 if c1 < acc else acc
+            acc = c2 if c2 < acc else acc
+            W[out + lane] = c3 if c3 < acc else acc
 
 
-@nb.njit(cache=True, nogil=True, error_model="numpy")
+@nb.njit(cache=True, nogil=True, error_model="numpy", inline="always")
 def _load_sort(data, scale, n, pu, W, net):
     """n > 16: each run of 16 frames loaded and sorted in registers, then the runs merged
     by the comparators ``net`` (``merge_network(n)``)."""
     for b in range(0, n, 16):
+        if b > 0:
+            prev = _trow(b - 16) + _RSY
+            nxt = _trow(b) + _RSYIN
+            for lane in range(_LU):
+                W[nxt + lane] = W[prev + lane]
         _load_sort16(data, scale, n, b, pu, W)
     for c in range(net.shape[1]):
         oi = _trow(net[0, c])
@@ -419,7 +505,8 @@ def _load_sort(data, scale, n, pu, W, net):
             W[oi + lane] = a if a < b else b
             W[oj + lane] = b if a < b else a
 
-@nb.njit(cache=True, nogil=True, error_model="numpy")
+
+@nb.njit(cache=True, nogil=True, error_model="numpy", inline="always")
 def fast_block(
     data, mask, has_mask, scale, weight, has_weight, prm, net, p0, W, image, uncert, count,
     rej,
@@ -440,12 +527,18 @@ def fast_block(
         for k in range(0, FAST_L, 16):
             _prefetch(data, i, pf + np.uint64(k))
     # 1-3: values, the lanes this path cannot vouch for, and the sorted values
+    for lane in range(_LU):
+        W[_OT + _RSYIN + lane] = 0.0
     if n <= 16:
         _load_sort16(data, scale, n, 0, pu, W)
     else:
         _load_sort(data, scale, n, pu, W, net)
+    last = _trow((n - 1) // 16 * 16)
     for lane in range(_LU):
         W[_OBAD + lane] = W[_OT + _RFLAGS + lane]
+        W[_SY + lane] = W[last + _RSY + lane]
+        W[_MEAN + lane] = W[_OT + _RMEAN + lane]
+        W[_SS + lane] = W[_OT + _RSS + lane]
     for b in range(16, n, 16):
         ob = _trow(b) + _RFLAGS
         for lane in range(_LU):
@@ -469,6 +562,8 @@ def fast_block(
     tn = _trow(n - 1)
     for lane in range(_LU):
         W[_MED + lane] = (W[t1 + lane] + W[t2 + lane]) * 0.5
+        W[_PINF + lane] = _INF
+        W[_MINF + lane] = -_INF
     _kth(W, _D1, h1, n, h1)
     if h2 != h1:
         _kth(W, _D2, h1, n, h2)
@@ -501,7 +596,20 @@ def fast_block(
             uncert[p] = MAD_TO_STD * W[_D1 + lane] / np.sqrt(n)
             count[p] = n
     else:
-        _sums(W, n, weight, has_weight, nclip > 0)
+        if nclip > 0 or has_weight or method != 0:
+            _sums(W, n, weight, has_weight, nclip > 0)
+        else:
+            # nothing clipped, no weights, the mean: the sums are made (for n <= 16 all of
+            # them while loading), k = n
+            if n > 16:
+                _sum_squares(W, n)
+            rn = np.sqrt(np.float64(n))
+            for lane in range(_LU):
+                p = pu + lane
+                image[p] = W[_MEAN + lane]
+                uncert[p] = np.sqrt(W[_SS + lane] / n) / rn
+                count[p] = n
+            return _count_bad(W)
         for lane in range(_LU):
             p = pu + lane
             k = W[_K + lane]
@@ -528,10 +636,47 @@ def fast_block(
                 drop = (y < W[_LO + lane]) | (y > W[_HI + lane])
                 r += 1 if (W[_OBAD + lane] == 0.0) & drop else 0
             rej[i] += r
+    return _count_bad(W)
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _count_bad(W):
     nbad = 0
     for lane in range(_LU):
         nbad += 1 if W[_OBAD + lane] != 0.0 else 0
     return nbad
+
+
+@nb.njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _sum_squares(W, n):
+    """``_SS``: the frame-order sum of squared deviations from ``_MEAN`` (whose sum
+    ``_SY`` the loading made), four frames per lane loop."""
+    for lane in range(_LU):
+        W[_MEAN + lane] = W[_SY + lane] / n
+        W[_SS + lane] = 0.0
+    for i0 in range(0, n, 4):
+        o0 = _trow(i0) + _R16
+        if i0 + 4 <= n:
+            o1 = _trow(i0 + 1) + _R16
+            o2 = _trow(i0 + 2) + _R16
+            o3 = _trow(i0 + 3) + _R16
+            for lane in range(_LU):
+                m = W[_MEAN + lane]
+                ss = W[_SS + lane]
+                d0 = W[o0 + lane] - m
+                ss += d0 * d0
+                d1 = W[o1 + lane] - m
+                ss += d1 * d1
+                d2 = W[o2 + lane] - m
+                ss += d2 * d2
+                d3 = W[o3 + lane] - m
+                W[_SS + lane] = ss + d3 * d3
+        else:
+            for i in range(i0, n):
+                o = _trow(i) + _R16
+                for lane in range(_LU):
+                    d = W[o + lane] - W[_MEAN + lane]
+                    W[_SS + lane] += d * d
 
 
 @nb.njit(cache=True, nogil=True, error_model="numpy", inline="always")
