@@ -101,7 +101,7 @@ def _trow(i):
     return _OT + np.uint64((i >> 4) * _RUN + (i & 15)) * _LU
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def merge_network(n):
     """Comparators (int64 ``[2, m]``) that sort n values whose aligned runs of 16 are each
     sorted: the stages of Batcher's odd-even merge sort (as ``_numba._sort_network``) from
