@@ -114,9 +114,9 @@ def _bracket_part(a, bits, mask, has_mask, p0, p1, lo, hi, klo, h, buf):
             while p + 16 <= b1:
                 c += _compress16(a, p, lo, hi, buf, c)
                 p += 16
-            for p in range(p, b1):
-                buf[c] = bits[p]
-                c += 1 if (a[p] >= lo) & (a[p] <= hi) else 0
+            for q in range(p, b1):
+                buf[c] = bits[q]
+                c += 1 if (a[q] >= lo) & (a[q] <= hi) else 0
             for q in range(c):
                 h[_key(buf[q]) - klo] += 1
             continue
@@ -183,11 +183,15 @@ def select(a, m, has_mask, nparts, sample=SAMPLE):
     ja, jb = max(0, j - w), min(s.size - 1, j + w)
     part = np.partition(s, (ja, jb))
     lo, hi = part[ja], part[jb]
+    # a zero bound as the zero that covers both zeros' keys (-0.0 and +0.0 compare equal,
+    # so either can come out of the partition at either end)
+    lo = np.float32(-0.0) if lo == 0 else lo
+    hi = np.float32(0.0) if hi == 0 else hi
     bits = a.view(np.uint32)
     klo = int(_key(np.float32(lo).view(np.uint32)))
     khi = int(_key(np.float32(hi).view(np.uint32)))
     span = khi - klo + 1
-    if span > MAX_SPAN:
+    if not 0 < span <= MAX_SPAN:
         return None
     (usable, below), hist = _bracket_pass(
         a, bits, m, has_mask, nparts, np.float32(lo), np.float32(hi), np.uint32(klo), span
