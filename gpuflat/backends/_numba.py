@@ -953,14 +953,33 @@ def _fast_chunk(
 
 
 @nb.njit(cache=True, nogil=True, parallel=True)
-def _combine_parallel(
-    data, mask, has_mask, scale, weight, has_weight, prm, srt, mrg, fast, image, uncert, count,
-    rej,
+def _fast_parallel(
+    data, mask, has_mask, scale, weight, has_weight, prm, net, image, uncert, count, rej
 ):  # fmt: skip
-    """``rej`` (int64 [n], or empty for none): rejected samples per frame are added to it.
+    """The fast path's parameters (``_numba_fast``): its full blocks there, with the lanes
+    it cannot vouch for and the partial blocks per pixel. ``rej`` as below. A function of
+    its own, so that a run loads only the code it uses from the cache."""
+    n, npix = data.shape
+    nchunks = (npix + _CHUNK - 1) // _CHUNK
+    parts = np.zeros((nchunks if rej.size > 0 else 0, n), np.int64)
+    for c in nb.prange(nchunks):
+        rc = parts[c] if rej.size > 0 else rej
+        p1 = min(npix, (c + 1) * _CHUNK)
+        W = np.empty((14 + 37 * ((n + 15) // 16)) * FAST_L, np.float64)  # scratch_size
+        _fast_chunk(
+            data, mask, has_mask, scale, weight, has_weight, prm, net, c * _CHUNK, p1, W,
+            image, uncert, count, rc,
+        )  # fmt: skip
+    for c in range(parts.shape[0]):
+        for i in range(n):
+            rej[i] += parts[c, i]
 
-    ``fast``: the parameters are the fast path's (``_numba_fast``); its full blocks go
-    there, with the lanes it cannot vouch for and the partial blocks per pixel."""
+
+@nb.njit(cache=True, nogil=True, parallel=True)
+def _combine_parallel(
+    data, mask, has_mask, scale, weight, has_weight, prm, srt, mrg, image, uncert, count, rej
+):  # fmt: skip
+    """``rej`` (int64 [n], or empty for none): rejected samples per frame are added to it."""
     n, npix = data.shape
     nchunks = (npix + _CHUNK - 1) // _CHUNK
     # per-chunk rejection counts, summed after the parallel loop
@@ -968,13 +987,6 @@ def _combine_parallel(
     for c in nb.prange(nchunks):
         rc = parts[c] if rej.size > 0 else rej
         p1 = min(npix, (c + 1) * _CHUNK)
-        if fast:
-            W = np.empty((14 + 37 * ((n + 15) // 16)) * FAST_L, np.float64)  # scratch_size
-            _fast_chunk(
-                data, mask, has_mask, scale, weight, has_weight, prm, srt, c * _CHUNK, p1, W,
-                image, uncert, count, rc,
-            )  # fmt: skip
-            continue
         # the straight-line networks sort 16 rows: the rows past n stay +inf
         tl = np.empty((3, 16 if n <= 16 else n, _L), np.float64)
         tl[_TS, n:, :] = _INF
@@ -1038,10 +1050,7 @@ def combine_band(data, mask, scale, weight, params: KernelParams, out=None, reje
     image, uncert, count = out
     has_mask = mask is not None
     has_weight = weight is not None
-    fast = fast_eligible(params, data.shape[0])
-    # the fast path sorts runs of 16 frames in registers and merges them by a network
-    srt, mrg = (merge_network(data.shape[0]), _NO_NET) if fast else _networks(data.shape[0])
-    _combine_parallel(
+    args = (
         data,
         mask if has_mask else _NO_MASK,
         has_mask,
@@ -1049,19 +1058,17 @@ def combine_band(data, mask, scale, weight, params: KernelParams, out=None, reje
         np.ascontiguousarray(weight, np.float64) if has_weight else _NO_WEIGHT,
         has_weight,
         _as_tuple(params),
-        srt,
-        mrg,
-        fast,
-        image,
-        uncert,
-        count,
-        _NO_REJECTED if rejected is None else rejected,
     )
+    outs = (image, uncert, count, _NO_REJECTED if rejected is None else rejected)
+    if fast_eligible(params, data.shape[0]):
+        # sorts runs of 16 frames in registers and merges them by a network
+        _fast_parallel(*args, merge_network(data.shape[0]), *outs)
+    else:
+        _combine_parallel(*args, *_networks(data.shape[0]), *outs)
     return image, uncert, count
 
 
 _NO_REJECTED = np.zeros(0, np.int64)
-_NO_NET = np.zeros((2, 0), np.int64)
 _NO_MASK = np.zeros((1, 1), np.uint8)
 _NO_WEIGHT = np.ones(1)
 
