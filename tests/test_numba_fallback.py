@@ -33,16 +33,16 @@ def test_one_odd_value_among_normal_ones(rng, method, odd):
 
 @pytest.mark.parametrize("seed", range(6))
 def test_small_frame_median_paths_agree(seed):
-    """Frames below _numba._SMALL take a NumPy selection; the radix selection (used for
-    larger frames and as the bracket's fallback) gives the same on the same values."""
+    """Small frames take a NumPy partition of the radix keys; the radix selection (the
+    bracket's fallback on large frames) gives the same on the same values."""
     rng = np.random.default_rng(seed)
     frame = rng.integers(0, 50, (37, 41)).astype(np.float32)  # many ties
     frame[rng.random(frame.shape) < 0.02] = np.nan
     frame[0, :3] = (np.inf, -np.inf, -0.0)
     mask = rng.random(frame.shape) < 0.1 if seed % 2 else None
-    small = _numba._median_small(frame, mask)
     bits = np.ascontiguousarray(frame).view(np.uint32).ravel()
     m = np.zeros(bits.size, np.uint8) if mask is None else mask.ravel().astype(np.uint8)
+    small = _numba._small_median(bits, m, mask is not None)
     radix = _numba._median_radix(bits, m, mask is not None, 2)
     usable = np.isfinite(frame) & (True if mask is None else ~mask)
     assert small == radix == np.median(frame[usable].astype(np.float64))

@@ -264,6 +264,17 @@ def test_bracket_median_is_exact(kind, masked):
         assert found is not None  # the common case takes the bracket
 
 
+@pytest.mark.parametrize("sample", [1 << 10, 1 << 12, 1 << 14, 1 << 16])
+def test_bracket_with_zero_bounds(sample):
+    """Mostly signed zeros: the bracket's bounds are zeros of either sign (they compare
+    equal, so the partition may return +0.0 below -0.0); the bracket still covers both
+    zeros' keys and stays exact (a regression: such a bracket once had no keys at all)."""
+    rng = np.random.default_rng(sample)
+    frame = large_frame(rng, "zeros")
+    found = _numba_median.select(frame.ravel(), _numba._NO_MASK.ravel(), False, 2, sample)
+    assert found is None or found == exact_median(frame)
+
+
 def test_bracket_misses_fall_back_to_radix(monkeypatch):
     """A bracket that misses the middle ranks (a tiny sample of a frame whose halves differ)
     or spans too many keys: None from select, and the exact median from frame_level."""

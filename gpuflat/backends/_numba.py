@@ -12,8 +12,10 @@ import numba as nb
 import numpy as np
 
 from . import _numba_median
-from ._numba_fast import FAST_L, NROWS_F, fast_block, fast_eligible
+from ._numba_fast import FAST_L, fast_block, fast_eligible, merge_network
 from ._params import KernelParams, noise_table
+
+_FAST_BAD = 11 * FAST_L  # the flags' row in the fast path's scratch
 
 MAD_TO_STD = 1.482602218505602
 _INF = np.inf
@@ -1107,15 +1109,84 @@ def _combine_block(
             )
 
 
-@nb.njit(cache=True, nogil=True, parallel=True)
-def _combine_parallel(
-    data, mask, has_mask, scale, weight, has_weight, prm, srt, mrg, fast, image, uncert, count,
+@nb.njit(cache=True, nogil=True, error_model="numpy", _nrt=False)
+def _fast_blocks(
+    data, mask, has_mask, scale, weight, has_weight, prm, net, p0, p1, W, image, uncert, count,
     rej,
 ):  # fmt: skip
-    """``rej`` (int64 [n], or empty for none): rejected samples per frame are added to it.
+    """Full blocks from ``p0`` on (``p1 - p0`` a multiple of ``FAST_L``) by the fast path,
+    up to the first with lanes it cannot vouch for (flagged in ``W``): returns that block's
+    start, or ``p1``. Compiled without reference counting (it allocates nothing and the
+    caller holds the arrays): the inlined block code would otherwise take and drop the
+    arrays' reference counts, atomically, about 20 times per block (14% of the time on one
+    thread, and more with the threads sharing the arrays)."""
+    for b0 in range(p0, p1, FAST_L):
+        nbad = fast_block(
+            data, mask, has_mask, scale, weight, has_weight, prm, net, b0, W, image, uncert,
+            count, rej,
+        )  # fmt: skip
+        if nbad > 0:
+            return b0
+    return p1
 
-    ``fast``: the parameters are the fast path's (``_numba_fast``); its full blocks go
-    there, with the lanes it cannot vouch for and the partial blocks per pixel."""
+
+@nb.njit(cache=True, nogil=True, error_model="numpy")
+def _fast_chunk(
+    data, mask, has_mask, scale, weight, has_weight, prm, net, p0, p1, W, image, uncert, count,
+    rej,
+):  # fmt: skip
+    """Pixels ``[p0, p1)`` by the fast path: its full blocks there, the lanes it cannot
+    vouch for and a partial block per pixel."""
+    full = p0 + (p1 - p0) // FAST_L * FAST_L
+    b0 = p0
+    while b0 < full:
+        b0 = _fast_blocks(
+            data, mask, has_mask, scale, weight, has_weight, prm, net, b0, full, W, image,
+            uncert, count, rej,
+        )  # fmt: skip
+        if b0 < full:
+            for lane in range(FAST_L):
+                if W[_FAST_BAD + lane] != 0.0:
+                    _combine_pixels(
+                        data, mask, has_mask, scale, weight, has_weight, prm, b0 + lane,
+                        b0 + lane + 1, image, uncert, count, rej,
+                    )  # fmt: skip
+            b0 += FAST_L
+    if full < p1:
+        _combine_pixels(
+            data, mask, has_mask, scale, weight, has_weight, prm, full, p1, image, uncert,
+            count, rej,
+        )  # fmt: skip
+
+
+@nb.njit(cache=True, nogil=True, parallel=True)
+def _fast_parallel(
+    data, mask, has_mask, scale, weight, has_weight, prm, net, image, uncert, count, rej
+):  # fmt: skip
+    """The fast path's parameters (``_numba_fast``): its full blocks there, with the lanes
+    it cannot vouch for and the partial blocks per pixel. ``rej`` as below. A function of
+    its own, so that a run loads only the code it uses from the cache."""
+    n, npix = data.shape
+    nchunks = (npix + _CHUNK - 1) // _CHUNK
+    parts = np.zeros((nchunks if rej.size > 0 else 0, n), np.int64)
+    for c in nb.prange(nchunks):
+        rc = parts[c] if rej.size > 0 else rej
+        p1 = min(npix, (c + 1) * _CHUNK)
+        W = np.empty((14 + 37 * ((n + 15) // 16)) * FAST_L, np.float64)  # scratch_size
+        _fast_chunk(
+            data, mask, has_mask, scale, weight, has_weight, prm, net, c * _CHUNK, p1, W,
+            image, uncert, count, rc,
+        )  # fmt: skip
+    for c in range(parts.shape[0]):
+        for i in range(n):
+            rej[i] += parts[c, i]
+
+
+@nb.njit(cache=True, nogil=True, parallel=True)
+def _combine_parallel(
+    data, mask, has_mask, scale, weight, has_weight, prm, srt, mrg, image, uncert, count, rej
+):  # fmt: skip
+    """``rej`` (int64 [n], or empty for none): rejected samples per frame are added to it."""
     n, npix = data.shape
     nchunks = (npix + _CHUNK - 1) // _CHUNK
     # per-chunk rejection counts, summed after the parallel loop
@@ -1123,30 +1194,6 @@ def _combine_parallel(
     for c in nb.prange(nchunks):
         rc = parts[c] if rej.size > 0 else rej
         p1 = min(npix, (c + 1) * _CHUNK)
-        if fast:
-            T = np.empty((max(n, 16), FAST_L), np.float64)
-            Y = np.empty((n, FAST_L), np.float64)
-            F = np.empty((NROWS_F, FAST_L), np.float64)
-            bad = np.empty(FAST_L, np.float64)
-            for p0 in range(c * _CHUNK, p1, FAST_L):
-                if p1 - p0 < FAST_L:
-                    _combine_pixels(
-                        data, mask, has_mask, scale, weight, has_weight, prm, p0, p1, image,
-                        uncert, count, rc,
-                    )  # fmt: skip
-                    continue
-                nbad = fast_block(
-                    data, mask, has_mask, scale, weight, has_weight, prm, srt, p0, T, Y, F,
-                    bad, image, uncert, count, rc,
-                )  # fmt: skip
-                if nbad > 0:
-                    for lane in range(FAST_L):
-                        if bad[lane] != 0.0:
-                            _combine_pixels(
-                                data, mask, has_mask, scale, weight, has_weight, prm,
-                                p0 + lane, p0 + lane + 1, image, uncert, count, rc,
-                            )  # fmt: skip
-            continue
         # the straight-line networks sort 16 rows: the rows past n stay +inf
         tl = np.empty((3, 16 if n <= 16 else n, _L), np.float64)
         tl[_TS, n:, :] = _INF
@@ -1210,8 +1257,7 @@ def combine_band(data, mask, scale, weight, params: KernelParams, out=None, reje
     image, uncert, count = out
     has_mask = mask is not None
     has_weight = weight is not None
-    srt, mrg = _networks(data.shape[0])
-    _combine_parallel(
+    args = (
         data,
         mask if has_mask else _NO_MASK,
         has_mask,
@@ -1219,14 +1265,13 @@ def combine_band(data, mask, scale, weight, params: KernelParams, out=None, reje
         np.ascontiguousarray(weight, np.float64) if has_weight else _NO_WEIGHT,
         has_weight,
         _as_tuple(params, data.shape[0]),
-        srt,
-        mrg,
-        fast_eligible(params, data.shape[0]) and not params.ccdclip and params.nkeep == 0,
-        image,
-        uncert,
-        count,
-        _NO_REJECTED if rejected is None else rejected,
     )
+    outs = (image, uncert, count, _NO_REJECTED if rejected is None else rejected)
+    if fast_eligible(params, data.shape[0]) and not params.ccdclip and params.nkeep == 0:
+        # sorts runs of 16 frames in registers and merges them by a network
+        _fast_parallel(*args, merge_network(data.shape[0]), *outs)
+    else:
+        _combine_parallel(*args, *_networks(data.shape[0]), *outs)
     return image, uncert, count
 
 
@@ -1327,37 +1372,39 @@ def _bin_of_rank(hist, rank):
     return b, rank - (int(cum[b - 1]) if b else 0)
 
 
-#: below this many pixels a NumPy selection is cheaper than waking the threads
-_SMALL = 1 << 15
+def _small_median(bits, m, has_mask):
+    """The radix selection's result for a small frame, by NumPy: a partition of the same
+    keys (so the same value, the sign of a zero included), with no 65536-bin histograms
+    and no compiled code to load."""
+    good = (bits & np.uint32(0x7F800000)) != np.uint32(0x7F800000)  # finite
+    if has_mask:
+        good &= m == 0
+    b = bits[good]
+    k = b.size
+    if k == 0:
+        return float("nan")
+    keys = np.where(b >> np.uint32(31) != 0, ~b, b | np.uint32(0x80000000))
+    ranks = ((k - 1) // 2, k // 2)
+    part = np.partition(keys, ranks)
+    values = []
+    for r in ranks:
+        key = part[r]
+        raw = key ^ np.uint32(0x80000000) if key >> np.uint32(31) else key ^ np.uint32(0xFFFFFFFF)
+        values.append(float(np.array(raw, np.uint32).view(np.float32)))
+    return (values[0] + values[1]) * 0.5
 
 
 def _frame_median(frame, mask):
-    if frame.size < _SMALL:
-        return _median_small(frame, mask)
     bits = np.ascontiguousarray(frame, np.float32).view(np.uint32).ravel()
     has_mask = mask is not None
     m = np.ascontiguousarray(mask != 0).view(np.uint8).ravel() if has_mask else _NO_MASK.ravel()
+    if bits.size < _numba_median.MIN_SIZE:
+        return _small_median(bits, m, has_mask)
     nparts = nb.get_num_threads()
-    if bits.size >= _numba_median.MIN_SIZE:
-        found = _numba_median.select(bits.view(np.float32), m, has_mask, nparts)
-        if found is not None:
-            return found
+    found = _numba_median.select(bits.view(np.float32), m, has_mask, nparts)
+    if found is not None:
+        return found
     return _median_radix(bits, m, has_mask, nparts)
-
-
-def _median_small(frame, mask):
-    """The exact median of a small frame's finite, unmasked values by NumPy selection."""
-    values = np.asarray(frame, np.float32).ravel()
-    usable = np.isfinite(values)
-    if mask is not None:
-        usable &= np.asarray(mask).ravel() == 0
-    values = values[usable].astype(np.float64)
-    k = values.size
-    if k == 0:
-        return float("nan")
-    ranks = ((k - 1) // 2, k // 2)
-    part = np.partition(values, ranks)
-    return float((part[ranks[0]] + part[ranks[1]]) * 0.5)
 
 
 def _median_radix(bits, m, has_mask, nparts):

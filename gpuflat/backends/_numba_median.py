@@ -12,10 +12,15 @@ selection, so the result is always the exact median.
 
 from __future__ import annotations
 
+import llvmlite.binding as llvm
 import numba as nb
 import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
-SAMPLE = 1 << 16  # sample size on large frames
+SAMPLE = 1 << 14  # sample size on large frames (its partition is a fixed cost)
 MIN_SIZE = 1 << 18  # smaller frames: the radix selection is fast enough
 MAX_SPAN = 1 << 17  # histogram bins (keys inside the bracket)
 _SUB = 4096  # values per counting sub-block (in L1 for the histogram pass)
@@ -25,6 +30,60 @@ _SUB = 4096  # values per counting sub-block (in L1 for the histogram pass)
 def _key(bits):
     """The float32 bit pattern as an unsigned key in the order of the values."""
     return bits ^ np.uint32(0xFFFFFFFF) if bits >> 31 else bits | np.uint32(0x80000000)
+
+
+# AVX-512: compress into a register and store the whole vector (vpcompressd to memory is
+# slow on AMD's cores); elsewhere LLVM's generic compress-store
+_AVX512 = bool(llvm.get_host_cpu_features().get("avx512f", False))
+
+
+@intrinsic
+def _compress16(typingctx, a, p, lo, hi, buf, c):
+    """Stores the bit patterns of those of ``a[p:p+16]`` inside ``[lo, hi]`` to ``buf[c:]``
+    in order (``buf`` needs 16 elements past ``c``); returns how many."""
+    sig = types.intp(a, p, lo, hi, buf, c)
+
+    def codegen(context, builder, signature, args):
+        aty, _, _, _, bty, _ = signature.args
+        arr = context.make_array(aty)(context, builder, args[0])
+        src = cgutils.get_item_pointer(context, builder, aty, arr, [args[1]], wraparound=False)
+        barr = context.make_array(bty)(context, builder, args[4])
+        dst = cgutils.get_item_pointer(context, builder, bty, barr, [args[5]], wraparound=False)
+        f32, i32, i1 = ir.FloatType(), ir.IntType(32), ir.IntType(1)
+        vf, vi, vb = ir.VectorType(f32, 16), ir.VectorType(i32, 16), ir.VectorType(i1, 16)
+        zeros = ir.Constant(vi, [0] * 16)
+
+        def splat(x):
+            one = builder.insert_element(ir.Constant(vf, ir.Undefined), x, ir.Constant(i32, 0))
+            return builder.shuffle_vector(one, ir.Constant(vf, ir.Undefined), zeros)
+
+        v = builder.load(builder.bitcast(src, vf.as_pointer()), align=4)
+        inside = builder.and_(
+            builder.fcmp_ordered(">=", v, splat(args[2])),
+            builder.fcmp_ordered("<=", v, splat(args[3])),
+        )
+        bits = builder.bitcast(v, vi)
+        out = builder.bitcast(dst, vi.as_pointer())
+        if _AVX512:
+            fnty = ir.FunctionType(vi, [vi, vi, vb])
+            fn = cgutils.get_or_insert_function(
+                builder.module, fnty, "llvm.x86.avx512.mask.compress.v16i32"
+            )
+            builder.store(builder.call(fn, [bits, bits, inside]), out, align=4)
+        else:
+            fnty = ir.FunctionType(ir.VoidType(), [vi, vi.as_pointer(), vb])
+            fn = cgutils.get_or_insert_function(
+                builder.module, fnty, "llvm.masked.compressstore.v16i32"
+            )
+            builder.call(fn, [bits, out, inside])
+        i16 = ir.IntType(16)
+        pop = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(i16, [i16]), "llvm.ctpop.i16"
+        )
+        k = builder.call(pop, [builder.bitcast(inside, i16)])
+        return builder.zext(k, context.get_value_type(types.intp))
+
+    return sig, codegen
 
 
 @nb.njit(cache=True, nogil=True, error_model="numpy")
@@ -49,7 +108,18 @@ def _bracket_part(a, bits, mask, has_mask, p0, p1, lo, hi, klo, h, buf):
                 x = a[p]
                 usable += 1 if abs(x) < inf else 0
                 below += 1 if (x < lo) & (abs(x) < inf) else 0
-                inb += 1 if (x >= lo) & (x <= hi) else 0
+            # the bracket's keys, 16 values at a time by a vector compress
+            c = 0
+            p = b0
+            while p + 16 <= b1:
+                c += _compress16(a, p, lo, hi, buf, c)
+                p += 16
+            for q in range(p, b1):
+                buf[c] = bits[q]
+                c += 1 if (a[q] >= lo) & (a[q] <= hi) else 0
+            for q in range(c):
+                h[_key(buf[q]) - klo] += 1
+            continue
         if inb == 0:
             continue
         # branch-free compaction of the bracket's keys (a branch on a value that is
@@ -78,7 +148,7 @@ def _bracket_pass(a, bits, mask, has_mask, nparts, lo, hi, klo, span):
     hist = np.zeros((nparts, span), np.int32)
     step = (npix + nparts - 1) // nparts
     for t in nb.prange(nparts):
-        buf = np.empty(_SUB, np.uint32)
+        buf = np.empty(_SUB + 16, np.uint32)
         usable, below = _bracket_part(
             a, bits, mask, has_mask, t * step, min(npix, (t + 1) * step), lo, hi, klo,
             hist[t], buf,
@@ -113,11 +183,15 @@ def select(a, m, has_mask, nparts, sample=SAMPLE):
     ja, jb = max(0, j - w), min(s.size - 1, j + w)
     part = np.partition(s, (ja, jb))
     lo, hi = part[ja], part[jb]
+    # a zero bound as the zero that covers both zeros' keys (-0.0 and +0.0 compare equal,
+    # so either can come out of the partition at either end)
+    lo = np.float32(-0.0) if lo == 0 else lo
+    hi = np.float32(0.0) if hi == 0 else hi
     bits = a.view(np.uint32)
     klo = int(_key(np.float32(lo).view(np.uint32)))
     khi = int(_key(np.float32(hi).view(np.uint32)))
     span = khi - klo + 1
-    if span > MAX_SPAN:
+    if not 0 < span <= MAX_SPAN:
         return None
     (usable, below), hist = _bracket_pass(
         a, bits, m, has_mask, nparts, np.float32(lo), np.float32(hi), np.uint32(klo), span
