@@ -1,8 +1,8 @@
 """The one write-verify-commit helper: every file gpuflat writes (products, plots, the
 report, simulated frames) goes through :func:`commit`.
 
-A file is written to a temporary name beside its target (``.NAME.tmp-HOST-PID``), made
-durable when asked (``fsync``), checked when asked, and only then moved into place: a killed
+A file is written to a temporary name beside its target (``.NAME.tmp-HOST-PID``), checked
+when asked, made durable when asked (``fsync``), and only then moved into place: a killed
 process never leaves a half-written file under the target's name, and an existing file is
 never clobbered unless ``overwrite`` (``os.link`` fails if the target appeared meanwhile,
 even between a caller's own existence check and the commit). A temporary that a killed
@@ -28,27 +28,39 @@ def commit(
     overwrite: bool = False,
     durable: bool = False,
     verify: Callable[[Path], None] | None = None,
-) -> Path:
-    """``write(tmp)`` writes the file; then fsync (``durable``), ``verify(tmp)`` (raises
-    when the file is not right) and the move into place. Returns ``path``."""
+    defer: bool = False,
+):
+    """``write(tmp)`` writes the file, ``verify(tmp)`` checks it (raises when it is not
+    right), then fsync of the file and its directory (``durable``) and the move into place.
+    Returns ``path``; with ``defer``, the file is written and verified now and a callable
+    is returned that does the rest (fsync and move, or clean-up on failure) when called,
+    e.g. on another thread, so that durability stays off the caller's critical path."""
     path = Path(path)
     _remove_stale_temporaries(path)
     tmp = temporary_name(path)
     try:
         write(tmp)
-        if durable:
-            fsync(tmp)
         if verify is not None:
             verify(tmp)
-        if overwrite:
-            os.replace(tmp, path)
-        else:
-            os.link(tmp, path)  # atomic and never clobbers: fails if path exists
-            os.unlink(tmp)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    return path
+
+    def finish() -> Path:
+        try:
+            if durable:
+                fsync(tmp)
+            if overwrite:
+                os.replace(tmp, path)
+            else:
+                os.link(tmp, path)  # atomic and never clobbers: fails if path exists
+                os.unlink(tmp)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return path
+
+    return finish if defer else finish()
 
 
 def temporary_name(path: Path) -> Path:

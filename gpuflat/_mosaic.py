@@ -102,7 +102,7 @@ class MosaicResult:
         every image HDU losslessly."""
         return self._write(path, overwrite=overwrite, compress=compress)
 
-    def _write(self, path, *, overwrite, compress, product_header=product_header):
+    def _write(self, path, *, overwrite, compress, product_header=product_header, defer=False):
         params = self.params()
         primary = product_header(
             self.primary_header, names=self.names, scales=self.scales, params=params,
@@ -125,8 +125,9 @@ class MosaicResult:
             for key, result in zip(self.keys, self.extensions.values(), strict=True)
         ]
         return write_mef_product(
-            Path(path), primary, exts, unit=first.unit, overwrite=overwrite, compress=compress
-        )
+            Path(path), primary, exts, unit=first.unit, overwrite=overwrite, compress=compress,
+            defer=defer,
+        )  # fmt: skip
 
 
 def combine_mosaic_files(

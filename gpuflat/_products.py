@@ -53,7 +53,9 @@ def _count_data(count):
     return count.astype(np.int16 if count.max(initial=0) < 32768 else np.int32)
 
 
-def write_product(path, result, header, *, unit="adu", overwrite=False, compress=False):
+def write_product(
+    path, result, header, *, unit="adu", overwrite=False, compress=False, defer=False
+):
     """Write a combined flat: primary = image, UNCERT, MASK (uint8), NCOMBINE (survivors).
 
     Written to a temporary name beside the target, verified (checksums) and then moved into
@@ -91,7 +93,7 @@ def write_product(path, result, header, *, unit="adu", overwrite=False, compress
                 ),
             ]
         )
-    return _commit(path, hdul, overwrite=overwrite)
+    return _commit(path, hdul, overwrite=overwrite, defer=defer)
 
 
 def _unit_text(unit) -> str:
@@ -102,7 +104,7 @@ def _unit_text(unit) -> str:
 
 
 def write_mef_product(path, primary_header, extensions, *, unit="adu", overwrite=False,
-                      compress=False):  # fmt: skip
+                      compress=False, defer=False):  # fmt: skip
     """Write a combined mosaic: one file, the extensions in the given order.
 
     ``extensions`` is a sequence of ``(key, result, header)``, ``key`` = (EXTNAME, EXTVER).
@@ -137,11 +139,12 @@ def write_mef_product(path, primary_header, extensions, *, unit="adu", overwrite
             if ver != 1:
                 h.header["EXTVER"] = ver
             hdus.append(h)
-    return _commit(path, fits.HDUList(hdus), overwrite=overwrite)
+    return _commit(path, fits.HDUList(hdus), overwrite=overwrite, defer=defer)
 
 
-def _commit(path, hdul, *, overwrite):
-    """Write ``hdul`` atomically (:func:`gpuflat._atomic.commit`), durable and verified."""
+def _commit(path, hdul, *, overwrite, defer):
+    """Write ``hdul`` atomically (:func:`gpuflat._atomic.commit`), verified and durable;
+    ``defer``: return the callable that makes it durable and moves it into place."""
     expected = [h.data for h in hdul]
 
     def write(tmp):
@@ -150,7 +153,7 @@ def _commit(path, hdul, *, overwrite):
     def verify(tmp):
         _verify(tmp, expected, path)
 
-    return commit(path, write, overwrite=overwrite, durable=True, verify=verify)
+    return commit(path, write, overwrite=overwrite, durable=True, verify=verify, defer=defer)
 
 
 def _verify(tmp, expected, path):

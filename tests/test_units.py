@@ -98,26 +98,29 @@ def two_groups(tmp_path, rng):
 
 
 def test_write_in_flight_is_finished_when_a_later_group_fails(two_groups, tmp_path, monkeypatch):
-    """Group B's product is still being written (slowly, in the background) when group V
-    fails with an unexpected error: the run raises, but B's product is complete first."""
+    """Group B's product is still being made durable (a slow fsync, in the background) when
+    group V fails with an unexpected error: the run raises, but B's product is in place,
+    complete, first."""
     import threading
     import time
 
-    started = threading.Event()
-    real_write, real_combine = units.write_product, units.combine_group
+    from gpuflat import _atomic
 
-    def slow_write(*args, **kwargs):
+    started = threading.Event()
+    real_fsync, real_combine = _atomic.fsync, units.combine_group
+
+    def slow_fsync(path):
         started.set()
         time.sleep(0.5)
-        return real_write(*args, **kwargs)
+        real_fsync(path)
 
     def fails_for_v(options, group, *rest, **kw):
         if group.label() == "V":
-            assert started.wait(10)  # B's write is in flight
+            assert started.wait(10)  # B's fsync is in flight
             raise RuntimeError("boom")
         return real_combine(options, group, *rest, **kw)
 
-    monkeypatch.setattr(units, "write_product", slow_write)
+    monkeypatch.setattr(_atomic, "fsync", slow_fsync)
     monkeypatch.setattr(units, "combine_group", fails_for_v)
     out = tmp_path / "out"
     with pytest.raises(RuntimeError, match="boom"):
@@ -142,7 +145,7 @@ import sys, time
 from gpuflat import _atomic
 from gpuflat.farm import RunOptions, run
 
-def stuck(path):  # the temporary is written; the process is killed before its fsync ends
+def stuck(path):  # the temporary is written and verified; killed before its fsync ends
     print("writing", flush=True)
     time.sleep(60)
 

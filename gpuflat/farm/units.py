@@ -36,17 +36,18 @@ _NOT_GIVEN = object()
 
 
 class Writer:
-    """Products written off the critical path: one background thread writes each product
-    (checksums, fsync of the file and its directory, verification, move into place) while
-    the next group is read and combined. ``settle(entry)`` waits for that entry's product
-    and records how it went; ``close()`` waits for every write."""
+    """Durability off the critical path: a unit writes and verifies its product itself
+    (a temporary file), then hands the rest (fsync of the file and its directory, the move
+    into place) to this writer's background thread while the next group is read and
+    combined. ``settle(entry)`` waits for that entry's product and records how it went;
+    ``close()`` waits for every one."""
 
     def __init__(self):
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="gpuflat-writer")
         self._pending = {}
 
-    def __call__(self, target, timings, write):
-        self._pending[str(target)] = (self._pool.submit(_timed, write), timings)
+    def __call__(self, target, timings, finish):
+        self._pending[str(target)] = (self._pool.submit(_timed, finish), timings)
 
     def ready(self, entry) -> bool:
         pending = self._pending.get(entry["product"])
@@ -56,7 +57,7 @@ class Writer:
         future, timings = self._pending.pop(entry["product"], (None, None))
         if future is not None:
             try:
-                timings["write"] = future.result()
+                timings["sync"] = future.result()
             except (GpuflatError, ValueError, OSError) as exc:
                 entry["status"] = f"failed: {exc}"
         return entry
@@ -65,14 +66,23 @@ class Writer:
         self._pool.shutdown(wait=True)
 
 
-def _timed(write) -> float:
+def _timed(fn) -> float:
     t0 = time.perf_counter()
-    write()
+    fn()
     return round(time.perf_counter() - t0, 3)
 
 
-def _write_now(target, timings, write):
-    timings["write"] = _timed(write)
+def _sync_now(target, timings, finish):
+    timings["sync"] = _timed(finish)
+
+
+def _deliver(target, timings, write, sync):
+    """Write and verify the product now (``write(defer=True)`` returns what remains), then
+    hand its fsync and move into place to ``sync(target, timings, finish)``."""
+    t0 = time.perf_counter()
+    finish = write(defer=True)
+    timings["write"] = round(time.perf_counter() - t0, 3)
+    sync(target, timings, finish)
 
 
 def group_unit(
@@ -82,8 +92,8 @@ def group_unit(
 
     ``backend`` and ``bad_pixels`` are resolved here when left out (on a Dask worker);
     ``on_event("progress", {...})`` is called as bands or extensions are done; ``writer``
-    (a :class:`Writer`) takes the product's write off the critical path, else it is
-    written before this returns."""
+    (a :class:`Writer`) takes the product's fsync and move into place off the critical
+    path, else the product is in place when this returns."""
 
     def work(header):
         nonlocal backend, bad_pixels
@@ -92,7 +102,7 @@ def group_unit(
         if bad_pixels is _NOT_GIVEN:
             bad_pixels = bad_pixel_mask(options.mask)
         return combine_group(
-            options, group, backend, bad_pixels, target, header, on_event, writer or _write_now
+            options, group, backend, bad_pixels, target, header, on_event, writer or _sync_now
         )
 
     return _unit(options, group, target, work)
@@ -110,7 +120,7 @@ def mosaic_unit(options, group, backend, target, parts) -> dict:
         # QA needs every extension: here, once they are all combined (a frame left out
         # means combining the group again, on this worker)
         result, verdicts = _mosaic_qa(options, group, backend, MosaicResult.merge(parts))
-        return _write_mosaic(options, result, target, header, t0, verdicts, _write_now)
+        return _write_mosaic(options, result, target, header, t0, verdicts, _sync_now)
 
     return _unit(options, group, target, work)
 
@@ -156,15 +166,16 @@ def _progress(on_event, group):
 
 
 def combine_group(
-    options, group, backend, bad_pixels, target, header_fn, on_event=None, write=_write_now
+    options, group, backend, bad_pixels, target, header_fn, on_event=None, sync=_sync_now
 ):
-    """Combine a group (QA, combined again without the frames it leaves out), hand its
-    product to ``write(target, timings, fn)``, write its plots; returns the unit's report entry."""
+    """Combine a group (QA, combined again without the frames it leaves out), write and
+    verify its product and hand its fsync and move into place to ``sync(target, timings,
+    finish)``, write its plots; returns the unit's report entry."""
     if group.mosaic:
         t0 = time.perf_counter()
         result = mosaic_result(options, group, backend, on_event=on_event)
         result, verdicts = _mosaic_qa(options, group, backend, result)
-        return _write_mosaic(options, result, target, header_fn, t0, verdicts, write)
+        return _write_mosaic(options, result, target, header_fn, t0, verdicts, sync)
 
     config = options.combine
     t0 = time.perf_counter()
@@ -228,10 +239,10 @@ def combine_group(
         "backend": result.backend,
         "timings": {k: round(v, 3) for k, v in timings.items()},
     }
-    write(target, entry["timings"], functools.partial(
+    _deliver(target, entry["timings"], functools.partial(
         write_product, target, result, header, unit=result.unit, overwrite=options.overwrite,
         compress=options.compress,
-    ))  # fmt: skip
+    ), sync)  # fmt: skip
     if options.plots:
         entry["plots"] = _plots(target, group, result, unscaled)
     return entry
@@ -333,9 +344,9 @@ def mosaic_files(options, group, specs, only=None):
     return infos
 
 
-def _write_mosaic(options, result, target, header_fn, t0, verdicts, write) -> dict:
-    """Hand a combined mosaic to ``write(target, timings, fn)``; returns its report entry
-    (``verdicts``: the frame QA's line for every exposure of the group)."""
+def _write_mosaic(options, result, target, header_fn, t0, verdicts, sync) -> dict:
+    """Write and verify a combined mosaic, its fsync and move into place to ``sync``;
+    returns its report entry (``verdicts``: the frame QA's line for every exposure)."""
     entry = {
         "scale_per": result.scale_per,
         "extensions": {
@@ -358,10 +369,10 @@ def _write_mosaic(options, result, target, header_fn, t0, verdicts, write) -> di
             for k in ("read", "levels", "combine", "wait")
         },
     }
-    write(target, entry["timings"], functools.partial(
+    _deliver(target, entry["timings"], functools.partial(
         result._write, target, overwrite=options.overwrite, compress=options.compress,
         product_header=header_fn,
-    ))  # fmt: skip
+    ), sync)  # fmt: skip
     if result.levels is not None:  # scale per exposure: the exposures' levels and scales
         final = dict(zip(result.names, zip(result.scales, result.levels, strict=True), strict=True))
         for v in verdicts:
