@@ -4,6 +4,7 @@ through the band pipeline."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
@@ -128,32 +129,7 @@ def combine(
         survivor), ``scales``, the frames' ``names``, ``levels`` and ``header``;
         ``to_ccddata()``.
     """
-    config = CombineConfig(
-        method=method,
-        scale=scale,
-        clip=clip,
-        sigma_low=sigma_low,
-        sigma_high=sigma_high,
-        center=center,
-        dev=dev,
-        maxiters=maxiters,
-        min_value=min_value,
-        max_value=max_value,
-        nlow=nlow,
-        nhigh=nhigh,
-        weights=None if weights is None else tuple(np.asarray(weights, float).ravel()),
-        rdnoise=rdnoise,
-        noise_gain=noise_gain,
-        snoise=snoise,
-        nkeep=nkeep,
-        mem_limit=mem_limit,
-        backend=backend,
-        device_mem_limit=device_mem_limit,
-    )
-    calibration = Calibration(
-        overscan=overscan, overscan_axis=overscan_axis, overscan_model=overscan_model,
-        trim=trim, bias=bias, dark=dark, exposure_key=exposure_key, gain=gain,
-    )  # fmt: skip
+    config, calibration = _validated(locals())
     hdu = parse_one_ext(ext)
     if hdu is not None and not _all_paths(inputs):
         raise ValueError("ext selects an HDU of FITS files: every input must then be a path")
@@ -168,6 +144,17 @@ def combine(
             frames, config, chosen, bad_pixel_mask=bad_pixels, progress=progress,
             calibrator=calibrator,
         )  # fmt: skip
+
+
+def _validated(arguments: dict) -> tuple[CombineConfig, Calibration]:
+    """The combination's and the calibration's options from a call's arguments
+    (``locals()`` at the top of :func:`combine` / :func:`combine_mosaic`), validated once."""
+    fields = {f.name for f in dataclasses.fields(CombineConfig)}
+    options = {k: v for k, v in arguments.items() if k in fields}
+    weights = options.get("weights")
+    options["weights"] = None if weights is None else tuple(np.asarray(weights, float).ravel())
+    calibration = {f.name: arguments[f.name] for f in dataclasses.fields(Calibration) if f.init}
+    return CombineConfig(**options), Calibration(**calibration)
 
 
 def _all_paths(inputs) -> bool:
@@ -259,18 +246,7 @@ device_mem_limit
         :class:`CombineResult`; ``scales``/``levels`` per exposure with
         ``scale_per='exposure'``; ``write(path, overwrite=False, compress=False)``.
     """
-    config = CombineConfig(
-        method=method, scale=scale, clip=clip, sigma_low=sigma_low, sigma_high=sigma_high,
-        center=center, dev=dev, maxiters=maxiters, min_value=min_value, max_value=max_value,
-        nlow=nlow, nhigh=nhigh,
-        weights=None if weights is None else tuple(np.asarray(weights, float).ravel()),
-        rdnoise=rdnoise, noise_gain=noise_gain, snoise=snoise, nkeep=nkeep,
-        mem_limit=mem_limit, backend=backend, device_mem_limit=device_mem_limit,
-    )  # fmt: skip
-    calibration = Calibration(
-        overscan=overscan, overscan_axis=overscan_axis, overscan_model=overscan_model,
-        trim=trim, bias=bias, dark=dark, exposure_key=exposure_key, gain=gain,
-    )  # fmt: skip
+    config, calibration = _validated(locals())
     specs = parse_ext_list(ext)
     check_scale_per(scale_per)
     if isinstance(paths, (str, os.PathLike)):
