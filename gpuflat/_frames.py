@@ -8,6 +8,7 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 import warnings
 from collections.abc import Sequence
 from contextlib import ExitStack, suppress
@@ -189,9 +190,17 @@ class FitsFrame:
                     f"{self.name}: cannot decompress rows {r0}-{r1} ({exc})"
                 ) from None
             return
-        raw = np.empty((r1 - r0, self.shape[1]), self._raw)
-        self.read_raw_rows(r0, r1, raw.reshape(-1).view(np.uint8))
-        scale_raw(raw, out, self._bscale, self._bzero, self._blank)
+        # a few rows at a time through this thread's reused buffer: the stored bytes are
+        # converted while in cache, and no fresh memory (page faults) is taken per call
+        cols = self.shape[1]
+        step = max(1, _CHUNK_BYTES // (cols * self._raw.itemsize))
+        buf = _chunk_buffer(min(step, r1 - r0) * cols * self._raw.itemsize)
+        for a in range(r0, r1, step):
+            b = min(r1, a + step)
+            raw = buf[: (b - a) * cols * self._raw.itemsize]
+            self.read_raw_rows(a, b, raw)
+            scale_raw(raw.view(self._raw).reshape(b - a, cols), out[a - r0 : b - r0],
+                      self._bscale, self._bzero, self._blank)  # fmt: skip
 
     def read_raw_rows(self, r0, r1, out):
         """Read the stored bytes of rows [r0, r1) into the contiguous uint8 buffer ``out``
@@ -208,6 +217,18 @@ class FitsFrame:
     def close(self):
         if self._owned:
             self._file.close()
+
+
+_CHUNK_BYTES = 262144
+_chunks = threading.local()
+
+
+def _chunk_buffer(nbytes) -> np.ndarray:
+    """This thread's reusable byte buffer of at least ``nbytes`` (its first ``nbytes``)."""
+    buf = getattr(_chunks, "buf", None)
+    if buf is None or buf.size < nbytes:
+        buf = _chunks.buf = np.empty(max(nbytes, _CHUNK_BYTES), np.uint8)
+    return buf[:nbytes]
 
 
 def _blank(value):

@@ -172,6 +172,28 @@ def test_errors_are_one_line_with_exit_codes(night, tmp_path, capsys, argv, code
     assert words in err and "Traceback" not in err
 
 
+def test_the_process_entry_point(night, tmp_path):
+    """``python -m gpuflat`` (the console script's ``console()``): main's exit codes become
+    the process's, its products equal the library's, expected errors are one line."""
+    import subprocess
+    import sys
+
+    def gpuflat_cmd(*argv):
+        return subprocess.run(
+            [sys.executable, "-m", "gpuflat", *argv], capture_output=True, text=True, timeout=300
+        )
+
+    out = tmp_path / "out"
+    done = gpuflat_cmd("run", str(night), "-o", str(out), "-q")
+    assert done.returncode == 0, done.stderr
+    files = sorted(str(p) for p in night.glob("flat-V-*.fits"))
+    with fits.open(out / "combined_flat_filter_V.fits") as hdul:
+        np.testing.assert_array_equal(hdul[0].data, gpuflat.combine(files).image)
+    failed = gpuflat_cmd("run", str(tmp_path / "nothing-here"), "-o", str(out))
+    assert failed.returncode == 2
+    assert failed.stderr.count("\n") == 1 and "nothing-here: no such file" in failed.stderr
+
+
 def test_help_version_and_info(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["--version"])

@@ -1,10 +1,13 @@
 """FitsFrame's row reads against astropy.io.fits.getdata: every BITPIX with BZERO, BSCALE
 and BLANK, in both output precisions, whole frames and row bands."""
 
+import threading
+
 import numpy as np
 import pytest
 from astropy.io import fits
 
+from gpuflat import _frames
 from gpuflat._frames import FitsFrame
 
 
@@ -88,10 +91,18 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize("chunk", [None, 50])
 @pytest.mark.parametrize("bands", [None, 4])
 @pytest.mark.parametrize("out_dtype", [np.float32, np.float64])
 @pytest.mark.parametrize(("raw_dtype", "keys"), CASES, ids=[f"{d}-{k}" for d, k in CASES])
-def test_read_rows_matches_astropy(tmp_path, rng, raw_dtype, keys, out_dtype, bands):
+def test_read_rows_matches_astropy(
+    tmp_path, rng, monkeypatch, raw_dtype, keys, out_dtype, bands, chunk
+):
+    """``chunk``: the stored bytes converted a few at a time (50 bytes: one to six rows of
+    11 pixels a chunk, a short last chunk), as a large frame is read."""
+    if chunk:
+        monkeypatch.setattr(_frames, "_CHUNK_BYTES", chunk)
+        monkeypatch.setattr(_frames, "_chunks", threading.local())
     raw = raw_values(raw_dtype, rng)
     if "BLANK" in keys:
         raw.flat[5:9] = keys["BLANK"]
