@@ -212,16 +212,19 @@ def combine_frames(
         # Pass 2: bands, the next band read while this one is combined.
         rejected = None
         if band_combiner is None:
-            # float64 band outputs, reused band after band
-            band_out = (np.empty(plan.rows * cols), np.empty(plan.rows * cols))
-            band_out += (np.empty(plan.rows * cols, np.int32),)
+            # the backend writes the band's rows of the results where they lie (the float64
+            # values rounded to out_dtype as they are stored, as an assignment would)
             rejected = np.zeros(n, np.int64)
 
-            def combiner(d, m, s, w):
-                out = tuple(b[: d.shape[1]] for b in band_out)
-                return backend.combine_band(d, m, s, w, params, out=out, rejected=rejected)
+            def combine_rows(d, m, r0, r1):
+                out = tuple(a[r0:r1].reshape(-1) for a in (image, uncert, count))
+                backend.combine_band(d, m, scales, weights, params, out=out, rejected=rejected)
         else:
-            combiner = band_combiner
+
+            def combine_rows(d, m, r0, r1):
+                img, unc, cnt = band_combiner(d, m, scales, weights)
+                for a, b in ((image, img), (uncert, unc), (count, cnt)):
+                    a[r0:r1] = b.reshape(r1 - r0, cols)
 
         def band_view(k):
             r0, r1 = bands[k]
@@ -243,12 +246,8 @@ def combine_frames(
             mask = timed("wait", pending.result)
             if k + 1 < len(bands):
                 pending = reader.submit(read, k + 1)
-            rows = r1 - r0
-            data = band_view(k).reshape(n, rows * cols)
-            img, unc, cnt = timed("combine", combiner, data, mask, scales, weights)
-            image[r0:r1] = img.reshape(rows, cols)
-            uncert[r0:r1] = unc.reshape(rows, cols)
-            count[r0:r1] = cnt.reshape(rows, cols)
+            data = band_view(k).reshape(n, (r1 - r0) * cols)
+            timed("combine", combine_rows, data, mask, r0, r1)
             if progress is not None:
                 progress(k + 1, len(bands))
     return _result(frames, image, uncert, count, scales, levels, config, backend, plan, timings,

@@ -5,8 +5,9 @@ Working memory of pass 2 for a band of ``rows`` rows of ``n`` frames of ``cols``
 - two stack buffers (one being combined, the next being read): ``2 * n * rows * cols * itemsize``
 - two mask buffers when any frame has a mask: ``2 * n * rows * cols`` bytes
 - the raw bytes of one frame's band while it is converted: ``rows * cols * 8`` at most
-- the kernel's per-band outputs (float64 image and uncertainty, int32 count):
-  ``rows * cols * 20``
+- per-band outputs (float64 image and uncertainty, int32 count): ``rows * cols * 20``;
+  only a custom band combiner (the ccdproc drop-in's) makes them, a backend's kernel
+  writes into the results
 
 Pass 1 (frame levels) holds two whole frames (one being measured while the next is read),
 the raw bytes of one frame while it is converted and the median's copy of a mask:

@@ -1241,14 +1241,16 @@ def combine_band(data, mask, scale, weight, params: KernelParams, out=None, reje
     params : KernelParams
         Rejection and combine options.
     out : (image, uncert, count) arrays, optional
-        Where to write the results (reused band after band, so no fresh memory per band).
+        Where to write the results: contiguous, shape (npix,), image and uncertainty
+        float64 or float32 (the float64 values rounded as they are stored, as an
+        assignment would), count int32. The pipeline passes the rows of its results.
     rejected : int64 array, shape (n,), optional
         Per frame, the number of valid samples (step 1 of the contract: finite, unmasked,
         within min/max) that did not survive (extrema window or sigma clipping) is added.
 
     Returns
     -------
-    image, uncert : float64 arrays, shape (npix,)
+    image, uncert : float64 arrays (or those of ``out``), shape (npix,)
     count : int32 array, shape (npix,)
     """
     npix = data.shape[1]
