@@ -130,6 +130,41 @@ def test_write_in_flight_is_finished_when_a_later_group_fails(two_groups, tmp_pa
         assert hdul[0].header["NCOMBINE"] == 3 and hdul["NCOMBINE"].data.min() >= 1
 
 
+def test_one_product_in_flight(tmp_path, rng, monkeypatch):
+    """Products are written in the background while the next group is combined, but one at
+    a time: a unit hands its product over only once the previous one is written, so a run
+    never holds more than one group's results beside those being combined."""
+    import time
+
+    d = tmp_path / "three"
+    d.mkdir()
+    for filt in ("B", "R", "V"):
+        for i, a in enumerate(flat_stack(rng, n=3, shape=(30, 20))):
+            write_fits(d / f"flat-{filt}-{i}.fits", a, IMAGETYP="FLAT", FILTER=filt)
+    real_write, real_combine = units.write_product, units.combine_group
+    written, handed = {}, {}
+
+    def slow_write(target, *args, **kwargs):
+        time.sleep(0.3)
+        finish = real_write(target, *args, **kwargs)
+        written[target.name] = time.perf_counter()
+        return finish
+
+    def combine(options, group, *rest, **kw):
+        entry = real_combine(options, group, *rest, **kw)
+        handed[group.label()] = time.perf_counter()  # the product was handed over
+        return entry
+
+    monkeypatch.setattr(units, "write_product", slow_write)
+    monkeypatch.setattr(units, "combine_group", combine)
+    outcome = run(RunOptions(inputs=(str(d),), outdir=str(tmp_path / "o"), device="cpu"))
+    assert outcome.failed == 0 and len(written) == 3
+    for before, after in (("B", "R"), ("R", "V")):
+        assert written[f"combined_flat_filter_{before}.fits"] <= handed[after]
+    # the last product was still being written when its unit returned: in the background
+    assert handed["V"] < written["combined_flat_filter_V.fits"]
+
+
 def test_background_write_failure_is_reported(two_groups, tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise OSError("disk full")

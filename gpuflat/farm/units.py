@@ -14,7 +14,7 @@ import functools
 import logging
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -36,28 +36,32 @@ _NOT_GIVEN = object()
 
 
 class Writer:
-    """Durability off the critical path: a unit writes and verifies its product itself
-    (a temporary file), then hands the rest (fsync of the file and its directory, the move
-    into place) to this writer's background thread while the next group is read and
-    combined. ``settle(entry)`` waits for that entry's product and records how it went;
-    ``close()`` waits for every one."""
+    """Products written off the critical path: a unit hands its product over (the write,
+    its verification, the fsync of file and directory, the move into place) and this
+    writer's thread does all of it while the next group is read and combined.
+
+    One product is in flight at a time: handing over the next one waits for it, so a run
+    holds at most one group's results beside those of the group being combined.
+    ``settle(entry)`` waits for that entry's product and records how it went; ``close()``
+    waits for every one."""
 
     def __init__(self):
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="gpuflat-writer")
         self._pending = {}
 
-    def __call__(self, target, timings, finish):
-        self._pending[str(target)] = (self._pool.submit(_timed, finish), timings)
+    def __call__(self, target, timings, write):
+        wait([future for future, _ in self._pending.values()])
+        self._pending[str(target)] = (self._pool.submit(write_now, target, timings, write), timings)
 
     def ready(self, entry) -> bool:
         pending = self._pending.get(entry["product"])
         return pending is None or pending[0].done()
 
     def settle(self, entry) -> dict:
-        future, timings = self._pending.pop(entry["product"], (None, None))
+        future, _ = self._pending.pop(entry["product"], (None, None))
         if future is not None:
             try:
-                timings["sync"] = future.result()
+                future.result()
             except (GpuflatError, ValueError, OSError) as exc:
                 entry["status"] = f"failed: {exc}"
         return entry
@@ -66,23 +70,15 @@ class Writer:
         self._pool.shutdown(wait=True)
 
 
-def _timed(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return round(time.perf_counter() - t0, 3)
-
-
-def _sync_now(target, timings, finish):
-    timings["sync"] = _timed(finish)
-
-
-def _deliver(target, timings, write, sync):
-    """Write and verify the product now (``write(defer=True)`` returns what remains), then
-    hand its fsync and move into place to ``sync(target, timings, finish)``."""
+def write_now(target, timings, write):
+    """Write and verify the product (``write(defer=True)`` returns what remains), then
+    make it durable and move it into place; ``timings`` gets 'write' and 'sync'."""
     t0 = time.perf_counter()
     finish = write(defer=True)
-    timings["write"] = round(time.perf_counter() - t0, 3)
-    sync(target, timings, finish)
+    t1 = time.perf_counter()
+    finish()
+    timings["write"] = round(t1 - t0, 3)
+    timings["sync"] = round(time.perf_counter() - t1, 3)
 
 
 def group_unit(
@@ -92,8 +88,8 @@ def group_unit(
 
     ``backend`` and ``bad_pixels`` are resolved here when left out (on a Dask worker);
     ``on_event("progress", {...})`` is called as bands or extensions are done; ``writer``
-    (a :class:`Writer`) takes the product's fsync and move into place off the critical
-    path, else the product is in place when this returns."""
+    (a :class:`Writer`) writes the product off the critical path, else the product is in
+    place when this returns."""
 
     def work(header):
         nonlocal backend, bad_pixels
@@ -102,7 +98,7 @@ def group_unit(
         if bad_pixels is _NOT_GIVEN:
             bad_pixels = bad_pixel_mask(options.mask)
         return combine_group(
-            options, group, backend, bad_pixels, target, header, on_event, writer or _sync_now
+            options, group, backend, bad_pixels, target, header, on_event, writer or write_now
         )
 
     return _unit(options, group, target, work)
@@ -120,7 +116,7 @@ def mosaic_unit(options, group, backend, target, parts) -> dict:
         # QA needs every extension: here, once they are all combined (a frame left out
         # means combining the group again, on this worker)
         result, verdicts = _mosaic_qa(options, group, backend, MosaicResult.merge(parts))
-        return _write_mosaic(options, result, target, header, t0, verdicts, _sync_now)
+        return _write_mosaic(options, result, target, header, t0, verdicts, write_now)
 
     return _unit(options, group, target, work)
 
@@ -166,16 +162,16 @@ def _progress(on_event, group):
 
 
 def combine_group(
-    options, group, backend, bad_pixels, target, header_fn, on_event=None, sync=_sync_now
+    options, group, backend, bad_pixels, target, header_fn, on_event=None, write=write_now
 ):
-    """Combine a group (QA, combined again without the frames it leaves out), write and
-    verify its product and hand its fsync and move into place to ``sync(target, timings,
-    finish)``, write its plots; returns the unit's report entry."""
+    """Combine a group (QA, combined again without the frames it leaves out), write its
+    plots and hand its product to ``write(target, timings, write_product)`` (:func:`write_now`
+    or a :class:`Writer`); returns the unit's report entry."""
     if group.mosaic:
         t0 = time.perf_counter()
         result = mosaic_result(options, group, backend, on_event=on_event)
         result, verdicts = _mosaic_qa(options, group, backend, result)
-        return _write_mosaic(options, result, target, header_fn, t0, verdicts, sync)
+        return _write_mosaic(options, result, target, header_fn, t0, verdicts, write)
 
     config = options.combine
     t0 = time.perf_counter()
@@ -239,12 +235,12 @@ def combine_group(
         "backend": result.backend,
         "timings": {k: round(v, 3) for k, v in timings.items()},
     }
-    _deliver(target, entry["timings"], functools.partial(
+    if options.plots:  # before the product is handed over: its writing swaps bytes in place
+        entry["plots"] = _plots(target, group, result, unscaled)
+    write(target, entry["timings"], functools.partial(
         write_product, target, result, header, unit=result.unit, overwrite=options.overwrite,
         compress=options.compress,
-    ), sync)  # fmt: skip
-    if options.plots:
-        entry["plots"] = _plots(target, group, result, unscaled)
+    ))  # fmt: skip
     return entry
 
 
@@ -344,8 +340,8 @@ def mosaic_files(options, group, specs, only=None):
     return infos
 
 
-def _write_mosaic(options, result, target, header_fn, t0, verdicts, sync) -> dict:
-    """Write and verify a combined mosaic, its fsync and move into place to ``sync``;
+def _write_mosaic(options, result, target, header_fn, t0, verdicts, write) -> dict:
+    """Hand a combined mosaic's product to ``write`` (as in :func:`combine_group`);
     returns its report entry (``verdicts``: the frame QA's line for every exposure)."""
     entry = {
         "scale_per": result.scale_per,
@@ -369,10 +365,10 @@ def _write_mosaic(options, result, target, header_fn, t0, verdicts, sync) -> dic
             for k in ("read", "levels", "combine", "wait")
         },
     }
-    _deliver(target, entry["timings"], functools.partial(
+    write(target, entry["timings"], functools.partial(
         result._write, target, overwrite=options.overwrite, compress=options.compress,
         product_header=header_fn,
-    ), sync)  # fmt: skip
+    ))  # fmt: skip
     if result.levels is not None:  # scale per exposure: the exposures' levels and scales
         final = dict(zip(result.names, zip(result.scales, result.levels, strict=True), strict=True))
         for v in verdicts:
