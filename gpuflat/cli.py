@@ -7,9 +7,12 @@ still written), 2 usage errors and inputs that do not exist.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import ctypes
 import gc
 import logging
+import os
 import sys
 
 from . import farm
@@ -25,15 +28,19 @@ def console() -> None:
     """The process entry point (the ``gpuflat`` script, ``python -m gpuflat``): ``main``,
     then exit with its code.
 
-    The collector's work is frozen before and after: the imported modules (and, at the
-    end, numba's loaded code) are long-lived heaps of many small objects that a full
-    collection would traverse again and again, during the run and then several times while
-    the interpreter shuts down (0.2 s of a 1 s run). ``gc.freeze`` only exempts what exists
-    now from later collections; whatever the run makes is still collected as usual."""
+    The imported modules, and numba's loaded code, are long-lived heaps of many small
+    objects. ``gc.freeze`` exempts those imported so far from the collector's full passes
+    during the run (whatever the run makes is still collected as usual). At the end,
+    every product is written and every file closed: the exit handlers run (logging's
+    flush, thread pools' joins...) and the process leaves without tearing those heaps down
+    object by object, which took 0.2 s of a 1 s run (0.04 s with the collector frozen)."""
     gc.freeze()
     code = main()
-    gc.freeze()
-    sys.exit(code)
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError):  # a reader that went away (| head)
+            stream.flush()
+    os._exit(code)
 
 
 def main(argv=None) -> int:
