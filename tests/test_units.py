@@ -165,6 +165,33 @@ def test_one_product_in_flight(tmp_path, rng, monkeypatch):
     assert handed["V"] < written["combined_flat_filter_V.fits"]
 
 
+def test_groups_share_one_workspace(tmp_path, rng):
+    """A run lends every group the same stack memory (grown when a group needs more): the
+    products equal those of separate library calls, whatever came before each group."""
+    import gpuflat
+    from gpuflat._pipeline import Workspace
+
+    ws = Workspace()
+    a = ws.stack(100, np.float32)
+    b = ws.stack(60, np.float32)
+    assert b.size == 60 and np.shares_memory(a, b)  # a smaller stack reuses the memory
+    c = ws.stack(200, np.float32)
+    assert c.size == 200 and not np.shares_memory(a, c)  # a larger one replaces it
+    d = tmp_path / "sizes"
+    d.mkdir()
+    for filt, n in (("B", 5), ("R", 3), ("V", 7)):  # run in this order: grow, shrink, grow
+        for i, frame in enumerate(flat_stack(rng, n=n, shape=(30, 20))):
+            write_fits(d / f"flat-{filt}-{i}.fits", frame, IMAGETYP="FLAT", FILTER=filt)
+    out = tmp_path / "o"
+    assert run(RunOptions(inputs=(str(d),), outdir=str(out), device="cpu")).failed == 0
+    for filt in ("B", "R", "V"):
+        want = gpuflat.combine(sorted(str(p) for p in d.glob(f"flat-{filt}-*.fits")))
+        with fits.open(out / f"combined_flat_filter_{filt}.fits") as hdul:
+            np.testing.assert_array_equal(hdul[0].data, want.image)
+            np.testing.assert_array_equal(hdul["UNCERT"].data, want.uncertainty)
+            np.testing.assert_array_equal(hdul["NCOMBINE"].data, want.count)
+
+
 def test_background_write_failure_is_reported(two_groups, tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise OSError("disk full")

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from .._extensions import select_extensions
 from .._frames import bad_pixel_mask
+from .._pipeline import Workspace
 from .._select import expand_inputs, group_frames, is_selected, read_info
 from .._version import __version__
 from ..backends import get_backend
@@ -155,6 +156,7 @@ def _run_in_process(options, work, backend, bad_pixels, emit, on_event) -> list[
     next group is combined; every write is finished (or cleaned up) before this returns."""
     entries, said = [], 0
     writer = units.Writer()
+    workspace = Workspace()  # one stack's memory, reused group after group
 
     def say(block):  # "done" for the finished units, in order
         nonlocal said
@@ -178,7 +180,9 @@ def _run_in_process(options, work, backend, bad_pixels, emit, on_event) -> list[
                 "frames": len(group.frames), "product": str(target), "exists": exists,
             })  # fmt: skip
             entries.append(
-                units.group_unit(options, group, target, backend, bad_pixels, on_event, writer)
+                units.group_unit(
+                    options, group, target, backend, bad_pixels, on_event, writer, workspace
+                )
             )
             say(block=False)
         say(block=True)

@@ -82,14 +82,15 @@ def write_now(target, timings, write):
 
 
 def group_unit(
-    options, group, target, backend=None, bad_pixels=_NOT_GIVEN, on_event=None, writer=None
-):
+    options, group, target, backend=None, bad_pixels=_NOT_GIVEN, on_event=None, writer=None,
+    workspace=None,
+):  # fmt: skip
     """One work unit: combine one group, write its product; returns its report entry.
 
     ``backend`` and ``bad_pixels`` are resolved here when left out (on a Dask worker);
     ``on_event("progress", {...})`` is called as bands or extensions are done; ``writer``
     (a :class:`Writer`) writes the product off the critical path, else the product is in
-    place when this returns."""
+    place when this returns; ``workspace`` (a ``_pipeline.Workspace``) lends the stack."""
 
     def work(header):
         nonlocal backend, bad_pixels
@@ -98,8 +99,9 @@ def group_unit(
         if bad_pixels is _NOT_GIVEN:
             bad_pixels = bad_pixel_mask(options.mask)
         return combine_group(
-            options, group, backend, bad_pixels, target, header, on_event, writer or write_now
-        )
+            options, group, backend, bad_pixels, target, header, on_event, writer or write_now,
+            workspace,
+        )  # fmt: skip
 
     return _unit(options, group, target, work)
 
@@ -162,8 +164,9 @@ def _progress(on_event, group):
 
 
 def combine_group(
-    options, group, backend, bad_pixels, target, header_fn, on_event=None, write=write_now
-):
+    options, group, backend, bad_pixels, target, header_fn, on_event=None, write=write_now,
+    workspace=None,
+):  # fmt: skip
     """Combine a group (QA, combined again without the frames it leaves out), write its
     plots and hand its product to ``write(target, timings, write_product)`` (:func:`write_now`
     or a :class:`Writer`); returns the unit's report entry."""
@@ -194,7 +197,7 @@ def combine_group(
 
         result = combine_frames(
             frames, config, backend, bad_pixel_mask=bad_pixels, want_levels=want,
-            progress=_progress(on_event, group), calibrator=calibrator(),
+            progress=_progress(on_event, group), calibrator=calibrator(), workspace=workspace,
         )  # fmt: skip
         timings = dict(result.timings)
         qa_entries = frame_entries(result)
@@ -206,7 +209,7 @@ def combine_group(
             frames = [f for f in frames if f.name in keep]
             result = combine_frames(
                 frames, config, backend, bad_pixel_mask=bad_pixels, want_levels=want,
-                calibrator=calibrator(),
+                calibrator=calibrator(), workspace=workspace,
             )  # fmt: skip
             timings = {k: v + result.timings[k] for k, v in timings.items()}
             final = {e["file"]: e for e in frame_entries(result)}
@@ -217,7 +220,7 @@ def combine_group(
             unscaled_config = dataclasses.replace(config, scale="none")
             unscaled = combine_frames(
                 frames, unscaled_config, backend, bad_pixel_mask=bad_pixels,
-                calibrator=calibrator(),
+                calibrator=calibrator(), workspace=workspace,
             ).image  # fmt: skip
     header = header_fn(
         result.header, names=result.names, scales=result.scales,
