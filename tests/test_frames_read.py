@@ -85,7 +85,7 @@ CASES = [
     ("i8", {}),
     ("i8", {"BZERO": 2**63}),  # uint64
     ("i8", {"BSCALE": 3.0, "BZERO": -1.5}),
-    ("f4", {}),  # read in place (either output: float64 through the chunks)
+    ("f4", {}),
     ("f4", {"BSCALE": 0.1, "BZERO": 5}),
     ("f8", {}),
     ("f8", {"BSCALE": 2.0, "BZERO": -1}),
