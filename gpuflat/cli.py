@@ -53,6 +53,8 @@ def main(argv=None) -> int:
     command = args.command
     if command == "run":
         _return_freed_frames()
+    if command in ("run", "inspect"):
+        _skip_blas_probe()
     try:
         if command in ("run", "inspect"):
             flags = {k: v for k, v in vars(args).items() if k not in ("command", "config")}
@@ -91,6 +93,28 @@ def _return_freed_frames():
         libc.mallopt(ctypes.c_int(-1), ctypes.c_int(32 << 20))  # M_TRIM_THRESHOLD
     except (OSError, AttributeError):
         pass
+
+
+def _skip_blas_probe():
+    """Spare the command numba's probe for SciPy's BLAS (0.1 s of start-up).
+
+    When numba's CPU target starts, its ``numba.np.arraymath`` imports ``scipy.linalg``
+    (when SciPy is installed) to learn whether ``np.correlate`` in jitted code may call
+    BLAS; that import costs about 0.1 s (it brings ``numpy.f2py`` too) and gpuflat's
+    kernels call no BLAS. So that module is loaded here while ``scipy.linalg`` cannot be
+    imported: the probe finds no BLAS and numba's ``np.correlate`` would use its own loop.
+    Afterwards ``scipy.linalg`` imports as usual. The command owns its process, so it may;
+    where ``scipy.linalg`` is loaded already, or numba differs, this changes nothing."""
+    if "scipy.linalg" in sys.modules:
+        return
+    sys.modules["scipy.linalg"] = None  # its import raises ImportError meanwhile
+    try:
+        import numba.np.arraymath  # noqa: F401
+    except Exception:  # never worse than no shortcut: numba imports it later as usual
+        pass
+    finally:
+        if sys.modules.get("scipy.linalg", 0) is None:
+            del sys.modules["scipy.linalg"]
 
 
 def _setup_logging(verbose, quiet):

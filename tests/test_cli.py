@@ -194,6 +194,30 @@ def test_the_process_entry_point(night, tmp_path):
     assert failed.stderr.count("\n") == 1 and "nothing-here: no such file" in failed.stderr
 
 
+SKIP_PROBE = """
+import sys
+from gpuflat import cli
+cli._skip_blas_probe()
+import numba.np.arraymath as arraymath
+print(arraymath._HAVE_BLAS, "scipy.linalg" in sys.modules)
+import scipy.linalg  # imports as usual afterwards
+print(scipy.linalg.cython_blas.__name__)
+"""
+
+
+def test_the_command_spares_numba_its_blas_probe():
+    """In a fresh process (as the command's), numba's BLAS probe finds nothing and
+    scipy.linalg is not imported for it, yet imports as usual afterwards."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", SKIP_PROBE], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "False", "scipy.linalg.cython_blas"]
+
+
 def test_help_version_and_info(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["--version"])
