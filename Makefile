@@ -9,6 +9,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m compileall -q gpuflat  # as a wheel install does (PYTHONDONTWRITEBYTECODE may be set)
 	touch $@
 
 demo: $(VENV)/.installed

@@ -5,6 +5,7 @@ Working memory of pass 2 for a band of ``rows`` rows of ``n`` frames of ``cols``
 - two stack buffers (one being combined, the next being read): ``2 * n * rows * cols * itemsize``
 - two mask buffers when any frame has a mask: ``2 * n * rows * cols`` bytes
 - the raw bytes of one frame's band while it is converted: ``rows * cols * 8`` at most
+  (an upper bound: ``FitsFrame.read_rows`` converts 256 kB at a time)
 - per-band outputs (float64 image and uncertainty, int32 count): ``rows * cols * 20``;
   only a custom band combiner (the ccdproc drop-in's) makes them, a backend's kernel
   writes into the results

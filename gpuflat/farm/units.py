@@ -50,15 +50,15 @@ class Writer:
         self._pending = {}
 
     def __call__(self, target, timings, write):
-        wait([future for future, _ in self._pending.values()])
-        self._pending[str(target)] = (self._pool.submit(write_now, target, timings, write), timings)
+        wait(self._pending.values())
+        self._pending[str(target)] = self._pool.submit(write_now, target, timings, write)
 
     def ready(self, entry) -> bool:
-        pending = self._pending.get(entry["product"])
-        return pending is None or pending[0].done()
+        future = self._pending.get(entry["product"])
+        return future is None or future.done()
 
     def settle(self, entry) -> dict:
-        future, _ = self._pending.pop(entry["product"], (None, None))
+        future = self._pending.pop(entry["product"], None)
         if future is not None:
             try:
                 future.result()
