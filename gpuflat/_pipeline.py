@@ -210,12 +210,26 @@ def combine_frames(
     reader = ThreadPoolExecutor(1, thread_name_prefix="gpuflat-reader")
     with reader:
         if pass1:
-            spare = None if plan.single else [np.empty(shape, dtype) for _ in range(2)]
+            raw = _raw_formats(backend, frames, plan, config, calibrator, dtype)
+            if raw is not None:  # the stored bytes of whole frames, measured as they are
+                nbytes = [nrows * cols * f.dtype.itemsize for f in raw]
+                spare = [np.empty(max(nbytes), np.uint8) for _ in range(2)]
+            else:
+                spare = None if plan.single else [np.empty(shape, dtype) for _ in range(2)]
 
             def read_frame(i):
+                if raw is not None:
+                    buf = spare[i % 2][: nbytes[i]]
+                    timed("read", frames[i].read_raw_rows, 0, nrows, buf)
+                    return buf
                 buf = stack[i] if plan.single else spare[i % 2]
                 timed("read", frames[i].read_rows, 0, nrows, buf)
                 return buf
+
+            def level(i, buf, fmask, how):
+                if raw is not None:
+                    return backend.raw_level(buf, raw[i], fmask, how)
+                return backend.frame_level(buf, fmask, how)
 
             pending = reader.submit(read_frame, 0)
             for i, f in enumerate(frames):
@@ -224,7 +238,7 @@ def combine_frames(
                     pending = reader.submit(read_frame, i + 1)
                 fmask = _frame_mask(f, bad_pixel_mask, 0, nrows)
                 for how in levels:
-                    levels[how].append(timed("levels", backend.frame_level, buf, fmask, how))
+                    levels[how].append(timed("levels", level, i, buf, fmask, how))
                 if callable(config.scale):
                     user_scales.append(timed("levels", config.scale, buf))
             del spare, buf
@@ -400,6 +414,24 @@ def _fed_bands(ctx, feed, formats, scales, weights, params, outputs, rejected, *
             if pending is not None:
                 pending.cancel() or pending.exception()
         ctx.timed("combine", feed.finish)
+
+
+def _raw_formats(backend, frames, plan, config, calibrator, dtype):
+    """The frames' stored formats when pass 1 measures the stored values as they are: a
+    banded plan (whose pass 1 converts frames only to measure them), float32 work, no
+    calibration and no ``scale`` callable, and a backend that measures every frame's
+    format (``measures_raw``); else None."""
+    measures = getattr(backend, "measures_raw", None)
+    if (
+        measures is None
+        or plan.single
+        or calibrator is not None
+        or callable(config.scale)
+        or np.dtype(dtype) != np.float32
+    ):
+        return None
+    formats = [getattr(f, "raw_format", None) for f in frames]
+    return formats if all(f is not None and measures(f) for f in formats) else None
 
 
 def _frame_mask(frame, bad_pixel_mask, r0, r1):

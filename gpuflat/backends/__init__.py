@@ -1,5 +1,9 @@
 """Backends: one small protocol (``frame_level``, ``combine_band``), numba and CUDA siblings.
 
+A backend may also measure frames from their stored bytes (``measures_raw(fmt)`` and
+``raw_level(raw, fmt, mask, how)``, the numba backend for 8- and 16-bit integers): pass 1
+of a banded combination then reads them without converting them.
+
 A backend may also offer a host path (``accepts_raw = True`` and ``open_feed(...)``, see
 docs/architecture.md, "The host path"): the pipeline then hands it the frames' stored bytes
 and it converts, measures and combines them on its device. The CUDA backend does; the numba
@@ -28,6 +32,18 @@ class NumbaBackend:
         from . import _numba
 
         return _numba.combine_band(data, mask, scale, weight, params, out, rejected)
+
+    def measures_raw(self, fmt) -> bool:
+        """Whether ``raw_level`` takes frames stored in ``fmt`` (``_frames.RawFormat``)."""
+        from . import _numba_median
+
+        return _numba_median.measures_raw(fmt)
+
+    def raw_level(self, raw, fmt, mask, how):
+        """``frame_level`` of a whole frame, from its stored bytes as they are in the file."""
+        from . import _numba_median
+
+        return _numba_median.raw_level(raw, fmt, mask, how)
 
 
 def cuda_status() -> tuple[bool, str]:
