@@ -66,6 +66,10 @@ def main(argv=None) -> int:
     except OptionError as exc:
         print(f"gpuflat {command}: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader of the output went away (| head): stop quietly
+        with contextlib.suppress(OSError, ValueError):  # nothing more reaches it
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # as a shell reports a process that SIGPIPE ended
     except (GpuflatError, ValueError, TypeError, OSError) as exc:
         print(f"gpuflat {command}: error: {exc}", file=sys.stderr)
         return 1

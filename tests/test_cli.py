@@ -218,6 +218,21 @@ def test_the_command_spares_numba_its_blas_probe():
     assert done.stdout.split() == ["False", "False", "scipy.linalg.cython_blas"]
 
 
+def test_output_to_a_closed_pipe_stops_quietly():
+    """``gpuflat info | head -0``: the reader is gone before the first line; the command
+    stops with the status a shell reports for SIGPIPE, and says nothing."""
+    import subprocess
+    import sys
+
+    with subprocess.Popen(
+        [sys.executable, "-m", "gpuflat", "info"], stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    ) as proc:  # fmt: skip
+        proc.stdout.close()
+        err = proc.stderr.read()
+        assert proc.wait(timeout=300) == 141 and err == ""
+
+
 def test_help_version_and_info(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["--version"])
