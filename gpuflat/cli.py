@@ -2,7 +2,8 @@
 Imported by nothing but the console entry point and ``python -m gpuflat``.
 
 Exit codes: 0 every group written (or already there), 1 some group failed (the others are
-still written), 2 usage errors and inputs that do not exist.
+still written), 2 usage errors and inputs that do not exist, 141 the reader of the output
+went away.
 """
 
 from __future__ import annotations
