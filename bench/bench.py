@@ -408,7 +408,9 @@ def bench_workload(name, contenders, repeats, cache: Path, warm_up=True) -> dict
         results[c] = {
             "median_s": round(t, 4),
             "times_s": [round(x, 4) for x in times[c]],
-            "ratio": round(t / base, 2),  # contender time / gpuflat run's
+            # contender time / gpuflat run's, 3 significant digits (never rounded to 0:
+            # with --quick the baseline's first run may include numba's cold compile)
+            "ratio": float(f"{t / base:.3g}"),
             "mpix_per_s": round(pixels / t / 1e6, 1),
             "peak_rss_mb": round(max(peaks) / 1e6, 1) if peaks else None,
         }
