@@ -148,6 +148,24 @@ def test_fast_path_special_values_every_lane_kind():
             check(data, None, scale, rng.uniform(0.5, 2.0, n), params)
 
 
+@pytest.mark.parametrize("n", [7, 15, 24])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_fast_path_few_and_many_clipped_lanes(n, weighted):
+    """Blocks in which 1, 16, 17 and all 64 lanes clip (the lanes that clip are redone one
+    by one in a block with few of them, and the whole block's sums masked otherwise), on
+    values that clip nothing else (uniform: no tail beyond 5 MAD-sigma)."""
+    rng = np.random.default_rng(n)
+    data = rng.uniform(999.0, 1001.0, (n, 5 * FAST_L)).astype(np.float32)
+    for block, lanes in enumerate([0, 1, 16, 17, FAST_L]):
+        data[n // 2, block * FAST_L : block * FAST_L + lanes] = 5000.0
+        data[0, block * FAST_L + 3 : block * FAST_L + lanes : 2] = 10.0  # low ones too
+    scale = 1.0 / rng.uniform(900.0, 1100.0, n)
+    weight = rng.uniform(0.5, 2.0, n) if weighted else None
+    image, _, count = check(data, None, scale, weight, KernelParams())
+    clipped = count.reshape(5, FAST_L) < n
+    assert clipped.sum(axis=1).tolist() == [0, 1, 16, 17, FAST_L]
+
+
 @settings(max_examples=60, deadline=None)
 @given(
     n=st.integers(1, 40),

