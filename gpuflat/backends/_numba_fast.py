@@ -154,6 +154,33 @@ def _prefetch(typingctx, arr, i, j):
     return sig, codegen
 
 
+def _llvm_float_op(name):
+    """A numba intrinsic calling LLVM's ``llvm.<name>.f64`` on two float64s."""
+
+    @intrinsic
+    def op(typingctx, a, b):
+        sig = types.float64(types.float64, types.float64)
+
+        def codegen(context, builder, signature, args):
+            d = ir.DoubleType()
+            fnty = ir.FunctionType(d, [d, d])
+            fn = cgutils.get_or_insert_function(builder.module, fnty, f"llvm.{name}.f64")
+            return builder.call(fn, args)
+
+        return sig, codegen
+
+    return op
+
+
+# The smaller and the larger of two values: for the values this path vouches for (no NaN,
+# no zeros) the same as ``a if a < b else b`` and its mirror. Used where a row is loaded and
+# then stored back in place: a select there becomes a masked store (LLVM stores only the
+# lanes that change), which is slow and from which the next comparator's load cannot
+# forward; these become vminpd/vmaxpd and plain stores (n=40: 10% faster on one core).
+_minnum = _llvm_float_op("minnum")
+_maxnum = _llvm_float_op("maxnum")
+
+
 def fast_eligible(params, n) -> bool:
     """Whether the fast block path applies to these kernel parameters."""
     return (
@@ -614,8 +641,8 @@ def _load_sort(data, scale, n, pu, W, net):
         for lane in range(_LU):
             a = W[oi + lane]
             b = W[oj + lane]
-            W[oi + lane] = a if a < b else b
-            W[oj + lane] = b if a < b else a
+            W[oi + lane] = _minnum(a, b)
+            W[oj + lane] = _maxnum(a, b)
 
 
 @nb.njit(cache=True, nogil=True, error_model="numpy", inline="always")
