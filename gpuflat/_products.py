@@ -146,30 +146,35 @@ def _commit(path, hdul, *, overwrite, defer):
     """Write ``hdul`` atomically (:func:`gpuflat._atomic.commit`), verified and durable;
     ``defer``: return the callable that makes it durable and moves it into place."""
     expected = [h.data for h in hdul]
+    compressed = any(isinstance(h, fits.CompImageHDU) for h in hdul)
 
     def write(tmp):
         hdul.writeto(tmp, checksum=True, overwrite=True)
 
     def verify(tmp):
-        _verify(tmp, expected, path)
+        _verify(tmp, expected, path, compressed)
 
     return commit(path, write, overwrite=overwrite, durable=True, verify=verify, defer=defer)
 
 
-def _verify(tmp, expected, path):
+def _verify(tmp, expected, path, compressed):
     """The written file reads back: checksums, one HDU per expected array of the same
     shape, compressed HDUs identical to what was written. The warnings filter comes before
     the open: astropy checks the checksums inside fits.open, and only warns on a mismatch.
-    Not memory-mapped: mapped, the product's pages would count in the process's resident
-    memory while it is checked (56 instead of 12 MB more for a 2048^2 product)."""
+    Plain HDUs' checksums are checked here instead, reading the data a few MB at a time
+    (:func:`_checksums_hold`): decoded whole, a 4096^2 product's 176 MB of fresh buffers
+    took 0.1-0.27 s to check, against 0.02-0.03 s. ``compressed``: the product has
+    tile-compressed HDUs, whose checksums astropy checks (they are small)."""
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        with fits.open(tmp, checksum=True, memmap=False) as check:
+        with fits.open(tmp, checksum=compressed, memmap=False) as check, open(tmp, "rb") as raw:
             for h in check:
                 h.verify("exception")
             if len(check) != len(expected):
                 raise GpuflatError(f"{path}: verification failed after writing")
-            for h, want in zip(check, expected, strict=True):
+            for i, (h, want) in enumerate(zip(check, expected, strict=True)):
+                if not compressed and not _checksums_hold(h, raw, check.fileinfo(i)):
+                    raise GpuflatError(f"{path}: {h.name} fails its checksum after writing")
                 if want is None:
                     continue
                 if _shape(h) != want.shape:
@@ -178,6 +183,31 @@ def _verify(tmp, expected, path):
                     h.data, want, equal_nan=want.dtype.kind == "f"
                 ):
                     raise GpuflatError(f"{path}: {h.name} does not read back losslessly")
+
+
+_CHECK_CHUNK = 4 << 20  # bytes (a multiple of 4: the checksum sums 32-bit words)
+
+
+def _checksums_hold(h, raw, info) -> bool:
+    """Whether the plain HDU ``h`` (header read, data not) matches its DATASUM and CHECKSUM,
+    with astropy's own arithmetic (``_compute_checksum`` takes the running sum of the
+    chunks before, ``_calculate_checksum`` the header's) over its data read from ``raw`` in
+    chunks (the padding after the data is zeros, which add nothing)."""
+    if "CHECKSUM" not in h.header or "DATASUM" not in h.header:
+        return False
+    raw.seek(info["datLoc"])
+    left = info["datSpan"]
+    datasum = np.uint32(0)
+    while left > 0:
+        chunk = raw.read(min(left, _CHECK_CHUNK))
+        if not chunk:
+            return False
+        left -= len(chunk)
+        datasum = h._compute_checksum(np.frombuffer(chunk, np.uint8), datasum)
+    return (
+        int(datasum) == int(h.header["DATASUM"])
+        and h._calculate_checksum(datasum) == h.header["CHECKSUM"]
+    )
 
 
 def _shape(h) -> tuple:

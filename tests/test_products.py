@@ -7,12 +7,14 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 from astropy.io import fits
 from conftest import flat_stack, write_fits
 
-from gpuflat import _frames
+from gpuflat import _frames, _products
 from gpuflat.cli import main
+from gpuflat.errors import GpuflatError
 
 
 @pytest.fixture
@@ -108,6 +110,35 @@ except Exception as exc:
     print("refused:", type(exc).__name__)
 print("exists:", os.path.exists(target), "left:", sorted(os.listdir(os.path.dirname(target))))
 """
+
+
+@pytest.mark.parametrize("where", ["image", "count", "header"])
+def test_verification_checks_every_hdu_checksum(tmp_path, where):
+    """The chunked check of the plain HDUs' checksums: a product as written passes; one byte
+    changed in the first HDU's data, in the last one's, or in a header, fails."""
+    image = np.random.default_rng(1).uniform(0.9, 1.1, (40, 50)).astype(np.float32)
+    hdul = fits.HDUList(
+        [
+            fits.PrimaryHDU(image, fits.Header({"FILTER": "V"})),
+            fits.ImageHDU(np.zeros(image.shape, np.uint8), name="MASK"),
+            fits.ImageHDU(image * 0.01, name="UNCERT"),
+            fits.ImageHDU(np.full(image.shape, 7, np.int16), name="NCOMBINE"),
+        ]
+    )
+    path = tmp_path / "p.fits"
+    hdul.writeto(path, checksum=True)
+    expected = [h.data for h in hdul]
+    _products._verify(path, expected, path, False)
+    raw = bytearray(path.read_bytes())
+    with fits.open(path) as f:
+        first, last = f.fileinfo(0)["datLoc"], f.fileinfo(3)["datLoc"]
+    if where == "header":
+        raw[raw.index(b"'UNCERT") + 6] = ord("X")  # EXTNAME 'UNCERX': a valid header
+    else:
+        raw[(first if where == "image" else last) + 5] ^= 0x10
+    path.write_bytes(bytes(raw))
+    with pytest.raises(GpuflatError, match="checksum"):
+        _products._verify(path, expected, path, False)
 
 
 def test_a_product_that_does_not_verify_is_never_committed(tmp_path):
