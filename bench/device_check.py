@@ -1,9 +1,10 @@
 """The steps of bench/device_check.sh, one subcommand each (run them through that script).
 
 Every step prints what it measured, appends its figures to ``<out>/figures.json`` and exits
-0 when everything it checked held, 1 otherwise. Steps: ``env``, ``compile``, ``gpu-tests``,
-``pipeline``, ``index64``, ``subnormal``, ``throughput``, ``sanitizer`` (which runs
-``sanitize-case``, small launches of every kernel, under compute-sanitizer).
+0 when everything it checked held, 1 otherwise. Steps: ``env``, ``compile``, ``sanitizer``
+(which runs ``sanitize-case``, small launches of every kernel, under compute-sanitizer),
+``gpu-tests``, ``gpu-pipeline``, ``pipeline``, ``index64``, ``subnormal``, ``throughput``;
+``warm`` compiles numba's code ahead of them (run in the background by the script).
 """
 
 from __future__ import annotations
@@ -535,13 +536,14 @@ def step_throughput():
 # -- the GPU tests ------------------------------------------------------------------------------
 
 
-def step_gpu_tests():
+def step_gpu_tests(which="gpu-tests"):
     """tests/test_cuda_gpu.py; skips count as failures. Warnings are shown, not errors
     (pyproject's filterwarnings = error would turn a stray warning of the GPU image's
-    packages into a failed run)."""
+    packages into a failed run). "gpu-tests": the kernel tests; "gpu-pipeline": the end to
+    end ones, which compare with numba's float32-product code (a cache of its own)."""
     import xml.etree.ElementTree as ET
 
-    xml = OUT / "gpu_tests.xml"
+    xml = OUT / f"{which.replace('-', '_')}.xml"
     cmd = [
         sys.executable,
         "-m",
@@ -555,6 +557,8 @@ def step_gpu_tests():
         "-m",
         "gpu",
         f"--junitxml={xml}",
+        "-k",
+        "pipeline or host_path" if which == "gpu-pipeline" else "not (pipeline or host_path)",
         "tests/test_cuda_gpu.py",
     ]
     rc = subprocess.run(cmd, cwd=ROOT, check=False).returncode
@@ -568,7 +572,7 @@ def step_gpu_tests():
         f"gpu tests: {t['tests']} run, {t['failures']} failed, {t['errors']} errors, "
         f"{t['skipped']} skipped (a skip counts as a failure here); pytest exit {rc}"
     )
-    record("gpu-tests", t | {"pytest_exit": rc})
+    record(which, t | {"pytest_exit": rc})
     check(rc == 0 and t["tests"] > 0 and not (t["failures"] or t["errors"]), "GPU tests pass")
     check(t["skipped"] == 0, "no GPU test skipped")
 
@@ -601,6 +605,68 @@ def step_sanitizer():
         res.returncode == 0 and "sanitize-case: all launches done" in res.stdout,
         f"compute-sanitizer memcheck clean (exit {res.returncode})",
     )
+
+
+# -- warm: the numba backend's compiled code, ahead of the steps that compare with it ------------
+
+
+def step_warm(pad=0, group="kernels"):
+    """Compile (into NUMBA_CACHE_DIR) the numba specialisations that a group of later
+    steps compares with, on tiny data: "kernels" (``combine_band`` and ``frame_level`` as
+    the GPU tests, index64 and subnormal call them, float64 results) or "pipeline"
+    (``gpuflat.combine`` from arrays and files, float32 products). The shell script runs
+    both groups in the background from the start, each into its own cache folder, and
+    waits for a group before its first step: one cold compile of the combine kernel takes
+    about 2 minutes and each group needs two, which inside a step would eat its limit.
+
+    ``pad``: compile that many Python frames deeper. numba's inlining deep-copies its IR
+    recursively, and on CPython 3.11 a recursion that keeps crossing the boundary of the
+    interpreter's frame-stack chunks maps and unmaps a chunk each time: measured here, the
+    same cold compile took 2 min at one depth and over 10 at another. The script races a
+    few depths per group, each into its own cache folder, and keeps the first to finish."""
+    if pad > 0:
+        return step_warm(pad - 1, group)
+    t0 = time.perf_counter()
+    {"kernels": _warm_kernels, "pipeline": _warm_pipeline}[group](t0)
+    if os.environ.get("NUMBA_CACHE_DIR"):  # the shell script keeps the first one done
+        Path(os.environ["NUMBA_CACHE_DIR"], "warm-done").touch()
+    say(f"warm {group}: numba's code compiled and cached in {time.perf_counter() - t0:.0f} s")
+
+
+def _warm_kernels(t0):
+    from gpuflat.backends import _numba
+    from gpuflat.backends._params import KernelParams
+
+    rng = np.random.default_rng(0)
+    for path, params in (("fast", KernelParams()), ("general", KernelParams(nlow=1))):
+        for n in (5, 20, 70):
+            data = rng.normal(1000.0, 30.0, (n, 300)).astype(np.float32)
+            mask = (rng.random(data.shape) < 0.1).astype(np.uint8)
+            _numba.combine_band(data, mask, np.ones(n), np.ones(n), params, rejected=None)
+            _numba.combine_band(data, None, np.ones(n), None, params, rejected=np.zeros(n, int))
+        say(f"warm kernels: combine_band, {path} path, at {time.perf_counter() - t0:.0f} s")
+    frame = rng.normal(1000.0, 30.0, (40, 50)).astype(np.float32)
+    for how in ("median", "mean"):
+        for m in (None, (rng.random(frame.shape) < 0.3).astype(np.uint8)):
+            _numba.frame_level(frame, m, how)
+
+
+def _warm_pipeline(t0):
+    import gpuflat
+    from gpuflat._simulate import simulate_night
+
+    for label, opts in PIPELINE.items():
+        opts = dict(opts)
+        n = opts.pop("frames", 24)
+        gpuflat.combine(_stack(n, (40, 30), seed=n), backend="cpu", mem_limit=60e6, **opts)
+        say(f"warm pipeline: {label} at {time.perf_counter() - t0:.0f} s")
+    work = Path(tempfile.mkdtemp(prefix="warm-", dir=os.environ.get("DEVICE_CHECK_WORK")))
+    for dtype in ("float32", "uint16"):
+        d = work / dtype
+        simulate_night(d, shape=(64, 96), n_dome=0, n_twilight=5, dtype=dtype, seed=1)
+        gpuflat.combine(sorted(str(p) for p in d.glob("*.fits")), backend="cpu")
+        say(f"warm pipeline: {dtype} files at {time.perf_counter() - t0:.0f} s")
+    shutil.rmtree(work, ignore_errors=True)
 
 
 # -- a small launch of every kernel (for compute-sanitizer) ---------------------------------
@@ -636,17 +702,22 @@ STEPS = {
     "subnormal": step_subnormal,
     "throughput": step_throughput,
     "gpu-tests": step_gpu_tests,
+    "gpu-pipeline": lambda: step_gpu_tests("gpu-pipeline"),
     "sanitizer": step_sanitizer,
     "sanitize-case": step_sanitize_case,
+    "warm": step_warm,
 }
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("step", choices=STEPS)
+    ap.add_argument("--pad", type=int, default=0, help="warm: compile this many frames deeper")
+    ap.add_argument("--group", choices=("kernels", "pipeline"), default="kernels",
+                    help="warm: which steps' numba code")  # fmt: skip
     args = ap.parse_args(argv)
     OUT.mkdir(parents=True, exist_ok=True)
-    STEPS[args.step]()
+    STEPS[args.step](**({"pad": args.pad, "group": args.group} if args.step == "warm" else {}))
     if FAILED:
         say(f"{args.step}: {len(FAILED)} check(s) failed")
         return 1

@@ -6,24 +6,30 @@
 #   bash bench/device_check.sh --fetch-wheels   # here (with a package registry): fill
 #                                               # bench/wheels/ for the GPU machine
 #
-# Steps, most important first (each under its own time limit; a step that fails does not
+# Steps, in the order they run (each under its own time limit; a step that fails does not
 # stop the later ones; when the overall budget, DEVICE_CHECK_BUDGET seconds (default 470),
-# runs short the remaining steps are skipped and count as failed):
+# runs short the remaining steps are skipped and count as failed). After the three that
+# need no numba, most important first:
 #   1 env         the GPU, driver, CuPy, NVRTC; gpuflat's available() must say yes
 #   2 compile     every kernel through CuPy as the backend compiles it: registers, local
 #                 memory, and CuPy's cached cubins through cuobjdump: no .FTZ instruction
-#   3 gpu-tests   tests/test_cuda_gpu.py; a skipped test counts as a failure
-#   4 pipeline    gpuflat.combine(..., backend="cuda") vs "cpu" over several bands:
+#   3 sanitizer   compute-sanitizer memcheck over small launches of every kernel (if present)
+#   4 gpu-tests   tests/test_cuda_gpu.py, the kernel tests; a skipped test counts as a failure
+#   5 pipeline    gpuflat.combine(..., backend="cuda") vs "cpu" over several bands:
 #                 image, uncertainty, count, mask, rejected, scales bit for bit
-#   5 index64     combine and level kernels past 2**31 (and 2**32) elements
-#   6 subnormal   subnormal samples, scaled values, levels and conversions kept
-#   7 throughput  kernel alone with and without rejected counters, H2D pageable/pinned,
+#   6 throughput  kernel alone with and without rejected counters, H2D pageable/pinned,
 #                 frame level of an 8192^2 frame, W1/W2-sized end to end from FITS files
-#   8 sanitizer   compute-sanitizer memcheck over small launches of every kernel (if present)
+#   7 subnormal   subnormal samples, scaled values, levels and conversions kept
+#   8 index64     combine and level kernels past 2**31 (and 2**32) elements
+#   9 gpu-pipeline  tests/test_cuda_gpu.py, the end-to-end tests (a skip fails, likewise)
+# Steps 4-9 compare with the numba backend, whose cold compile takes minutes. It is built
+# in the background from the start ("warm", two groups of steps, see step_warm) while
+# steps 1-3, which need no numba, run; a step waits for its group (the wait counts against
+# the budget, not the step's limit).
 #
 # Output: the log (device_check.log), a summary (summary.txt), the figures (figures.json) and
-# the GPU tests' report (gpu_tests.xml) go to $OUT when it is set, else to a new temporary
-# folder (printed at the start and the end).
+# the GPU tests' reports (gpu_tests.xml, gpu_pipeline.xml) go to $OUT when it is set, else
+# to a new temporary folder (printed at the start and the end).
 #
 # Exit status:
 #   0  every step passed
@@ -47,7 +53,8 @@
 # DEVICE_CHECK_WHEELS="astropy pyerfa ...").
 #
 # Environment: PYTHON (default python3), OUT, DEVICE_CHECK_BUDGET (seconds),
-# DEVICE_CHECK_STEPS (a space-separated subset of the step names, in the order above).
+# DEVICE_CHECK_STEPS (a space-separated subset of the step names, in the order above),
+# DEVICE_CHECK_PADS (the stack depths the warm-up races, default "0 37 74").
 set -uo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -82,7 +89,7 @@ exec > >(tee -a "$LOG") 2>&1
 BUDGET=${DEVICE_CHECK_BUDGET:-470}
 T0=$SECONDS
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/gpuflat-dc-work.XXXXXX")
-trap 'rm -rf "$WORK"' EXIT
+trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$WORK"' EXIT
 export DEVICE_CHECK_OUT="$OUT_DIR" DEVICE_CHECK_WORK="$WORK" PYTHONUNBUFFERED=1
 export CUPY_CACHE_DIR="$WORK/cupy-cache" NUMBA_CACHE_DIR="$WORK/numba-cache"
 
@@ -150,12 +157,12 @@ if [ -n "$missing" ]; then
 fi
 
 # -- the steps --------------------------------------------------------------------------------
-STEPS=${DEVICE_CHECK_STEPS:-env compile gpu-tests pipeline index64 subnormal throughput sanitizer}
+STEPS=${DEVICE_CHECK_STEPS:-env compile sanitizer gpu-tests pipeline throughput subnormal index64 gpu-pipeline}
 failures=0
-declare -A LIMIT=([env]=60 [compile]=90 [gpu-tests]=240 [pipeline]=120 [index64]=90
-  [subnormal]=60 [throughput]=150 [sanitizer]=120)
-declare -A MIN=([env]=10 [compile]=20 [gpu-tests]=60 [pipeline]=30 [index64]=30
-  [subnormal]=15 [throughput]=60 [sanitizer]=40)
+declare -A LIMIT=([env]=60 [compile]=90 [gpu-tests]=180 [gpu-pipeline]=120 [pipeline]=120
+  [index64]=90 [subnormal]=60 [throughput]=150 [sanitizer]=120)
+declare -A MIN=([env]=10 [compile]=20 [gpu-tests]=60 [gpu-pipeline]=30 [pipeline]=30
+  [index64]=30 [subnormal]=15 [throughput]=60 [sanitizer]=40)
 
 run_step() {  # name, command...: run under the smaller of its limit and the time left
   local name=$1
@@ -185,9 +192,58 @@ run_step() {  # name, command...: run under the smaller of its limit and the tim
   echo "== $name: $status in $((SECONDS - t))s"
 }
 
+# numba's cold compile, in the background: each group of steps' code (see step_warm in
+# device_check.py) at a few Python stack depths raced, each into its own cache folder; the
+# first of a group to finish is kept, and its steps run with NUMBA_CACHE_DIR set to it
+declare -A GROUP=([gpu-tests]=kernels [index64]=kernels [subnormal]=kernels
+  [gpu-pipeline]=pipeline [pipeline]=pipeline [throughput]=pipeline)
+declare -A WARM_PID=() WARM_DIR=()
+PADS=${DEVICE_CHECK_PADS:-0 37 74}
+for group in kernels pipeline; do
+  for pad in $PADS; do
+    NUMBA_CACHE_DIR="$WORK/numba-$group-$pad" "$PY" "$REPO/bench/device_check.py" warm \
+      --group "$group" --pad "$pad" >"$WORK/warm-$group-$pad.log" 2>&1 &
+    WARM_PID[$group-$pad]=$!
+  done
+done
+
+use_warm() {  # group: wait (within the budget) for its first warm to finish; use its cache
+  local group=$1 t=$SECONDS winner="" alive pad
+  if [ -z "${WARM_DIR[$group]:-}" ]; then
+    echo
+    echo "== waiting for numba's background compile of the $group group ($((SECONDS - T0))s elapsed)"
+    while [ -z "$winner" ] && [ $((SECONDS - T0)) -lt "$BUDGET" ]; do
+      alive=0
+      for pad in $PADS; do
+        [ -e "$WORK/numba-$group-$pad/warm-done" ] && winner=$pad
+        kill -0 "${WARM_PID[$group-$pad]}" 2>/dev/null && alive=1
+      done
+      [ -n "$winner" ] || [ "$alive" -eq 1 ] || break
+      [ -n "$winner" ] || sleep 1
+    done
+    for pad in $PADS; do
+      kill "${WARM_PID[$group-$pad]}" 2>/dev/null
+      wait "${WARM_PID[$group-$pad]}" 2>/dev/null
+    done
+    if [ -n "$winner" ]; then
+      WARM_DIR[$group]="$WORK/numba-$group-$winner"
+      cat "$WORK/warm-$group-$winner.log"
+      echo "== warm $group: the compile at pad $winner finished first; waited $((SECONDS - t))s"
+      printf '%-11s %-8s %4ss\n' "warm" "$group" "$((SECONDS - t))" >>"$SUMMARY"
+    else
+      WARM_DIR[$group]="$WORK/numba-$group-cold"
+      tail -n 3 "$WORK"/warm-"$group"-*.log
+      echo "== warm $group: no compile finished (its steps compile as they go)"
+      printf '%-11s %-8s %4ss\n' "warm" "$group:no" "$((SECONDS - t))" >>"$SUMMARY"
+    fi
+  fi
+  export NUMBA_CACHE_DIR=${WARM_DIR[$group]}
+}
+
 for step in $STEPS; do
+  [ -n "${GROUP[$step]:-}" ] && use_warm "${GROUP[$step]}"
   case $step in
-    env | compile | gpu-tests | pipeline | index64 | subnormal | throughput | sanitizer)
+    env | compile | sanitizer | gpu-tests | gpu-pipeline | pipeline | index64 | subnormal | throughput)
       run_step "$step" "$PY" "$REPO/bench/device_check.py" "$step" ;;
     *) echo "unknown step $step" ; exit 2 ;;
   esac
