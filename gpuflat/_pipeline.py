@@ -227,9 +227,10 @@ def combine_frames(
                 return buf
 
             def level(i, buf, fmask, how):
+                busy = int(i + 1 < n)  # the reader's core, while it reads the next frame
                 if raw is not None:
-                    return backend.raw_level(buf, raw[i], fmask, how)
-                return backend.frame_level(buf, fmask, how)
+                    return backend.raw_level(buf, raw[i], fmask, how, busy_cores=busy)
+                return backend.frame_level(buf, fmask, how, busy_cores=busy)
 
             pending = reader.submit(read_frame, 0)
             for i, f in enumerate(frames):

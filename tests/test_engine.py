@@ -239,6 +239,36 @@ def test_frame_median_large_frame(rng):
     assert _numba.frame_level(frame, mask, "median") == np.median(frame[good].astype(np.float64))
 
 
+@pytest.mark.parametrize("how", ["median", "mean"])
+def test_level_with_busy_cores_is_the_same_and_restores_threads(rng, how, monkeypatch):
+    """The pipeline measures a frame on the cores its reader leaves (``busy_cores``): the
+    level is the reference's whatever the number of threads, and numba's thread count is
+    back as it was afterwards, also after an error."""
+    import numba
+
+    from gpuflat.backends import NumbaBackend
+
+    frame = rng.normal(1000, 30, (1031, 1025)).astype(np.float32)
+    mask = rng.random(frame.shape) < 0.1
+    good = frame[~mask].astype(np.float64)
+    want = np.median(good) if how == "median" else math.fsum(good) / good.size
+    backend = NumbaBackend()
+    threads = numba.get_num_threads()
+    for busy in (0, 1, threads, 99):
+        got = backend.frame_level(frame, mask, how, busy_cores=busy)
+        assert got == want if how == "median" else got == pytest.approx(want, rel=1e-15)
+        assert got == backend.frame_level(frame, mask, how)  # bit for bit
+        assert numba.get_num_threads() == threads
+
+    def fails(*args):
+        raise RuntimeError("measuring failed")
+
+    monkeypatch.setattr(_numba, "frame_level", fails)
+    with pytest.raises(RuntimeError):
+        backend.frame_level(frame, mask, how, busy_cores=1)
+    assert numba.get_num_threads() == threads
+
+
 # -- errors -------------------------------------------------------------------------------
 
 

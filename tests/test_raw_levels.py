@@ -81,9 +81,9 @@ def test_banded_pass1_measures_stored_values(tmp_path, rng, monkeypatch):
     calls = []
     real = NumbaBackend.raw_level
 
-    def counted(self, *args):
+    def counted(self, *args, **kw):
         calls.append(args[1])
-        return real(self, *args)
+        return real(self, *args, **kw)
 
     monkeypatch.setattr(NumbaBackend, "raw_level", counted)
     kw = dict(mem_limit=200_000, backend="cpu")  # a few rows a band

@@ -236,8 +236,11 @@ class CudaBackend:
 
     # -- pass 1 ---------------------------------------------------------------------------
 
-    def frame_level(self, frame: np.ndarray, mask: np.ndarray | None, how: str) -> float:
-        """The median or mean of the finite, unmasked values of one frame (NaN if none)."""
+    def frame_level(
+        self, frame: np.ndarray, mask: np.ndarray | None, how: str, busy_cores: int = 0
+    ) -> float:
+        """The median or mean of the finite, unmasked values of one frame (NaN if none).
+        ``busy_cores`` (the host's cores busy elsewhere) does not concern the device."""
         dev = self.device
         stream = dev.stream()
         frame = np.ascontiguousarray(frame, np.float32)
