@@ -662,7 +662,9 @@ def step_warm(pad=0, group="kernels"):
     recursively, and on CPython 3.11 a recursion that keeps crossing the boundary of the
     interpreter's frame-stack chunks maps and unmaps a chunk each time: measured here, the
     same cold compile took 2 min at one depth and over 10 at another. The script races a
-    few depths per group, each into its own cache folder, and keeps the first to finish."""
+    few depths per group, each into its own cache folder, and keeps the first to finish
+    (on the first H200's host, Python 3.12 and 16 cores, the depth of 74 won both groups,
+    after 255 and 266 s)."""
     if pad > 0:
         return step_warm(pad - 1, group)
     t0 = time.perf_counter()
