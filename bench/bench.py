@@ -453,13 +453,24 @@ def main(argv=None):
         return globals()[f"one_{name}"](directory, out, float(mem_limit))
     cache = Path(args.cache).resolve()
     workloads = ["tiny", "tiny_night"] if args.quick else args.workloads.split(",")
+    unknown = [w for w in workloads if w not in WORKLOADS]
+    if unknown:
+        parser.error(
+            f"--workloads: no workload {', '.join(unknown)} (known: {', '.join(WORKLOADS)})"
+        )
+    asked = args.contenders.split(",") if args.contenders else None
+    known = dict.fromkeys(SINGLE + NIGHT + MOSAIC)
+    if asked and any(c not in known for c in asked):
+        bad = ", ".join(c for c in asked if c not in known)
+        parser.error(f"--contenders: no contender {bad} (known: {', '.join(known)})")
     repeats = 1 if args.quick else args.repeats
     results = {"machine": machine_facts(), "workloads": {}}
     for name in workloads:
-        contenders = (
-            args.contenders.split(",") if args.contenders
-            else default_contenders(WORKLOADS[name])
-        )  # fmt: skip
+        suited = default_contenders(WORKLOADS[name])
+        contenders = [c for c in asked if c in suited] if asked else list(suited)
+        unsuited = [c for c in asked or () if c not in suited]
+        if unsuited:  # e.g. flatcombine on a single group, the worker counts on one file
+            print(f"{name}: not a contender for this workload, left out: {', '.join(unsuited)}")
         contenders = [c for c in contenders if irafcl() or not c.startswith("iraf_")]
         if BASELINE not in contenders:
             contenders.insert(0, BASELINE)

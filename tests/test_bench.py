@@ -44,6 +44,24 @@ def test_bench_quick_runs_and_writes_json(tmp_path):
     assert ("iraf" in data["machine"]) == iraf
 
 
+def test_bench_refuses_unknown_names_and_leaves_out_unsuited_contenders(tmp_path):
+    base = [sys.executable, str(BENCH), "--cache", str(tmp_path / "cache")]
+    for bad in (["--contenders", "gpuflat_run,imcombine"], ["--workloads", "W9"]):
+        run = subprocess.run([*base, *bad], capture_output=True, text=True, check=False)
+        assert run.returncode == 2 and "Traceback" not in run.stderr
+        assert ("imcombine" if "--contenders" in bad else "W9") in run.stderr
+    out = tmp_path / "results.json"
+    cmd = [*base, "--quick", "--contenders", "gpuflat_run,workers_1,io_floor", "--json", str(out)]
+    run = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    assert "tiny: not a contender for this workload, left out: workers_1" in run.stdout
+    assert "tiny_night: not a contender for this workload, left out: workers_1, io_floor" in (
+        run.stdout
+    )
+    data = json.loads(out.read_text())["workloads"]
+    assert set(data["tiny"]["results"]) == {"gpuflat_run", "io_floor"}
+    assert set(data["tiny_night"]["results"]) == {"gpuflat_run"}
+
+
 def test_kernel_bench_runs():
     script = BENCH.with_name("kernel.py")
     argv = [sys.executable, str(script), "--frames", "5", "--size", "64", "--repeat", "1"]
