@@ -192,6 +192,43 @@ def test_groups_share_one_workspace(tmp_path, rng):
             np.testing.assert_array_equal(hdul["NCOMBINE"].data, want.count)
 
 
+def test_levels_leave_the_writers_core_while_a_product_is_written(
+    two_groups, tmp_path, monkeypatch
+):
+    """The first group's levels use every core; the second group's are measured while the
+    first product is still being written (held here until they are), on the cores the
+    writer leaves (``busy_cores=1``); the products are those of separate library calls."""
+    import threading
+
+    import gpuflat
+    from gpuflat.backends import NumbaBackend
+
+    real_level, real_write = NumbaBackend.frame_level, units.write_product
+    seen, second = [], threading.Event()
+
+    def level(self, frame, mask, how, busy_cores=0):
+        seen.append(busy_cores)
+        if len(seen) > 3:  # group V's frames: B's write may go on now
+            second.set()
+        return real_level(self, frame, mask, how, busy_cores)
+
+    def held_write(target, *args, **kwargs):
+        if target.name.endswith("_B.fits"):
+            assert second.wait(60)
+        return real_write(target, *args, **kwargs)
+
+    monkeypatch.setattr(NumbaBackend, "frame_level", level)
+    monkeypatch.setattr(units, "write_product", held_write)
+    out = tmp_path / "o"
+    assert run(RunOptions(inputs=(str(two_groups),), outdir=str(out), device="cpu")).failed == 0
+    assert seen == [0, 0, 0, 1, 1, 1]
+    monkeypatch.setattr(NumbaBackend, "frame_level", real_level)
+    for filt in ("B", "V"):
+        want = gpuflat.combine(sorted(str(p) for p in two_groups.glob(f"flat-{filt}-*.fits")))
+        with fits.open(out / f"combined_flat_filter_{filt}.fits") as hdul:
+            np.testing.assert_array_equal(hdul[0].data, want.image)
+
+
 def test_background_write_failure_is_reported(two_groups, tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise OSError("disk full")

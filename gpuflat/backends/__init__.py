@@ -29,8 +29,8 @@ class NumbaBackend:
     name = "cpu"
 
     def frame_level(self, frame, mask, how, busy_cores=0):
-        """``busy_cores``: cores busy with other work of the run (the pipeline's reader,
-        reading the next frame meanwhile), which the measurement leaves to it."""
+        """``busy_cores``: cores busy with other work of the run (its product writer,
+        finishing the previous group meanwhile), which the measurement leaves to it."""
         from . import _numba
 
         with _threads_left(busy_cores):

@@ -156,7 +156,7 @@ def _run_in_process(options, work, backend, bad_pixels, emit, on_event) -> list[
     next group is combined; every write is finished (or cleaned up) before this returns."""
     entries, said = [], 0
     writer = units.Writer()
-    workspace = Workspace()  # one stack's memory, reused group after group
+    workspace = Workspace(writer.busy_cores)  # one stack's memory, reused group after group
 
     def say(block):  # "done" for the finished units, in order
         nonlocal said

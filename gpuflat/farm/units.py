@@ -53,6 +53,10 @@ class Writer:
         wait(self._pending.values())
         self._pending[str(target)] = self._pool.submit(write_now, target, timings, write)
 
+    def busy_cores(self) -> int:
+        """1 while a product is being written, else 0."""
+        return int(any(not f.done() for f in self._pending.values()))
+
     def ready(self, entry) -> bool:
         future = self._pending.get(entry["product"])
         return future is None or future.done()
