@@ -1,0 +1,128 @@
+"""gpuflat._direct: files written and read past the page cache give exactly the bytes of
+ordinary I/O, at every size and split, where O_DIRECT is taken and where it is refused."""
+
+import errno
+import itertools
+import os
+import warnings
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+from gpuflat import _direct
+from gpuflat._direct import ALIGN, CHUNK, DirectWriter, chunks
+
+SIZES = [0, 1, 2879, ALIGN, ALIGN + 1, CHUNK - 1, CHUNK, CHUNK + 2880, 3 * CHUNK + 5 * 2880]
+
+
+@pytest.fixture(params=["direct", "refused at open", "refused at write"])
+def mode(request, monkeypatch):
+    """O_DIRECT as the filesystem gives it; refused by ``open`` (EINVAL, as tmpfs does);
+    taken by ``open`` but refused by the first write."""
+    if request.param == "refused at open":
+        real_open = os.open
+
+        def no_direct(path, flags, *args):
+            if flags & _direct._DIRECT:
+                raise OSError(errno.EINVAL, "Invalid argument")
+            return real_open(path, flags, *args)
+
+        monkeypatch.setattr(_direct.os, "open", no_direct)
+    elif request.param == "refused at write":
+        real_write = os.write
+
+        def refuse_once(fd, data):
+            import fcntl
+
+            if fcntl.fcntl(fd, fcntl.F_GETFL) & _direct._DIRECT:
+                raise OSError(errno.EINVAL, "Invalid argument")
+            return real_write(fd, data)
+
+        monkeypatch.setattr(_direct.os, "write", refuse_once)
+    return request.param
+
+
+def _pieces(data: bytes, rng):
+    """``data`` cut at random places, some pieces empty, some larger than a chunk."""
+    cuts = np.sort(rng.integers(0, len(data) + 1, rng.integers(0, 12)))
+    edges = [0, *cuts.tolist(), len(data)]
+    return [data[a:b] for a, b in itertools.pairwise(edges)]
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_written_bytes_are_the_bytes_given_and_read_back_whole(tmp_path, mode, size):
+    rng = np.random.default_rng(size)
+    data = rng.integers(0, 256, size, np.uint8).tobytes()
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"x" * (size + 10000))  # an existing longer file is replaced
+    with DirectWriter(path) as out:
+        for piece in _pieces(data, rng):
+            assert out.write(piece) == len(piece)
+        assert out.tell() == size
+    assert path.read_bytes() == data
+    got, at = b"", 0
+    for offset, chunk in chunks(path):
+        assert offset == at
+        got += bytes(chunk)
+        at += len(chunk)
+    assert got == data
+
+
+def test_a_2d_array_is_written_as_its_bytes(tmp_path, mode):
+    """astropy hands over an HDU's data as the array's own buffer (2-D, typed)."""
+    a = np.arange(3 * 2048 * 700, dtype=np.float32).reshape(-1, 2048)
+    with DirectWriter(tmp_path / "a.bin") as out:
+        out.write(b"head")
+        out.write(a.data)
+    assert (tmp_path / "a.bin").read_bytes() == b"head" + a.tobytes()
+
+
+def test_the_file_is_opened_past_the_page_cache_where_the_filesystem_allows(tmp_path):
+    if not _direct._DIRECT:
+        pytest.skip("no O_DIRECT on this platform")
+    try:
+        fd = os.open(tmp_path / "probe", os.O_WRONLY | os.O_CREAT | _direct._DIRECT)
+    except OSError:
+        pytest.skip("this filesystem refuses O_DIRECT")
+    os.close(fd)
+    import fcntl
+
+    out = DirectWriter(tmp_path / "f.bin")
+    try:
+        assert fcntl.fcntl(out._fd, fcntl.F_GETFL) & _direct._DIRECT
+    finally:
+        out.close()
+
+
+def test_an_error_inside_closes_the_file_without_padding_it(tmp_path):
+    path = tmp_path / "f.bin"
+    with pytest.raises(RuntimeError), DirectWriter(path) as out:
+        out.write(b"y" * (CHUNK + 10))
+        raise RuntimeError("stop")
+    assert out.closed
+    assert path.stat().st_size == CHUNK  # the whole chunks written so far, no tail
+
+
+def test_an_astropy_hdulist_written_through_it_is_the_file_astropy_writes(tmp_path, mode):
+    rng = np.random.default_rng(3)
+    hdul = fits.HDUList(
+        [
+            fits.PrimaryHDU(rng.normal(1, 0.1, (700, 900)).astype(np.float32)),
+            fits.ImageHDU(rng.integers(0, 2, (700, 900), np.uint8), name="MASK"),
+            fits.ImageHDU(rng.integers(0, 30, (700, 900), np.int16), name="NCOMBINE"),
+        ]
+    )
+    hdul.writeto(tmp_path / "plain.fits")
+    with DirectWriter(tmp_path / "direct.fits") as out:
+        hdul.writeto(out)
+    assert (tmp_path / "direct.fits").read_bytes() == (tmp_path / "plain.fits").read_bytes()
+    # with checksums (whose comments carry the time of writing): they hold when read back
+    with DirectWriter(tmp_path / "summed.fits") as out:
+        hdul.writeto(out, checksum=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with fits.open(tmp_path / "summed.fits", checksum=True) as back:
+            assert len(back) == 3 and all("CHECKSUM" in h.header for h in back)
+            for h, want in zip(back, hdul, strict=True):
+                np.testing.assert_array_equal(h.data, want.data)
