@@ -75,10 +75,10 @@ class CombineResult:
 
 class Workspace:
     """Memory reused from one combination to the next (the groups of a run): the stack of
-    a combination that reads every frame once comes from here, so that the next group's
-    stack (of the same size or smaller) is already mapped instead of fresh pages faulted
-    in again (0.1 s of a 6-group night). It holds one stack, the largest allocation of a
-    combination anyway, until it is dropped.
+    every combination comes from here (the whole stack, or pass 1's frames and pass 2's
+    band buffers), so that the next group's stack (of the same size or smaller) is already
+    mapped instead of fresh pages faulted in again (0.1 s of a 6-group night). It holds one
+    stack, the largest allocation of a combination anyway, until it is dropped.
 
     ``busy_cores``: how many cores the run keeps busy beside the combination at a given
     moment (its product writer, finishing the previous group); pass 1 measures the levels
@@ -204,23 +204,32 @@ def combine_frames(
 
     # Pass 1: frame levels (whole frames), the next frame read while this one is measured.
     # With one band the stack is read once, here.
-    # 1-D buffers so that every band, the last short one too, is a contiguous view (the
-    # two band buffers of a banded plan are made after pass 1, whose frames they replace)
-    buffers = []
-    if plan.single:
-        size = n * plan.rows * cols
-        buffers = [np.empty(size, dtype) if workspace is None else workspace.stack(size, dtype)]
+    # The stack's memory is one allocation (the run's workspace's when there is one): the
+    # single band's stack; or, banded, pass 1's two whole frames and then, in the same
+    # memory, pass 2's two band buffers (fresh memory costs page faults: 1-2 ms/MB on this
+    # project's VMs, where freed pages go back to the host within a second).
+    # 1-D band buffers, so that every band, the last short one too, is a contiguous view.
+    raw = _raw_formats(backend, frames, plan, config, calibrator, dtype) if pass1 else None
+    item = np.dtype(dtype).itemsize
+    band = n * plan.rows * cols  # values
+    if raw is not None:  # pass 1 reads the stored bytes of whole frames, measured as they are
+        nbytes = [nrows * cols * f.dtype.itemsize for f in raw]
+        frame_bytes = max(nbytes)
+    else:
+        frame_bytes = nrows * cols * item
+    size = band * item if plan.single else max(2 * band * item, 2 * frame_bytes if pass1 else 0)
+    memory = np.empty(size, np.uint8) if workspace is None else workspace.stack(size, np.uint8)
+    buffers = [memory.view(dtype)] if plan.single else []
     stack = buffers[0].reshape(n, nrows, cols) if plan.single else None
     user_scales = []
     reader = ThreadPoolExecutor(1, thread_name_prefix="gpuflat-reader")
     with reader:
         if pass1:
-            raw = _raw_formats(backend, frames, plan, config, calibrator, dtype)
-            if raw is not None:  # the stored bytes of whole frames, measured as they are
-                nbytes = [nrows * cols * f.dtype.itemsize for f in raw]
-                spare = [np.empty(max(nbytes), np.uint8) for _ in range(2)]
-            else:
-                spare = None if plan.single else [np.empty(shape, dtype) for _ in range(2)]
+            spare = None
+            if not plan.single:
+                spare = [memory[k * frame_bytes : (k + 1) * frame_bytes] for k in range(2)]
+                if raw is None:
+                    spare = [s.view(dtype).reshape(shape) for s in spare]
 
             def read_frame(i):
                 if raw is not None:
@@ -252,8 +261,9 @@ def combine_frames(
                     user_scales.append(timed("levels", config.scale, buf))
             del spare, buf
             pending = None  # the future holds the last frame too
-        if not plan.single:
-            buffers = [np.empty(n * plan.rows * cols, dtype) for _ in range(2)]
+        if not plan.single:  # pass 2's two band buffers, where pass 1's frames were
+            b = band * item
+            buffers = [memory[k * b : (k + 1) * b].view(dtype) for k in range(2)]
         scales = _scales(config, frames, levels, user_scales)
 
         # Pass 2: bands, the next band read while this one is combined.
