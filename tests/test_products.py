@@ -153,3 +153,57 @@ def test_a_product_that_does_not_verify_is_never_committed(tmp_path):
     )
     assert "refused:" in out.stdout, out.stdout + out.stderr
     assert "exists: False left: []" in out.stdout, out.stdout
+
+
+def _result(shape, count_max, rng):
+    from types import SimpleNamespace
+
+    count = rng.integers(0, count_max + 1, shape).astype(np.int32)
+    return SimpleNamespace(
+        image=rng.normal(1, 0.1, shape).astype(np.float32),
+        uncertainty=rng.uniform(0, 0.01, shape).astype(np.float32),
+        count=count,
+        mask=count == 0,
+    )
+
+
+@pytest.mark.parametrize(
+    "shape, count_max",
+    [((1, 1), 5), ((256, 255), 12), ((300, 700), 40), ((50, 40), 40000), ((0, 7), 3)],
+)
+def test_the_planes_are_written_as_astropy_writes_them_and_given_back_unchanged(
+    tmp_path, rng, shape, count_max
+):
+    """write_product stores the result's planes big-endian in their own memory while they
+    are written (the count narrowed to int16 in place when it fits): the file holds what
+    astropy writes from the plain arrays, and the result is as it was afterwards."""
+    r = _result(shape, count_max, rng)
+    before = {k: getattr(r, k).copy() for k in ("image", "uncertainty", "count", "mask")}
+    path = tmp_path / "p.fits"
+    _products.write_product(path, r, fits.Header({"FILTER": "V"}))
+    for k, v in before.items():
+        got = getattr(r, k)
+        assert got.dtype == v.dtype and got.dtype.isnative
+        np.testing.assert_array_equal(got, v)
+    with fits.open(path, checksum=True) as f:
+        np.testing.assert_array_equal(f[0].data, before["image"])
+        np.testing.assert_array_equal(f["UNCERT"].data, before["uncertainty"])
+        np.testing.assert_array_equal(f["MASK"].data, before["mask"].astype(np.uint8))
+        np.testing.assert_array_equal(f["NCOMBINE"].data, before["count"])
+        assert f["NCOMBINE"].data.dtype == (np.dtype(">i2") if count_max < 32768 else ">i4")
+        assert f[0].header["BITPIX"] == -32 and f["MASK"].header["BITPIX"] == 8
+
+
+def test_a_failed_write_gives_the_planes_back_unchanged(tmp_path, rng, monkeypatch):
+    r = _result((130, 90), 9, rng)
+    before = {k: getattr(r, k).copy() for k in ("image", "uncertainty", "count")}
+
+    def refuse(*args):
+        raise GpuflatError("refused")
+
+    monkeypatch.setattr(_products, "_verify", refuse)
+    with pytest.raises(GpuflatError, match="refused"):
+        _products.write_product(tmp_path / "p.fits", r, fits.Header())
+    assert not (tmp_path / "p.fits").exists()
+    for k, v in before.items():
+        np.testing.assert_array_equal(getattr(r, k), v)
