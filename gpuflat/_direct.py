@@ -17,7 +17,6 @@ I/O, with the same results.
 from __future__ import annotations
 
 import errno
-import fcntl
 import mmap
 import os
 import threading
@@ -49,6 +48,8 @@ def _open(path, flags: int) -> tuple[int, bool]:
 
 
 def _undirect(fd: int) -> None:
+    import fcntl  # POSIX; reached only where O_DIRECT exists
+
     fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~_DIRECT)
 
 

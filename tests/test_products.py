@@ -207,3 +207,17 @@ def test_a_failed_write_gives_the_planes_back_unchanged(tmp_path, rng, monkeypat
     assert not (tmp_path / "p.fits").exists()
     for k, v in before.items():
         np.testing.assert_array_equal(getattr(r, k), v)
+
+
+def test_a_compressed_product_reads_back_losslessly_and_the_planes_come_back(tmp_path, rng):
+    r = _result((120, 90), 17, rng)
+    before = {k: getattr(r, k).copy() for k in ("image", "uncertainty", "count")}
+    path = tmp_path / "p.fits"
+    _products.write_product(path, r, fits.Header({"FILTER": "V"}), compress=True)
+    for k, v in before.items():
+        np.testing.assert_array_equal(getattr(r, k), v)
+        assert getattr(r, k).dtype.isnative
+    with fits.open(path) as f:
+        np.testing.assert_array_equal(f[1].data, before["image"])
+        np.testing.assert_array_equal(f["UNCERT"].data, before["uncertainty"])
+        np.testing.assert_array_equal(f["NCOMBINE"].data, before["count"])
