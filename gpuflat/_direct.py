@@ -38,6 +38,7 @@ def _buffer() -> mmap.mmap:
 
 def _open(path, flags: int) -> tuple[int, bool]:
     """(fd, direct): ``path`` opened with ``O_DIRECT`` where the filesystem takes it."""
+    flags |= getattr(os, "O_BINARY", 0)  # Windows: no newline translation
     if _DIRECT:
         try:
             return os.open(path, flags | _DIRECT, 0o666), True
@@ -134,20 +135,18 @@ def chunks(path):
     (a memoryview into one reused buffer, valid until the next step)."""
     fd, direct = _open(path, os.O_RDONLY)
     view = memoryview(_buffer())
-    try:
+    with open(fd, "rb", buffering=0) as raw:  # closes fd
         offset = 0
         while True:
             try:
-                n = os.preadv(fd, [view], offset)
+                n = raw.readinto(view)
             except OSError as exc:
                 if not (direct and exc.errno == errno.EINVAL):
                     raise
-                _undirect(fd)
+                _undirect(fd)  # a failed read moved nothing: the same read, ordinary
                 direct = False
                 continue
-            if n <= 0:
+            if not n:
                 return
             yield offset, view[:n]
             offset += n
-    finally:
-        os.close(fd)

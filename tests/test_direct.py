@@ -18,8 +18,8 @@ SIZES = [0, 1, 2879, ALIGN, ALIGN + 1, CHUNK - 1, CHUNK, CHUNK + 2880, 3 * CHUNK
 
 @pytest.fixture(params=["direct", "refused at open", "refused at write"])
 def mode(request, monkeypatch):
-    """O_DIRECT as the filesystem gives it; refused by ``open`` (EINVAL, as tmpfs does);
-    taken by ``open`` but refused by the first write."""
+    """O_DIRECT as the filesystem gives it; refused by ``open`` (EINVAL, as tmpfs did before
+    Linux 6.6); taken by ``open`` but refused by the first write."""
     if request.param == "refused at open":
         real_open = os.open
 
@@ -126,3 +126,28 @@ def test_an_astropy_hdulist_written_through_it_is_the_file_astropy_writes(tmp_pa
             assert len(back) == 3 and all("CHECKSUM" in h.header for h in back)
             for h, want in zip(back, hdul, strict=True):
                 np.testing.assert_array_equal(h.data, want.data)
+
+
+def test_a_read_refused_is_read_again_the_ordinary_way(tmp_path, monkeypatch):
+    """O_DIRECT taken by ``open`` but refused by the first read (EINVAL): the same read
+    again without it, from the same place."""
+    import fcntl
+    import io
+
+    refused = []
+
+    class RefusingReads(io.FileIO):
+        def readinto(self, view):
+            if fcntl.fcntl(self.fileno(), fcntl.F_GETFL) & _direct._DIRECT:
+                refused.append(True)
+                raise OSError(errno.EINVAL, "Invalid argument")
+            return super().readinto(view)
+
+    data = np.random.default_rng(5).integers(0, 256, CHUNK + 4321, np.uint8).tobytes()
+    path = tmp_path / "f.bin"
+    path.write_bytes(data)
+    monkeypatch.setattr(_direct, "open", lambda fd, *a, **k: RefusingReads(fd, "rb"), raising=False)
+    assert b"".join(bytes(c) for _, c in chunks(path)) == data
+    fd, direct = _direct._open(tmp_path / "probe", os.O_WRONLY | os.O_CREAT)
+    os.close(fd)
+    assert refused == ([True] if direct else [])
