@@ -9,9 +9,9 @@ handed back to the host, and touching them again costs 1-2 ms per MB. A 4096^2 p
 same way for verification reads what is on the disk, not the cache.
 
 :class:`DirectWriter` is a write-only file-like object for astropy's ``HDUList.writeto``
-(astropy still lays out the HDUs, byte-swaps and checksums); :func:`chunks` reads a file
-back. Where ``O_DIRECT`` is refused (tmpfs, some network filesystems) both use ordinary
-I/O, with the same results.
+(astropy still lays out the HDUs and checksums them); :func:`chunks` reads a file back.
+Where ``O_DIRECT`` is refused (tmpfs before Linux 6.6, some network filesystems) both use
+ordinary I/O, with the same results.
 """
 
 from __future__ import annotations
