@@ -205,19 +205,14 @@ def combine_frames(
     # Pass 1: frame levels (whole frames), the next frame read while this one is measured.
     # With one band the stack is read once, here.
     # The stack's memory is one allocation (the run's workspace's when there is one): the
-    # single band's stack; or, banded, pass 1's two whole frames and then, in the same
-    # memory, pass 2's two band buffers (fresh memory costs page faults: 1-2 ms/MB on this
-    # project's VMs, where freed pages go back to the host within a second).
-    # 1-D band buffers, so that every band, the last short one too, is a contiguous view.
+    # single band's stack; or, banded, pass 1's two whole frames (their stored bytes when
+    # measured raw) and then, in the same memory, pass 2's two 1-D band buffers (every
+    # band, the last short one too, a contiguous view). Fresh memory costs page faults.
     raw = _raw_formats(backend, frames, plan, config, calibrator, dtype) if pass1 else None
     item = np.dtype(dtype).itemsize
-    band = n * plan.rows * cols  # values
-    if raw is not None:  # pass 1 reads the stored bytes of whole frames, measured as they are
-        nbytes = [nrows * cols * f.dtype.itemsize for f in raw]
-        frame_bytes = max(nbytes)
-    else:
-        frame_bytes = nrows * cols * item
-    size = band * item if plan.single else max(2 * band * item, 2 * frame_bytes if pass1 else 0)
+    band = n * plan.rows * cols * item  # bytes
+    frame = nrows * cols * max([f.dtype.itemsize for f in raw] if raw else [item])
+    size = band if plan.single else max(2 * band, 2 * frame * pass1)
     memory = np.empty(size, np.uint8) if workspace is None else workspace.stack(size, np.uint8)
     buffers = [memory.view(dtype)] if plan.single else []
     stack = buffers[0].reshape(n, nrows, cols) if plan.single else None
@@ -227,13 +222,13 @@ def combine_frames(
         if pass1:
             spare = None
             if not plan.single:
-                spare = [memory[k * frame_bytes : (k + 1) * frame_bytes] for k in range(2)]
+                spare = [memory[k * frame : (k + 1) * frame] for k in range(2)]
                 if raw is None:
                     spare = [s.view(dtype).reshape(shape) for s in spare]
 
             def read_frame(i):
                 if raw is not None:
-                    buf = spare[i % 2][: nbytes[i]]
+                    buf = spare[i % 2][: nrows * cols * raw[i].dtype.itemsize]
                     timed("read", frames[i].read_raw_rows, 0, nrows, buf)
                     return buf
                 buf = stack[i] if plan.single else spare[i % 2]
@@ -262,8 +257,7 @@ def combine_frames(
             del spare, buf
             pending = None  # the future holds the last frame too
         if not plan.single:  # pass 2's two band buffers, where pass 1's frames were
-            b = band * item
-            buffers = [memory[k * b : (k + 1) * b].view(dtype) for k in range(2)]
+            buffers = [memory[k * band : (k + 1) * band].view(dtype) for k in range(2)]
         scales = _scales(config, frames, levels, user_scales)
 
         # Pass 2: bands, the next band read while this one is combined.

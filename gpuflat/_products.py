@@ -124,12 +124,11 @@ def write_product(
     # the result's planes are stored in their own memory while they are written (the
     # caller hands them over meanwhile), and given back as they were
     with ExitStack() as stack:
-        stored = (lambda a: a) if compress else (lambda a: _stored(a, stack))
         hdul = fits.HDUList(
             [
-                fits.PrimaryHDU(stored(result.image), header),
+                fits.PrimaryHDU(_stored(result.image, stack), header),
                 fits.ImageHDU(_mask_data(result.mask), name="MASK"),
-                fits.ImageHDU(stored(result.uncertainty), uncert_header, name="UNCERT"),
+                fits.ImageHDU(_stored(result.uncertainty, stack), uncert_header, name="UNCERT"),
                 fits.ImageHDU(_count_data(result.count, stack), name="NCOMBINE"),
             ]
         )
@@ -177,13 +176,14 @@ def write_mef_product(path, primary_header, extensions, *, unit="adu", overwrite
             primary.append(card, end=True)
     hdus = [fits.PrimaryHDU(header=primary)]
     with ExitStack() as stack:  # the planes stored in their own memory, as write_product
-        stored = (lambda a: a) if compress else (lambda a: _stored(a, stack))
         for (name, ver), result, header in extensions:
             image_header = header.copy()
             image_header["BUNIT"] = str(unit or "adu")
+            image = result.image.astype(np.float32, copy=False)
+            uncert = result.uncertainty.astype(np.float32, copy=False)
             planes = (
-                ("", stored(result.image.astype(np.float32, copy=False)), image_header),
-                ("_UNCERT", stored(result.uncertainty.astype(np.float32, copy=False)), None),
+                ("", _stored(image, stack), image_header),
+                ("_UNCERT", _stored(uncert, stack), None),
                 ("_MASK", _mask_data(result.mask), None),
                 ("_NCOMBINE", _count_data(result.count, stack), None),
             )
