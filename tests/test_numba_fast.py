@@ -9,7 +9,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
+import pathlib
 
 import numpy as np
 import pytest
@@ -17,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from reference import reference_combine
 
-from gpuflat.backends import _numba, _numba_median
+from gpuflat.backends import _networks, _numba, _numba_fast, _numba_median
 from gpuflat.backends._numba_fast import FAST_L, fast_eligible
 from gpuflat.backends._params import KernelParams
 
@@ -79,6 +81,27 @@ FAST_PARAMS = {
 }
 
 
+def test_generated_merges_are_current():
+    """The merges in registers are the code ``_networks.render`` makes from the networks."""
+    path = pathlib.Path(_numba_fast.__file__)
+    assert _networks.current(path) == _networks.render(_numba_fast._trow.py_func), (
+        "run: python -m gpuflat.backends._networks"
+    )
+
+
+def test_numba_cache_follows_the_inlined_modules():
+    """numba keys the cache of ``_numba``'s functions on ``_numba.py``'s text alone, and they
+    hold code inlined from ``_numba_fast`` and ``_numba_median``: ``_numba.py`` must carry
+    those files' digest, so that an edit there recompiles instead of loading stale code."""
+    here = pathlib.Path(_numba.__file__).parent
+    digest = hashlib.sha256()
+    for name in ("_numba_fast.py", "_numba_median.py"):
+        digest.update((here / name).read_bytes())
+    assert digest.hexdigest()[:16] == _numba._DEPENDS_ON, (
+        f"set _DEPENDS_ON in gpuflat/backends/_numba.py to {digest.hexdigest()[:16]!r}"
+    )
+
+
 def test_fast_family():
     assert fast_eligible(KernelParams(), 15)
     for params in FAST_PARAMS.values():
@@ -109,7 +132,11 @@ def band(rng, n, npix, *, ties=False, odd=0.0):
 
 
 @pytest.mark.parametrize("name", FAST_PARAMS)
-@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 8, 15, 16, 17, 24, 31, 40])
+# every run structure: one run, 16 + up to 8, two runs, and the padded networks in
+# registers (24, 32, 40, 48) at both ends of their range, then the merge through memory
+@pytest.mark.parametrize(
+    "n", [1, 2, 3, 4, 5, 8, 15, 16, 17, 20, 24, 25, 31, 32, 33, 40, 41, 48, 49, 64]
+)
 def test_fast_path_matches_per_pixel(name, n):
     rng = np.random.default_rng(n * 31 + len(name))
     npix = 3 * FAST_L + 37  # full blocks and a partial one
@@ -168,7 +195,7 @@ def test_fast_path_few_and_many_clipped_lanes(n, weighted):
 
 @settings(max_examples=60, deadline=None)
 @given(
-    n=st.integers(1, 40),
+    n=st.integers(1, 56),
     blocks=st.integers(1, 3),
     extra=st.integers(0, FAST_L - 1),
     seed=st.integers(0, 2**32 - 1),

@@ -12,8 +12,14 @@ import numba as nb
 import numpy as np
 
 from . import _numba_median
-from ._numba_fast import FAST_L, fast_block, fast_eligible, merge_network
+from ._networks import merge_network
+from ._numba_fast import FAST_L, fast_block, fast_eligible
 from ._params import KernelParams, noise_table
+
+# numba keys the cache of this file's functions on this file's text alone, and they hold
+# the code they inline or call from these modules: their text's digest, here, makes an
+# edit there recompile this file's functions too (tests/test_numba_fast.py checks it)
+_DEPENDS_ON = "d123f047939a64d8"  # sha256 of _numba_fast.py, then _numba_median.py
 
 _FAST_BAD = 11 * FAST_L  # the flags' row in the fast path's scratch
 

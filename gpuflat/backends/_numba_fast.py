@@ -31,8 +31,6 @@ path (``_numba._combine_pixels``, the literal transcription of docs/kernel-contr
 
 from __future__ import annotations
 
-import functools
-
 import numba as nb
 import numpy as np
 from llvmlite import ir
@@ -40,8 +38,13 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from ._networks import MAX_IN_REGISTERS
+
 FAST_L = 64  # lanes per block (the same as the generic block path's)
-_PF = 1024  # prefetch distance, in pixels (per frame row)
+# prefetch distance, in pixels per frame row: 4 blocks ahead, into L2 (``_prefetch``). With
+# 1024 pixels into L1, 40 frames' lines in flight overflowed L1 before their use, and the
+# merge of 40 frames ran 10-20% slower from memory than from L3
+_PF = 256
 _BIG = 1e300
 MAD_TO_STD = 1.482602218505602
 _INF = np.inf
@@ -101,29 +104,6 @@ def _trow(i):
     return _OT + np.uint64((i >> 4) * _RUN + (i & 15)) * _LU
 
 
-@functools.cache
-def merge_network(n):
-    """Comparators (int64 ``[2, m]``) that sort n values whose aligned runs of 16 are each
-    sorted: the stages of Batcher's odd-even merge sort (as ``_numba._sort_network``) from
-    merges of 16 + 16 on, restricted to indices below n (the rest act as +inf)."""
-    size = 16
-    while size < n:
-        size *= 2
-    pairs = []
-    p = 16
-    while p < size:
-        k = p
-        while k >= 1:
-            for j in range(k % p, size - k, 2 * k):
-                for i in range(min(k, size - j - k)):
-                    lo, hi = i + j, i + j + k
-                    if lo // (2 * p) == hi // (2 * p) and hi < n:
-                        pairs.append((lo, hi))
-            k //= 2
-        p *= 2
-    return np.ascontiguousarray(np.array(pairs, np.int64).reshape(-1, 2).T)
-
-
 @intrinsic
 def _prefetch(typingctx, arr, i, j):
     """Hint the cache to fetch the line holding ``arr[i, j]`` (no effect on results)."""
@@ -139,13 +119,13 @@ def _prefetch(typingctx, arr, i, j):
         i32 = ir.IntType(32)
         fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
         fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
-        # read, high locality, data cache
+        # read, locality 2 (x86: prefetcht1, into L2), data cache
         builder.call(
             fn,
             [
                 builder.bitcast(ptr, i8p),
                 ir.Constant(i32, 0),
-                ir.Constant(i32, 3),
+                ir.Constant(i32, 2),
                 ir.Constant(i32, 1),
             ],
         )
@@ -165,18 +145,20 @@ def _llvm_float_op(name):
             d = ir.DoubleType()
             fnty = ir.FunctionType(d, [d, d])
             fn = cgutils.get_or_insert_function(builder.module, fnty, f"llvm.{name}.f64")
-            return builder.call(fn, args)
+            return builder.call(fn, args, fastmath=("nnan", "nsz"))
 
         return sig, codegen
 
     return op
 
 
-# The smaller and the larger of two values: for the values this path vouches for (no NaN,
-# no zeros) the same as ``a if a < b else b`` and its mirror. Used where a row is loaded and
-# then stored back in place: a select there becomes a masked store (LLVM stores only the
-# lanes that change), which is slow and from which the next comparator's load cannot
-# forward; these become vminpd/vmaxpd and plain stores (n=40: 10% faster on one core).
+# The comparators' smaller and larger of two values: for the values this path vouches for
+# (no NaN, no zeros) the same as ``a if a < b else b`` and its mirror; on a lane it hands
+# back (a NaN, a zero) any of the two, which nothing uses. The flags tell LLVM that no NaN
+# and no signed zero matter, so that each becomes one vminpd/vmaxpd. Where a row is loaded
+# and stored back in place, a select would become a masked store (slow, and no load after
+# it can forward from it). As intrinsics rather than inlined functions they also compile
+# much faster: numba's inlining of ~80 small functions per network cost minutes.
 _minnum = _llvm_float_op("minnum")
 _maxnum = _llvm_float_op("maxnum")
 
@@ -193,13 +175,6 @@ def fast_eligible(params, n) -> bool:
         and params.dev == 0
         and params.maxiters != 0
     )
-
-
-@nb.njit(cache=True, nogil=True, inline="always")
-def _cx(a, b):
-    """Compare-exchange: (min, max), each one of the inputs (a select LLVM emits as
-    vminpd/vmaxpd)."""
-    return (a if a < b else b), (b if a < b else a)
 
 
 @nb.njit(cache=True, nogil=True, error_model="numpy", inline="always")
@@ -387,66 +362,66 @@ def _load_sort16(data, scale, n, b, pu, W):
         x13 = y13 if v13 else _INF
         x14 = y14 if v14 else _INF
         x15 = y15 if v15 else _INF
-        x0, x13 = _cx(x0, x13)
-        x1, x12 = _cx(x1, x12)
-        x2, x15 = _cx(x2, x15)
-        x3, x14 = _cx(x3, x14)
-        x4, x8 = _cx(x4, x8)
-        x5, x6 = _cx(x5, x6)
-        x7, x11 = _cx(x7, x11)
-        x9, x10 = _cx(x9, x10)
-        x0, x5 = _cx(x0, x5)
-        x1, x7 = _cx(x1, x7)
-        x2, x9 = _cx(x2, x9)
-        x3, x4 = _cx(x3, x4)
-        x6, x13 = _cx(x6, x13)
-        x8, x14 = _cx(x8, x14)
-        x10, x15 = _cx(x10, x15)
-        x11, x12 = _cx(x11, x12)
-        x0, x1 = _cx(x0, x1)
-        x2, x3 = _cx(x2, x3)
-        x4, x5 = _cx(x4, x5)
-        x6, x8 = _cx(x6, x8)
-        x7, x9 = _cx(x7, x9)
-        x10, x11 = _cx(x10, x11)
-        x12, x13 = _cx(x12, x13)
-        x14, x15 = _cx(x14, x15)
-        x0, x2 = _cx(x0, x2)
-        x1, x3 = _cx(x1, x3)
-        x4, x10 = _cx(x4, x10)
-        x5, x11 = _cx(x5, x11)
-        x6, x7 = _cx(x6, x7)
-        x8, x9 = _cx(x8, x9)
-        x12, x14 = _cx(x12, x14)
-        x13, x15 = _cx(x13, x15)
-        x1, x2 = _cx(x1, x2)
-        x3, x12 = _cx(x3, x12)
-        x4, x6 = _cx(x4, x6)
-        x5, x7 = _cx(x5, x7)
-        x8, x10 = _cx(x8, x10)
-        x9, x11 = _cx(x9, x11)
-        x13, x14 = _cx(x13, x14)
-        x1, x4 = _cx(x1, x4)
-        x2, x6 = _cx(x2, x6)
-        x5, x8 = _cx(x5, x8)
-        x7, x10 = _cx(x7, x10)
-        x9, x13 = _cx(x9, x13)
-        x11, x14 = _cx(x11, x14)
-        x2, x4 = _cx(x2, x4)
-        x3, x6 = _cx(x3, x6)
-        x9, x12 = _cx(x9, x12)
-        x11, x13 = _cx(x11, x13)
-        x3, x5 = _cx(x3, x5)
-        x6, x8 = _cx(x6, x8)
-        x7, x9 = _cx(x7, x9)
-        x10, x12 = _cx(x10, x12)
-        x3, x4 = _cx(x3, x4)
-        x5, x6 = _cx(x5, x6)
-        x7, x8 = _cx(x7, x8)
-        x9, x10 = _cx(x9, x10)
-        x11, x12 = _cx(x11, x12)
-        x6, x7 = _cx(x6, x7)
-        x8, x9 = _cx(x8, x9)
+        x0, x13 = _minnum(x0, x13), _maxnum(x0, x13)
+        x1, x12 = _minnum(x1, x12), _maxnum(x1, x12)
+        x2, x15 = _minnum(x2, x15), _maxnum(x2, x15)
+        x3, x14 = _minnum(x3, x14), _maxnum(x3, x14)
+        x4, x8 = _minnum(x4, x8), _maxnum(x4, x8)
+        x5, x6 = _minnum(x5, x6), _maxnum(x5, x6)
+        x7, x11 = _minnum(x7, x11), _maxnum(x7, x11)
+        x9, x10 = _minnum(x9, x10), _maxnum(x9, x10)
+        x0, x5 = _minnum(x0, x5), _maxnum(x0, x5)
+        x1, x7 = _minnum(x1, x7), _maxnum(x1, x7)
+        x2, x9 = _minnum(x2, x9), _maxnum(x2, x9)
+        x3, x4 = _minnum(x3, x4), _maxnum(x3, x4)
+        x6, x13 = _minnum(x6, x13), _maxnum(x6, x13)
+        x8, x14 = _minnum(x8, x14), _maxnum(x8, x14)
+        x10, x15 = _minnum(x10, x15), _maxnum(x10, x15)
+        x11, x12 = _minnum(x11, x12), _maxnum(x11, x12)
+        x0, x1 = _minnum(x0, x1), _maxnum(x0, x1)
+        x2, x3 = _minnum(x2, x3), _maxnum(x2, x3)
+        x4, x5 = _minnum(x4, x5), _maxnum(x4, x5)
+        x6, x8 = _minnum(x6, x8), _maxnum(x6, x8)
+        x7, x9 = _minnum(x7, x9), _maxnum(x7, x9)
+        x10, x11 = _minnum(x10, x11), _maxnum(x10, x11)
+        x12, x13 = _minnum(x12, x13), _maxnum(x12, x13)
+        x14, x15 = _minnum(x14, x15), _maxnum(x14, x15)
+        x0, x2 = _minnum(x0, x2), _maxnum(x0, x2)
+        x1, x3 = _minnum(x1, x3), _maxnum(x1, x3)
+        x4, x10 = _minnum(x4, x10), _maxnum(x4, x10)
+        x5, x11 = _minnum(x5, x11), _maxnum(x5, x11)
+        x6, x7 = _minnum(x6, x7), _maxnum(x6, x7)
+        x8, x9 = _minnum(x8, x9), _maxnum(x8, x9)
+        x12, x14 = _minnum(x12, x14), _maxnum(x12, x14)
+        x13, x15 = _minnum(x13, x15), _maxnum(x13, x15)
+        x1, x2 = _minnum(x1, x2), _maxnum(x1, x2)
+        x3, x12 = _minnum(x3, x12), _maxnum(x3, x12)
+        x4, x6 = _minnum(x4, x6), _maxnum(x4, x6)
+        x5, x7 = _minnum(x5, x7), _maxnum(x5, x7)
+        x8, x10 = _minnum(x8, x10), _maxnum(x8, x10)
+        x9, x11 = _minnum(x9, x11), _maxnum(x9, x11)
+        x13, x14 = _minnum(x13, x14), _maxnum(x13, x14)
+        x1, x4 = _minnum(x1, x4), _maxnum(x1, x4)
+        x2, x6 = _minnum(x2, x6), _maxnum(x2, x6)
+        x5, x8 = _minnum(x5, x8), _maxnum(x5, x8)
+        x7, x10 = _minnum(x7, x10), _maxnum(x7, x10)
+        x9, x13 = _minnum(x9, x13), _maxnum(x9, x13)
+        x11, x14 = _minnum(x11, x14), _maxnum(x11, x14)
+        x2, x4 = _minnum(x2, x4), _maxnum(x2, x4)
+        x3, x6 = _minnum(x3, x6), _maxnum(x3, x6)
+        x9, x12 = _minnum(x9, x12), _maxnum(x9, x12)
+        x11, x13 = _minnum(x11, x13), _maxnum(x11, x13)
+        x3, x5 = _minnum(x3, x5), _maxnum(x3, x5)
+        x6, x8 = _minnum(x6, x8), _maxnum(x6, x8)
+        x7, x9 = _minnum(x7, x9), _maxnum(x7, x9)
+        x10, x12 = _minnum(x10, x12), _maxnum(x10, x12)
+        x3, x4 = _minnum(x3, x4), _maxnum(x3, x4)
+        x5, x6 = _minnum(x5, x6), _maxnum(x5, x6)
+        x7, x8 = _minnum(x7, x8), _maxnum(x7, x8)
+        x9, x10 = _minnum(x9, x10), _maxnum(x9, x10)
+        x11, x12 = _minnum(x11, x12), _maxnum(x11, x12)
+        x6, x7 = _minnum(x6, x7), _maxnum(x6, x7)
+        x8, x9 = _minnum(x8, x9), _maxnum(x8, x9)
         W[ot + _R0 + lane] = x0
         W[ot + _R1 + lane] = x1
         W[ot + _R2 + lane] = x2
@@ -544,25 +519,25 @@ def _load_sort8(data, scale, n, b, pu, W):
         x5 = y5 if v5 else _INF
         x6 = y6 if v6 else _INF
         x7 = y7 if v7 else _INF
-        x0, x2 = _cx(x0, x2)
-        x1, x3 = _cx(x1, x3)
-        x4, x6 = _cx(x4, x6)
-        x5, x7 = _cx(x5, x7)
-        x0, x4 = _cx(x0, x4)
-        x1, x5 = _cx(x1, x5)
-        x2, x6 = _cx(x2, x6)
-        x3, x7 = _cx(x3, x7)
-        x0, x1 = _cx(x0, x1)
-        x2, x3 = _cx(x2, x3)
-        x4, x5 = _cx(x4, x5)
-        x6, x7 = _cx(x6, x7)
-        x2, x4 = _cx(x2, x4)
-        x3, x5 = _cx(x3, x5)
-        x1, x4 = _cx(x1, x4)
-        x3, x6 = _cx(x3, x6)
-        x1, x2 = _cx(x1, x2)
-        x3, x4 = _cx(x3, x4)
-        x5, x6 = _cx(x5, x6)
+        x0, x2 = _minnum(x0, x2), _maxnum(x0, x2)
+        x1, x3 = _minnum(x1, x3), _maxnum(x1, x3)
+        x4, x6 = _minnum(x4, x6), _maxnum(x4, x6)
+        x5, x7 = _minnum(x5, x7), _maxnum(x5, x7)
+        x0, x4 = _minnum(x0, x4), _maxnum(x0, x4)
+        x1, x5 = _minnum(x1, x5), _maxnum(x1, x5)
+        x2, x6 = _minnum(x2, x6), _maxnum(x2, x6)
+        x3, x7 = _minnum(x3, x7), _maxnum(x3, x7)
+        x0, x1 = _minnum(x0, x1), _maxnum(x0, x1)
+        x2, x3 = _minnum(x2, x3), _maxnum(x2, x3)
+        x4, x5 = _minnum(x4, x5), _maxnum(x4, x5)
+        x6, x7 = _minnum(x6, x7), _maxnum(x6, x7)
+        x2, x4 = _minnum(x2, x4), _maxnum(x2, x4)
+        x3, x5 = _minnum(x3, x5), _maxnum(x3, x5)
+        x1, x4 = _minnum(x1, x4), _maxnum(x1, x4)
+        x3, x6 = _minnum(x3, x6), _maxnum(x3, x6)
+        x1, x2 = _minnum(x1, x2), _maxnum(x1, x2)
+        x3, x4 = _minnum(x3, x4), _maxnum(x3, x4)
+        x5, x6 = _minnum(x5, x6), _maxnum(x5, x6)
         W[ot + _R0 + lane] = x0
         W[ot + _R1 + lane] = x1
         W[ot + _R2 + lane] = x2
@@ -623,8 +598,9 @@ def _kth(W, out, h1, n, r):
 @nb.njit(cache=True, nogil=True, error_model="numpy", inline="always")
 def _load_sort(data, scale, n, pu, W, net):
     """n > 16: each run of 16 frames (the last one, of 8 or fewer, by ``_load_sort8``)
-    loaded and sorted in registers, then the runs merged by the comparators ``net``
-    (``merge_network(n)``)."""
+    loaded and sorted in registers, then the runs merged: in registers up to
+    ``MAX_IN_REGISTERS`` frames (the generated code below), else by a lane loop per
+    comparator of ``net`` (``merge_network(n)``)."""
     for b in range(0, n, 16):
         if b > 0:
             prev = _trow(b - 16) + _RSY
@@ -635,6 +611,9 @@ def _load_sort(data, scale, n, pu, W, net):
             _load_sort8(data, scale, n, b, pu, W)
         else:
             _load_sort16(data, scale, n, b, pu, W)
+    if n <= MAX_IN_REGISTERS:
+        _merge_in_registers(W, n)
+        return
     for c in range(net.shape[1]):
         oi = _trow(net[0, c])
         oj = _trow(net[1, c])
@@ -652,7 +631,7 @@ def fast_block(
 ):  # fmt: skip
     """One full block of ``FAST_L`` pixels from ``p0``; returns the number of lanes left
     to the per-pixel path (flagged nonzero in ``W[_OBAD + lane]``). ``W``: scratch of
-    ``scratch_size(n)``; ``net``: ``merge_network(n)`` (used when n > 16)."""
+    ``scratch_size(n)``; ``net``: ``merge_network(n)`` (used past ``MAX_IN_REGISTERS`` frames)."""
     n, npix = data.shape
     min_value = prm[1]
     max_value = prm[2]
@@ -918,3 +897,799 @@ def _sums(W, n, weight, has_weight, clipped):
                 drop = (y < W[_LO + lane]) | (y > W[_HI + lane])
                 W[_SWY + lane] += 0.0 if drop else wi * y
                 W[_SW + lane] += 0.0 if drop else wi
+
+
+# --- generated by gpuflat/backends/_networks.py: do not edit by hand ---
+
+
+@nb.njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _merge24(W):
+    """Sort rows ``_trow(0 .. 23)``, whose runs of 16 are sorted, by the 45
+    comparators of ``merge_network(24)``, in registers."""
+    for lane in range(_LU):
+        x0 = W[np.uint64(896) + lane]
+        x1 = W[np.uint64(960) + lane]
+        x2 = W[np.uint64(1024) + lane]
+        x3 = W[np.uint64(1088) + lane]
+        x4 = W[np.uint64(1152) + lane]
+        x5 = W[np.uint64(1216) + lane]
+        x6 = W[np.uint64(1280) + lane]
+        x7 = W[np.uint64(1344) + lane]
+        x8 = W[np.uint64(1408) + lane]
+        x9 = W[np.uint64(1472) + lane]
+        x10 = W[np.uint64(1536) + lane]
+        x11 = W[np.uint64(1600) + lane]
+        x12 = W[np.uint64(1664) + lane]
+        x13 = W[np.uint64(1728) + lane]
+        x14 = W[np.uint64(1792) + lane]
+        x15 = W[np.uint64(1856) + lane]
+        x16 = W[np.uint64(3264) + lane]
+        x17 = W[np.uint64(3328) + lane]
+        x18 = W[np.uint64(3392) + lane]
+        x19 = W[np.uint64(3456) + lane]
+        x20 = W[np.uint64(3520) + lane]
+        x21 = W[np.uint64(3584) + lane]
+        x22 = W[np.uint64(3648) + lane]
+        x23 = W[np.uint64(3712) + lane]
+        x0, x16 = _minnum(x0, x16), _maxnum(x0, x16)
+        x1, x17 = _minnum(x1, x17), _maxnum(x1, x17)
+        x2, x18 = _minnum(x2, x18), _maxnum(x2, x18)
+        x3, x19 = _minnum(x3, x19), _maxnum(x3, x19)
+        x4, x20 = _minnum(x4, x20), _maxnum(x4, x20)
+        x5, x21 = _minnum(x5, x21), _maxnum(x5, x21)
+        x6, x22 = _minnum(x6, x22), _maxnum(x6, x22)
+        x7, x23 = _minnum(x7, x23), _maxnum(x7, x23)
+        x8, x16 = _minnum(x8, x16), _maxnum(x8, x16)
+        x9, x17 = _minnum(x9, x17), _maxnum(x9, x17)
+        x10, x18 = _minnum(x10, x18), _maxnum(x10, x18)
+        x11, x19 = _minnum(x11, x19), _maxnum(x11, x19)
+        x12, x20 = _minnum(x12, x20), _maxnum(x12, x20)
+        x13, x21 = _minnum(x13, x21), _maxnum(x13, x21)
+        x14, x22 = _minnum(x14, x22), _maxnum(x14, x22)
+        x15, x23 = _minnum(x15, x23), _maxnum(x15, x23)
+        x4, x8 = _minnum(x4, x8), _maxnum(x4, x8)
+        x5, x9 = _minnum(x5, x9), _maxnum(x5, x9)
+        x6, x10 = _minnum(x6, x10), _maxnum(x6, x10)
+        x7, x11 = _minnum(x7, x11), _maxnum(x7, x11)
+        x12, x16 = _minnum(x12, x16), _maxnum(x12, x16)
+        x13, x17 = _minnum(x13, x17), _maxnum(x13, x17)
+        x14, x18 = _minnum(x14, x18), _maxnum(x14, x18)
+        x15, x19 = _minnum(x15, x19), _maxnum(x15, x19)
+        x2, x4 = _minnum(x2, x4), _maxnum(x2, x4)
+        x3, x5 = _minnum(x3, x5), _maxnum(x3, x5)
+        x6, x8 = _minnum(x6, x8), _maxnum(x6, x8)
+        x7, x9 = _minnum(x7, x9), _maxnum(x7, x9)
+        x10, x12 = _minnum(x10, x12), _maxnum(x10, x12)
+        x11, x13 = _minnum(x11, x13), _maxnum(x11, x13)
+        x14, x16 = _minnum(x14, x16), _maxnum(x14, x16)
+        x15, x17 = _minnum(x15, x17), _maxnum(x15, x17)
+        x18, x20 = _minnum(x18, x20), _maxnum(x18, x20)
+        x19, x21 = _minnum(x19, x21), _maxnum(x19, x21)
+        x1, x2 = _minnum(x1, x2), _maxnum(x1, x2)
+        x3, x4 = _minnum(x3, x4), _maxnum(x3, x4)
+        x5, x6 = _minnum(x5, x6), _maxnum(x5, x6)
+        x7, x8 = _minnum(x7, x8), _maxnum(x7, x8)
+        x9, x10 = _minnum(x9, x10), _maxnum(x9, x10)
+        x11, x12 = _minnum(x11, x12), _maxnum(x11, x12)
+        x13, x14 = _minnum(x13, x14), _maxnum(x13, x14)
+        x15, x16 = _minnum(x15, x16), _maxnum(x15, x16)
+        x17, x18 = _minnum(x17, x18), _maxnum(x17, x18)
+        x19, x20 = _minnum(x19, x20), _maxnum(x19, x20)
+        x21, x22 = _minnum(x21, x22), _maxnum(x21, x22)
+        W[np.uint64(896) + lane] = x0
+        W[np.uint64(960) + lane] = x1
+        W[np.uint64(1024) + lane] = x2
+        W[np.uint64(1088) + lane] = x3
+        W[np.uint64(1152) + lane] = x4
+        W[np.uint64(1216) + lane] = x5
+        W[np.uint64(1280) + lane] = x6
+        W[np.uint64(1344) + lane] = x7
+        W[np.uint64(1408) + lane] = x8
+        W[np.uint64(1472) + lane] = x9
+        W[np.uint64(1536) + lane] = x10
+        W[np.uint64(1600) + lane] = x11
+        W[np.uint64(1664) + lane] = x12
+        W[np.uint64(1728) + lane] = x13
+        W[np.uint64(1792) + lane] = x14
+        W[np.uint64(1856) + lane] = x15
+        W[np.uint64(3264) + lane] = x16
+        W[np.uint64(3328) + lane] = x17
+        W[np.uint64(3392) + lane] = x18
+        W[np.uint64(3456) + lane] = x19
+        W[np.uint64(3520) + lane] = x20
+        W[np.uint64(3584) + lane] = x21
+        W[np.uint64(3648) + lane] = x22
+        W[np.uint64(3712) + lane] = x23
+
+
+@nb.njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _merge32(W):
+    """Sort rows ``_trow(0 .. 31)``, whose runs of 16 are sorted, by the 65
+    comparators of ``merge_network(32)``, in registers."""
+    for lane in range(_LU):
+        x0 = W[np.uint64(896) + lane]
+        x1 = W[np.uint64(960) + lane]
+        x2 = W[np.uint64(1024) + lane]
+        x3 = W[np.uint64(1088) + lane]
+        x4 = W[np.uint64(1152) + lane]
+        x5 = W[np.uint64(1216) + lane]
+        x6 = W[np.uint64(1280) + lane]
+        x7 = W[np.uint64(1344) + lane]
+        x8 = W[np.uint64(1408) + lane]
+        x9 = W[np.uint64(1472) + lane]
+        x10 = W[np.uint64(1536) + lane]
+        x11 = W[np.uint64(1600) + lane]
+        x12 = W[np.uint64(1664) + lane]
+        x13 = W[np.uint64(1728) + lane]
+        x14 = W[np.uint64(1792) + lane]
+        x15 = W[np.uint64(1856) + lane]
+        x16 = W[np.uint64(3264) + lane]
+        x17 = W[np.uint64(3328) + lane]
+        x18 = W[np.uint64(3392) + lane]
+        x19 = W[np.uint64(3456) + lane]
+        x20 = W[np.uint64(3520) + lane]
+        x21 = W[np.uint64(3584) + lane]
+        x22 = W[np.uint64(3648) + lane]
+        x23 = W[np.uint64(3712) + lane]
+        x24 = W[np.uint64(3776) + lane]
+        x25 = W[np.uint64(3840) + lane]
+        x26 = W[np.uint64(3904) + lane]
+        x27 = W[np.uint64(3968) + lane]
+        x28 = W[np.uint64(4032) + lane]
+        x29 = W[np.uint64(4096) + lane]
+        x30 = W[np.uint64(4160) + lane]
+        x31 = W[np.uint64(4224) + lane]
+        x0, x16 = _minnum(x0, x16), _maxnum(x0, x16)
+        x1, x17 = _minnum(x1, x17), _maxnum(x1, x17)
+        x2, x18 = _minnum(x2, x18), _maxnum(x2, x18)
+        x3, x19 = _minnum(x3, x19), _maxnum(x3, x19)
+        x4, x20 = _minnum(x4, x20), _maxnum(x4, x20)
+        x5, x21 = _minnum(x5, x21), _maxnum(x5, x21)
+        x6, x22 = _minnum(x6, x22), _maxnum(x6, x22)
+        x7, x23 = _minnum(x7, x23), _maxnum(x7, x23)
+        x8, x24 = _minnum(x8, x24), _maxnum(x8, x24)
+        x9, x25 = _minnum(x9, x25), _maxnum(x9, x25)
+        x10, x26 = _minnum(x10, x26), _maxnum(x10, x26)
+        x11, x27 = _minnum(x11, x27), _maxnum(x11, x27)
+        x12, x28 = _minnum(x12, x28), _maxnum(x12, x28)
+        x13, x29 = _minnum(x13, x29), _maxnum(x13, x29)
+        x14, x30 = _minnum(x14, x30), _maxnum(x14, x30)
+        x15, x31 = _minnum(x15, x31), _maxnum(x15, x31)
+        x8, x16 = _minnum(x8, x16), _maxnum(x8, x16)
+        x9, x17 = _minnum(x9, x17), _maxnum(x9, x17)
+        x10, x18 = _minnum(x10, x18), _maxnum(x10, x18)
+        x11, x19 = _minnum(x11, x19), _maxnum(x11, x19)
+        x12, x20 = _minnum(x12, x20), _maxnum(x12, x20)
+        x13, x21 = _minnum(x13, x21), _maxnum(x13, x21)
+        x14, x22 = _minnum(x14, x22), _maxnum(x14, x22)
+        x15, x23 = _minnum(x15, x23), _maxnum(x15, x23)
+        x4, x8 = _minnum(x4, x8), _maxnum(x4, x8)
+        x5, x9 = _minnum(x5, x9), _maxnum(x5, x9)
+        x6, x10 = _minnum(x6, x10), _maxnum(x6, x10)
+        x7, x11 = _minnum(x7, x11), _maxnum(x7, x11)
+        x12, x16 = _minnum(x12, x16), _maxnum(x12, x16)
+        x13, x17 = _minnum(x13, x17), _maxnum(x13, x17)
+        x14, x18 = _minnum(x14, x18), _maxnum(x14, x18)
+        x15, x19 = _minnum(x15, x19), _maxnum(x15, x19)
+        x20, x24 = _minnum(x20, x24), _maxnum(x20, x24)
+        x21, x25 = _minnum(x21, x25), _maxnum(x21, x25)
+        x22, x26 = _minnum(x22, x26), _maxnum(x22, x26)
+        x23, x27 = _minnum(x23, x27), _maxnum(x23, x27)
+        x2, x4 = _minnum(x2, x4), _maxnum(x2, x4)
+        x3, x5 = _minnum(x3, x5), _maxnum(x3, x5)
+        x6, x8 = _minnum(x6, x8), _maxnum(x6, x8)
+        x7, x9 = _minnum(x7, x9), _maxnum(x7, x9)
+        x10, x12 = _minnum(x10, x12), _maxnum(x10, x12)
+        x11, x13 = _minnum(x11, x13), _maxnum(x11, x13)
+        x14, x16 = _minnum(x14, x16), _maxnum(x14, x16)
+        x15, x17 = _minnum(x15, x17), _maxnum(x15, x17)
+        x18, x20 = _minnum(x18, x20), _maxnum(x18, x20)
+        x19, x21 = _minnum(x19, x21), _maxnum(x19, x21)
+        x22, x24 = _minnum(x22, x24), _maxnum(x22, x24)
+        x23, x25 = _minnum(x23, x25), _maxnum(x23, x25)
+        x26, x28 = _minnum(x26, x28), _maxnum(x26, x28)
+        x27, x29 = _minnum(x27, x29), _maxnum(x27, x29)
+        x1, x2 = _minnum(x1, x2), _maxnum(x1, x2)
+        x3, x4 = _minnum(x3, x4), _maxnum(x3, x4)
+        x5, x6 = _minnum(x5, x6), _maxnum(x5, x6)
+        x7, x8 = _minnum(x7, x8), _maxnum(x7, x8)
+        x9, x10 = _minnum(x9, x10), _maxnum(x9, x10)
+        x11, x12 = _minnum(x11, x12), _maxnum(x11, x12)
+        x13, x14 = _minnum(x13, x14), _maxnum(x13, x14)
+        x15, x16 = _minnum(x15, x16), _maxnum(x15, x16)
+        x17, x18 = _minnum(x17, x18), _maxnum(x17, x18)
+        x19, x20 = _minnum(x19, x20), _maxnum(x19, x20)
+        x21, x22 = _minnum(x21, x22), _maxnum(x21, x22)
+        x23, x24 = _minnum(x23, x24), _maxnum(x23, x24)
+        x25, x26 = _minnum(x25, x26), _maxnum(x25, x26)
+        x27, x28 = _minnum(x27, x28), _maxnum(x27, x28)
+        x29, x30 = _minnum(x29, x30), _maxnum(x29, x30)
+        W[np.uint64(896) + lane] = x0
+        W[np.uint64(960) + lane] = x1
+        W[np.uint64(1024) + lane] = x2
+        W[np.uint64(1088) + lane] = x3
+        W[np.uint64(1152) + lane] = x4
+        W[np.uint64(1216) + lane] = x5
+        W[np.uint64(1280) + lane] = x6
+        W[np.uint64(1344) + lane] = x7
+        W[np.uint64(1408) + lane] = x8
+        W[np.uint64(1472) + lane] = x9
+        W[np.uint64(1536) + lane] = x10
+        W[np.uint64(1600) + lane] = x11
+        W[np.uint64(1664) + lane] = x12
+        W[np.uint64(1728) + lane] = x13
+        W[np.uint64(1792) + lane] = x14
+        W[np.uint64(1856) + lane] = x15
+        W[np.uint64(3264) + lane] = x16
+        W[np.uint64(3328) + lane] = x17
+        W[np.uint64(3392) + lane] = x18
+        W[np.uint64(3456) + lane] = x19
+        W[np.uint64(3520) + lane] = x20
+        W[np.uint64(3584) + lane] = x21
+        W[np.uint64(3648) + lane] = x22
+        W[np.uint64(3712) + lane] = x23
+        W[np.uint64(3776) + lane] = x24
+        W[np.uint64(3840) + lane] = x25
+        W[np.uint64(3904) + lane] = x26
+        W[np.uint64(3968) + lane] = x27
+        W[np.uint64(4032) + lane] = x28
+        W[np.uint64(4096) + lane] = x29
+        W[np.uint64(4160) + lane] = x30
+        W[np.uint64(4224) + lane] = x31
+
+
+@nb.njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _merge40(W):
+    """Sort rows ``_trow(0 .. 39)``, whose runs of 16 are sorted, by the 155
+    comparators of ``merge_network(40)``, in registers."""
+    for lane in range(_LU):
+        x0 = W[np.uint64(896) + lane]
+        x1 = W[np.uint64(960) + lane]
+        x2 = W[np.uint64(1024) + lane]
+        x3 = W[np.uint64(1088) + lane]
+        x4 = W[np.uint64(1152) + lane]
+        x5 = W[np.uint64(1216) + lane]
+        x6 = W[np.uint64(1280) + lane]
+        x7 = W[np.uint64(1344) + lane]
+        x8 = W[np.uint64(1408) + lane]
+        x9 = W[np.uint64(1472) + lane]
+        x10 = W[np.uint64(1536) + lane]
+        x11 = W[np.uint64(1600) + lane]
+        x12 = W[np.uint64(1664) + lane]
+        x13 = W[np.uint64(1728) + lane]
+        x14 = W[np.uint64(1792) + lane]
+        x15 = W[np.uint64(1856) + lane]
+        x16 = W[np.uint64(3264) + lane]
+        x17 = W[np.uint64(3328) + lane]
+        x18 = W[np.uint64(3392) + lane]
+        x19 = W[np.uint64(3456) + lane]
+        x20 = W[np.uint64(3520) + lane]
+        x21 = W[np.uint64(3584) + lane]
+        x22 = W[np.uint64(3648) + lane]
+        x23 = W[np.uint64(3712) + lane]
+        x24 = W[np.uint64(3776) + lane]
+        x25 = W[np.uint64(3840) + lane]
+        x26 = W[np.uint64(3904) + lane]
+        x27 = W[np.uint64(3968) + lane]
+        x28 = W[np.uint64(4032) + lane]
+        x29 = W[np.uint64(4096) + lane]
+        x30 = W[np.uint64(4160) + lane]
+        x31 = W[np.uint64(4224) + lane]
+        x32 = W[np.uint64(5632) + lane]
+        x33 = W[np.uint64(5696) + lane]
+        x34 = W[np.uint64(5760) + lane]
+        x35 = W[np.uint64(5824) + lane]
+        x36 = W[np.uint64(5888) + lane]
+        x37 = W[np.uint64(5952) + lane]
+        x38 = W[np.uint64(6016) + lane]
+        x39 = W[np.uint64(6080) + lane]
+        x0, x16 = _minnum(x0, x16), _maxnum(x0, x16)
+        x1, x17 = _minnum(x1, x17), _maxnum(x1, x17)
+        x2, x18 = _minnum(x2, x18), _maxnum(x2, x18)
+        x3, x19 = _minnum(x3, x19), _maxnum(x3, x19)
+        x4, x20 = _minnum(x4, x20), _maxnum(x4, x20)
+        x5, x21 = _minnum(x5, x21), _maxnum(x5, x21)
+        x6, x22 = _minnum(x6, x22), _maxnum(x6, x22)
+        x7, x23 = _minnum(x7, x23), _maxnum(x7, x23)
+        x8, x24 = _minnum(x8, x24), _maxnum(x8, x24)
+        x9, x25 = _minnum(x9, x25), _maxnum(x9, x25)
+        x10, x26 = _minnum(x10, x26), _maxnum(x10, x26)
+        x11, x27 = _minnum(x11, x27), _maxnum(x11, x27)
+        x12, x28 = _minnum(x12, x28), _maxnum(x12, x28)
+        x13, x29 = _minnum(x13, x29), _maxnum(x13, x29)
+        x14, x30 = _minnum(x14, x30), _maxnum(x14, x30)
+        x15, x31 = _minnum(x15, x31), _maxnum(x15, x31)
+        x8, x16 = _minnum(x8, x16), _maxnum(x8, x16)
+        x9, x17 = _minnum(x9, x17), _maxnum(x9, x17)
+        x10, x18 = _minnum(x10, x18), _maxnum(x10, x18)
+        x11, x19 = _minnum(x11, x19), _maxnum(x11, x19)
+        x12, x20 = _minnum(x12, x20), _maxnum(x12, x20)
+        x13, x21 = _minnum(x13, x21), _maxnum(x13, x21)
+        x14, x22 = _minnum(x14, x22), _maxnum(x14, x22)
+        x15, x23 = _minnum(x15, x23), _maxnum(x15, x23)
+        x4, x8 = _minnum(x4, x8), _maxnum(x4, x8)
+        x5, x9 = _minnum(x5, x9), _maxnum(x5, x9)
+        x6, x10 = _minnum(x6, x10), _maxnum(x6, x10)
+        x7, x11 = _minnum(x7, x11), _maxnum(x7, x11)
+        x12, x16 = _minnum(x12, x16), _maxnum(x12, x16)
+        x13, x17 = _minnum(x13, x17), _maxnum(x13, x17)
+        x14, x18 = _minnum(x14, x18), _maxnum(x14, x18)
+        x15, x19 = _minnum(x15, x19), _maxnum(x15, x19)
+        x20, x24 = _minnum(x20, x24), _maxnum(x20, x24)
+        x21, x25 = _minnum(x21, x25), _maxnum(x21, x25)
+        x22, x26 = _minnum(x22, x26), _maxnum(x22, x26)
+        x23, x27 = _minnum(x23, x27), _maxnum(x23, x27)
+        x2, x4 = _minnum(x2, x4), _maxnum(x2, x4)
+        x3, x5 = _minnum(x3, x5), _maxnum(x3, x5)
+        x6, x8 = _minnum(x6, x8), _maxnum(x6, x8)
+        x7, x9 = _minnum(x7, x9), _maxnum(x7, x9)
+        x10, x12 = _minnum(x10, x12), _maxnum(x10, x12)
+        x11, x13 = _minnum(x11, x13), _maxnum(x11, x13)
+        x14, x16 = _minnum(x14, x16), _maxnum(x14, x16)
+        x15, x17 = _minnum(x15, x17), _maxnum(x15, x17)
+        x18, x20 = _minnum(x18, x20), _maxnum(x18, x20)
+        x19, x21 = _minnum(x19, x21), _maxnum(x19, x21)
+        x22, x24 = _minnum(x22, x24), _maxnum(x22, x24)
+        x23, x25 = _minnum(x23, x25), _maxnum(x23, x25)
+        x26, x28 = _minnum(x26, x28), _maxnum(x26, x28)
+        x27, x29 = _minnum(x27, x29), _maxnum(x27, x29)
+        x34, x36 = _minnum(x34, x36), _maxnum(x34, x36)
+        x35, x37 = _minnum(x35, x37), _maxnum(x35, x37)
+        x1, x2 = _minnum(x1, x2), _maxnum(x1, x2)
+        x3, x4 = _minnum(x3, x4), _maxnum(x3, x4)
+        x5, x6 = _minnum(x5, x6), _maxnum(x5, x6)
+        x7, x8 = _minnum(x7, x8), _maxnum(x7, x8)
+        x9, x10 = _minnum(x9, x10), _maxnum(x9, x10)
+        x11, x12 = _minnum(x11, x12), _maxnum(x11, x12)
+        x13, x14 = _minnum(x13, x14), _maxnum(x13, x14)
+        x15, x16 = _minnum(x15, x16), _maxnum(x15, x16)
+        x17, x18 = _minnum(x17, x18), _maxnum(x17, x18)
+        x19, x20 = _minnum(x19, x20), _maxnum(x19, x20)
+        x21, x22 = _minnum(x21, x22), _maxnum(x21, x22)
+        x23, x24 = _minnum(x23, x24), _maxnum(x23, x24)
+        x25, x26 = _minnum(x25, x26), _maxnum(x25, x26)
+        x27, x28 = _minnum(x27, x28), _maxnum(x27, x28)
+        x29, x30 = _minnum(x29, x30), _maxnum(x29, x30)
+        x33, x34 = _minnum(x33, x34), _maxnum(x33, x34)
+        x35, x36 = _minnum(x35, x36), _maxnum(x35, x36)
+        x37, x38 = _minnum(x37, x38), _maxnum(x37, x38)
+        x0, x32 = _minnum(x0, x32), _maxnum(x0, x32)
+        x1, x33 = _minnum(x1, x33), _maxnum(x1, x33)
+        x2, x34 = _minnum(x2, x34), _maxnum(x2, x34)
+        x3, x35 = _minnum(x3, x35), _maxnum(x3, x35)
+        x4, x36 = _minnum(x4, x36), _maxnum(x4, x36)
+        x5, x37 = _minnum(x5, x37), _maxnum(x5, x37)
+        x6, x38 = _minnum(x6, x38), _maxnum(x6, x38)
+        x7, x39 = _minnum(x7, x39), _maxnum(x7, x39)
+        x16, x32 = _minnum(x16, x32), _maxnum(x16, x32)
+        x17, x33 = _minnum(x17, x33), _maxnum(x17, x33)
+        x18, x34 = _minnum(x18, x34), _maxnum(x18, x34)
+        x19, x35 = _minnum(x19, x35), _maxnum(x19, x35)
+        x20, x36 = _minnum(x20, x36), _maxnum(x20, x36)
+        x21, x37 = _minnum(x21, x37), _maxnum(x21, x37)
+        x22, x38 = _minnum(x22, x38), _maxnum(x22, x38)
+        x23, x39 = _minnum(x23, x39), _maxnum(x23, x39)
+        x8, x16 = _minnum(x8, x16), _maxnum(x8, x16)
+        x9, x17 = _minnum(x9, x17), _maxnum(x9, x17)
+        x10, x18 = _minnum(x10, x18), _maxnum(x10, x18)
+        x11, x19 = _minnum(x11, x19), _maxnum(x11, x19)
+        x12, x20 = _minnum(x12, x20), _maxnum(x12, x20)
+        x13, x21 = _minnum(x13, x21), _maxnum(x13, x21)
+        x14, x22 = _minnum(x14, x22), _maxnum(x14, x22)
+        x15, x23 = _minnum(x15, x23), _maxnum(x15, x23)
+        x24, x32 = _minnum(x24, x32), _maxnum(x24, x32)
+        x25, x33 = _minnum(x25, x33), _maxnum(x25, x33)
+        x26, x34 = _minnum(x26, x34), _maxnum(x26, x34)
+        x27, x35 = _minnum(x27, x35), _maxnum(x27, x35)
+        x28, x36 = _minnum(x28, x36), _maxnum(x28, x36)
+        x29, x37 = _minnum(x29, x37), _maxnum(x29, x37)
+        x30, x38 = _minnum(x30, x38), _maxnum(x30, x38)
+        x31, x39 = _minnum(x31, x39), _maxnum(x31, x39)
+        x4, x8 = _minnum(x4, x8), _maxnum(x4, x8)
+        x5, x9 = _minnum(x5, x9), _maxnum(x5, x9)
+        x6, x10 = _minnum(x6, x10), _maxnum(x6, x10)
+        x7, x11 = _minnum(x7, x11), _maxnum(x7, x11)
+        x12, x16 = _minnum(x12, x16), _maxnum(x12, x16)
+        x13, x17 = _minnum(x13, x17), _maxnum(x13, x17)
+        x14, x18 = _minnum(x14, x18), _maxnum(x14, x18)
+        x15, x19 = _minnum(x15, x19), _maxnum(x15, x19)
+        x20, x24 = _minnum(x20, x24), _maxnum(x20, x24)
+        x21, x25 = _minnum(x21, x25), _maxnum(x21, x25)
+        x22, x26 = _minnum(x22, x26), _maxnum(x22, x26)
+        x23, x27 = _minnum(x23, x27), _maxnum(x23, x27)
+        x28, x32 = _minnum(x28, x32), _maxnum(x28, x32)
+        x29, x33 = _minnum(x29, x33), _maxnum(x29, x33)
+        x30, x34 = _minnum(x30, x34), _maxnum(x30, x34)
+        x31, x35 = _minnum(x31, x35), _maxnum(x31, x35)
+        x2, x4 = _minnum(x2, x4), _maxnum(x2, x4)
+        x3, x5 = _minnum(x3, x5), _maxnum(x3, x5)
+        x6, x8 = _minnum(x6, x8), _maxnum(x6, x8)
+        x7, x9 = _minnum(x7, x9), _maxnum(x7, x9)
+        x10, x12 = _minnum(x10, x12), _maxnum(x10, x12)
+        x11, x13 = _minnum(x11, x13), _maxnum(x11, x13)
+        x14, x16 = _minnum(x14, x16), _maxnum(x14, x16)
+        x15, x17 = _minnum(x15, x17), _maxnum(x15, x17)
+        x18, x20 = _minnum(x18, x20), _maxnum(x18, x20)
+        x19, x21 = _minnum(x19, x21), _maxnum(x19, x21)
+        x22, x24 = _minnum(x22, x24), _maxnum(x22, x24)
+        x23, x25 = _minnum(x23, x25), _maxnum(x23, x25)
+        x26, x28 = _minnum(x26, x28), _maxnum(x26, x28)
+        x27, x29 = _minnum(x27, x29), _maxnum(x27, x29)
+        x30, x32 = _minnum(x30, x32), _maxnum(x30, x32)
+        x31, x33 = _minnum(x31, x33), _maxnum(x31, x33)
+        x34, x36 = _minnum(x34, x36), _maxnum(x34, x36)
+        x35, x37 = _minnum(x35, x37), _maxnum(x35, x37)
+        x1, x2 = _minnum(x1, x2), _maxnum(x1, x2)
+        x3, x4 = _minnum(x3, x4), _maxnum(x3, x4)
+        x5, x6 = _minnum(x5, x6), _maxnum(x5, x6)
+        x7, x8 = _minnum(x7, x8), _maxnum(x7, x8)
+        x9, x10 = _minnum(x9, x10), _maxnum(x9, x10)
+        x11, x12 = _minnum(x11, x12), _maxnum(x11, x12)
+        x13, x14 = _minnum(x13, x14), _maxnum(x13, x14)
+        x15, x16 = _minnum(x15, x16), _maxnum(x15, x16)
+        x17, x18 = _minnum(x17, x18), _maxnum(x17, x18)
+        x19, x20 = _minnum(x19, x20), _maxnum(x19, x20)
+        x21, x22 = _minnum(x21, x22), _maxnum(x21, x22)
+        x23, x24 = _minnum(x23, x24), _maxnum(x23, x24)
+        x25, x26 = _minnum(x25, x26), _maxnum(x25, x26)
+        x27, x28 = _minnum(x27, x28), _maxnum(x27, x28)
+        x29, x30 = _minnum(x29, x30), _maxnum(x29, x30)
+        x31, x32 = _minnum(x31, x32), _maxnum(x31, x32)
+        x33, x34 = _minnum(x33, x34), _maxnum(x33, x34)
+        x35, x36 = _minnum(x35, x36), _maxnum(x35, x36)
+        x37, x38 = _minnum(x37, x38), _maxnum(x37, x38)
+        W[np.uint64(896) + lane] = x0
+        W[np.uint64(960) + lane] = x1
+        W[np.uint64(1024) + lane] = x2
+        W[np.uint64(1088) + lane] = x3
+        W[np.uint64(1152) + lane] = x4
+        W[np.uint64(1216) + lane] = x5
+        W[np.uint64(1280) + lane] = x6
+        W[np.uint64(1344) + lane] = x7
+        W[np.uint64(1408) + lane] = x8
+        W[np.uint64(1472) + lane] = x9
+        W[np.uint64(1536) + lane] = x10
+        W[np.uint64(1600) + lane] = x11
+        W[np.uint64(1664) + lane] = x12
+        W[np.uint64(1728) + lane] = x13
+        W[np.uint64(1792) + lane] = x14
+        W[np.uint64(1856) + lane] = x15
+        W[np.uint64(3264) + lane] = x16
+        W[np.uint64(3328) + lane] = x17
+        W[np.uint64(3392) + lane] = x18
+        W[np.uint64(3456) + lane] = x19
+        W[np.uint64(3520) + lane] = x20
+        W[np.uint64(3584) + lane] = x21
+        W[np.uint64(3648) + lane] = x22
+        W[np.uint64(3712) + lane] = x23
+        W[np.uint64(3776) + lane] = x24
+        W[np.uint64(3840) + lane] = x25
+        W[np.uint64(3904) + lane] = x26
+        W[np.uint64(3968) + lane] = x27
+        W[np.uint64(4032) + lane] = x28
+        W[np.uint64(4096) + lane] = x29
+        W[np.uint64(4160) + lane] = x30
+        W[np.uint64(4224) + lane] = x31
+        W[np.uint64(5632) + lane] = x32
+        W[np.uint64(5696) + lane] = x33
+        W[np.uint64(5760) + lane] = x34
+        W[np.uint64(5824) + lane] = x35
+        W[np.uint64(5888) + lane] = x36
+        W[np.uint64(5952) + lane] = x37
+        W[np.uint64(6016) + lane] = x38
+        W[np.uint64(6080) + lane] = x39
+
+
+@nb.njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _merge48(W):
+    """Sort rows ``_trow(0 .. 47)``, whose runs of 16 are sorted, by the 195
+    comparators of ``merge_network(48)``, in registers."""
+    for lane in range(_LU):
+        x0 = W[np.uint64(896) + lane]
+        x1 = W[np.uint64(960) + lane]
+        x2 = W[np.uint64(1024) + lane]
+        x3 = W[np.uint64(1088) + lane]
+        x4 = W[np.uint64(1152) + lane]
+        x5 = W[np.uint64(1216) + lane]
+        x6 = W[np.uint64(1280) + lane]
+        x7 = W[np.uint64(1344) + lane]
+        x8 = W[np.uint64(1408) + lane]
+        x9 = W[np.uint64(1472) + lane]
+        x10 = W[np.uint64(1536) + lane]
+        x11 = W[np.uint64(1600) + lane]
+        x12 = W[np.uint64(1664) + lane]
+        x13 = W[np.uint64(1728) + lane]
+        x14 = W[np.uint64(1792) + lane]
+        x15 = W[np.uint64(1856) + lane]
+        x16 = W[np.uint64(3264) + lane]
+        x17 = W[np.uint64(3328) + lane]
+        x18 = W[np.uint64(3392) + lane]
+        x19 = W[np.uint64(3456) + lane]
+        x20 = W[np.uint64(3520) + lane]
+        x21 = W[np.uint64(3584) + lane]
+        x22 = W[np.uint64(3648) + lane]
+        x23 = W[np.uint64(3712) + lane]
+        x24 = W[np.uint64(3776) + lane]
+        x25 = W[np.uint64(3840) + lane]
+        x26 = W[np.uint64(3904) + lane]
+        x27 = W[np.uint64(3968) + lane]
+        x28 = W[np.uint64(4032) + lane]
+        x29 = W[np.uint64(4096) + lane]
+        x30 = W[np.uint64(4160) + lane]
+        x31 = W[np.uint64(4224) + lane]
+        x32 = W[np.uint64(5632) + lane]
+        x33 = W[np.uint64(5696) + lane]
+        x34 = W[np.uint64(5760) + lane]
+        x35 = W[np.uint64(5824) + lane]
+        x36 = W[np.uint64(5888) + lane]
+        x37 = W[np.uint64(5952) + lane]
+        x38 = W[np.uint64(6016) + lane]
+        x39 = W[np.uint64(6080) + lane]
+        x40 = W[np.uint64(6144) + lane]
+        x41 = W[np.uint64(6208) + lane]
+        x42 = W[np.uint64(6272) + lane]
+        x43 = W[np.uint64(6336) + lane]
+        x44 = W[np.uint64(6400) + lane]
+        x45 = W[np.uint64(6464) + lane]
+        x46 = W[np.uint64(6528) + lane]
+        x47 = W[np.uint64(6592) + lane]
+        x0, x16 = _minnum(x0, x16), _maxnum(x0, x16)
+        x1, x17 = _minnum(x1, x17), _maxnum(x1, x17)
+        x2, x18 = _minnum(x2, x18), _maxnum(x2, x18)
+        x3, x19 = _minnum(x3, x19), _maxnum(x3, x19)
+        x4, x20 = _minnum(x4, x20), _maxnum(x4, x20)
+        x5, x21 = _minnum(x5, x21), _maxnum(x5, x21)
+        x6, x22 = _minnum(x6, x22), _maxnum(x6, x22)
+        x7, x23 = _minnum(x7, x23), _maxnum(x7, x23)
+        x8, x24 = _minnum(x8, x24), _maxnum(x8, x24)
+        x9, x25 = _minnum(x9, x25), _maxnum(x9, x25)
+        x10, x26 = _minnum(x10, x26), _maxnum(x10, x26)
+        x11, x27 = _minnum(x11, x27), _maxnum(x11, x27)
+        x12, x28 = _minnum(x12, x28), _maxnum(x12, x28)
+        x13, x29 = _minnum(x13, x29), _maxnum(x13, x29)
+        x14, x30 = _minnum(x14, x30), _maxnum(x14, x30)
+        x15, x31 = _minnum(x15, x31), _maxnum(x15, x31)
+        x8, x16 = _minnum(x8, x16), _maxnum(x8, x16)
+        x9, x17 = _minnum(x9, x17), _maxnum(x9, x17)
+        x10, x18 = _minnum(x10, x18), _maxnum(x10, x18)
+        x11, x19 = _minnum(x11, x19), _maxnum(x11, x19)
+        x12, x20 = _minnum(x12, x20), _maxnum(x12, x20)
+        x13, x21 = _minnum(x13, x21), _maxnum(x13, x21)
+        x14, x22 = _minnum(x14, x22), _maxnum(x14, x22)
+        x15, x23 = _minnum(x15, x23), _maxnum(x15, x23)
+        x4, x8 = _minnum(x4, x8), _maxnum(x4, x8)
+        x5, x9 = _minnum(x5, x9), _maxnum(x5, x9)
+        x6, x10 = _minnum(x6, x10), _maxnum(x6, x10)
+        x7, x11 = _minnum(x7, x11), _maxnum(x7, x11)
+        x12, x16 = _minnum(x12, x16), _maxnum(x12, x16)
+        x13, x17 = _minnum(x13, x17), _maxnum(x13, x17)
+        x14, x18 = _minnum(x14, x18), _maxnum(x14, x18)
+        x15, x19 = _minnum(x15, x19), _maxnum(x15, x19)
+        x20, x24 = _minnum(x20, x24), _maxnum(x20, x24)
+        x21, x25 = _minnum(x21, x25), _maxnum(x21, x25)
+        x22, x26 = _minnum(x22, x26), _maxnum(x22, x26)
+        x23, x27 = _minnum(x23, x27), _maxnum(x23, x27)
+        x36, x40 = _minnum(x36, x40), _maxnum(x36, x40)
+        x37, x41 = _minnum(x37, x41), _maxnum(x37, x41)
+        x38, x42 = _minnum(x38, x42), _maxnum(x38, x42)
+        x39, x43 = _minnum(x39, x43), _maxnum(x39, x43)
+        x2, x4 = _minnum(x2, x4), _maxnum(x2, x4)
+        x3, x5 = _minnum(x3, x5), _maxnum(x3, x5)
+        x6, x8 = _minnum(x6, x8), _maxnum(x6, x8)
+        x7, x9 = _minnum(x7, x9), _maxnum(x7, x9)
+        x10, x12 = _minnum(x10, x12), _maxnum(x10, x12)
+        x11, x13 = _minnum(x11, x13), _maxnum(x11, x13)
+        x14, x16 = _minnum(x14, x16), _maxnum(x14, x16)
+        x15, x17 = _minnum(x15, x17), _maxnum(x15, x17)
+        x18, x20 = _minnum(x18, x20), _maxnum(x18, x20)
+        x19, x21 = _minnum(x19, x21), _maxnum(x19, x21)
+        x22, x24 = _minnum(x22, x24), _maxnum(x22, x24)
+        x23, x25 = _minnum(x23, x25), _maxnum(x23, x25)
+        x26, x28 = _minnum(x26, x28), _maxnum(x26, x28)
+        x27, x29 = _minnum(x27, x29), _maxnum(x27, x29)
+        x34, x36 = _minnum(x34, x36), _maxnum(x34, x36)
+        x35, x37 = _minnum(x35, x37), _maxnum(x35, x37)
+        x38, x40 = _minnum(x38, x40), _maxnum(x38, x40)
+        x39, x41 = _minnum(x39, x41), _maxnum(x39, x41)
+        x42, x44 = _minnum(x42, x44), _maxnum(x42, x44)
+        x43, x45 = _minnum(x43, x45), _maxnum(x43, x45)
+        x1, x2 = _minnum(x1, x2), _maxnum(x1, x2)
+        x3, x4 = _minnum(x3, x4), _maxnum(x3, x4)
+        x5, x6 = _minnum(x5, x6), _maxnum(x5, x6)
+        x7, x8 = _minnum(x7, x8), _maxnum(x7, x8)
+        x9, x10 = _minnum(x9, x10), _maxnum(x9, x10)
+        x11, x12 = _minnum(x11, x12), _maxnum(x11, x12)
+        x13, x14 = _minnum(x13, x14), _maxnum(x13, x14)
+        x15, x16 = _minnum(x15, x16), _maxnum(x15, x16)
+        x17, x18 = _minnum(x17, x18), _maxnum(x17, x18)
+        x19, x20 = _minnum(x19, x20), _maxnum(x19, x20)
+        x21, x22 = _minnum(x21, x22), _maxnum(x21, x22)
+        x23, x24 = _minnum(x23, x24), _maxnum(x23, x24)
+        x25, x26 = _minnum(x25, x26), _maxnum(x25, x26)
+        x27, x28 = _minnum(x27, x28), _maxnum(x27, x28)
+        x29, x30 = _minnum(x29, x30), _maxnum(x29, x30)
+        x33, x34 = _minnum(x33, x34), _maxnum(x33, x34)
+        x35, x36 = _minnum(x35, x36), _maxnum(x35, x36)
+        x37, x38 = _minnum(x37, x38), _maxnum(x37, x38)
+        x39, x40 = _minnum(x39, x40), _maxnum(x39, x40)
+        x41, x42 = _minnum(x41, x42), _maxnum(x41, x42)
+        x43, x44 = _minnum(x43, x44), _maxnum(x43, x44)
+        x45, x46 = _minnum(x45, x46), _maxnum(x45, x46)
+        x0, x32 = _minnum(x0, x32), _maxnum(x0, x32)
+        x1, x33 = _minnum(x1, x33), _maxnum(x1, x33)
+        x2, x34 = _minnum(x2, x34), _maxnum(x2, x34)
+        x3, x35 = _minnum(x3, x35), _maxnum(x3, x35)
+        x4, x36 = _minnum(x4, x36), _maxnum(x4, x36)
+        x5, x37 = _minnum(x5, x37), _maxnum(x5, x37)
+        x6, x38 = _minnum(x6, x38), _maxnum(x6, x38)
+        x7, x39 = _minnum(x7, x39), _maxnum(x7, x39)
+        x8, x40 = _minnum(x8, x40), _maxnum(x8, x40)
+        x9, x41 = _minnum(x9, x41), _maxnum(x9, x41)
+        x10, x42 = _minnum(x10, x42), _maxnum(x10, x42)
+        x11, x43 = _minnum(x11, x43), _maxnum(x11, x43)
+        x12, x44 = _minnum(x12, x44), _maxnum(x12, x44)
+        x13, x45 = _minnum(x13, x45), _maxnum(x13, x45)
+        x14, x46 = _minnum(x14, x46), _maxnum(x14, x46)
+        x15, x47 = _minnum(x15, x47), _maxnum(x15, x47)
+        x16, x32 = _minnum(x16, x32), _maxnum(x16, x32)
+        x17, x33 = _minnum(x17, x33), _maxnum(x17, x33)
+        x18, x34 = _minnum(x18, x34), _maxnum(x18, x34)
+        x19, x35 = _minnum(x19, x35), _maxnum(x19, x35)
+        x20, x36 = _minnum(x20, x36), _maxnum(x20, x36)
+        x21, x37 = _minnum(x21, x37), _maxnum(x21, x37)
+        x22, x38 = _minnum(x22, x38), _maxnum(x22, x38)
+        x23, x39 = _minnum(x23, x39), _maxnum(x23, x39)
+        x24, x40 = _minnum(x24, x40), _maxnum(x24, x40)
+        x25, x41 = _minnum(x25, x41), _maxnum(x25, x41)
+        x26, x42 = _minnum(x26, x42), _maxnum(x26, x42)
+        x27, x43 = _minnum(x27, x43), _maxnum(x27, x43)
+        x28, x44 = _minnum(x28, x44), _maxnum(x28, x44)
+        x29, x45 = _minnum(x29, x45), _maxnum(x29, x45)
+        x30, x46 = _minnum(x30, x46), _maxnum(x30, x46)
+        x31, x47 = _minnum(x31, x47), _maxnum(x31, x47)
+        x8, x16 = _minnum(x8, x16), _maxnum(x8, x16)
+        x9, x17 = _minnum(x9, x17), _maxnum(x9, x17)
+        x10, x18 = _minnum(x10, x18), _maxnum(x10, x18)
+        x11, x19 = _minnum(x11, x19), _maxnum(x11, x19)
+        x12, x20 = _minnum(x12, x20), _maxnum(x12, x20)
+        x13, x21 = _minnum(x13, x21), _maxnum(x13, x21)
+        x14, x22 = _minnum(x14, x22), _maxnum(x14, x22)
+        x15, x23 = _minnum(x15, x23), _maxnum(x15, x23)
+        x24, x32 = _minnum(x24, x32), _maxnum(x24, x32)
+        x25, x33 = _minnum(x25, x33), _maxnum(x25, x33)
+        x26, x34 = _minnum(x26, x34), _maxnum(x26, x34)
+        x27, x35 = _minnum(x27, x35), _maxnum(x27, x35)
+        x28, x36 = _minnum(x28, x36), _maxnum(x28, x36)
+        x29, x37 = _minnum(x29, x37), _maxnum(x29, x37)
+        x30, x38 = _minnum(x30, x38), _maxnum(x30, x38)
+        x31, x39 = _minnum(x31, x39), _maxnum(x31, x39)
+        x4, x8 = _minnum(x4, x8), _maxnum(x4, x8)
+        x5, x9 = _minnum(x5, x9), _maxnum(x5, x9)
+        x6, x10 = _minnum(x6, x10), _maxnum(x6, x10)
+        x7, x11 = _minnum(x7, x11), _maxnum(x7, x11)
+        x12, x16 = _minnum(x12, x16), _maxnum(x12, x16)
+        x13, x17 = _minnum(x13, x17), _maxnum(x13, x17)
+        x14, x18 = _minnum(x14, x18), _maxnum(x14, x18)
+        x15, x19 = _minnum(x15, x19), _maxnum(x15, x19)
+        x20, x24 = _minnum(x20, x24), _maxnum(x20, x24)
+        x21, x25 = _minnum(x21, x25), _maxnum(x21, x25)
+        x22, x26 = _minnum(x22, x26), _maxnum(x22, x26)
+        x23, x27 = _minnum(x23, x27), _maxnum(x23, x27)
+        x28, x32 = _minnum(x28, x32), _maxnum(x28, x32)
+        x29, x33 = _minnum(x29, x33), _maxnum(x29, x33)
+        x30, x34 = _minnum(x30, x34), _maxnum(x30, x34)
+        x31, x35 = _minnum(x31, x35), _maxnum(x31, x35)
+        x36, x40 = _minnum(x36, x40), _maxnum(x36, x40)
+        x37, x41 = _minnum(x37, x41), _maxnum(x37, x41)
+        x38, x42 = _minnum(x38, x42), _maxnum(x38, x42)
+        x39, x43 = _minnum(x39, x43), _maxnum(x39, x43)
+        x2, x4 = _minnum(x2, x4), _maxnum(x2, x4)
+        x3, x5 = _minnum(x3, x5), _maxnum(x3, x5)
+        x6, x8 = _minnum(x6, x8), _maxnum(x6, x8)
+        x7, x9 = _minnum(x7, x9), _maxnum(x7, x9)
+        x10, x12 = _minnum(x10, x12), _maxnum(x10, x12)
+        x11, x13 = _minnum(x11, x13), _maxnum(x11, x13)
+        x14, x16 = _minnum(x14, x16), _maxnum(x14, x16)
+        x15, x17 = _minnum(x15, x17), _maxnum(x15, x17)
+        x18, x20 = _minnum(x18, x20), _maxnum(x18, x20)
+        x19, x21 = _minnum(x19, x21), _maxnum(x19, x21)
+        x22, x24 = _minnum(x22, x24), _maxnum(x22, x24)
+        x23, x25 = _minnum(x23, x25), _maxnum(x23, x25)
+        x26, x28 = _minnum(x26, x28), _maxnum(x26, x28)
+        x27, x29 = _minnum(x27, x29), _maxnum(x27, x29)
+        x30, x32 = _minnum(x30, x32), _maxnum(x30, x32)
+        x31, x33 = _minnum(x31, x33), _maxnum(x31, x33)
+        x34, x36 = _minnum(x34, x36), _maxnum(x34, x36)
+        x35, x37 = _minnum(x35, x37), _maxnum(x35, x37)
+        x38, x40 = _minnum(x38, x40), _maxnum(x38, x40)
+        x39, x41 = _minnum(x39, x41), _maxnum(x39, x41)
+        x42, x44 = _minnum(x42, x44), _maxnum(x42, x44)
+        x43, x45 = _minnum(x43, x45), _maxnum(x43, x45)
+        x1, x2 = _minnum(x1, x2), _maxnum(x1, x2)
+        x3, x4 = _minnum(x3, x4), _maxnum(x3, x4)
+        x5, x6 = _minnum(x5, x6), _maxnum(x5, x6)
+        x7, x8 = _minnum(x7, x8), _maxnum(x7, x8)
+        x9, x10 = _minnum(x9, x10), _maxnum(x9, x10)
+        x11, x12 = _minnum(x11, x12), _maxnum(x11, x12)
+        x13, x14 = _minnum(x13, x14), _maxnum(x13, x14)
+        x15, x16 = _minnum(x15, x16), _maxnum(x15, x16)
+        x17, x18 = _minnum(x17, x18), _maxnum(x17, x18)
+        x19, x20 = _minnum(x19, x20), _maxnum(x19, x20)
+        x21, x22 = _minnum(x21, x22), _maxnum(x21, x22)
+        x23, x24 = _minnum(x23, x24), _maxnum(x23, x24)
+        x25, x26 = _minnum(x25, x26), _maxnum(x25, x26)
+        x27, x28 = _minnum(x27, x28), _maxnum(x27, x28)
+        x29, x30 = _minnum(x29, x30), _maxnum(x29, x30)
+        x31, x32 = _minnum(x31, x32), _maxnum(x31, x32)
+        x33, x34 = _minnum(x33, x34), _maxnum(x33, x34)
+        x35, x36 = _minnum(x35, x36), _maxnum(x35, x36)
+        x37, x38 = _minnum(x37, x38), _maxnum(x37, x38)
+        x39, x40 = _minnum(x39, x40), _maxnum(x39, x40)
+        x41, x42 = _minnum(x41, x42), _maxnum(x41, x42)
+        x43, x44 = _minnum(x43, x44), _maxnum(x43, x44)
+        x45, x46 = _minnum(x45, x46), _maxnum(x45, x46)
+        W[np.uint64(896) + lane] = x0
+        W[np.uint64(960) + lane] = x1
+        W[np.uint64(1024) + lane] = x2
+        W[np.uint64(1088) + lane] = x3
+        W[np.uint64(1152) + lane] = x4
+        W[np.uint64(1216) + lane] = x5
+        W[np.uint64(1280) + lane] = x6
+        W[np.uint64(1344) + lane] = x7
+        W[np.uint64(1408) + lane] = x8
+        W[np.uint64(1472) + lane] = x9
+        W[np.uint64(1536) + lane] = x10
+        W[np.uint64(1600) + lane] = x11
+        W[np.uint64(1664) + lane] = x12
+        W[np.uint64(1728) + lane] = x13
+        W[np.uint64(1792) + lane] = x14
+        W[np.uint64(1856) + lane] = x15
+        W[np.uint64(3264) + lane] = x16
+        W[np.uint64(3328) + lane] = x17
+        W[np.uint64(3392) + lane] = x18
+        W[np.uint64(3456) + lane] = x19
+        W[np.uint64(3520) + lane] = x20
+        W[np.uint64(3584) + lane] = x21
+        W[np.uint64(3648) + lane] = x22
+        W[np.uint64(3712) + lane] = x23
+        W[np.uint64(3776) + lane] = x24
+        W[np.uint64(3840) + lane] = x25
+        W[np.uint64(3904) + lane] = x26
+        W[np.uint64(3968) + lane] = x27
+        W[np.uint64(4032) + lane] = x28
+        W[np.uint64(4096) + lane] = x29
+        W[np.uint64(4160) + lane] = x30
+        W[np.uint64(4224) + lane] = x31
+        W[np.uint64(5632) + lane] = x32
+        W[np.uint64(5696) + lane] = x33
+        W[np.uint64(5760) + lane] = x34
+        W[np.uint64(5824) + lane] = x35
+        W[np.uint64(5888) + lane] = x36
+        W[np.uint64(5952) + lane] = x37
+        W[np.uint64(6016) + lane] = x38
+        W[np.uint64(6080) + lane] = x39
+        W[np.uint64(6144) + lane] = x40
+        W[np.uint64(6208) + lane] = x41
+        W[np.uint64(6272) + lane] = x42
+        W[np.uint64(6336) + lane] = x43
+        W[np.uint64(6400) + lane] = x44
+        W[np.uint64(6464) + lane] = x45
+        W[np.uint64(6528) + lane] = x46
+        W[np.uint64(6592) + lane] = x47
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _merge_in_registers(W, n):
+    """Merge the sorted runs of n (17 to 48) frames in registers, with the
+    smallest padded network that holds them."""
+    if n <= 24:
+        _merge24(W)
+    elif n <= 32:
+        _merge32(W)
+    elif n <= 40:
+        _merge40(W)
+    else:
+        _merge48(W)
+
+
+# --- end of generated code ---
