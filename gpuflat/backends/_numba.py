@@ -12,7 +12,7 @@ import numba as nb
 import numpy as np
 
 from . import _numba_median
-from ._networks import merge_network
+from ._networks import batcher, merge_network
 from ._numba_fast import FAST_L, fast_block, fast_eligible
 from ._params import KernelParams, noise_table
 
@@ -356,34 +356,11 @@ _M, _W1, _A, _B, _ACT, _BAD, _CL, _CH, _AF, _BF = range(10)
 _MED, _MAD, _LO, _HI, _S1, _S2, _S3, _MEAN, _VLO, _VHI = range(10)
 
 
-def _sort_network(n):
-    """Comparators (i, j), i < j, of Batcher's odd-even merge sort for ``n`` values.
-
-    Built for the next power of two and restricted to indices below ``n``: the missing
-    values act as +inf at the end, which every comparator (min to i, max to j) leaves there.
-    """
-    size = 1
-    while size < n:
-        size *= 2
-    pairs = []
-    p = 1
-    while p < size:
-        k = p
-        while k >= 1:
-            for j in range(k % p, size - k, 2 * k):
-                for i in range(min(k, size - j - k)):
-                    lo, hi = i + j, i + j + k
-                    if lo // (2 * p) == hi // (2 * p) and hi < n:
-                        pairs.append((lo, hi))
-            k //= 2
-        p *= 2
-    return pairs
-
-
 def _bitonic_merger(n):
-    """Comparators of a bitonic merger for ``n`` values (+inf padding as above). It sorts a
-    sequence that is +inf, then non-increasing, then non-decreasing, then +inf: exactly the
-    deviations ``|S[q] - med|`` of a sorted range, with +inf outside the range."""
+    """Comparators of a bitonic merger for ``n`` values (+inf padding as in
+    ``_networks.batcher``). It sorts a sequence that is +inf, then non-increasing, then
+    non-decreasing, then +inf: exactly the deviations ``|S[q] - med|`` of a sorted range,
+    with +inf outside the range."""
     size = 1
     while size < n:
         size *= 2
@@ -403,7 +380,7 @@ def _networks(n):
     if n not in _NETWORKS:
         _NETWORKS[n] = tuple(
             np.ascontiguousarray(np.array(pairs, np.int64).reshape(-1, 2).T)
-            for pairs in (_sort_network(n), _bitonic_merger(n))
+            for pairs in (batcher(n), _bitonic_merger(n))
         )
     return _NETWORKS[n]
 
