@@ -76,9 +76,7 @@ def render(row) -> str:
             "    for lane in range(_LU):\n",
         ]
         out += [f"        x{i} = W[np.uint64({int(row(i))}) + lane]\n" for i in range(size)]
-        out += [
-            f"        x{a}, x{b} = _minnum(x{a}, x{b}), _maxnum(x{a}, x{b})\n" for a, b in net.T
-        ]
+        out += [f"        x{a}, x{b} = _lo(x{a}, x{b}), _hi(x{a}, x{b})\n" for a, b in net.T]
         out += [f"        W[np.uint64({int(row(i))}) + lane] = x{i}\n" for i in range(size)]
     out += [
         "\n\n",
