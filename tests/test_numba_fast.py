@@ -83,19 +83,21 @@ FAST_PARAMS = {
 
 def test_generated_merges_are_current():
     """The merges in registers are the code ``_networks.render`` makes from the networks."""
-    path = pathlib.Path(_numba_fast.__file__)
-    assert _networks.current(path) == _networks.render(_numba_fast._trow.py_func), (
-        "run: python -m gpuflat.backends._networks"
-    )
+    want = _networks.render(_numba_fast._trow.py_func, FAST_L)
+    assert _networks.MERGES.read_text() == want, "run: python -m gpuflat.backends._networks"
+
+
+# the modules whose jitted code _numba.py's functions inline or call
+INLINED = ("_numba_fast.py", "_numba_median.py", "_numba_merges.py", "_numba_ops.py")
 
 
 def test_numba_cache_follows_the_inlined_modules():
     """numba keys the cache of ``_numba``'s functions on ``_numba.py``'s text alone, and they
-    hold code inlined from ``_numba_fast`` and ``_numba_median``: ``_numba.py`` must carry
-    those files' digest, so that an edit there recompiles instead of loading stale code."""
+    hold code inlined from the modules in ``INLINED``: ``_numba.py`` must carry those files'
+    digest, so that an edit there recompiles instead of loading stale code."""
     here = pathlib.Path(_numba.__file__).parent
     digest = hashlib.sha256()
-    for name in ("_numba_fast.py", "_numba_median.py"):
+    for name in INLINED:
         digest.update((here / name).read_bytes())
     assert digest.hexdigest()[:16] == _numba._DEPENDS_ON, (
         f"set _DEPENDS_ON in gpuflat/backends/_numba.py to {digest.hexdigest()[:16]!r}"

@@ -17,9 +17,10 @@ from ._numba_fast import FAST_L, fast_block, fast_eligible
 from ._params import KernelParams, noise_table
 
 # numba keys the cache of this file's functions on this file's text alone, and they hold
-# the code they inline or call from these modules: their text's digest, here, makes an
-# edit there recompile this file's functions too (tests/test_numba_fast.py checks it)
-_DEPENDS_ON = "01409f2f916f8183"  # sha256 of _numba_fast.py, then _numba_median.py
+# the code they inline or call from _numba_fast, _numba_median, _numba_merges and
+# _numba_ops: those files' digest, here, makes an edit there recompile this file's
+# functions too (tests/test_numba_fast.py checks it)
+_DEPENDS_ON = "d5df0789573124a3"  # sha256 of those four files, in that order
 
 _FAST_BAD = 11 * FAST_L  # the flags' row in the fast path's scratch
 

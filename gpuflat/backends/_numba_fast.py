@@ -38,7 +38,8 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from ._networks import MAX_IN_REGISTERS
+from ._numba_merges import MAX_IN_REGISTERS, merge_in_registers
+from ._numba_ops import hi, lo
 
 FAST_L = 64  # lanes per block (the same as the generic block path's)
 # prefetch distance, in pixels per frame row: 4 blocks ahead, into L2 (``_prefetch``). With
@@ -154,37 +155,11 @@ def _llvm_float_op(name):
 
 # The smaller and the larger of two values where a row is loaded and then stored back in
 # place (the merge through memory): for the values this path vouches for (no NaN, no
-# zeros) the same as ``_lo``/``_hi``; a select there would become a masked store (LLVM
+# zeros) the same as ``_numba_ops.lo``/``hi``; a select there would become a masked store (LLVM
 # stores only the lanes that change), which is slow and from which the next comparator's
 # load cannot forward; these become vminpd/vmaxpd (with a check for NaN) and plain stores.
 _minnum = _llvm_float_op("minnum")
 _maxnum = _llvm_float_op("maxnum")
-
-
-def _select_op(larger):
-    """A numba intrinsic for one side of a compare-exchange as a single select:
-    ``a if a < b else b`` (or ``b if a < b else a`` when ``larger``), one vminpd/vmaxpd."""
-
-    @intrinsic
-    def op(typingctx, a, b):
-        sig = types.float64(types.float64, types.float64)
-
-        def codegen(context, builder, signature, args):
-            a, b = args
-            less = builder.fcmp_ordered("<", a, b)
-            return builder.select(less, b, a) if larger else builder.select(less, a, b)
-
-        return sig, codegen
-
-    return op
-
-
-# The comparators of the networks in registers, ``x, y = _lo(x, y), _hi(x, y)``: each is
-# one of its inputs, so a network permutes its values; as intrinsics rather than inlined
-# numba functions they compile much faster (numba's inlining of ~80 small functions per
-# network cost minutes).
-_lo = _select_op(False)
-_hi = _select_op(True)
 
 
 def fast_eligible(params, n) -> bool:
@@ -386,66 +361,66 @@ def _load_sort16(data, scale, n, b, pu, W):
         x13 = y13 if v13 else _INF
         x14 = y14 if v14 else _INF
         x15 = y15 if v15 else _INF
-        x0, x13 = _lo(x0, x13), _hi(x0, x13)
-        x1, x12 = _lo(x1, x12), _hi(x1, x12)
-        x2, x15 = _lo(x2, x15), _hi(x2, x15)
-        x3, x14 = _lo(x3, x14), _hi(x3, x14)
-        x4, x8 = _lo(x4, x8), _hi(x4, x8)
-        x5, x6 = _lo(x5, x6), _hi(x5, x6)
-        x7, x11 = _lo(x7, x11), _hi(x7, x11)
-        x9, x10 = _lo(x9, x10), _hi(x9, x10)
-        x0, x5 = _lo(x0, x5), _hi(x0, x5)
-        x1, x7 = _lo(x1, x7), _hi(x1, x7)
-        x2, x9 = _lo(x2, x9), _hi(x2, x9)
-        x3, x4 = _lo(x3, x4), _hi(x3, x4)
-        x6, x13 = _lo(x6, x13), _hi(x6, x13)
-        x8, x14 = _lo(x8, x14), _hi(x8, x14)
-        x10, x15 = _lo(x10, x15), _hi(x10, x15)
-        x11, x12 = _lo(x11, x12), _hi(x11, x12)
-        x0, x1 = _lo(x0, x1), _hi(x0, x1)
-        x2, x3 = _lo(x2, x3), _hi(x2, x3)
-        x4, x5 = _lo(x4, x5), _hi(x4, x5)
-        x6, x8 = _lo(x6, x8), _hi(x6, x8)
-        x7, x9 = _lo(x7, x9), _hi(x7, x9)
-        x10, x11 = _lo(x10, x11), _hi(x10, x11)
-        x12, x13 = _lo(x12, x13), _hi(x12, x13)
-        x14, x15 = _lo(x14, x15), _hi(x14, x15)
-        x0, x2 = _lo(x0, x2), _hi(x0, x2)
-        x1, x3 = _lo(x1, x3), _hi(x1, x3)
-        x4, x10 = _lo(x4, x10), _hi(x4, x10)
-        x5, x11 = _lo(x5, x11), _hi(x5, x11)
-        x6, x7 = _lo(x6, x7), _hi(x6, x7)
-        x8, x9 = _lo(x8, x9), _hi(x8, x9)
-        x12, x14 = _lo(x12, x14), _hi(x12, x14)
-        x13, x15 = _lo(x13, x15), _hi(x13, x15)
-        x1, x2 = _lo(x1, x2), _hi(x1, x2)
-        x3, x12 = _lo(x3, x12), _hi(x3, x12)
-        x4, x6 = _lo(x4, x6), _hi(x4, x6)
-        x5, x7 = _lo(x5, x7), _hi(x5, x7)
-        x8, x10 = _lo(x8, x10), _hi(x8, x10)
-        x9, x11 = _lo(x9, x11), _hi(x9, x11)
-        x13, x14 = _lo(x13, x14), _hi(x13, x14)
-        x1, x4 = _lo(x1, x4), _hi(x1, x4)
-        x2, x6 = _lo(x2, x6), _hi(x2, x6)
-        x5, x8 = _lo(x5, x8), _hi(x5, x8)
-        x7, x10 = _lo(x7, x10), _hi(x7, x10)
-        x9, x13 = _lo(x9, x13), _hi(x9, x13)
-        x11, x14 = _lo(x11, x14), _hi(x11, x14)
-        x2, x4 = _lo(x2, x4), _hi(x2, x4)
-        x3, x6 = _lo(x3, x6), _hi(x3, x6)
-        x9, x12 = _lo(x9, x12), _hi(x9, x12)
-        x11, x13 = _lo(x11, x13), _hi(x11, x13)
-        x3, x5 = _lo(x3, x5), _hi(x3, x5)
-        x6, x8 = _lo(x6, x8), _hi(x6, x8)
-        x7, x9 = _lo(x7, x9), _hi(x7, x9)
-        x10, x12 = _lo(x10, x12), _hi(x10, x12)
-        x3, x4 = _lo(x3, x4), _hi(x3, x4)
-        x5, x6 = _lo(x5, x6), _hi(x5, x6)
-        x7, x8 = _lo(x7, x8), _hi(x7, x8)
-        x9, x10 = _lo(x9, x10), _hi(x9, x10)
-        x11, x12 = _lo(x11, x12), _hi(x11, x12)
-        x6, x7 = _lo(x6, x7), _hi(x6, x7)
-        x8, x9 = _lo(x8, x9), _hi(x8, x9)
+        x0, x13 = lo(x0, x13), hi(x0, x13)
+        x1, x12 = lo(x1, x12), hi(x1, x12)
+        x2, x15 = lo(x2, x15), hi(x2, x15)
+        x3, x14 = lo(x3, x14), hi(x3, x14)
+        x4, x8 = lo(x4, x8), hi(x4, x8)
+        x5, x6 = lo(x5, x6), hi(x5, x6)
+        x7, x11 = lo(x7, x11), hi(x7, x11)
+        x9, x10 = lo(x9, x10), hi(x9, x10)
+        x0, x5 = lo(x0, x5), hi(x0, x5)
+        x1, x7 = lo(x1, x7), hi(x1, x7)
+        x2, x9 = lo(x2, x9), hi(x2, x9)
+        x3, x4 = lo(x3, x4), hi(x3, x4)
+        x6, x13 = lo(x6, x13), hi(x6, x13)
+        x8, x14 = lo(x8, x14), hi(x8, x14)
+        x10, x15 = lo(x10, x15), hi(x10, x15)
+        x11, x12 = lo(x11, x12), hi(x11, x12)
+        x0, x1 = lo(x0, x1), hi(x0, x1)
+        x2, x3 = lo(x2, x3), hi(x2, x3)
+        x4, x5 = lo(x4, x5), hi(x4, x5)
+        x6, x8 = lo(x6, x8), hi(x6, x8)
+        x7, x9 = lo(x7, x9), hi(x7, x9)
+        x10, x11 = lo(x10, x11), hi(x10, x11)
+        x12, x13 = lo(x12, x13), hi(x12, x13)
+        x14, x15 = lo(x14, x15), hi(x14, x15)
+        x0, x2 = lo(x0, x2), hi(x0, x2)
+        x1, x3 = lo(x1, x3), hi(x1, x3)
+        x4, x10 = lo(x4, x10), hi(x4, x10)
+        x5, x11 = lo(x5, x11), hi(x5, x11)
+        x6, x7 = lo(x6, x7), hi(x6, x7)
+        x8, x9 = lo(x8, x9), hi(x8, x9)
+        x12, x14 = lo(x12, x14), hi(x12, x14)
+        x13, x15 = lo(x13, x15), hi(x13, x15)
+        x1, x2 = lo(x1, x2), hi(x1, x2)
+        x3, x12 = lo(x3, x12), hi(x3, x12)
+        x4, x6 = lo(x4, x6), hi(x4, x6)
+        x5, x7 = lo(x5, x7), hi(x5, x7)
+        x8, x10 = lo(x8, x10), hi(x8, x10)
+        x9, x11 = lo(x9, x11), hi(x9, x11)
+        x13, x14 = lo(x13, x14), hi(x13, x14)
+        x1, x4 = lo(x1, x4), hi(x1, x4)
+        x2, x6 = lo(x2, x6), hi(x2, x6)
+        x5, x8 = lo(x5, x8), hi(x5, x8)
+        x7, x10 = lo(x7, x10), hi(x7, x10)
+        x9, x13 = lo(x9, x13), hi(x9, x13)
+        x11, x14 = lo(x11, x14), hi(x11, x14)
+        x2, x4 = lo(x2, x4), hi(x2, x4)
+        x3, x6 = lo(x3, x6), hi(x3, x6)
+        x9, x12 = lo(x9, x12), hi(x9, x12)
+        x11, x13 = lo(x11, x13), hi(x11, x13)
+        x3, x5 = lo(x3, x5), hi(x3, x5)
+        x6, x8 = lo(x6, x8), hi(x6, x8)
+        x7, x9 = lo(x7, x9), hi(x7, x9)
+        x10, x12 = lo(x10, x12), hi(x10, x12)
+        x3, x4 = lo(x3, x4), hi(x3, x4)
+        x5, x6 = lo(x5, x6), hi(x5, x6)
+        x7, x8 = lo(x7, x8), hi(x7, x8)
+        x9, x10 = lo(x9, x10), hi(x9, x10)
+        x11, x12 = lo(x11, x12), hi(x11, x12)
+        x6, x7 = lo(x6, x7), hi(x6, x7)
+        x8, x9 = lo(x8, x9), hi(x8, x9)
         W[ot + _R0 + lane] = x0
         W[ot + _R1 + lane] = x1
         W[ot + _R2 + lane] = x2
@@ -543,25 +518,25 @@ def _load_sort8(data, scale, n, b, pu, W):
         x5 = y5 if v5 else _INF
         x6 = y6 if v6 else _INF
         x7 = y7 if v7 else _INF
-        x0, x2 = _lo(x0, x2), _hi(x0, x2)
-        x1, x3 = _lo(x1, x3), _hi(x1, x3)
-        x4, x6 = _lo(x4, x6), _hi(x4, x6)
-        x5, x7 = _lo(x5, x7), _hi(x5, x7)
-        x0, x4 = _lo(x0, x4), _hi(x0, x4)
-        x1, x5 = _lo(x1, x5), _hi(x1, x5)
-        x2, x6 = _lo(x2, x6), _hi(x2, x6)
-        x3, x7 = _lo(x3, x7), _hi(x3, x7)
-        x0, x1 = _lo(x0, x1), _hi(x0, x1)
-        x2, x3 = _lo(x2, x3), _hi(x2, x3)
-        x4, x5 = _lo(x4, x5), _hi(x4, x5)
-        x6, x7 = _lo(x6, x7), _hi(x6, x7)
-        x2, x4 = _lo(x2, x4), _hi(x2, x4)
-        x3, x5 = _lo(x3, x5), _hi(x3, x5)
-        x1, x4 = _lo(x1, x4), _hi(x1, x4)
-        x3, x6 = _lo(x3, x6), _hi(x3, x6)
-        x1, x2 = _lo(x1, x2), _hi(x1, x2)
-        x3, x4 = _lo(x3, x4), _hi(x3, x4)
-        x5, x6 = _lo(x5, x6), _hi(x5, x6)
+        x0, x2 = lo(x0, x2), hi(x0, x2)
+        x1, x3 = lo(x1, x3), hi(x1, x3)
+        x4, x6 = lo(x4, x6), hi(x4, x6)
+        x5, x7 = lo(x5, x7), hi(x5, x7)
+        x0, x4 = lo(x0, x4), hi(x0, x4)
+        x1, x5 = lo(x1, x5), hi(x1, x5)
+        x2, x6 = lo(x2, x6), hi(x2, x6)
+        x3, x7 = lo(x3, x7), hi(x3, x7)
+        x0, x1 = lo(x0, x1), hi(x0, x1)
+        x2, x3 = lo(x2, x3), hi(x2, x3)
+        x4, x5 = lo(x4, x5), hi(x4, x5)
+        x6, x7 = lo(x6, x7), hi(x6, x7)
+        x2, x4 = lo(x2, x4), hi(x2, x4)
+        x3, x5 = lo(x3, x5), hi(x3, x5)
+        x1, x4 = lo(x1, x4), hi(x1, x4)
+        x3, x6 = lo(x3, x6), hi(x3, x6)
+        x1, x2 = lo(x1, x2), hi(x1, x2)
+        x3, x4 = lo(x3, x4), hi(x3, x4)
+        x5, x6 = lo(x5, x6), hi(x5, x6)
         W[ot + _R0 + lane] = x0
         W[ot + _R1 + lane] = x1
         W[ot + _R2 + lane] = x2
@@ -623,7 +598,7 @@ def _kth(W, out, h1, n, r):
 def _load_sort(data, scale, n, pu, W, net):
     """n > 16: each run of 16 frames (the last one, of 8 or fewer, by ``_load_sort8``)
     loaded and sorted in registers, then the runs merged: in registers up to
-    ``MAX_IN_REGISTERS`` frames (the generated code below), else by a lane loop per
+    ``MAX_IN_REGISTERS`` frames (the generated code of ``_numba_merges``), else by a lane loop per
     comparator of ``net`` (``merge_network(n)``)."""
     for b in range(0, n, 16):
         if b > 0:
@@ -636,7 +611,7 @@ def _load_sort(data, scale, n, pu, W, net):
         else:
             _load_sort16(data, scale, n, b, pu, W)
     if n <= MAX_IN_REGISTERS:
-        _merge_in_registers(W, n)
+        merge_in_registers(W, n)
         return
     for c in range(net.shape[1]):
         oi = _trow(net[0, c])
@@ -655,7 +630,8 @@ def fast_block(
 ):  # fmt: skip
     """One full block of ``FAST_L`` pixels from ``p0``; returns the number of lanes left
     to the per-pixel path (flagged nonzero in ``W[_OBAD + lane]``). ``W``: scratch of
-    ``scratch_size(n)``; ``net``: ``merge_network(n)`` (used past ``MAX_IN_REGISTERS`` frames)."""
+    ``scratch_size(n)``; ``net``: ``merge_network(n)`` (used past ``MAX_IN_REGISTERS``
+    frames)."""
     n, npix = data.shape
     min_value = prm[1]
     max_value = prm[2]
@@ -921,799 +897,3 @@ def _sums(W, n, weight, has_weight, clipped):
                 drop = (y < W[_LO + lane]) | (y > W[_HI + lane])
                 W[_SWY + lane] += 0.0 if drop else wi * y
                 W[_SW + lane] += 0.0 if drop else wi
-
-
-# --- generated by gpuflat/backends/_networks.py: do not edit by hand ---
-
-
-@nb.njit(cache=True, nogil=True, error_model="numpy", inline="always")
-def _merge24(W):
-    """Sort rows ``_trow(0 .. 23)``, whose runs of 16 are sorted, by the 45
-    comparators of ``merge_network(24)``, in registers."""
-    for lane in range(_LU):
-        x0 = W[np.uint64(896) + lane]
-        x1 = W[np.uint64(960) + lane]
-        x2 = W[np.uint64(1024) + lane]
-        x3 = W[np.uint64(1088) + lane]
-        x4 = W[np.uint64(1152) + lane]
-        x5 = W[np.uint64(1216) + lane]
-        x6 = W[np.uint64(1280) + lane]
-        x7 = W[np.uint64(1344) + lane]
-        x8 = W[np.uint64(1408) + lane]
-        x9 = W[np.uint64(1472) + lane]
-        x10 = W[np.uint64(1536) + lane]
-        x11 = W[np.uint64(1600) + lane]
-        x12 = W[np.uint64(1664) + lane]
-        x13 = W[np.uint64(1728) + lane]
-        x14 = W[np.uint64(1792) + lane]
-        x15 = W[np.uint64(1856) + lane]
-        x16 = W[np.uint64(3264) + lane]
-        x17 = W[np.uint64(3328) + lane]
-        x18 = W[np.uint64(3392) + lane]
-        x19 = W[np.uint64(3456) + lane]
-        x20 = W[np.uint64(3520) + lane]
-        x21 = W[np.uint64(3584) + lane]
-        x22 = W[np.uint64(3648) + lane]
-        x23 = W[np.uint64(3712) + lane]
-        x0, x16 = _lo(x0, x16), _hi(x0, x16)
-        x1, x17 = _lo(x1, x17), _hi(x1, x17)
-        x2, x18 = _lo(x2, x18), _hi(x2, x18)
-        x3, x19 = _lo(x3, x19), _hi(x3, x19)
-        x4, x20 = _lo(x4, x20), _hi(x4, x20)
-        x5, x21 = _lo(x5, x21), _hi(x5, x21)
-        x6, x22 = _lo(x6, x22), _hi(x6, x22)
-        x7, x23 = _lo(x7, x23), _hi(x7, x23)
-        x8, x16 = _lo(x8, x16), _hi(x8, x16)
-        x9, x17 = _lo(x9, x17), _hi(x9, x17)
-        x10, x18 = _lo(x10, x18), _hi(x10, x18)
-        x11, x19 = _lo(x11, x19), _hi(x11, x19)
-        x12, x20 = _lo(x12, x20), _hi(x12, x20)
-        x13, x21 = _lo(x13, x21), _hi(x13, x21)
-        x14, x22 = _lo(x14, x22), _hi(x14, x22)
-        x15, x23 = _lo(x15, x23), _hi(x15, x23)
-        x4, x8 = _lo(x4, x8), _hi(x4, x8)
-        x5, x9 = _lo(x5, x9), _hi(x5, x9)
-        x6, x10 = _lo(x6, x10), _hi(x6, x10)
-        x7, x11 = _lo(x7, x11), _hi(x7, x11)
-        x12, x16 = _lo(x12, x16), _hi(x12, x16)
-        x13, x17 = _lo(x13, x17), _hi(x13, x17)
-        x14, x18 = _lo(x14, x18), _hi(x14, x18)
-        x15, x19 = _lo(x15, x19), _hi(x15, x19)
-        x2, x4 = _lo(x2, x4), _hi(x2, x4)
-        x3, x5 = _lo(x3, x5), _hi(x3, x5)
-        x6, x8 = _lo(x6, x8), _hi(x6, x8)
-        x7, x9 = _lo(x7, x9), _hi(x7, x9)
-        x10, x12 = _lo(x10, x12), _hi(x10, x12)
-        x11, x13 = _lo(x11, x13), _hi(x11, x13)
-        x14, x16 = _lo(x14, x16), _hi(x14, x16)
-        x15, x17 = _lo(x15, x17), _hi(x15, x17)
-        x18, x20 = _lo(x18, x20), _hi(x18, x20)
-        x19, x21 = _lo(x19, x21), _hi(x19, x21)
-        x1, x2 = _lo(x1, x2), _hi(x1, x2)
-        x3, x4 = _lo(x3, x4), _hi(x3, x4)
-        x5, x6 = _lo(x5, x6), _hi(x5, x6)
-        x7, x8 = _lo(x7, x8), _hi(x7, x8)
-        x9, x10 = _lo(x9, x10), _hi(x9, x10)
-        x11, x12 = _lo(x11, x12), _hi(x11, x12)
-        x13, x14 = _lo(x13, x14), _hi(x13, x14)
-        x15, x16 = _lo(x15, x16), _hi(x15, x16)
-        x17, x18 = _lo(x17, x18), _hi(x17, x18)
-        x19, x20 = _lo(x19, x20), _hi(x19, x20)
-        x21, x22 = _lo(x21, x22), _hi(x21, x22)
-        W[np.uint64(896) + lane] = x0
-        W[np.uint64(960) + lane] = x1
-        W[np.uint64(1024) + lane] = x2
-        W[np.uint64(1088) + lane] = x3
-        W[np.uint64(1152) + lane] = x4
-        W[np.uint64(1216) + lane] = x5
-        W[np.uint64(1280) + lane] = x6
-        W[np.uint64(1344) + lane] = x7
-        W[np.uint64(1408) + lane] = x8
-        W[np.uint64(1472) + lane] = x9
-        W[np.uint64(1536) + lane] = x10
-        W[np.uint64(1600) + lane] = x11
-        W[np.uint64(1664) + lane] = x12
-        W[np.uint64(1728) + lane] = x13
-        W[np.uint64(1792) + lane] = x14
-        W[np.uint64(1856) + lane] = x15
-        W[np.uint64(3264) + lane] = x16
-        W[np.uint64(3328) + lane] = x17
-        W[np.uint64(3392) + lane] = x18
-        W[np.uint64(3456) + lane] = x19
-        W[np.uint64(3520) + lane] = x20
-        W[np.uint64(3584) + lane] = x21
-        W[np.uint64(3648) + lane] = x22
-        W[np.uint64(3712) + lane] = x23
-
-
-@nb.njit(cache=True, nogil=True, error_model="numpy", inline="always")
-def _merge32(W):
-    """Sort rows ``_trow(0 .. 31)``, whose runs of 16 are sorted, by the 65
-    comparators of ``merge_network(32)``, in registers."""
-    for lane in range(_LU):
-        x0 = W[np.uint64(896) + lane]
-        x1 = W[np.uint64(960) + lane]
-        x2 = W[np.uint64(1024) + lane]
-        x3 = W[np.uint64(1088) + lane]
-        x4 = W[np.uint64(1152) + lane]
-        x5 = W[np.uint64(1216) + lane]
-        x6 = W[np.uint64(1280) + lane]
-        x7 = W[np.uint64(1344) + lane]
-        x8 = W[np.uint64(1408) + lane]
-        x9 = W[np.uint64(1472) + lane]
-        x10 = W[np.uint64(1536) + lane]
-        x11 = W[np.uint64(1600) + lane]
-        x12 = W[np.uint64(1664) + lane]
-        x13 = W[np.uint64(1728) + lane]
-        x14 = W[np.uint64(1792) + lane]
-        x15 = W[np.uint64(1856) + lane]
-        x16 = W[np.uint64(3264) + lane]
-        x17 = W[np.uint64(3328) + lane]
-        x18 = W[np.uint64(3392) + lane]
-        x19 = W[np.uint64(3456) + lane]
-        x20 = W[np.uint64(3520) + lane]
-        x21 = W[np.uint64(3584) + lane]
-        x22 = W[np.uint64(3648) + lane]
-        x23 = W[np.uint64(3712) + lane]
-        x24 = W[np.uint64(3776) + lane]
-        x25 = W[np.uint64(3840) + lane]
-        x26 = W[np.uint64(3904) + lane]
-        x27 = W[np.uint64(3968) + lane]
-        x28 = W[np.uint64(4032) + lane]
-        x29 = W[np.uint64(4096) + lane]
-        x30 = W[np.uint64(4160) + lane]
-        x31 = W[np.uint64(4224) + lane]
-        x0, x16 = _lo(x0, x16), _hi(x0, x16)
-        x1, x17 = _lo(x1, x17), _hi(x1, x17)
-        x2, x18 = _lo(x2, x18), _hi(x2, x18)
-        x3, x19 = _lo(x3, x19), _hi(x3, x19)
-        x4, x20 = _lo(x4, x20), _hi(x4, x20)
-        x5, x21 = _lo(x5, x21), _hi(x5, x21)
-        x6, x22 = _lo(x6, x22), _hi(x6, x22)
-        x7, x23 = _lo(x7, x23), _hi(x7, x23)
-        x8, x24 = _lo(x8, x24), _hi(x8, x24)
-        x9, x25 = _lo(x9, x25), _hi(x9, x25)
-        x10, x26 = _lo(x10, x26), _hi(x10, x26)
-        x11, x27 = _lo(x11, x27), _hi(x11, x27)
-        x12, x28 = _lo(x12, x28), _hi(x12, x28)
-        x13, x29 = _lo(x13, x29), _hi(x13, x29)
-        x14, x30 = _lo(x14, x30), _hi(x14, x30)
-        x15, x31 = _lo(x15, x31), _hi(x15, x31)
-        x8, x16 = _lo(x8, x16), _hi(x8, x16)
-        x9, x17 = _lo(x9, x17), _hi(x9, x17)
-        x10, x18 = _lo(x10, x18), _hi(x10, x18)
-        x11, x19 = _lo(x11, x19), _hi(x11, x19)
-        x12, x20 = _lo(x12, x20), _hi(x12, x20)
-        x13, x21 = _lo(x13, x21), _hi(x13, x21)
-        x14, x22 = _lo(x14, x22), _hi(x14, x22)
-        x15, x23 = _lo(x15, x23), _hi(x15, x23)
-        x4, x8 = _lo(x4, x8), _hi(x4, x8)
-        x5, x9 = _lo(x5, x9), _hi(x5, x9)
-        x6, x10 = _lo(x6, x10), _hi(x6, x10)
-        x7, x11 = _lo(x7, x11), _hi(x7, x11)
-        x12, x16 = _lo(x12, x16), _hi(x12, x16)
-        x13, x17 = _lo(x13, x17), _hi(x13, x17)
-        x14, x18 = _lo(x14, x18), _hi(x14, x18)
-        x15, x19 = _lo(x15, x19), _hi(x15, x19)
-        x20, x24 = _lo(x20, x24), _hi(x20, x24)
-        x21, x25 = _lo(x21, x25), _hi(x21, x25)
-        x22, x26 = _lo(x22, x26), _hi(x22, x26)
-        x23, x27 = _lo(x23, x27), _hi(x23, x27)
-        x2, x4 = _lo(x2, x4), _hi(x2, x4)
-        x3, x5 = _lo(x3, x5), _hi(x3, x5)
-        x6, x8 = _lo(x6, x8), _hi(x6, x8)
-        x7, x9 = _lo(x7, x9), _hi(x7, x9)
-        x10, x12 = _lo(x10, x12), _hi(x10, x12)
-        x11, x13 = _lo(x11, x13), _hi(x11, x13)
-        x14, x16 = _lo(x14, x16), _hi(x14, x16)
-        x15, x17 = _lo(x15, x17), _hi(x15, x17)
-        x18, x20 = _lo(x18, x20), _hi(x18, x20)
-        x19, x21 = _lo(x19, x21), _hi(x19, x21)
-        x22, x24 = _lo(x22, x24), _hi(x22, x24)
-        x23, x25 = _lo(x23, x25), _hi(x23, x25)
-        x26, x28 = _lo(x26, x28), _hi(x26, x28)
-        x27, x29 = _lo(x27, x29), _hi(x27, x29)
-        x1, x2 = _lo(x1, x2), _hi(x1, x2)
-        x3, x4 = _lo(x3, x4), _hi(x3, x4)
-        x5, x6 = _lo(x5, x6), _hi(x5, x6)
-        x7, x8 = _lo(x7, x8), _hi(x7, x8)
-        x9, x10 = _lo(x9, x10), _hi(x9, x10)
-        x11, x12 = _lo(x11, x12), _hi(x11, x12)
-        x13, x14 = _lo(x13, x14), _hi(x13, x14)
-        x15, x16 = _lo(x15, x16), _hi(x15, x16)
-        x17, x18 = _lo(x17, x18), _hi(x17, x18)
-        x19, x20 = _lo(x19, x20), _hi(x19, x20)
-        x21, x22 = _lo(x21, x22), _hi(x21, x22)
-        x23, x24 = _lo(x23, x24), _hi(x23, x24)
-        x25, x26 = _lo(x25, x26), _hi(x25, x26)
-        x27, x28 = _lo(x27, x28), _hi(x27, x28)
-        x29, x30 = _lo(x29, x30), _hi(x29, x30)
-        W[np.uint64(896) + lane] = x0
-        W[np.uint64(960) + lane] = x1
-        W[np.uint64(1024) + lane] = x2
-        W[np.uint64(1088) + lane] = x3
-        W[np.uint64(1152) + lane] = x4
-        W[np.uint64(1216) + lane] = x5
-        W[np.uint64(1280) + lane] = x6
-        W[np.uint64(1344) + lane] = x7
-        W[np.uint64(1408) + lane] = x8
-        W[np.uint64(1472) + lane] = x9
-        W[np.uint64(1536) + lane] = x10
-        W[np.uint64(1600) + lane] = x11
-        W[np.uint64(1664) + lane] = x12
-        W[np.uint64(1728) + lane] = x13
-        W[np.uint64(1792) + lane] = x14
-        W[np.uint64(1856) + lane] = x15
-        W[np.uint64(3264) + lane] = x16
-        W[np.uint64(3328) + lane] = x17
-        W[np.uint64(3392) + lane] = x18
-        W[np.uint64(3456) + lane] = x19
-        W[np.uint64(3520) + lane] = x20
-        W[np.uint64(3584) + lane] = x21
-        W[np.uint64(3648) + lane] = x22
-        W[np.uint64(3712) + lane] = x23
-        W[np.uint64(3776) + lane] = x24
-        W[np.uint64(3840) + lane] = x25
-        W[np.uint64(3904) + lane] = x26
-        W[np.uint64(3968) + lane] = x27
-        W[np.uint64(4032) + lane] = x28
-        W[np.uint64(4096) + lane] = x29
-        W[np.uint64(4160) + lane] = x30
-        W[np.uint64(4224) + lane] = x31
-
-
-@nb.njit(cache=True, nogil=True, error_model="numpy", inline="always")
-def _merge40(W):
-    """Sort rows ``_trow(0 .. 39)``, whose runs of 16 are sorted, by the 155
-    comparators of ``merge_network(40)``, in registers."""
-    for lane in range(_LU):
-        x0 = W[np.uint64(896) + lane]
-        x1 = W[np.uint64(960) + lane]
-        x2 = W[np.uint64(1024) + lane]
-        x3 = W[np.uint64(1088) + lane]
-        x4 = W[np.uint64(1152) + lane]
-        x5 = W[np.uint64(1216) + lane]
-        x6 = W[np.uint64(1280) + lane]
-        x7 = W[np.uint64(1344) + lane]
-        x8 = W[np.uint64(1408) + lane]
-        x9 = W[np.uint64(1472) + lane]
-        x10 = W[np.uint64(1536) + lane]
-        x11 = W[np.uint64(1600) + lane]
-        x12 = W[np.uint64(1664) + lane]
-        x13 = W[np.uint64(1728) + lane]
-        x14 = W[np.uint64(1792) + lane]
-        x15 = W[np.uint64(1856) + lane]
-        x16 = W[np.uint64(3264) + lane]
-        x17 = W[np.uint64(3328) + lane]
-        x18 = W[np.uint64(3392) + lane]
-        x19 = W[np.uint64(3456) + lane]
-        x20 = W[np.uint64(3520) + lane]
-        x21 = W[np.uint64(3584) + lane]
-        x22 = W[np.uint64(3648) + lane]
-        x23 = W[np.uint64(3712) + lane]
-        x24 = W[np.uint64(3776) + lane]
-        x25 = W[np.uint64(3840) + lane]
-        x26 = W[np.uint64(3904) + lane]
-        x27 = W[np.uint64(3968) + lane]
-        x28 = W[np.uint64(4032) + lane]
-        x29 = W[np.uint64(4096) + lane]
-        x30 = W[np.uint64(4160) + lane]
-        x31 = W[np.uint64(4224) + lane]
-        x32 = W[np.uint64(5632) + lane]
-        x33 = W[np.uint64(5696) + lane]
-        x34 = W[np.uint64(5760) + lane]
-        x35 = W[np.uint64(5824) + lane]
-        x36 = W[np.uint64(5888) + lane]
-        x37 = W[np.uint64(5952) + lane]
-        x38 = W[np.uint64(6016) + lane]
-        x39 = W[np.uint64(6080) + lane]
-        x0, x16 = _lo(x0, x16), _hi(x0, x16)
-        x1, x17 = _lo(x1, x17), _hi(x1, x17)
-        x2, x18 = _lo(x2, x18), _hi(x2, x18)
-        x3, x19 = _lo(x3, x19), _hi(x3, x19)
-        x4, x20 = _lo(x4, x20), _hi(x4, x20)
-        x5, x21 = _lo(x5, x21), _hi(x5, x21)
-        x6, x22 = _lo(x6, x22), _hi(x6, x22)
-        x7, x23 = _lo(x7, x23), _hi(x7, x23)
-        x8, x24 = _lo(x8, x24), _hi(x8, x24)
-        x9, x25 = _lo(x9, x25), _hi(x9, x25)
-        x10, x26 = _lo(x10, x26), _hi(x10, x26)
-        x11, x27 = _lo(x11, x27), _hi(x11, x27)
-        x12, x28 = _lo(x12, x28), _hi(x12, x28)
-        x13, x29 = _lo(x13, x29), _hi(x13, x29)
-        x14, x30 = _lo(x14, x30), _hi(x14, x30)
-        x15, x31 = _lo(x15, x31), _hi(x15, x31)
-        x8, x16 = _lo(x8, x16), _hi(x8, x16)
-        x9, x17 = _lo(x9, x17), _hi(x9, x17)
-        x10, x18 = _lo(x10, x18), _hi(x10, x18)
-        x11, x19 = _lo(x11, x19), _hi(x11, x19)
-        x12, x20 = _lo(x12, x20), _hi(x12, x20)
-        x13, x21 = _lo(x13, x21), _hi(x13, x21)
-        x14, x22 = _lo(x14, x22), _hi(x14, x22)
-        x15, x23 = _lo(x15, x23), _hi(x15, x23)
-        x4, x8 = _lo(x4, x8), _hi(x4, x8)
-        x5, x9 = _lo(x5, x9), _hi(x5, x9)
-        x6, x10 = _lo(x6, x10), _hi(x6, x10)
-        x7, x11 = _lo(x7, x11), _hi(x7, x11)
-        x12, x16 = _lo(x12, x16), _hi(x12, x16)
-        x13, x17 = _lo(x13, x17), _hi(x13, x17)
-        x14, x18 = _lo(x14, x18), _hi(x14, x18)
-        x15, x19 = _lo(x15, x19), _hi(x15, x19)
-        x20, x24 = _lo(x20, x24), _hi(x20, x24)
-        x21, x25 = _lo(x21, x25), _hi(x21, x25)
-        x22, x26 = _lo(x22, x26), _hi(x22, x26)
-        x23, x27 = _lo(x23, x27), _hi(x23, x27)
-        x2, x4 = _lo(x2, x4), _hi(x2, x4)
-        x3, x5 = _lo(x3, x5), _hi(x3, x5)
-        x6, x8 = _lo(x6, x8), _hi(x6, x8)
-        x7, x9 = _lo(x7, x9), _hi(x7, x9)
-        x10, x12 = _lo(x10, x12), _hi(x10, x12)
-        x11, x13 = _lo(x11, x13), _hi(x11, x13)
-        x14, x16 = _lo(x14, x16), _hi(x14, x16)
-        x15, x17 = _lo(x15, x17), _hi(x15, x17)
-        x18, x20 = _lo(x18, x20), _hi(x18, x20)
-        x19, x21 = _lo(x19, x21), _hi(x19, x21)
-        x22, x24 = _lo(x22, x24), _hi(x22, x24)
-        x23, x25 = _lo(x23, x25), _hi(x23, x25)
-        x26, x28 = _lo(x26, x28), _hi(x26, x28)
-        x27, x29 = _lo(x27, x29), _hi(x27, x29)
-        x34, x36 = _lo(x34, x36), _hi(x34, x36)
-        x35, x37 = _lo(x35, x37), _hi(x35, x37)
-        x1, x2 = _lo(x1, x2), _hi(x1, x2)
-        x3, x4 = _lo(x3, x4), _hi(x3, x4)
-        x5, x6 = _lo(x5, x6), _hi(x5, x6)
-        x7, x8 = _lo(x7, x8), _hi(x7, x8)
-        x9, x10 = _lo(x9, x10), _hi(x9, x10)
-        x11, x12 = _lo(x11, x12), _hi(x11, x12)
-        x13, x14 = _lo(x13, x14), _hi(x13, x14)
-        x15, x16 = _lo(x15, x16), _hi(x15, x16)
-        x17, x18 = _lo(x17, x18), _hi(x17, x18)
-        x19, x20 = _lo(x19, x20), _hi(x19, x20)
-        x21, x22 = _lo(x21, x22), _hi(x21, x22)
-        x23, x24 = _lo(x23, x24), _hi(x23, x24)
-        x25, x26 = _lo(x25, x26), _hi(x25, x26)
-        x27, x28 = _lo(x27, x28), _hi(x27, x28)
-        x29, x30 = _lo(x29, x30), _hi(x29, x30)
-        x33, x34 = _lo(x33, x34), _hi(x33, x34)
-        x35, x36 = _lo(x35, x36), _hi(x35, x36)
-        x37, x38 = _lo(x37, x38), _hi(x37, x38)
-        x0, x32 = _lo(x0, x32), _hi(x0, x32)
-        x1, x33 = _lo(x1, x33), _hi(x1, x33)
-        x2, x34 = _lo(x2, x34), _hi(x2, x34)
-        x3, x35 = _lo(x3, x35), _hi(x3, x35)
-        x4, x36 = _lo(x4, x36), _hi(x4, x36)
-        x5, x37 = _lo(x5, x37), _hi(x5, x37)
-        x6, x38 = _lo(x6, x38), _hi(x6, x38)
-        x7, x39 = _lo(x7, x39), _hi(x7, x39)
-        x16, x32 = _lo(x16, x32), _hi(x16, x32)
-        x17, x33 = _lo(x17, x33), _hi(x17, x33)
-        x18, x34 = _lo(x18, x34), _hi(x18, x34)
-        x19, x35 = _lo(x19, x35), _hi(x19, x35)
-        x20, x36 = _lo(x20, x36), _hi(x20, x36)
-        x21, x37 = _lo(x21, x37), _hi(x21, x37)
-        x22, x38 = _lo(x22, x38), _hi(x22, x38)
-        x23, x39 = _lo(x23, x39), _hi(x23, x39)
-        x8, x16 = _lo(x8, x16), _hi(x8, x16)
-        x9, x17 = _lo(x9, x17), _hi(x9, x17)
-        x10, x18 = _lo(x10, x18), _hi(x10, x18)
-        x11, x19 = _lo(x11, x19), _hi(x11, x19)
-        x12, x20 = _lo(x12, x20), _hi(x12, x20)
-        x13, x21 = _lo(x13, x21), _hi(x13, x21)
-        x14, x22 = _lo(x14, x22), _hi(x14, x22)
-        x15, x23 = _lo(x15, x23), _hi(x15, x23)
-        x24, x32 = _lo(x24, x32), _hi(x24, x32)
-        x25, x33 = _lo(x25, x33), _hi(x25, x33)
-        x26, x34 = _lo(x26, x34), _hi(x26, x34)
-        x27, x35 = _lo(x27, x35), _hi(x27, x35)
-        x28, x36 = _lo(x28, x36), _hi(x28, x36)
-        x29, x37 = _lo(x29, x37), _hi(x29, x37)
-        x30, x38 = _lo(x30, x38), _hi(x30, x38)
-        x31, x39 = _lo(x31, x39), _hi(x31, x39)
-        x4, x8 = _lo(x4, x8), _hi(x4, x8)
-        x5, x9 = _lo(x5, x9), _hi(x5, x9)
-        x6, x10 = _lo(x6, x10), _hi(x6, x10)
-        x7, x11 = _lo(x7, x11), _hi(x7, x11)
-        x12, x16 = _lo(x12, x16), _hi(x12, x16)
-        x13, x17 = _lo(x13, x17), _hi(x13, x17)
-        x14, x18 = _lo(x14, x18), _hi(x14, x18)
-        x15, x19 = _lo(x15, x19), _hi(x15, x19)
-        x20, x24 = _lo(x20, x24), _hi(x20, x24)
-        x21, x25 = _lo(x21, x25), _hi(x21, x25)
-        x22, x26 = _lo(x22, x26), _hi(x22, x26)
-        x23, x27 = _lo(x23, x27), _hi(x23, x27)
-        x28, x32 = _lo(x28, x32), _hi(x28, x32)
-        x29, x33 = _lo(x29, x33), _hi(x29, x33)
-        x30, x34 = _lo(x30, x34), _hi(x30, x34)
-        x31, x35 = _lo(x31, x35), _hi(x31, x35)
-        x2, x4 = _lo(x2, x4), _hi(x2, x4)
-        x3, x5 = _lo(x3, x5), _hi(x3, x5)
-        x6, x8 = _lo(x6, x8), _hi(x6, x8)
-        x7, x9 = _lo(x7, x9), _hi(x7, x9)
-        x10, x12 = _lo(x10, x12), _hi(x10, x12)
-        x11, x13 = _lo(x11, x13), _hi(x11, x13)
-        x14, x16 = _lo(x14, x16), _hi(x14, x16)
-        x15, x17 = _lo(x15, x17), _hi(x15, x17)
-        x18, x20 = _lo(x18, x20), _hi(x18, x20)
-        x19, x21 = _lo(x19, x21), _hi(x19, x21)
-        x22, x24 = _lo(x22, x24), _hi(x22, x24)
-        x23, x25 = _lo(x23, x25), _hi(x23, x25)
-        x26, x28 = _lo(x26, x28), _hi(x26, x28)
-        x27, x29 = _lo(x27, x29), _hi(x27, x29)
-        x30, x32 = _lo(x30, x32), _hi(x30, x32)
-        x31, x33 = _lo(x31, x33), _hi(x31, x33)
-        x34, x36 = _lo(x34, x36), _hi(x34, x36)
-        x35, x37 = _lo(x35, x37), _hi(x35, x37)
-        x1, x2 = _lo(x1, x2), _hi(x1, x2)
-        x3, x4 = _lo(x3, x4), _hi(x3, x4)
-        x5, x6 = _lo(x5, x6), _hi(x5, x6)
-        x7, x8 = _lo(x7, x8), _hi(x7, x8)
-        x9, x10 = _lo(x9, x10), _hi(x9, x10)
-        x11, x12 = _lo(x11, x12), _hi(x11, x12)
-        x13, x14 = _lo(x13, x14), _hi(x13, x14)
-        x15, x16 = _lo(x15, x16), _hi(x15, x16)
-        x17, x18 = _lo(x17, x18), _hi(x17, x18)
-        x19, x20 = _lo(x19, x20), _hi(x19, x20)
-        x21, x22 = _lo(x21, x22), _hi(x21, x22)
-        x23, x24 = _lo(x23, x24), _hi(x23, x24)
-        x25, x26 = _lo(x25, x26), _hi(x25, x26)
-        x27, x28 = _lo(x27, x28), _hi(x27, x28)
-        x29, x30 = _lo(x29, x30), _hi(x29, x30)
-        x31, x32 = _lo(x31, x32), _hi(x31, x32)
-        x33, x34 = _lo(x33, x34), _hi(x33, x34)
-        x35, x36 = _lo(x35, x36), _hi(x35, x36)
-        x37, x38 = _lo(x37, x38), _hi(x37, x38)
-        W[np.uint64(896) + lane] = x0
-        W[np.uint64(960) + lane] = x1
-        W[np.uint64(1024) + lane] = x2
-        W[np.uint64(1088) + lane] = x3
-        W[np.uint64(1152) + lane] = x4
-        W[np.uint64(1216) + lane] = x5
-        W[np.uint64(1280) + lane] = x6
-        W[np.uint64(1344) + lane] = x7
-        W[np.uint64(1408) + lane] = x8
-        W[np.uint64(1472) + lane] = x9
-        W[np.uint64(1536) + lane] = x10
-        W[np.uint64(1600) + lane] = x11
-        W[np.uint64(1664) + lane] = x12
-        W[np.uint64(1728) + lane] = x13
-        W[np.uint64(1792) + lane] = x14
-        W[np.uint64(1856) + lane] = x15
-        W[np.uint64(3264) + lane] = x16
-        W[np.uint64(3328) + lane] = x17
-        W[np.uint64(3392) + lane] = x18
-        W[np.uint64(3456) + lane] = x19
-        W[np.uint64(3520) + lane] = x20
-        W[np.uint64(3584) + lane] = x21
-        W[np.uint64(3648) + lane] = x22
-        W[np.uint64(3712) + lane] = x23
-        W[np.uint64(3776) + lane] = x24
-        W[np.uint64(3840) + lane] = x25
-        W[np.uint64(3904) + lane] = x26
-        W[np.uint64(3968) + lane] = x27
-        W[np.uint64(4032) + lane] = x28
-        W[np.uint64(4096) + lane] = x29
-        W[np.uint64(4160) + lane] = x30
-        W[np.uint64(4224) + lane] = x31
-        W[np.uint64(5632) + lane] = x32
-        W[np.uint64(5696) + lane] = x33
-        W[np.uint64(5760) + lane] = x34
-        W[np.uint64(5824) + lane] = x35
-        W[np.uint64(5888) + lane] = x36
-        W[np.uint64(5952) + lane] = x37
-        W[np.uint64(6016) + lane] = x38
-        W[np.uint64(6080) + lane] = x39
-
-
-@nb.njit(cache=True, nogil=True, error_model="numpy", inline="always")
-def _merge48(W):
-    """Sort rows ``_trow(0 .. 47)``, whose runs of 16 are sorted, by the 195
-    comparators of ``merge_network(48)``, in registers."""
-    for lane in range(_LU):
-        x0 = W[np.uint64(896) + lane]
-        x1 = W[np.uint64(960) + lane]
-        x2 = W[np.uint64(1024) + lane]
-        x3 = W[np.uint64(1088) + lane]
-        x4 = W[np.uint64(1152) + lane]
-        x5 = W[np.uint64(1216) + lane]
-        x6 = W[np.uint64(1280) + lane]
-        x7 = W[np.uint64(1344) + lane]
-        x8 = W[np.uint64(1408) + lane]
-        x9 = W[np.uint64(1472) + lane]
-        x10 = W[np.uint64(1536) + lane]
-        x11 = W[np.uint64(1600) + lane]
-        x12 = W[np.uint64(1664) + lane]
-        x13 = W[np.uint64(1728) + lane]
-        x14 = W[np.uint64(1792) + lane]
-        x15 = W[np.uint64(1856) + lane]
-        x16 = W[np.uint64(3264) + lane]
-        x17 = W[np.uint64(3328) + lane]
-        x18 = W[np.uint64(3392) + lane]
-        x19 = W[np.uint64(3456) + lane]
-        x20 = W[np.uint64(3520) + lane]
-        x21 = W[np.uint64(3584) + lane]
-        x22 = W[np.uint64(3648) + lane]
-        x23 = W[np.uint64(3712) + lane]
-        x24 = W[np.uint64(3776) + lane]
-        x25 = W[np.uint64(3840) + lane]
-        x26 = W[np.uint64(3904) + lane]
-        x27 = W[np.uint64(3968) + lane]
-        x28 = W[np.uint64(4032) + lane]
-        x29 = W[np.uint64(4096) + lane]
-        x30 = W[np.uint64(4160) + lane]
-        x31 = W[np.uint64(4224) + lane]
-        x32 = W[np.uint64(5632) + lane]
-        x33 = W[np.uint64(5696) + lane]
-        x34 = W[np.uint64(5760) + lane]
-        x35 = W[np.uint64(5824) + lane]
-        x36 = W[np.uint64(5888) + lane]
-        x37 = W[np.uint64(5952) + lane]
-        x38 = W[np.uint64(6016) + lane]
-        x39 = W[np.uint64(6080) + lane]
-        x40 = W[np.uint64(6144) + lane]
-        x41 = W[np.uint64(6208) + lane]
-        x42 = W[np.uint64(6272) + lane]
-        x43 = W[np.uint64(6336) + lane]
-        x44 = W[np.uint64(6400) + lane]
-        x45 = W[np.uint64(6464) + lane]
-        x46 = W[np.uint64(6528) + lane]
-        x47 = W[np.uint64(6592) + lane]
-        x0, x16 = _lo(x0, x16), _hi(x0, x16)
-        x1, x17 = _lo(x1, x17), _hi(x1, x17)
-        x2, x18 = _lo(x2, x18), _hi(x2, x18)
-        x3, x19 = _lo(x3, x19), _hi(x3, x19)
-        x4, x20 = _lo(x4, x20), _hi(x4, x20)
-        x5, x21 = _lo(x5, x21), _hi(x5, x21)
-        x6, x22 = _lo(x6, x22), _hi(x6, x22)
-        x7, x23 = _lo(x7, x23), _hi(x7, x23)
-        x8, x24 = _lo(x8, x24), _hi(x8, x24)
-        x9, x25 = _lo(x9, x25), _hi(x9, x25)
-        x10, x26 = _lo(x10, x26), _hi(x10, x26)
-        x11, x27 = _lo(x11, x27), _hi(x11, x27)
-        x12, x28 = _lo(x12, x28), _hi(x12, x28)
-        x13, x29 = _lo(x13, x29), _hi(x13, x29)
-        x14, x30 = _lo(x14, x30), _hi(x14, x30)
-        x15, x31 = _lo(x15, x31), _hi(x15, x31)
-        x8, x16 = _lo(x8, x16), _hi(x8, x16)
-        x9, x17 = _lo(x9, x17), _hi(x9, x17)
-        x10, x18 = _lo(x10, x18), _hi(x10, x18)
-        x11, x19 = _lo(x11, x19), _hi(x11, x19)
-        x12, x20 = _lo(x12, x20), _hi(x12, x20)
-        x13, x21 = _lo(x13, x21), _hi(x13, x21)
-        x14, x22 = _lo(x14, x22), _hi(x14, x22)
-        x15, x23 = _lo(x15, x23), _hi(x15, x23)
-        x4, x8 = _lo(x4, x8), _hi(x4, x8)
-        x5, x9 = _lo(x5, x9), _hi(x5, x9)
-        x6, x10 = _lo(x6, x10), _hi(x6, x10)
-        x7, x11 = _lo(x7, x11), _hi(x7, x11)
-        x12, x16 = _lo(x12, x16), _hi(x12, x16)
-        x13, x17 = _lo(x13, x17), _hi(x13, x17)
-        x14, x18 = _lo(x14, x18), _hi(x14, x18)
-        x15, x19 = _lo(x15, x19), _hi(x15, x19)
-        x20, x24 = _lo(x20, x24), _hi(x20, x24)
-        x21, x25 = _lo(x21, x25), _hi(x21, x25)
-        x22, x26 = _lo(x22, x26), _hi(x22, x26)
-        x23, x27 = _lo(x23, x27), _hi(x23, x27)
-        x36, x40 = _lo(x36, x40), _hi(x36, x40)
-        x37, x41 = _lo(x37, x41), _hi(x37, x41)
-        x38, x42 = _lo(x38, x42), _hi(x38, x42)
-        x39, x43 = _lo(x39, x43), _hi(x39, x43)
-        x2, x4 = _lo(x2, x4), _hi(x2, x4)
-        x3, x5 = _lo(x3, x5), _hi(x3, x5)
-        x6, x8 = _lo(x6, x8), _hi(x6, x8)
-        x7, x9 = _lo(x7, x9), _hi(x7, x9)
-        x10, x12 = _lo(x10, x12), _hi(x10, x12)
-        x11, x13 = _lo(x11, x13), _hi(x11, x13)
-        x14, x16 = _lo(x14, x16), _hi(x14, x16)
-        x15, x17 = _lo(x15, x17), _hi(x15, x17)
-        x18, x20 = _lo(x18, x20), _hi(x18, x20)
-        x19, x21 = _lo(x19, x21), _hi(x19, x21)
-        x22, x24 = _lo(x22, x24), _hi(x22, x24)
-        x23, x25 = _lo(x23, x25), _hi(x23, x25)
-        x26, x28 = _lo(x26, x28), _hi(x26, x28)
-        x27, x29 = _lo(x27, x29), _hi(x27, x29)
-        x34, x36 = _lo(x34, x36), _hi(x34, x36)
-        x35, x37 = _lo(x35, x37), _hi(x35, x37)
-        x38, x40 = _lo(x38, x40), _hi(x38, x40)
-        x39, x41 = _lo(x39, x41), _hi(x39, x41)
-        x42, x44 = _lo(x42, x44), _hi(x42, x44)
-        x43, x45 = _lo(x43, x45), _hi(x43, x45)
-        x1, x2 = _lo(x1, x2), _hi(x1, x2)
-        x3, x4 = _lo(x3, x4), _hi(x3, x4)
-        x5, x6 = _lo(x5, x6), _hi(x5, x6)
-        x7, x8 = _lo(x7, x8), _hi(x7, x8)
-        x9, x10 = _lo(x9, x10), _hi(x9, x10)
-        x11, x12 = _lo(x11, x12), _hi(x11, x12)
-        x13, x14 = _lo(x13, x14), _hi(x13, x14)
-        x15, x16 = _lo(x15, x16), _hi(x15, x16)
-        x17, x18 = _lo(x17, x18), _hi(x17, x18)
-        x19, x20 = _lo(x19, x20), _hi(x19, x20)
-        x21, x22 = _lo(x21, x22), _hi(x21, x22)
-        x23, x24 = _lo(x23, x24), _hi(x23, x24)
-        x25, x26 = _lo(x25, x26), _hi(x25, x26)
-        x27, x28 = _lo(x27, x28), _hi(x27, x28)
-        x29, x30 = _lo(x29, x30), _hi(x29, x30)
-        x33, x34 = _lo(x33, x34), _hi(x33, x34)
-        x35, x36 = _lo(x35, x36), _hi(x35, x36)
-        x37, x38 = _lo(x37, x38), _hi(x37, x38)
-        x39, x40 = _lo(x39, x40), _hi(x39, x40)
-        x41, x42 = _lo(x41, x42), _hi(x41, x42)
-        x43, x44 = _lo(x43, x44), _hi(x43, x44)
-        x45, x46 = _lo(x45, x46), _hi(x45, x46)
-        x0, x32 = _lo(x0, x32), _hi(x0, x32)
-        x1, x33 = _lo(x1, x33), _hi(x1, x33)
-        x2, x34 = _lo(x2, x34), _hi(x2, x34)
-        x3, x35 = _lo(x3, x35), _hi(x3, x35)
-        x4, x36 = _lo(x4, x36), _hi(x4, x36)
-        x5, x37 = _lo(x5, x37), _hi(x5, x37)
-        x6, x38 = _lo(x6, x38), _hi(x6, x38)
-        x7, x39 = _lo(x7, x39), _hi(x7, x39)
-        x8, x40 = _lo(x8, x40), _hi(x8, x40)
-        x9, x41 = _lo(x9, x41), _hi(x9, x41)
-        x10, x42 = _lo(x10, x42), _hi(x10, x42)
-        x11, x43 = _lo(x11, x43), _hi(x11, x43)
-        x12, x44 = _lo(x12, x44), _hi(x12, x44)
-        x13, x45 = _lo(x13, x45), _hi(x13, x45)
-        x14, x46 = _lo(x14, x46), _hi(x14, x46)
-        x15, x47 = _lo(x15, x47), _hi(x15, x47)
-        x16, x32 = _lo(x16, x32), _hi(x16, x32)
-        x17, x33 = _lo(x17, x33), _hi(x17, x33)
-        x18, x34 = _lo(x18, x34), _hi(x18, x34)
-        x19, x35 = _lo(x19, x35), _hi(x19, x35)
-        x20, x36 = _lo(x20, x36), _hi(x20, x36)
-        x21, x37 = _lo(x21, x37), _hi(x21, x37)
-        x22, x38 = _lo(x22, x38), _hi(x22, x38)
-        x23, x39 = _lo(x23, x39), _hi(x23, x39)
-        x24, x40 = _lo(x24, x40), _hi(x24, x40)
-        x25, x41 = _lo(x25, x41), _hi(x25, x41)
-        x26, x42 = _lo(x26, x42), _hi(x26, x42)
-        x27, x43 = _lo(x27, x43), _hi(x27, x43)
-        x28, x44 = _lo(x28, x44), _hi(x28, x44)
-        x29, x45 = _lo(x29, x45), _hi(x29, x45)
-        x30, x46 = _lo(x30, x46), _hi(x30, x46)
-        x31, x47 = _lo(x31, x47), _hi(x31, x47)
-        x8, x16 = _lo(x8, x16), _hi(x8, x16)
-        x9, x17 = _lo(x9, x17), _hi(x9, x17)
-        x10, x18 = _lo(x10, x18), _hi(x10, x18)
-        x11, x19 = _lo(x11, x19), _hi(x11, x19)
-        x12, x20 = _lo(x12, x20), _hi(x12, x20)
-        x13, x21 = _lo(x13, x21), _hi(x13, x21)
-        x14, x22 = _lo(x14, x22), _hi(x14, x22)
-        x15, x23 = _lo(x15, x23), _hi(x15, x23)
-        x24, x32 = _lo(x24, x32), _hi(x24, x32)
-        x25, x33 = _lo(x25, x33), _hi(x25, x33)
-        x26, x34 = _lo(x26, x34), _hi(x26, x34)
-        x27, x35 = _lo(x27, x35), _hi(x27, x35)
-        x28, x36 = _lo(x28, x36), _hi(x28, x36)
-        x29, x37 = _lo(x29, x37), _hi(x29, x37)
-        x30, x38 = _lo(x30, x38), _hi(x30, x38)
-        x31, x39 = _lo(x31, x39), _hi(x31, x39)
-        x4, x8 = _lo(x4, x8), _hi(x4, x8)
-        x5, x9 = _lo(x5, x9), _hi(x5, x9)
-        x6, x10 = _lo(x6, x10), _hi(x6, x10)
-        x7, x11 = _lo(x7, x11), _hi(x7, x11)
-        x12, x16 = _lo(x12, x16), _hi(x12, x16)
-        x13, x17 = _lo(x13, x17), _hi(x13, x17)
-        x14, x18 = _lo(x14, x18), _hi(x14, x18)
-        x15, x19 = _lo(x15, x19), _hi(x15, x19)
-        x20, x24 = _lo(x20, x24), _hi(x20, x24)
-        x21, x25 = _lo(x21, x25), _hi(x21, x25)
-        x22, x26 = _lo(x22, x26), _hi(x22, x26)
-        x23, x27 = _lo(x23, x27), _hi(x23, x27)
-        x28, x32 = _lo(x28, x32), _hi(x28, x32)
-        x29, x33 = _lo(x29, x33), _hi(x29, x33)
-        x30, x34 = _lo(x30, x34), _hi(x30, x34)
-        x31, x35 = _lo(x31, x35), _hi(x31, x35)
-        x36, x40 = _lo(x36, x40), _hi(x36, x40)
-        x37, x41 = _lo(x37, x41), _hi(x37, x41)
-        x38, x42 = _lo(x38, x42), _hi(x38, x42)
-        x39, x43 = _lo(x39, x43), _hi(x39, x43)
-        x2, x4 = _lo(x2, x4), _hi(x2, x4)
-        x3, x5 = _lo(x3, x5), _hi(x3, x5)
-        x6, x8 = _lo(x6, x8), _hi(x6, x8)
-        x7, x9 = _lo(x7, x9), _hi(x7, x9)
-        x10, x12 = _lo(x10, x12), _hi(x10, x12)
-        x11, x13 = _lo(x11, x13), _hi(x11, x13)
-        x14, x16 = _lo(x14, x16), _hi(x14, x16)
-        x15, x17 = _lo(x15, x17), _hi(x15, x17)
-        x18, x20 = _lo(x18, x20), _hi(x18, x20)
-        x19, x21 = _lo(x19, x21), _hi(x19, x21)
-        x22, x24 = _lo(x22, x24), _hi(x22, x24)
-        x23, x25 = _lo(x23, x25), _hi(x23, x25)
-        x26, x28 = _lo(x26, x28), _hi(x26, x28)
-        x27, x29 = _lo(x27, x29), _hi(x27, x29)
-        x30, x32 = _lo(x30, x32), _hi(x30, x32)
-        x31, x33 = _lo(x31, x33), _hi(x31, x33)
-        x34, x36 = _lo(x34, x36), _hi(x34, x36)
-        x35, x37 = _lo(x35, x37), _hi(x35, x37)
-        x38, x40 = _lo(x38, x40), _hi(x38, x40)
-        x39, x41 = _lo(x39, x41), _hi(x39, x41)
-        x42, x44 = _lo(x42, x44), _hi(x42, x44)
-        x43, x45 = _lo(x43, x45), _hi(x43, x45)
-        x1, x2 = _lo(x1, x2), _hi(x1, x2)
-        x3, x4 = _lo(x3, x4), _hi(x3, x4)
-        x5, x6 = _lo(x5, x6), _hi(x5, x6)
-        x7, x8 = _lo(x7, x8), _hi(x7, x8)
-        x9, x10 = _lo(x9, x10), _hi(x9, x10)
-        x11, x12 = _lo(x11, x12), _hi(x11, x12)
-        x13, x14 = _lo(x13, x14), _hi(x13, x14)
-        x15, x16 = _lo(x15, x16), _hi(x15, x16)
-        x17, x18 = _lo(x17, x18), _hi(x17, x18)
-        x19, x20 = _lo(x19, x20), _hi(x19, x20)
-        x21, x22 = _lo(x21, x22), _hi(x21, x22)
-        x23, x24 = _lo(x23, x24), _hi(x23, x24)
-        x25, x26 = _lo(x25, x26), _hi(x25, x26)
-        x27, x28 = _lo(x27, x28), _hi(x27, x28)
-        x29, x30 = _lo(x29, x30), _hi(x29, x30)
-        x31, x32 = _lo(x31, x32), _hi(x31, x32)
-        x33, x34 = _lo(x33, x34), _hi(x33, x34)
-        x35, x36 = _lo(x35, x36), _hi(x35, x36)
-        x37, x38 = _lo(x37, x38), _hi(x37, x38)
-        x39, x40 = _lo(x39, x40), _hi(x39, x40)
-        x41, x42 = _lo(x41, x42), _hi(x41, x42)
-        x43, x44 = _lo(x43, x44), _hi(x43, x44)
-        x45, x46 = _lo(x45, x46), _hi(x45, x46)
-        W[np.uint64(896) + lane] = x0
-        W[np.uint64(960) + lane] = x1
-        W[np.uint64(1024) + lane] = x2
-        W[np.uint64(1088) + lane] = x3
-        W[np.uint64(1152) + lane] = x4
-        W[np.uint64(1216) + lane] = x5
-        W[np.uint64(1280) + lane] = x6
-        W[np.uint64(1344) + lane] = x7
-        W[np.uint64(1408) + lane] = x8
-        W[np.uint64(1472) + lane] = x9
-        W[np.uint64(1536) + lane] = x10
-        W[np.uint64(1600) + lane] = x11
-        W[np.uint64(1664) + lane] = x12
-        W[np.uint64(1728) + lane] = x13
-        W[np.uint64(1792) + lane] = x14
-        W[np.uint64(1856) + lane] = x15
-        W[np.uint64(3264) + lane] = x16
-        W[np.uint64(3328) + lane] = x17
-        W[np.uint64(3392) + lane] = x18
-        W[np.uint64(3456) + lane] = x19
-        W[np.uint64(3520) + lane] = x20
-        W[np.uint64(3584) + lane] = x21
-        W[np.uint64(3648) + lane] = x22
-        W[np.uint64(3712) + lane] = x23
-        W[np.uint64(3776) + lane] = x24
-        W[np.uint64(3840) + lane] = x25
-        W[np.uint64(3904) + lane] = x26
-        W[np.uint64(3968) + lane] = x27
-        W[np.uint64(4032) + lane] = x28
-        W[np.uint64(4096) + lane] = x29
-        W[np.uint64(4160) + lane] = x30
-        W[np.uint64(4224) + lane] = x31
-        W[np.uint64(5632) + lane] = x32
-        W[np.uint64(5696) + lane] = x33
-        W[np.uint64(5760) + lane] = x34
-        W[np.uint64(5824) + lane] = x35
-        W[np.uint64(5888) + lane] = x36
-        W[np.uint64(5952) + lane] = x37
-        W[np.uint64(6016) + lane] = x38
-        W[np.uint64(6080) + lane] = x39
-        W[np.uint64(6144) + lane] = x40
-        W[np.uint64(6208) + lane] = x41
-        W[np.uint64(6272) + lane] = x42
-        W[np.uint64(6336) + lane] = x43
-        W[np.uint64(6400) + lane] = x44
-        W[np.uint64(6464) + lane] = x45
-        W[np.uint64(6528) + lane] = x46
-        W[np.uint64(6592) + lane] = x47
-
-
-@nb.njit(cache=True, nogil=True, inline="always")
-def _merge_in_registers(W, n):
-    """Merge the sorted runs of n (17 to 48) frames in registers, with the
-    smallest padded network that holds them."""
-    if n <= 24:
-        _merge24(W)
-    elif n <= 32:
-        _merge32(W)
-    elif n <= 40:
-        _merge40(W)
-    else:
-        _merge48(W)
-
-
-# --- end of generated code ---
