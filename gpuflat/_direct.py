@@ -23,6 +23,7 @@ import threading
 
 ALIGN = 4096  # O_DIRECT alignment of buffers, sizes and offsets (a page; >= any block size)
 CHUNK = 8 << 20  # bytes per write or read (a multiple of ALIGN)
+PIECE = CHUNK - 2 * ALIGN  # the most bytes of one piece staged for a PlacedWriter
 _DIRECT = getattr(os, "O_DIRECT", 0)
 _local = threading.local()
 
@@ -128,6 +129,152 @@ class DirectWriter:
         else:  # the caller removes the file: no padding, no truncation
             self.closed = True
             os.close(self._fd)
+
+
+class PlacedWriter:
+    """A new file of ``size`` bytes (truncated if it exists) written in pieces at any
+    offsets and in any order, each byte at most once (those never given are zeros), past
+    the page cache where the filesystem allows it: a streamed product's planes, band by
+    band, and its headers last.
+
+    :meth:`staging` lends memory for a piece (at the page offset its bytes have in the
+    file, so that its whole pages go to the disk from where they are); :meth:`put` writes
+    a piece from it. The bytes of a page that pieces share wait in memory until the page is
+    complete; :meth:`close` writes the pages still waiting (zeros where nothing was given;
+    the file is then truncated to ``size``). Where ``O_DIRECT`` is refused every piece is
+    written as it comes. A context manager: an error inside leaves the file for the caller
+    to remove."""
+
+    closed = False
+
+    def __init__(self, path, size: int):
+        self._fd, self._direct = _open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        self.size = size
+        self._waiting = {}  # page index -> (bytearray(ALIGN), bytes of it given so far)
+
+    def staging(self, offset: int, nbytes: int) -> memoryview:
+        """Memory for the ``nbytes`` bytes (at most ``PIECE``) to be written at ``offset``,
+        valid until the next :meth:`put`."""
+        if nbytes > PIECE:
+            raise ValueError(f"a piece of {nbytes} bytes is more than {PIECE} (PIECE)")
+        lead = offset % ALIGN
+        return memoryview(_buffer())[lead : lead + nbytes]
+
+    def put(self, offset: int, piece) -> None:
+        """Write ``piece`` (bytes-like; whole pages are written from it directly when it is
+        the :meth:`staging` memory for ``offset``) at ``offset``."""
+        data = memoryview(piece).cast("B")
+        end = offset + len(data)
+        if offset < 0 or end > self.size:
+            raise ValueError(f"bytes {offset}-{end} are outside a file of {self.size} bytes")
+        if not self._direct:
+            self._pwrite(data, offset)
+            return
+        first, last = -(-offset // ALIGN) * ALIGN, end // ALIGN * ALIGN  # whole pages
+        if first >= last:  # within one page, or across one page boundary
+            first = last = min(end, first)
+        self._wait(offset, data[: first - offset])
+        if last > first:
+            self._whole(first, data[first - offset : last - offset])
+        self._wait(last, data[last - offset :])
+
+    def _wait(self, offset, data) -> None:
+        """Part of one page: kept until the page is complete."""
+        if not len(data):
+            return
+        if not self._direct:  # refused since the piece began
+            self._pwrite(data, offset)
+            return
+        page, at = divmod(offset, ALIGN)
+        buf, got = self._waiting.get(page, (None, 0))
+        if buf is None:
+            buf = bytearray(ALIGN)
+        buf[at : at + len(data)] = data
+        got += len(data)
+        if got == min(ALIGN, self.size - page * ALIGN) and page * ALIGN + ALIGN <= self.size:
+            self._waiting.pop(page, None)
+            self._page(page, buf)
+        else:
+            self._waiting[page] = (buf, got)
+
+    def _page(self, page, buf) -> None:
+        """One page written from the staging buffer's last page (pieces never reach it)."""
+        spare = memoryview(_buffer())[CHUNK - ALIGN :]
+        spare[:] = buf
+        self._whole(page * ALIGN, spare)
+
+    def _whole(self, offset, view) -> None:
+        if self._direct and _addr(view) % ALIGN:
+            staging = memoryview(_buffer())
+            for a in range(0, len(view), PIECE):  # not from the staging: through it
+                part = view[a : a + PIECE]
+                staging[: len(part)] = part
+                self._pwrite(staging[: len(part)], offset + a)
+            return
+        self._pwrite(view, offset)
+
+    def _pwrite(self, view, offset) -> None:
+        try:
+            written = os.pwrite(self._fd, view, offset)
+        except OSError as exc:
+            if not (self._direct and exc.errno == errno.EINVAL):
+                raise
+            self._undirect()
+            written = os.pwrite(self._fd, view, offset)
+        while written < len(view):  # a short write: the rest
+            written += os.pwrite(self._fd, view[written:], offset + written)
+
+    def _undirect(self) -> None:
+        """Alignment refused after all: ordinary writes from here, the waiting bytes too
+        (the pages being filled hold zeros where nothing was given yet, and each byte is
+        written once: given ones are written again with the same value)."""
+        _undirect(self._fd)
+        self._direct = False
+        waiting, self._waiting = self._waiting, {}
+        for page, (buf, _) in waiting.items():
+            self._flush(page, buf)
+
+    def _flush(self, page, buf) -> None:
+        """A page that was not completed by pieces: the part up to the end of the file."""
+        n = min(ALIGN, self.size - page * ALIGN)
+        if self._direct:
+            self._page(page, buf)
+        else:
+            self._pwrite(memoryview(buf)[:n], page * ALIGN)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            for page, (buf, _) in sorted(self._waiting.items()):
+                self._flush(page, buf)
+            self._waiting = {}
+            os.ftruncate(self._fd, self.size)  # the last page's padding off
+        finally:
+            os.close(self._fd)
+
+    def discard(self) -> None:
+        """Closed as it is (the caller removes the file)."""
+        if not self.closed:
+            self.closed = True
+            os.close(self._fd)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, *_):
+        if kind is None:
+            self.close()
+        else:
+            self.discard()
+
+
+def _addr(view) -> int:
+    """The address of ``view``'s first byte."""
+    import numpy as np  # loaded already by whoever writes products
+
+    return np.frombuffer(view, np.uint8).__array_interface__["data"][0]
 
 
 def chunks(path):

@@ -28,7 +28,8 @@ class CombineResult:
     """The combined flat and what went into it.
 
     ``image`` and ``uncertainty`` are NaN where no sample survived; ``count`` is the number
-    of survivors per pixel; ``mask`` is True where ``count`` is 0. ``rejected`` is, per
+    of survivors per pixel; ``mask`` is True where ``count`` is 0 (all four None when the
+    planes went elsewhere: ``combine_frames(results=...)``). ``rejected`` is, per
     frame, the number of its usable samples (finite, unmasked, within min/max) that did not
     survive the extrema window or the clipping (None when a custom combiner ran).
     """
@@ -52,13 +53,15 @@ class CombineResult:
     #: the calibration applied to the raw frames (:meth:`gpuflat.Calibration.describe`),
     #: None when they were combined as read
     calibration: dict | None = None
+    #: (rows, columns) of the planes
+    shape: tuple = ()
 
     @property
     def rejected_fraction(self) -> np.ndarray | None:
         """Per frame, the fraction of its pixels whose sample was rejected."""
         if self.rejected is None:
             return None
-        return self.rejected / max(1, self.image.size)
+        return self.rejected / max(1, math.prod(self.shape))
 
     def to_ccddata(self) -> CCDData:
         """The result as a CCDData (StdDevUncertainty, boolean mask, the first frame's header)."""
@@ -71,6 +74,32 @@ class CombineResult:
             mask=self.mask,
             meta=self.header.copy(),
         )
+
+
+class Planes:
+    """Where a combination's results go, band by band: here, whole planes in memory (the
+    default). ``rows(r0, r1)`` lends the flat float image and uncertainty and int32 count
+    of rows [r0, r1) for the backend to write into, ``done(r0, r1)`` says they are written,
+    ``close()`` that every band is, ``discard()`` that the combination failed. Another
+    object with these methods (a product streamed to its file,
+    ``_products.StreamedProduct``) takes every band's rows instead and has no planes."""
+
+    def __init__(self, shape, dtype):
+        self.image = np.empty(shape, dtype)
+        self.uncertainty = np.empty(shape, dtype)
+        self.count = np.empty(shape, np.int32)
+
+    def rows(self, r0, r1):
+        return tuple(a[r0:r1].reshape(-1) for a in (self.image, self.uncertainty, self.count))
+
+    def done(self, r0, r1):
+        pass
+
+    def close(self):
+        pass
+
+    def discard(self):
+        pass
 
 
 class Workspace:
@@ -111,6 +140,7 @@ def combine_frames(
     progress=None,
     calibrator=None,
     workspace=None,
+    results=None,
 ) -> CombineResult:
     """Combine opened frames (``_frames.FitsFrame`` / ``_frames.ArrayFrame``) band by band.
 
@@ -118,7 +148,11 @@ def combine_frames(
     ccdproc compatibility path uses it); ``progress(done, total)`` is called per band;
     ``calibrator`` (a :class:`gpuflat._calibrate.Calibrator`, fresh for this call)
     calibrates every frame as its bands are read, in both passes; ``workspace`` (a
-    :class:`Workspace`) lends the stack, else it is allocated for this call.
+    :class:`Workspace`) lends the stack, else it is allocated for this call;
+    ``results(result, shape)``, when given, makes the object that takes the results band by
+    band instead of a :class:`Planes` (called once the scales are known, with the
+    CombineResult as it will be returned, its planes None), and the result keeps None for
+    the planes.
     """
     if not frames:
         raise NoFramesError("no frames to combine")
@@ -176,9 +210,6 @@ def combine_frames(
         "plan: %d band(s) of %d rows for %d frames of %dx%d", plan.nbands, plan.rows, n, *shape
     )
     levels = {how: [] for how in sorted(need)}
-    image = np.empty(shape, out_dtype)
-    uncert = np.empty(shape, out_dtype)
-    count = np.empty(shape, np.int32)
     weights = None if config.weights is None else np.asarray(config.weights, np.float64)
     noise = config.noise_model([f.header for f in frames], [f.name for f in frames])
     params = config.kernel_params(clip_scaled=clip_scaled, noise=noise)
@@ -195,12 +226,21 @@ def combine_frames(
             rejected = np.zeros(n, np.int64)
             levels = _fed(ctx, feed, formats, levels, pass1)
             scales = _scales(config, frames, levels, [])
-            _fed_bands(ctx, feed, formats, scales, weights, params, (image, uncert, count),
-                       rejected, reread=not (feed.resident and pass1))  # fmt: skip
+            result = _result(frames, scales, levels, config, backend, plan, timings, rejected,
+                             calibrator)  # fmt: skip
+            planes = Planes(shape, out_dtype) if results is None else results(result, shape)
+            try:  # the device lands the rows of every band in the whole planes' rows
+                outputs = tuple(a.reshape(shape) for a in planes.rows(0, nrows))
+                _fed_bands(ctx, feed, formats, scales, weights, params, outputs, rejected,
+                           reread=not (feed.resident and pass1))  # fmt: skip
+                planes.done(0, nrows)
+                planes.close()
+            except BaseException:
+                planes.discard()
+                raise
         log.debug("host path: %s stack, %.4g device bytes",
                   "resident" if feed.resident else "streamed", feed.device_bytes)  # fmt: skip
-        return _result(frames, image, uncert, count, scales, levels, config, backend, plan,
-                       timings, rejected, calibrator)  # fmt: skip
+        return _finished(result, planes)
 
     # Pass 1: frame levels (whole frames), the next frame read while this one is measured.
     # With one band the stack is read once, here.
@@ -261,21 +301,25 @@ def combine_frames(
         scales = _scales(config, frames, levels, user_scales)
 
         # Pass 2: bands, the next band read while this one is combined.
-        rejected = None
+        rejected = None if band_combiner is not None else np.zeros(n, np.int64)
+        result = _result(frames, scales, levels, config, backend, plan, timings, rejected,
+                         calibrator)  # fmt: skip
+        planes = Planes(shape, out_dtype) if results is None else results(result, shape)
         if band_combiner is None:
             # the backend writes the band's rows of the results where they lie (the float64
             # values rounded to out_dtype as they are stored, as an assignment would)
-            rejected = np.zeros(n, np.int64)
 
             def combine_rows(d, m, r0, r1):
-                out = tuple(a[r0:r1].reshape(-1) for a in (image, uncert, count))
+                out = planes.rows(r0, r1)
                 backend.combine_band(d, m, scales, weights, params, out=out, rejected=rejected)
+                planes.done(r0, r1)
         else:
 
             def combine_rows(d, m, r0, r1):
-                img, unc, cnt = band_combiner(d, m, scales, weights)
-                for a, b in ((image, img), (uncert, unc), (count, cnt)):
-                    a[r0:r1] = b.reshape(r1 - r0, cols)
+                for a, b in zip(planes.rows(r0, r1), band_combiner(d, m, scales, weights),
+                                strict=True):  # fmt: skip
+                    a[...] = b.reshape(-1)
+                planes.done(r0, r1)
 
         def band_view(k):
             r0, r1 = bands[k]
@@ -292,27 +336,32 @@ def combine_frames(
             timings["read"] += clock() - t
             return mask
 
-        pending = reader.submit(read, 0)
-        for k, (r0, r1) in enumerate(bands):
-            mask = timed("wait", pending.result)
-            if k + 1 < len(bands):
-                pending = reader.submit(read, k + 1)
-            data = band_view(k).reshape(n, (r1 - r0) * cols)
-            timed("combine", combine_rows, data, mask, r0, r1)
-            if progress is not None:
-                progress(k + 1, len(bands))
-    return _result(frames, image, uncert, count, scales, levels, config, backend, plan, timings,
-                   rejected, calibrator)  # fmt: skip
+        try:
+            pending = reader.submit(read, 0)
+            for k, (r0, r1) in enumerate(bands):
+                mask = timed("wait", pending.result)
+                if k + 1 < len(bands):
+                    pending = reader.submit(read, k + 1)
+                data = band_view(k).reshape(n, (r1 - r0) * cols)
+                timed("combine", combine_rows, data, mask, r0, r1)
+                if progress is not None:
+                    progress(k + 1, len(bands))
+            planes.close()
+        except BaseException:
+            planes.discard()
+            raise
+    return _finished(result, planes)
 
 
-def _result(frames, image, uncert, count, scales, levels, config, backend, plan, timings,
-            rejected, calibrator) -> CombineResult:  # fmt: skip
+def _result(frames, scales, levels, config, backend, plan, timings, rejected,
+            calibrator) -> CombineResult:  # fmt: skip
+    """The result before its planes (:func:`_finished`)."""
     first = frames[0]
     return CombineResult(
-        image=image,
-        uncertainty=uncert,
-        count=count,
-        mask=count == 0,
+        image=None,
+        uncertainty=None,
+        count=None,
+        mask=None,
         scales=scales,
         names=[f.name for f in frames],
         levels=levels,
@@ -324,7 +373,17 @@ def _result(frames, image, uncert, count, scales, levels, config, backend, plan,
         timings=timings,
         rejected=rejected,
         calibration=None if calibrator is None else calibrator.cal.describe(),
+        shape=first.shape,
     )
+
+
+def _finished(result, planes) -> CombineResult:
+    """The result with the planes, when they are in memory."""
+    result.image = getattr(planes, "image", None)
+    result.uncertainty = getattr(planes, "uncertainty", None)
+    result.count = getattr(planes, "count", None)
+    result.mask = None if result.count is None else result.count == 0
+    return result
 
 
 @dataclass

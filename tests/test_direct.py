@@ -11,7 +11,7 @@ import pytest
 from astropy.io import fits
 
 from gpuflat import _direct
-from gpuflat._direct import ALIGN, CHUNK, DirectWriter, chunks
+from gpuflat._direct import ALIGN, CHUNK, PIECE, DirectWriter, PlacedWriter, chunks
 
 SIZES = [0, 1, 2879, ALIGN, ALIGN + 1, CHUNK - 1, CHUNK, CHUNK + 2880, 3 * CHUNK + 5 * 2880]
 
@@ -30,16 +30,18 @@ def mode(request, monkeypatch):
 
         monkeypatch.setattr(_direct.os, "open", no_direct)
     elif request.param == "refused at write":
-        real_write = os.write
+        import fcntl
 
-        def refuse_once(fd, data):
-            import fcntl
+        def refusing(real):
+            def refuse(fd, data, *offset):
+                if fcntl.fcntl(fd, fcntl.F_GETFL) & _direct._DIRECT:
+                    raise OSError(errno.EINVAL, "Invalid argument")
+                return real(fd, data, *offset)
 
-            if fcntl.fcntl(fd, fcntl.F_GETFL) & _direct._DIRECT:
-                raise OSError(errno.EINVAL, "Invalid argument")
-            return real_write(fd, data)
+            return refuse
 
-        monkeypatch.setattr(_direct.os, "write", refuse_once)
+        monkeypatch.setattr(_direct.os, "write", refusing(os.write))
+        monkeypatch.setattr(_direct.os, "pwrite", refusing(os.pwrite))
     return request.param
 
 
@@ -151,3 +153,46 @@ def test_a_read_refused_is_read_again_the_ordinary_way(tmp_path, monkeypatch):
     fd, direct = _direct._open(tmp_path / "probe", os.O_WRONLY | os.O_CREAT)
     os.close(fd)
     assert refused == ([True] if direct else [])
+
+
+PLACED_SIZES = [1, 2880, ALIGN, ALIGN + 1, 5 * ALIGN - 7, PIECE + 3 * ALIGN + 11, 2 * CHUNK + 2880]
+
+
+@pytest.mark.parametrize("size", PLACED_SIZES)
+@pytest.mark.parametrize("seed", [0, 1])
+def test_pieces_placed_in_any_order_make_the_file(tmp_path, mode, size, seed):
+    """Every byte given once, in pieces of every length (within a page, across page
+    boundaries, many pages) put in a random order, some staged and some not, some never
+    given: the file is exactly those bytes, zeros where none was given, also where the
+    last page is partial."""
+    rng = np.random.default_rng([size, seed])
+    data = rng.integers(0, 256, size, np.uint8).tobytes()
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"x" * (size + 9000))  # an existing longer file is replaced
+    cuts = np.sort(rng.choice(np.arange(1, size), min(size - 1, 9), replace=False))
+    edges = [0, *cuts.tolist(), size]
+    pieces = [(a, b) for a, b in itertools.pairwise(edges)]
+    pieces = [(a + k, min(b, a + k + PIECE)) for a, b in pieces for k in range(0, b - a, PIECE)]
+    want = bytearray(data)
+    with PlacedWriter(path, size) as out:
+        for i in rng.permutation(len(pieces)):
+            a, b = pieces[i]
+            if i % 4 == 3 and seed:
+                want[a:b] = bytes(b - a)  # a gap
+            elif i % 2:
+                out.put(a, data[a:b])
+            else:
+                staged = out.staging(a, b - a)
+                staged[:] = data[a:b]
+                out.put(a, staged)
+    assert path.read_bytes() == want
+
+
+def test_a_piece_outside_the_file_or_larger_than_the_staging_is_refused(tmp_path):
+    with PlacedWriter(tmp_path / "f.bin", 100) as out:
+        with pytest.raises(ValueError, match="outside"):
+            out.put(90, b"y" * 11)
+        with pytest.raises(ValueError, match="PIECE"):
+            out.staging(0, PIECE + 1)
+        out.put(0, b"z" * 100)
+    assert (tmp_path / "f.bin").read_bytes() == b"z" * 100

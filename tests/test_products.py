@@ -221,3 +221,127 @@ def test_a_compressed_product_reads_back_losslessly_and_the_planes_come_back(tmp
         np.testing.assert_array_equal(f[1].data, before["image"])
         np.testing.assert_array_equal(f["UNCERT"].data, before["uncertainty"])
         np.testing.assert_array_equal(f["NCOMBINE"].data, before["count"])
+
+
+def _cards(h):
+    """A header's cards, but for the times of writing (the checksum cards' comments) and
+    the CHECKSUM that covers them."""
+    return [
+        (c.keyword, c.value if c.keyword != "CHECKSUM" else None,
+         c.comment if c.keyword not in ("CHECKSUM", "DATASUM") else None)
+        for c in h.cards
+    ]  # fmt: skip
+
+
+def _same_product(a, b):
+    """Files ``a`` and ``b`` are the same product: the same bytes but for the checksum
+    cards' time stamps (so the same layout, headers, data and DATASUMs), and the
+    checksums of both hold."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with fits.open(a, checksum=True) as x, fits.open(b, checksum=True) as y:
+            assert len(x) == len(y)
+            for hx, hy in zip(x, y, strict=True):
+                assert _cards(hx.header) == _cards(hy.header)
+                assert hx.fileinfo()["datLoc"] == hy.fileinfo()["datLoc"]
+    raw_a, raw_b = a.read_bytes(), b.read_bytes()
+    assert len(raw_a) == len(raw_b)
+    with fits.open(a) as x:
+        for i, h in enumerate(x):
+            info = h.fileinfo()
+            start, end = info["datLoc"], info["datLoc"] + info["datSpan"]
+            assert raw_a[start:end] == raw_b[start:end], f"HDU {i}: data differ"
+
+
+@pytest.mark.parametrize(
+    "shape, bands",
+    [
+        ((1, 1), [1]),
+        ((3, 5), [1, 1, 1]),  # rows of 5 bytes of mask, 10 of count: every phase of a word
+        ((256, 255), [256]),  # one band: the whole planes (a single band, the CUDA path)
+        ((257, 255), [7, 100, 1, 149]),
+        ((300, 700), [64] * 4 + [44]),
+        ((2000, 1100), [1000, 1000]),  # pieces of more than one staging buffer
+    ],
+)
+def test_a_streamed_product_is_the_product_written_whole(tmp_path, rng, shape, bands):
+    """Bands of rows stored as they come, in pieces of every phase against 32-bit words
+    and pages, give write_product's file; the counts of survivors and empty pixels are
+    those of the planes."""
+    result = _result(shape, 9, rng)
+    result.image[result.mask] = np.nan
+    header = fits.Header([("FILTER", "V"), ("EXPTIME", 3.0)])
+    _products.write_product(tmp_path / "whole.fits", result, header, unit="adu")
+    product = _products.StreamedProduct(tmp_path / "streamed.fits", header, shape, unit="adu")
+    r0 = 0
+    for rows in bands:
+        r1 = r0 + rows
+        for out, plane in zip(product.rows(r0, r1), (result.image, result.uncertainty,
+                                                     result.count), strict=True):  # fmt: skip
+            out[...] = plane[r0:r1].reshape(-1)
+        product.done(r0, r1)
+        r0 = r1
+    product.close()
+    assert product.survivors == result.count.sum() and product.empty == result.mask.sum()
+    assert product.write() == tmp_path / "streamed.fits"
+    _same_product(tmp_path / "whole.fits", tmp_path / "streamed.fits")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["streamed.fits", "whole.fits"]
+
+
+def test_a_streamed_product_that_fails_leaves_nothing(tmp_path, rng, monkeypatch):
+    """A band that cannot be written (disk full) fails the combination when the next band
+    or the end comes; discarding the product removes its temporary. A product discarded
+    before its end (the combination failed, or QA redoes it) leaves nothing either."""
+    from gpuflat import _direct
+
+    shape = (40, 30)
+    result = _result(shape, 9, rng)
+    for failing in (True, False):
+        product = _products.StreamedProduct(tmp_path / "p.fits", fits.Header(), shape)
+        if failing:
+
+            def full(self, offset, piece):
+                raise OSError(28, "No space left on device")
+
+            monkeypatch.setattr(_direct.PlacedWriter, "put", full)
+        with pytest.raises(OSError, match="No space"):
+            for r0 in range(0, 40, 10):
+                for out, plane in zip(product.rows(r0, r0 + 10), (result.image,
+                                      result.uncertainty, result.count), strict=True):  # fmt: skip
+                    out[...] = plane[r0 : r0 + 10].reshape(-1)
+                product.done(r0, r0 + 10)
+            product.close()
+            if not failing:
+                raise OSError(28, "No space left on device")  # the combination's own
+        product.discard()
+        monkeypatch.undo()
+        assert list(tmp_path.iterdir()) == []
+
+
+def test_a_streamed_product_that_does_not_verify_is_never_committed(tmp_path, rng, monkeypatch):
+    """A byte changed on the disk after it was written: the checksums catch it, the
+    temporary goes and nothing is committed."""
+    from gpuflat import _direct
+
+    shape = (64, 64)
+    result = _result(shape, 9, rng)
+    real_close = _direct.PlacedWriter.close
+
+    def close_then_corrupt(self):
+        real_close(self)
+        path = next(tmp_path.glob(".p.fits.tmp-*"))
+        raw = bytearray(path.read_bytes())
+        raw[-3000] ^= 1  # in NCOMBINE's data
+        path.write_bytes(bytes(raw))
+
+    monkeypatch.setattr(_direct.PlacedWriter, "close", close_then_corrupt)
+    product = _products.StreamedProduct(tmp_path / "p.fits", fits.Header(), shape)
+    for out, plane in zip(product.rows(0, 64), (result.image, result.uncertainty,
+                          result.count), strict=True):  # fmt: skip
+        out[...] = plane.reshape(-1)
+    product.done(0, 64)
+    with pytest.raises(GpuflatError, match="NCOMBINE fails its checksum"):
+        product.write()
+    assert list(tmp_path.iterdir()) == []

@@ -80,6 +80,10 @@ def test_level_range_leaves_out_a_saturated_frame(group, tmp_path, capsys):
     states = {f["file"].rsplit("/", 1)[-1]: f["qa"] for f in entry["frames"]}
     assert states["flat-2.fits"].startswith("left out: level") and states["flat-0.fits"] == "kept"
     assert entry["frames_left_out"] == 1
+    # the product of the first combination (streamed to its temporary) is gone
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "combined_flat_filter_R.fits", "report.json"
+    ]  # fmt: skip
 
 
 def test_a_frame_with_many_rejections_is_left_out_unless_no_qa(group, tmp_path, capsys):

@@ -29,20 +29,34 @@ def _unit(options):
     return group, target
 
 
-def test_product_that_appears_before_the_write_is_not_clobbered(night, tmp_path, monkeypatch):
+@pytest.mark.parametrize("streamed", [True, False])
+def test_product_that_appears_before_the_write_is_not_clobbered(
+    night, tmp_path, monkeypatch, streamed
+):
     """Another run (or a Dask retry) writes the product after this unit checked that it
-    did not exist: without overwrite, this unit fails and the other product stays."""
+    did not exist: without overwrite, this unit fails and the other product stays. Both
+    ways of writing: streamed as the group is combined, or whole (a compressed product)."""
     out = tmp_path / "out"
     out.mkdir()
-    options = RunOptions(inputs=(str(night),), outdir=str(out), device="cpu")
+    options = RunOptions(inputs=(str(night),), outdir=str(out), device="cpu",
+                         compress=not streamed)  # fmt: skip
     group, target = _unit(options)
-    real_write = units.write_product
+    if streamed:
+        real_write = units.StreamedProduct.write
 
-    def someone_else_first(path, *args, **kwargs):
-        path.write_bytes(b"the other run's product")
-        return real_write(path, *args, **kwargs)
+        def someone_else_first(self, *args, **kwargs):
+            target.write_bytes(b"the other run's product")
+            return real_write(self, *args, **kwargs)
 
-    monkeypatch.setattr(units, "write_product", someone_else_first)
+        monkeypatch.setattr(units.StreamedProduct, "write", someone_else_first)
+    else:
+        real_write = units.write_product
+
+        def someone_else_first(path, *args, **kwargs):
+            path.write_bytes(b"the other run's product")
+            return real_write(path, *args, **kwargs)
+
+        monkeypatch.setattr(units, "write_product", someone_else_first)
     entry = units.group_unit(options, group, target)
     assert entry["status"].startswith("failed") and "exists" in entry["status"]
     assert target.read_bytes() == b"the other run's product"
@@ -141,21 +155,20 @@ def test_one_product_in_flight(tmp_path, rng, monkeypatch):
     for filt in ("B", "R", "V"):
         for i, a in enumerate(flat_stack(rng, n=3, shape=(30, 20))):
             write_fits(d / f"flat-{filt}-{i}.fits", a, IMAGETYP="FLAT", FILTER=filt)
-    real_write, real_combine = units.write_product, units.combine_group
+    real_write, real_combine = units.write_now, units.combine_group
     written, handed = {}, {}
 
     def slow_write(target, *args, **kwargs):
         time.sleep(0.3)
-        finish = real_write(target, *args, **kwargs)
+        real_write(target, *args, **kwargs)
         written[target.name] = time.perf_counter()
-        return finish
 
     def combine(options, group, *rest, **kw):
         entry = real_combine(options, group, *rest, **kw)
         handed[group.label()] = time.perf_counter()  # the product was handed over
         return entry
 
-    monkeypatch.setattr(units, "write_product", slow_write)
+    monkeypatch.setattr(units, "write_now", slow_write)
     monkeypatch.setattr(units, "combine_group", combine)
     outcome = run(RunOptions(inputs=(str(d),), outdir=str(tmp_path / "o"), device="cpu"))
     assert outcome.failed == 0 and len(written) == 3
@@ -203,7 +216,7 @@ def test_levels_leave_the_writers_core_while_a_product_is_written(
     import gpuflat
     from gpuflat.backends import NumbaBackend
 
-    real_level, real_write = NumbaBackend.frame_level, units.write_product
+    real_level, real_write = NumbaBackend.frame_level, units.write_now
     seen, second = [], threading.Event()
 
     def level(self, frame, mask, how, busy_cores=0):
@@ -218,7 +231,7 @@ def test_levels_leave_the_writers_core_while_a_product_is_written(
         return real_write(target, *args, **kwargs)
 
     monkeypatch.setattr(NumbaBackend, "frame_level", level)
-    monkeypatch.setattr(units, "write_product", held_write)
+    monkeypatch.setattr(units, "write_now", held_write)
     out = tmp_path / "o"
     assert run(RunOptions(inputs=(str(two_groups),), outdir=str(out), device="cpu")).failed == 0
     assert seen == [0, 0, 0, 1, 1, 1]
@@ -229,14 +242,21 @@ def test_levels_leave_the_writers_core_while_a_product_is_written(
             np.testing.assert_array_equal(hdul[0].data, want.image)
 
 
-def test_background_write_failure_is_reported(two_groups, tmp_path, monkeypatch):
-    def broken(*args, **kwargs):
+@pytest.mark.parametrize("compress", [False, True])
+def test_background_write_failure_is_reported(two_groups, tmp_path, monkeypatch, compress):
+    """The products' fsync fails (streamed products, and whole ones): both groups fail
+    with its error, and neither leaves its temporary file behind."""
+    from gpuflat import _atomic
+
+    def broken(path):
         raise OSError("disk full")
 
-    monkeypatch.setattr(units, "write_product", broken)
-    outcome = run(RunOptions(inputs=(str(two_groups),), outdir=str(tmp_path / "o")))
+    monkeypatch.setattr(_atomic, "fsync", broken)
+    out = tmp_path / "o"
+    outcome = run(RunOptions(inputs=(str(two_groups),), outdir=str(out), compress=compress))
     assert outcome.failed == 2
     assert {e["status"] for e in outcome.report["groups"]} == {"failed: disk full"}
+    assert not list(out.glob("*.fits*"))
 
 
 KILLED = """
@@ -274,3 +294,36 @@ def test_run_killed_during_a_background_write_leaves_no_product(night, tmp_path)
     # the next run writes the product and removes the dead run's temporary
     assert run(RunOptions(inputs=(str(night),), outdir=str(out), device="cpu")).failed == 0
     assert [p.name for p in out.iterdir()] == ["combined_flat_filter_V.fits"]
+
+
+def test_streamed_and_whole_products_and_reports_agree(tmp_path, rng):
+    """A run writes its product while it combines the group (here in bands); with plots
+    the planes stay in memory and the product is written whole. Both give the same
+    product and report figures, which are those of the library's combination."""
+    import gpuflat
+
+    d = tmp_path / "g"
+    d.mkdir()
+    stack = flat_stack(rng, n=5, shape=(300, 70))
+    stack[:, 10, 3:9] = np.nan  # pixels without any survivor
+    for i, a in enumerate(stack):
+        write_fits(d / f"flat-{i}.fits", a, IMAGETYP="FLAT", FILTER="V")
+    want = gpuflat.combine(sorted(str(p) for p in d.glob("*.fits")))
+    limit = 4e5  # bands of 84 rows
+    entries = {}
+    for name, plots in (("streamed", False), ("whole", True)):
+        options = RunOptions(inputs=(str(d),), outdir=str(tmp_path / name), device="cpu",
+                             mem_limit=limit, plots=plots)  # fmt: skip
+        outcome = run(options)
+        assert outcome.failed == 0
+        (entries[name],) = outcome.report["groups"]
+        assert entries[name]["bands"] == 4
+        with fits.open(tmp_path / name / "combined_flat_filter_V.fits") as hdul:
+            np.testing.assert_array_equal(hdul[0].data, want.image)
+            np.testing.assert_array_equal(hdul["UNCERT"].data, want.uncertainty)
+            np.testing.assert_array_equal(hdul["NCOMBINE"].data, want.count)
+            np.testing.assert_array_equal(hdul["MASK"].data, want.mask)
+    for entry in entries.values():
+        assert entry["pixels_without_survivor"] == int(want.mask.sum()) == 6
+        assert entry["rejected_fraction"] == float(1 - want.count.mean() / 5)
+        assert [f["rejected_fraction"] for f in entry["frames"]] == list(want.rejected_fraction)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import math
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -25,7 +26,7 @@ from .._extensions import match_extensions
 from .._frames import bad_pixel_mask, check_readable, open_frames
 from .._mosaic import MosaicResult, combine_mosaic_files, mosaic_mask
 from .._pipeline import combine_frames
-from .._products import product_header, write_product
+from .._products import StreamedProduct, product_header, write_product
 from .._version import __version__
 from ..backends import get_backend
 from ..errors import FrameReadError, GpuflatError
@@ -182,6 +183,35 @@ def combine_group(
 
     config = options.combine
     t0 = time.perf_counter()
+    streamed = []  # the product of each combination, written as it is combined
+
+    def header(result):
+        return header_fn(
+            result.header, names=result.names, scales=result.scales,
+            params={**config.describe(), **(result.calibration or {})}, backend=result.backend,
+            version=__version__,
+        )  # fmt: skip
+
+    def stream(result, shape):
+        streamed.append(StreamedProduct(target, header(result), shape, unit=result.unit,
+                                        overwrite=options.overwrite))  # fmt: skip
+        return streamed[-1]
+
+    # the plots need the planes in memory; a compressed product is written whole; counts
+    # of more than 32767 frames are not stored as int16
+    results = None if options.plots or options.compress or len(group.frames) > 32767 else stream
+    try:
+        return _combine_group(options, group, backend, bad_pixels, target, header, results,
+                              streamed, on_event, write, workspace, t0)  # fmt: skip
+    except BaseException:
+        for product in streamed:
+            product.discard()
+        raise
+
+
+def _combine_group(options, group, backend, bad_pixels, target, header, results, streamed,
+                   on_event, write, workspace, t0):  # fmt: skip
+    config = options.combine
     with ExitStack() as stack:
         frames = []
         for info in group.frames:
@@ -202,6 +232,7 @@ def combine_group(
         result = combine_frames(
             frames, config, backend, bad_pixel_mask=bad_pixels, want_levels=want,
             progress=_progress(on_event, group), calibrator=calibrator(), workspace=workspace,
+            results=results,
         )  # fmt: skip
         timings = dict(result.timings)
         qa_entries = frame_entries(result)
@@ -211,9 +242,11 @@ def combine_group(
         if left_out:
             keep = _leave_out(group, left_out, qa_entries)
             frames = [f for f in frames if f.name in keep]
+            if streamed:
+                streamed.pop().discard()
             result = combine_frames(
                 frames, config, backend, bad_pixel_mask=bad_pixels, want_levels=want,
-                calibrator=calibrator(), workspace=workspace,
+                calibrator=calibrator(), workspace=workspace, results=results,
             )  # fmt: skip
             timings = {k: v + result.timings[k] for k, v in timings.items()}
             final = {e["file"]: e for e in frame_entries(result)}
@@ -226,17 +259,21 @@ def combine_group(
                 frames, unscaled_config, backend, bad_pixel_mask=bad_pixels,
                 calibrator=calibrator(), workspace=workspace,
             ).image  # fmt: skip
-    header = header_fn(
-        result.header, names=result.names, scales=result.scales,
-        params={**config.describe(), **(result.calibration or {})}, backend=result.backend,
-        version=__version__,
-    )  # fmt: skip
+    if streamed:
+        product = streamed[-1]
+        survivors, empty, finish = product.survivors, product.empty, product.write
+    else:
+        survivors, empty = int(result.count.sum(dtype=np.int64)), int(result.mask.sum())
+        finish = functools.partial(
+            write_product, target, result, header(result), unit=result.unit,
+            overwrite=options.overwrite, compress=options.compress,
+        )  # fmt: skip
     entry = {
         "frames": qa_entries,
         "frames_left_out": len(left_out),
         "frames_combined": len(result.names),
-        "rejected_fraction": float(1 - result.count.mean() / len(result.names)),
-        "pixels_without_survivor": int(result.mask.sum()),
+        "rejected_fraction": float(1 - survivors / math.prod(result.shape) / len(result.names)),
+        "pixels_without_survivor": empty,
         "seconds": round(time.perf_counter() - t0, 3),
         "bands": result.plan.nbands,
         "backend": result.backend,
@@ -244,10 +281,8 @@ def combine_group(
     }
     if options.plots:  # before the product is handed over: its writing swaps bytes in place
         entry["plots"] = _plots(target, group, result, unscaled)
-    write(target, entry["timings"], functools.partial(
-        write_product, target, result, header, unit=result.unit, overwrite=options.overwrite,
-        compress=options.compress,
-    ))  # fmt: skip
+    streamed.clear()  # handed over: from here the write cleans up after itself
+    write(target, entry["timings"], finish)
     return entry
 
 
