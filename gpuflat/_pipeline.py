@@ -80,9 +80,10 @@ class Planes:
     """Where a combination's results go, band by band: here, whole planes in memory (the
     default). ``rows(r0, r1)`` lends the flat float image and uncertainty and int32 count
     of rows [r0, r1) for the backend to write into, ``done(r0, r1)`` says they are written,
-    ``close()`` that every band is, ``discard()`` that the combination failed. Another
-    object with these methods (a product streamed to its file,
-    ``_products.StreamedProduct``) takes every band's rows instead and has no planes."""
+    ``discard()`` that the combination failed. Another object with these methods (a
+    product streamed to its file, ``_products.StreamedProduct``) takes every band's rows
+    instead (and may still be storing the last ones when the combination returns) and has
+    no planes."""
 
     def __init__(self, shape, dtype):
         self.image = np.empty(shape, dtype)
@@ -93,9 +94,6 @@ class Planes:
         return tuple(a[r0:r1].reshape(-1) for a in (self.image, self.uncertainty, self.count))
 
     def done(self, r0, r1):
-        pass
-
-    def close(self):
         pass
 
     def discard(self):
@@ -234,7 +232,6 @@ def combine_frames(
                 _fed_bands(ctx, feed, formats, scales, weights, params, outputs, rejected,
                            reread=not (feed.resident and pass1))  # fmt: skip
                 planes.done(0, nrows)
-                planes.close()
             except BaseException:
                 planes.discard()
                 raise
@@ -346,7 +343,6 @@ def combine_frames(
                 timed("combine", combine_rows, data, mask, r0, r1)
                 if progress is not None:
                     progress(k + 1, len(bands))
-            planes.close()
         except BaseException:
             planes.discard()
             raise

@@ -174,10 +174,12 @@ class StreamedProduct:
     buffers (float32 image and uncertainty, int32 count), :meth:`done` stores them on this
     product's thread (while the backend writes the next band into a second set of
     buffers), :meth:`close` waits for all of them; ``survivors`` and ``empty`` then count
-    the samples that survived and the pixels without any. :meth:`write` finishes the
-    file, verifies it and commits it, as :func:`write_product` does (``defer`` as there);
-    :meth:`discard` removes it. Counts must fit int16, as they do for fewer than 32768
-    frames (``write_product`` stores them as int16 when they fit).
+    the samples that survived and the pixels without any. :meth:`write` waits for them
+    too (the last bands of a group, the only one of a group in one band, are stored while
+    the run goes on with its next group), finishes the file, verifies it and commits it,
+    as :func:`write_product` does (``defer`` as there); :meth:`discard` removes it.
+    Counts must fit int16, as they do for fewer than 32768 frames (``write_product``
+    stores them as int16 when they fit).
     """
 
     #: stored types of the planes, in the file's order: image, MASK, UNCERT, NCOMBINE

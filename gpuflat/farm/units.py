@@ -97,15 +97,15 @@ def group_unit(
     (a :class:`Writer`) writes the product off the critical path, else the product is in
     place when this returns; ``workspace`` (a ``_pipeline.Workspace``) lends the stack."""
 
-    def work(header):
+    def work(header, entry):
         nonlocal backend, bad_pixels
         if backend is None:
             backend = get_backend(options.combine.backend)
         if bad_pixels is _NOT_GIVEN:
             bad_pixels = bad_pixel_mask(options.mask)
-        return combine_group(
+        combine_group(
             options, group, backend, bad_pixels, target, header, on_event, writer or write_now,
-            workspace,
+            workspace, entry,
         )  # fmt: skip
 
     return _unit(options, group, target, work)
@@ -115,7 +115,7 @@ def mosaic_unit(options, group, backend, target, parts) -> dict:
     """The last unit of a mosaic group combined extension by extension on a cluster: write
     the product from the extensions' results (``parts``); returns its report entry."""
 
-    def work(header):
+    def work(header, entry):
         errors = [p for p in parts if isinstance(p, BaseException)]
         if errors:
             raise errors[0]
@@ -123,14 +123,16 @@ def mosaic_unit(options, group, backend, target, parts) -> dict:
         # QA needs every extension: here, once they are all combined (a frame left out
         # means combining the group again, on this worker)
         result, verdicts = _mosaic_qa(options, group, backend, MosaicResult.merge(parts))
-        return _write_mosaic(options, result, target, header, t0, verdicts, write_now)
+        entry.update(_write_mosaic(options, result, target, header, t0, verdicts, write_now))
 
     return _unit(options, group, target, work)
 
 
 def _unit(options, group, target, work) -> dict:
     """A unit's report entry: skipped when the product exists (unless overwrite), else
-    ``work(product_header)``'s entry, written or failed with the expected error."""
+    filled by ``work(product_header, entry)``, written or failed with the expected error
+    (the product's writer may still fill in some of it, and fail it, later: see
+    :class:`Writer`)."""
     entry = {
         "group": group.label(),
         "product": str(target),
@@ -140,7 +142,7 @@ def _unit(options, group, target, work) -> dict:
         entry["status"] = "skipped (exists)"
         return entry
     try:
-        entry.update(work(_product_header(options)))
+        work(_product_header(options), entry)
         entry["status"] = "written"
     except (GpuflatError, ValueError, OSError) as exc:
         entry["status"] = f"failed: {exc}"
@@ -170,16 +172,18 @@ def _progress(on_event, group):
 
 def combine_group(
     options, group, backend, bad_pixels, target, header_fn, on_event=None, write=write_now,
-    workspace=None,
+    workspace=None, entry=None,
 ):  # fmt: skip
     """Combine a group (QA, combined again without the frames it leaves out), write its
-    plots and hand its product to ``write(target, timings, write_product)`` (:func:`write_now`
-    or a :class:`Writer`); returns the unit's report entry."""
+    plots and hand its product to ``write(target, timings, write)`` (:func:`write_now` or a
+    :class:`Writer`); returns the unit's report entry (``entry``, filled, when given)."""
+    entry = {} if entry is None else entry
     if group.mosaic:
         t0 = time.perf_counter()
         result = mosaic_result(options, group, backend, on_event=on_event)
         result, verdicts = _mosaic_qa(options, group, backend, result)
-        return _write_mosaic(options, result, target, header_fn, t0, verdicts, write)
+        entry.update(_write_mosaic(options, result, target, header_fn, t0, verdicts, write))
+        return entry
 
     config = options.combine
     t0 = time.perf_counter()
@@ -202,7 +206,7 @@ def combine_group(
     results = None if options.plots or options.compress or len(group.frames) > 32767 else stream
     try:
         return _combine_group(options, group, backend, bad_pixels, target, header, results,
-                              streamed, on_event, write, workspace, t0)  # fmt: skip
+                              streamed, on_event, write, workspace, t0, entry)  # fmt: skip
     except BaseException:
         for product in streamed:
             product.discard()
@@ -210,7 +214,7 @@ def combine_group(
 
 
 def _combine_group(options, group, backend, bad_pixels, target, header, results, streamed,
-                   on_event, write, workspace, t0):  # fmt: skip
+                   on_event, write, workspace, t0, entry):  # fmt: skip
     config = options.combine
     with ExitStack() as stack:
         frames = []
@@ -259,31 +263,44 @@ def _combine_group(options, group, backend, bad_pixels, target, header, results,
                 frames, unscaled_config, backend, bad_pixel_mask=bad_pixels,
                 calibrator=calibrator(), workspace=workspace,
             ).image  # fmt: skip
-    if streamed:
-        product = streamed[-1]
-        survivors, empty, finish = product.survivors, product.empty, product.write
-    else:
-        survivors, empty = int(result.count.sum(dtype=np.int64)), int(result.mask.sum())
-        finish = functools.partial(
-            write_product, target, result, header(result), unit=result.unit,
-            overwrite=options.overwrite, compress=options.compress,
-        )  # fmt: skip
-    entry = {
+    entry.update({
         "frames": qa_entries,
         "frames_left_out": len(left_out),
         "frames_combined": len(result.names),
-        "rejected_fraction": float(1 - survivors / math.prod(result.shape) / len(result.names)),
-        "pixels_without_survivor": empty,
+        "rejected_fraction": None,  # see _survivors
+        "pixels_without_survivor": None,
         "seconds": round(time.perf_counter() - t0, 3),
         "bands": result.plan.nbands,
         "backend": result.backend,
         "timings": {k: round(v, 3) for k, v in timings.items()},
-    }
+    })  # fmt: skip
     if options.plots:  # before the product is handed over: its writing swaps bytes in place
         entry["plots"] = _plots(target, group, result, unscaled)
-    streamed.clear()  # handed over: from here the write cleans up after itself
-    write(target, entry["timings"], finish)
+    if streamed:
+        finish = functools.partial(_write_streamed, streamed.pop(), entry, len(result.names))
+    else:
+        _survivors(entry, int(result.count.sum(dtype=np.int64)), int(result.mask.sum()),
+                   result.count.size, len(result.names))  # fmt: skip
+        finish = functools.partial(
+            write_product, target, result, header(result), unit=result.unit,
+            overwrite=options.overwrite, compress=options.compress,
+        )  # fmt: skip
+    write(target, entry["timings"], finish)  # handed over: it cleans up after itself
     return entry
+
+
+def _survivors(entry, survivors, empty, pixels, frames) -> None:
+    """The entry's figures of the combined planes."""
+    entry["rejected_fraction"] = float(1 - survivors / pixels / frames)
+    entry["pixels_without_survivor"] = empty
+
+
+def _write_streamed(product, entry, frames, defer=False):
+    """A streamed product's ``write`` (on the run's writer, which the report waits for):
+    its last bands stored, then its figures in the entry."""
+    finish = product.write(defer=defer)
+    _survivors(entry, product.survivors, product.empty, math.prod(product.shape), frames)
+    return finish
 
 
 def frame_entries(result) -> list[dict]:
