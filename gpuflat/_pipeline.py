@@ -105,7 +105,9 @@ class Workspace:
     every combination comes from here (the whole stack, or pass 1's frames and pass 2's
     band buffers), so that the next group's stack (of the same size or smaller) is already
     mapped instead of fresh pages faulted in again (0.1 s of a 6-group night). It holds one
-    stack, the largest allocation of a combination anyway, until it is dropped.
+    stack, the largest allocation of a combination anyway, until it is dropped. Likewise
+    the buffers of the results streamed to a run's products (:meth:`results`), two in
+    turn: a product may still be storing its last bands while the next group combines.
 
     ``busy_cores``: how many cores the run keeps busy beside the combination at a given
     moment (its product writer, finishing the previous group); pass 1 measures the levels
@@ -113,6 +115,7 @@ class Workspace:
 
     def __init__(self, busy_cores=lambda: 0):
         self._bytes = None
+        self._results, self._turn = [None, None], 0
         self.busy_cores = busy_cores
 
     def stack(self, size: int, dtype) -> np.ndarray:
@@ -122,6 +125,15 @@ class Workspace:
             self._bytes = None  # the old one goes before the new one comes
             self._bytes = np.empty(nbytes, np.uint8)
         return self._bytes[:nbytes].view(dtype)
+
+    def results(self, nbytes: int) -> np.ndarray:
+        """``nbytes`` bytes for a combination's results: the older of two buffers, the one
+        the combination before the previous one had (its product is written by then)."""
+        k, self._turn = self._turn, 1 - self._turn
+        if self._results[k] is None or self._results[k].size < nbytes:
+            self._results[k] = None
+            self._results[k] = np.empty(nbytes, np.uint8)
+        return self._results[k][:nbytes]
 
 
 def combine_frames(

@@ -185,7 +185,7 @@ class StreamedProduct:
     #: stored types of the planes, in the file's order: image, MASK, UNCERT, NCOMBINE
     STORED = (np.dtype(">f4"), np.dtype("u1"), np.dtype(">f4"), np.dtype(">i2"))
 
-    def __init__(self, path, header, shape, *, unit="adu", overwrite=False):
+    def __init__(self, path, header, shape, *, unit="adu", overwrite=False, memory=None):
         self.path, self.overwrite, self.shape = _new(path, overwrite), overwrite, shape
         tiny = [np.zeros((1, 1), dt) for dt in self.STORED]
         self._hdul = _product_hdus(header, unit, *tiny)
@@ -205,7 +205,9 @@ class StreamedProduct:
         self._tmp = temporary_name(self.path)
         self._out = PlacedWriter(self._tmp, at)
         # two sets of band buffers: the backend writes one while this product's thread
-        # stores the other
+        # stores the other; both in one block of ``memory(nbytes)`` (a run's workspace
+        # lends it), of which a combination in one band touches only the first half
+        self._memory = memory or (lambda nbytes: np.empty(nbytes, np.uint8))
         self._scratch, self._stored, self._turn = [None, None], [None, None], 0
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="gpuflat-product")
 
@@ -214,9 +216,15 @@ class StreamedProduct:
         if self._stored[k] is not None:  # its previous band stored (or its error raised)
             self._stored[k], stored = None, self._stored[k]
             stored.result()
-        if self._scratch[k] is None or self._scratch[k][0].size < n:
-            self._scratch[k] = None
-            types = (np.float32, np.float32, np.int32, bool)
+        types = (np.float32, np.float32, np.int32, bool)
+        if self._scratch[k] is None:  # the first band: both sets, for bands no larger
+            ends = np.cumsum([n * np.dtype(t).itemsize for t in types])
+            for j, b in enumerate(self._memory(2 * int(ends[-1])).reshape(2, -1)):
+                starts = [0, *ends[:-1]]
+                self._scratch[j] = tuple(
+                    b[a:e].view(t) for a, e, t in zip(starts, ends, types, strict=True)
+                )
+        elif self._scratch[k][0].size < n:  # a larger band after all: on its own
             self._scratch[k] = tuple(np.empty(n, t) for t in types)
         return tuple(a[:n] for a in self._scratch[k][:3])
 

@@ -197,8 +197,9 @@ def combine_group(
         )  # fmt: skip
 
     def stream(result, shape):
+        memory = None if workspace is None else workspace.results
         streamed.append(StreamedProduct(target, header(result), shape, unit=result.unit,
-                                        overwrite=options.overwrite))  # fmt: skip
+                                        overwrite=options.overwrite, memory=memory))  # fmt: skip
         return streamed[-1]
 
     # the plots need the planes in memory; a compressed product is written whole; counts
