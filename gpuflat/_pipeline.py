@@ -318,13 +318,14 @@ def combine_frames(
             # the backend writes the band's rows of the results where they lie (the float64
             # values rounded to out_dtype as they are stored, as an assignment would)
 
-            def combine_rows(d, m, r0, r1):
+            def combine_rows(d, m, r0, r1, busy):
                 out = planes.rows(r0, r1)
-                backend.combine_band(d, m, scales, weights, params, out=out, rejected=rejected)
+                backend.combine_band(d, m, scales, weights, params, out=out, rejected=rejected,
+                                     busy_cores=busy)  # fmt: skip
                 planes.done(r0, r1)
         else:
 
-            def combine_rows(d, m, r0, r1):
+            def combine_rows(d, m, r0, r1, busy):
                 for a, b in zip(planes.rows(r0, r1), band_combiner(d, m, scales, weights),
                                 strict=True):  # fmt: skip
                     a[...] = b.reshape(-1)
@@ -349,10 +350,12 @@ def combine_frames(
             pending = reader.submit(read, 0)
             for k, (r0, r1) in enumerate(bands):
                 mask = timed("wait", pending.result)
-                if k + 1 < len(bands):
+                reading = k + 1 < len(bands)  # the reader reads the next band meanwhile
+                if reading:
                     pending = reader.submit(read, k + 1)
                 data = band_view(k).reshape(n, (r1 - r0) * cols)
-                timed("combine", combine_rows, data, mask, r0, r1)
+                busy = reading + (0 if workspace is None else workspace.busy_cores())
+                timed("combine", combine_rows, data, mask, r0, r1, busy)
                 if progress is not None:
                     progress(k + 1, len(bands))
         except BaseException:

@@ -269,6 +269,35 @@ def test_level_with_busy_cores_is_the_same_and_restores_threads(rng, how, monkey
     assert numba.get_num_threads() == threads
 
 
+def test_bands_are_combined_on_the_cores_the_reader_leaves(rng, tmp_path, monkeypatch):
+    """While the reader reads the next band, a band is combined with ``busy_cores=1`` (the
+    last one, read already, with 0); the results are those of one band, bit for bit, and
+    numba's thread count is back as it was."""
+    import numba
+
+    from gpuflat.backends import NumbaBackend
+
+    paths = []
+    for i, frame in enumerate(flat_stack(rng, n=7, shape=(120, 64))):
+        paths.append(str(write_fits(tmp_path / f"f{i}.fits", frame)))
+    real, seen = NumbaBackend.combine_band, []
+
+    def combine_band(self, *args, busy_cores=0, **kwargs):
+        seen.append(busy_cores)
+        return real(self, *args, busy_cores=busy_cores, **kwargs)
+
+    monkeypatch.setattr(NumbaBackend, "combine_band", combine_band)
+    threads = numba.get_num_threads()
+    banded = gpuflat.combine(paths, mem_limit=200e3, backend="cpu")
+    assert banded.plan.nbands > 2 and seen == [1] * (banded.plan.nbands - 1) + [0]
+    assert numba.get_num_threads() == threads
+    whole = gpuflat.combine(paths, backend="cpu")
+    assert whole.plan.nbands == 1 and seen[-1] == 0
+    for a, b in ((banded.image, whole.image), (banded.uncertainty, whole.uncertainty),
+                 (banded.count, whole.count)):  # fmt: skip
+        np.testing.assert_array_equal(a, b)
+
+
 # -- errors -------------------------------------------------------------------------------
 
 

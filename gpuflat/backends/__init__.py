@@ -1,8 +1,9 @@
 """Backends: one small protocol (``frame_level``, ``combine_band``), numba and CUDA siblings.
 
-``frame_level(frame, mask, how, busy_cores=0)``: ``busy_cores`` says how many cores other
-work of the run keeps busy meanwhile; a CPU backend measures on the others (never fewer
-than one), a GPU backend ignores it. The level does not depend on it.
+``frame_level(frame, mask, how, busy_cores=0)`` and ``combine_band(..., busy_cores=0)``:
+``busy_cores`` says how many cores other work of the run keeps busy meanwhile (the
+pipeline's reader, reading the next band; the run's writer); a CPU backend works on the
+others (never fewer than one), a GPU backend ignores it. The results do not depend on it.
 
 A backend may also measure frames from their stored bytes (``measures_raw(fmt)`` and
 ``raw_level(raw, fmt, mask, how)``, the numba backend for 8- and 16-bit integers): pass 1
@@ -36,10 +37,15 @@ class NumbaBackend:
         with _threads_left(busy_cores):
             return _numba.frame_level(frame, mask, how)
 
-    def combine_band(self, data, mask, scale, weight, params, out=None, rejected=None):
+    def combine_band(
+        self, data, mask, scale, weight, params, out=None, rejected=None, busy_cores=0
+    ):  # fmt: skip
+        """``busy_cores``: as for :meth:`frame_level`. On two cores, a band combined on
+        both while the reader converted the next one took the run longer than on one."""
         from . import _numba
 
-        return _numba.combine_band(data, mask, scale, weight, params, out, rejected)
+        with _threads_left(busy_cores):
+            return _numba.combine_band(data, mask, scale, weight, params, out, rejected)
 
     def measures_raw(self, fmt) -> bool:
         """Whether ``raw_level`` takes frames stored in ``fmt`` (``_frames.RawFormat``)."""

@@ -291,10 +291,12 @@ class CudaBackend:
         params: KernelParams,
         out: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
         rejected: np.ndarray | None = None,
+        busy_cores: int = 0,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Reject and combine one band ``data[n, npix]``; returns (image, uncert, count),
         written into ``out`` when given; per-frame rejected samples are added to
-        ``rejected`` (int64 [n]) when given."""
+        ``rejected`` (int64 [n]) when given. ``busy_cores`` (host cores busy elsewhere)
+        does not concern the device."""
         dev = self.device
         n, npix = data.shape
         if out is None:
