@@ -55,13 +55,33 @@ def _undirect(fd: int) -> None:
     fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~_DIRECT)
 
 
-class DirectWriter:
+class _Written:
+    """A file being written (``self._fd``): a context manager whose exit closes it
+    (``close``), or, on an error inside, discards it (:meth:`discard`)."""
+
+    closed = False
+
+    def discard(self) -> None:
+        """Closed as it is: no padding, no truncation (the caller removes the file)."""
+        if not self.closed:
+            self.closed = True
+            os.close(self._fd)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, *_):
+        if kind is None:
+            self.close()
+        else:
+            self.discard()
+
+
+class DirectWriter(_Written):
     """A new file at ``path`` (truncated if it exists), written ``CHUNK`` bytes at a time
     from an aligned buffer; the last chunk is padded to ``ALIGN`` and the file truncated to
     what was written. A context manager: leaving it writes the rest and closes the file
     (an error inside leaves the file partly written, for the caller to remove)."""
-
-    closed = False
 
     def __init__(self, path):
         self._fd, self._direct = _open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
@@ -120,18 +140,8 @@ class DirectWriter:
         finally:
             os.close(self._fd)
 
-    def __enter__(self):
-        return self
 
-    def __exit__(self, kind, *_):
-        if kind is None:
-            self.close()
-        else:  # the caller removes the file: no padding, no truncation
-            self.closed = True
-            os.close(self._fd)
-
-
-class PlacedWriter:
+class PlacedWriter(_Written):
     """A new file of ``size`` bytes (truncated if it exists) written in pieces at any
     offsets and in any order, each byte at most once (those never given are zeros), past
     the page cache where the filesystem allows it: a streamed product's planes, band by
@@ -144,8 +154,6 @@ class PlacedWriter:
     the file is then truncated to ``size``). Where ``O_DIRECT`` is refused every piece is
     written as it comes. A context manager: an error inside leaves the file for the caller
     to remove."""
-
-    closed = False
 
     def __init__(self, path, size: int):
         self._fd, self._direct = _open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
@@ -253,21 +261,6 @@ class PlacedWriter:
             os.ftruncate(self._fd, self.size)  # the last page's padding off
         finally:
             os.close(self._fd)
-
-    def discard(self) -> None:
-        """Closed as it is (the caller removes the file)."""
-        if not self.closed:
-            self.closed = True
-            os.close(self._fd)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, kind, *_):
-        if kind is None:
-            self.close()
-        else:
-            self.discard()
 
 
 def _addr(view) -> int:
