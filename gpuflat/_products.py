@@ -218,11 +218,14 @@ class StreamedProduct:
             stored.result()
         types = (np.float32, np.float32, np.int32, bool)
         if self._scratch[k] is None:  # the first band: both sets, for bands no larger
-            ends = np.cumsum([n * np.dtype(t).itemsize for t in types])
-            for j, b in enumerate(self._memory(2 * int(ends[-1])).reshape(2, -1)):
-                starts = [0, *ends[:-1]]
+            # each array at a multiple of 64 bytes (aligned for the kernels, whose
+            # compiled code takes aligned arrays only)
+            sizes = [-(-n * np.dtype(t).itemsize // 64) * 64 for t in types]
+            starts = np.cumsum([0, *sizes])
+            for j, b in enumerate(self._memory(2 * int(starts[-1])).reshape(2, -1)):
                 self._scratch[j] = tuple(
-                    b[a:e].view(t) for a, e, t in zip(starts, ends, types, strict=True)
+                    b[a : a + n * np.dtype(t).itemsize].view(t)
+                    for a, t in zip(starts, types, strict=False)
                 )
         elif self._scratch[k][0].size < n:  # a larger band after all: on its own
             self._scratch[k] = tuple(np.empty(n, t) for t in types)

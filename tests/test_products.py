@@ -278,8 +278,10 @@ def test_a_streamed_product_is_the_product_written_whole(tmp_path, rng, shape, b
     r0 = 0
     for rows in bands:
         r1 = r0 + rows
-        for out, plane in zip(product.rows(r0, r1), (result.image, result.uncertainty,
-                                                     result.count), strict=True):  # fmt: skip
+        lent = product.rows(r0, r1)
+        assert all(a.flags.aligned and a.flags.c_contiguous for a in lent)  # for the kernels
+        for out, plane in zip(lent, (result.image, result.uncertainty, result.count),
+                              strict=True):  # fmt: skip
             out[...] = plane[r0:r1].reshape(-1)
         product.done(r0, r1)
         r0 = r1
