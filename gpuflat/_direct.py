@@ -222,15 +222,14 @@ class PlacedWriter(_Written):
         self._pwrite(view, offset)
 
     def _pwrite(self, view, offset) -> None:
-        try:
-            written = os.pwrite(self._fd, view, offset)
-        except OSError as exc:
-            if not (self._direct and exc.errno == errno.EINVAL):
-                raise
-            self._undirect()
-            written = os.pwrite(self._fd, view, offset)
-        while written < len(view):  # a short write: the rest
-            written += os.pwrite(self._fd, view[written:], offset + written)
+        written = 0
+        while written < len(view):  # a short write: the rest (unaligned, maybe refused)
+            try:
+                written += os.pwrite(self._fd, view[written:], offset + written)
+            except OSError as exc:
+                if not (self._direct and exc.errno == errno.EINVAL):
+                    raise
+                self._undirect()
 
     def _undirect(self) -> None:
         """Alignment refused after all: ordinary writes from here, the waiting bytes too

@@ -115,7 +115,7 @@ class Workspace:
 
     def __init__(self, busy_cores=lambda: 0):
         self._bytes = None
-        self._results, self._turn = [None, None], 0
+        self._results, self._users, self._turn = [None, None], [None, None], 0
         self.busy_cores = busy_cores
 
     def stack(self, size: int, dtype) -> np.ndarray:
@@ -126,10 +126,15 @@ class Workspace:
             self._bytes = np.empty(nbytes, np.uint8)
         return self._bytes[:nbytes].view(dtype)
 
-    def results(self, nbytes: int) -> np.ndarray:
-        """``nbytes`` bytes for a combination's results: the older of two buffers, the one
-        the combination before the previous one had (its product is written by then)."""
+    def results(self, nbytes: int, user) -> np.ndarray:
+        """``nbytes`` bytes for a combination's results: the older of two buffers, once
+        the call that its last borrower gave (``user``, here the new one's) returns, that
+        is, once that borrower is done with it (a product discarded by QA, or one whose
+        group failed, was never waited for by the run's writer)."""
         k, self._turn = self._turn, 1 - self._turn
+        if self._users[k] is not None:
+            self._users[k]()
+        self._users[k] = user
         if self._results[k] is None or self._results[k].size < nbytes:
             self._results[k] = None
             self._results[k] = np.empty(nbytes, np.uint8)

@@ -207,7 +207,7 @@ class StreamedProduct:
         # two sets of band buffers: the backend writes one while this product's thread
         # stores the other; both in one block of ``memory(nbytes)`` (a run's workspace
         # lends it), of which a combination in one band touches only the first half
-        self._memory = memory or (lambda nbytes: np.empty(nbytes, np.uint8))
+        self._memory = memory or (lambda nbytes, user: np.empty(nbytes, np.uint8))
         self._scratch, self._stored, self._turn = [None, None], [None, None], 0
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="gpuflat-product")
 
@@ -222,7 +222,8 @@ class StreamedProduct:
             # compiled code takes aligned arrays only)
             sizes = [-(-n * np.dtype(t).itemsize // 64) * 64 for t in types]
             starts = np.cumsum([0, *sizes])
-            for j, b in enumerate(self._memory(2 * int(starts[-1])).reshape(2, -1)):
+            block = self._memory(2 * int(starts[-1]), self._stores_done)
+            for j, b in enumerate(block.reshape(2, -1)):
                 self._scratch[j] = tuple(
                     b[a : a + n * np.dtype(t).itemsize].view(t)
                     for a, t in zip(starts, types, strict=False)
@@ -266,9 +267,19 @@ class StreamedProduct:
             if future is not None:
                 future.result()
 
+    def _stores_done(self) -> None:
+        """Returns once this product's thread has stored every band given (its errors are
+        for :meth:`close`): its buffers are free."""
+        self._thread.shutdown(wait=True)
+
     def write(self, defer=False):
-        """The headers (with the checksums), then the commit."""
-        self.close()
+        """The headers (with the checksums), then the commit; on any error the temporary
+        goes."""
+        try:
+            self.close()  # a band's store may have failed (a full disk)
+        except BaseException:
+            self.discard()
+            raise
 
         def finish(tmp):
             with self._out:  # closed when done, abandoned on an error (commit removes it)
@@ -297,10 +308,12 @@ class StreamedProduct:
 
     def discard(self) -> None:
         """The temporary file closed and removed (the combination failed or is redone)."""
-        with suppress(Exception):  # the file goes anyway
-            self.close()
-        self._out.discard()
-        self._tmp.unlink(missing_ok=True)
+        try:
+            with suppress(Exception):  # the file goes anyway
+                self.close()
+        finally:
+            self._out.discard()
+            self._tmp.unlink(missing_ok=True)
 
 
 def _checksum(hdu, data, phase, total):

@@ -347,3 +347,26 @@ def test_a_streamed_product_that_does_not_verify_is_never_committed(tmp_path, rn
     with pytest.raises(GpuflatError, match="NCOMBINE fails its checksum"):
         product.write()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_streamed_product_whose_last_store_fails_is_removed_by_its_write(
+    tmp_path, rng, monkeypatch
+):
+    """The last bands are stored after the combination returns: a store that fails then
+    (a full disk) fails the product's write, which leaves nothing behind."""
+    from gpuflat import _direct
+
+    def full(self, offset, piece):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(_direct.PlacedWriter, "put", full)
+    shape = (40, 30)
+    result = _result(shape, 9, rng)
+    product = _products.StreamedProduct(tmp_path / "p.fits", fits.Header(), shape)
+    for out, plane in zip(product.rows(0, 40), (result.image, result.uncertainty,
+                          result.count), strict=True):  # fmt: skip
+        out[...] = plane.reshape(-1)
+    product.done(0, 40)
+    with pytest.raises(OSError, match="No space"):
+        product.write()
+    assert list(tmp_path.iterdir()) == []

@@ -186,6 +186,11 @@ def test_groups_share_one_workspace(tmp_path, rng):
 
     ws = Workspace()
     a = ws.stack(100, np.float32)
+    waited = []
+    r1, r2 = ws.results(100, lambda: waited.append(1)), ws.results(100, lambda: waited.append(2))
+    assert not np.shares_memory(r1, r2) and waited == []
+    r3 = ws.results(100, lambda: waited.append(3))  # the first one again, once its user is done
+    assert np.shares_memory(r1, r3) and waited == [1]
     b = ws.stack(60, np.float32)
     assert b.size == 60 and np.shares_memory(a, b)  # a smaller stack reuses the memory
     c = ws.stack(200, np.float32)
