@@ -170,7 +170,7 @@ class StreamedProduct:
     208 MB of fresh memory (0.2-0.45 s of page faults on this project's VMs) and 176 MB
     written after the combination instead of during it.
 
-    The pipeline's results object (``_pipeline.Planes``): :meth:`rows` lends the band's
+    The pipeline's results object (``_memory.Planes``): :meth:`rows` lends the band's
     buffers (float32 image and uncertainty, int32 count), :meth:`done` stores them on this
     product's thread (while the backend writes the next band into a second set of
     buffers), :meth:`close` waits for all of them; ``survivors`` and ``empty`` then count

@@ -182,7 +182,7 @@ def test_groups_share_one_workspace(tmp_path, rng):
     """A run lends every group the same stack memory (grown when a group needs more): the
     products equal those of separate library calls, whatever came before each group."""
     import gpuflat
-    from gpuflat._pipeline import Workspace
+    from gpuflat._memory import Workspace
 
     ws = Workspace()
     a = ws.stack(100, np.float32)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from .._extensions import select_extensions
 from .._frames import bad_pixel_mask
-from .._pipeline import Workspace
+from .._memory import Workspace
 from .._select import expand_inputs, group_frames, is_selected, read_info
 from .._version import __version__
 from ..backends import get_backend

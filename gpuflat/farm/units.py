@@ -95,7 +95,7 @@ def group_unit(
     ``backend`` and ``bad_pixels`` are resolved here when left out (on a Dask worker);
     ``on_event("progress", {...})`` is called as bands or extensions are done; ``writer``
     (a :class:`Writer`) writes the product off the critical path, else the product is in
-    place when this returns; ``workspace`` (a ``_pipeline.Workspace``) lends the stack."""
+    place when this returns; ``workspace`` (a ``_memory.Workspace``) lends the stack."""
 
     def work(header, entry):
         nonlocal backend, bad_pixels
