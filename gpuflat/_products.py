@@ -110,10 +110,12 @@ def write_product(
 
     Written to a temporary name beside the target, verified (checksums) and then moved into
     place: a killed run never leaves a half-written product, and an existing file is never
-    clobbered unless ``overwrite``. ``compress``: the primary HDU is header-only and the
-    flat is the tile-compressed extension ``COMPRESSED_IMAGE``, followed by UNCERT, MASK and
-    NCOMBINE, all compressed losslessly (:data:`COMPRESSION`); ``CCDData.read(path, hdu=1)``
-    reads it (without ``hdu=1`` astropy's reader does not look into compressed HDUs).
+    clobbered unless ``overwrite``. ``compress``: MASK, UNCERT and NCOMBINE are
+    tile-compressed losslessly (:data:`COMPRESSION`); the flat stays the plain primary image,
+    with the whole header, so that the guide's next steps read the product as they read an
+    uncompressed one: ``CCDData.read(path)`` (which reads the primary HDU, and when that is
+    empty looks for a plain ``ImageHDU`` only, never a ``CompImageHDU``) and
+    ``ImageFileCollection`` (which filters on the primary header).
     """
     path = _new(path, overwrite)
     # the result's planes are stored in their own memory while they are written (the
@@ -123,12 +125,10 @@ def write_product(
             header, unit, _stored(result.image, stack), _mask_data(result.mask),
             _stored(result.uncertainty, stack), _count_data(result.count, stack),
         )  # fmt: skip
-        if compress:
-            first = hdul[0]
+        if compress:  # the flat itself stays a plain primary image (see above)
             hdul = fits.HDUList(
                 [
-                    fits.PrimaryHDU(),
-                    fits.CompImageHDU(first.data, first.header, **COMPRESSION),
+                    hdul[0],
                     *(
                         fits.CompImageHDU(h.data, h.header, name=h.name, **COMPRESSION)
                         for h in hdul[1:]
