@@ -340,7 +340,8 @@ def _result(frames, scales, levels, config, backend, plan, timings, rejected,
             calibrator) -> CombineResult:  # fmt: skip
     """The result before its planes (:func:`_finished`)."""
     first = frames[0]
-    unit = next((f.unit for f in frames if getattr(f, "unit", None) is not None), None)
+    units = (_unit(getattr(f, "unit", None)) for f in frames)
+    unit = next((u for u in units if u is not None), None)
     return CombineResult(
         image=None,
         uncertainty=None,
@@ -350,7 +351,7 @@ def _result(frames, scales, levels, config, backend, plan, timings, rejected,
         names=[f.name for f in frames],
         levels=levels,
         header=first.header.copy(),
-        unit=None if unit is None else str(unit),
+        unit=None if unit is None else unit.to_string(),  # BUNIT "ADU" as "adu"
         config=config,
         backend=getattr(backend, "name", "custom"),
         plan=plan,

@@ -396,10 +396,11 @@ def _checksum(hdu, data, phase, total):
 
 
 def _unit_text(unit) -> str:
-    """The unit as CCDData writes it in BUNIT (``ADU`` -> ``adu``)."""
+    """The unit as CCDData writes it in BUNIT; one astropy does not know (the inputs'
+    BUNIT) as it is."""
     from astropy import units as u  # loaded with astropy.io.fits already
 
-    return u.Unit(unit or "adu").to_string()
+    return u.Unit(unit or "adu", parse_strict="silent").to_string()
 
 
 def write_mef_product(path, primary_header, extensions, *, unit="adu", overwrite=False,

@@ -103,6 +103,21 @@ def test_frames_in_different_units_are_refused(frames, files):
     assert gpuflat.combine([frames[0], CCDData(frames[1], unit="electron")]).unit == "electron"
 
 
+def test_bunit_adu_as_cameras_write_it(frames, tmp_path):
+    """Files with BUNIT = 'ADU' (which astropy's units do not parse, and CCDData.read
+    takes as adu): the product says adu, and reads back."""
+    d = tmp_path / "cam"
+    d.mkdir()
+    for i, a in enumerate(frames):
+        write_fits(d / f"f{i}.fits", a, IMAGETYP="FLAT", FILTER="V", BUNIT="ADU")
+    out = tmp_path / "out"
+    assert main(["run", str(d), "-o", str(out), "-q"]) == 0
+    ccd = CCDData.read(out / "combined_flat_filter_V.fits")
+    assert ccd.unit == "adu" and ccd.header["BUNIT"] == "adu"
+    np.testing.assert_allclose(ccd.data, reference(frames), rtol=1e-6)
+    assert gpuflat.combine(sorted(str(p) for p in d.iterdir())).unit == "adu"
+
+
 def test_a_run_refuses_a_group_in_different_units(files, frames, tmp_path):
     other = str(files[0]).replace("flat-0", "electrons")
     write_fits(other, frames[0], IMAGETYP="FLAT", FILTER="V", BUNIT="electron")
