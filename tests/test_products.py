@@ -218,7 +218,7 @@ def test_a_compressed_product_reads_back_losslessly_and_the_planes_come_back(tmp
         np.testing.assert_array_equal(getattr(r, k), v)
         assert getattr(r, k).dtype.isnative
     with fits.open(path) as f:
-        np.testing.assert_array_equal(f[1].data, before["image"])
+        np.testing.assert_array_equal(f[0].data, before["image"])
         np.testing.assert_array_equal(f["UNCERT"].data, before["uncertainty"])
         np.testing.assert_array_equal(f["NCOMBINE"].data, before["count"])
 
