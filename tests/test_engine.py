@@ -382,7 +382,9 @@ def status(key):  # bytes; this process's own figures (ru_maxrss would include t
     return int(line.split()[1]) * 1024
 
 paths = sys.argv[1:-1]; limit = float(sys.argv[-1])
-gpuflat.combine(np.ones((3, 8, 8), np.float32))  # compile and warm up
+# compile and warm up: the same combination (the kernels are compiled per size class of
+# the stack, and the frame median's for frames this large)
+gpuflat.combine(paths, mem_limit=limit)
 before = status("VmRSS")
 with open("/proc/self/clear_refs", "w") as fh:
     fh.write("5")  # reset the peak (VmHWM) to the current resident size

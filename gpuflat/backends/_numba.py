@@ -25,7 +25,7 @@ from ._params import KernelParams, noise_table
 
 # the digest of _numba_fast.py, _numba_median.py, _numba_merges.py and _numba_ops.py (see
 # _networks.DEPENDS_ON)
-_DEPENDS_ON = "c52727aae6e2b3c7"  # sha256 of those four files, in that order
+_DEPENDS_ON = "099dfa81f83a9133"  # sha256 of those four files, in that order
 
 _FAST_BAD = 11 * FAST_L  # the flags' row in the fast path's scratch
 
@@ -1161,71 +1161,43 @@ def _fast_range(
         )  # fmt: skip
 
 
-def _fast_threads(
-    data, mask, has_mask, scale, weight, has_weight, prm, net, cls, image, uncert, count, rej
+@nb.njit(cache=True, nogil=True)
+def _combine_range(
+    data, mask, has_mask, scale, weight, has_weight, prm, srt, mrg, p0, p1, image, uncert,
+    count, rej,
 ):  # fmt: skip
-    """The fast path's parameters (``_numba_fast``): ``_fast_range`` on equal runs of
-    whole chunks, one per thread (``_threads``). ``rej`` as below."""
-    n, npix = data.shape
+    """Pixels ``[p0, p1)`` by the generic block path. ``rej`` (int64 [n], or empty for
+    none): rejected samples per frame are added to it."""
+    n = data.shape[0]
+    # the straight-line networks sort 16 rows: the rows past n stay +inf
+    tl = np.empty((3, 16 if n <= 16 else n, _L), np.float64)
+    tl[_TS, n:, :] = _INF
+    il = np.empty((10, _L), np.int64)
+    fl = np.empty((10, _L), np.float64)
+    for b0 in range(p0, p1, _L):
+        _combine_block(
+            data, mask, has_mask, scale, weight, has_weight, prm, srt, mrg, b0,
+            min(_L, p1 - b0), image, uncert, count, rej, tl, il, fl,
+        )  # fmt: skip
+
+
+def _in_parts(n, npix, rej, work):
+    """``work(p0, p1, rej_t)`` on equal runs of whole chunks of the band's ``npix`` pixels,
+    one run per thread (``_threads``), as a static ``prange`` schedule would hand them
+    out; each run's rejected counts ``rej_t`` are added to ``rej`` (int64 [n], or empty
+    for none)."""
     nchunks = (npix + _CHUNK - 1) // _CHUNK
     nparts = min(_threads.parts(), nchunks)
     bounds = [min(npix, (nchunks * t // nparts) * _CHUNK) for t in range(nparts + 1)]
 
     def part(t):
         r = np.zeros(n, np.int64) if rej.size > 0 else rej
-        _fast_range(
-            data, mask, has_mask, scale, weight, has_weight, prm, net, cls, bounds[t],
-            bounds[t + 1], np.empty(scratch_size(n), np.float64), np.empty((4, n), np.float64),
-            np.empty((3, n), np.bool_), image, uncert, count, r,
-        )  # fmt: skip
+        work(bounds[t], bounds[t + 1], r)
         return r
 
     for r in _threads.run_parts(part, nparts):
         if rej.size > 0:
             rej += r
-
-
-@nb.njit(cache=True, nogil=True, parallel=True)
-def _combine_parallel(
-    data, mask, has_mask, scale, weight, has_weight, prm, srt, mrg, image, uncert, count, rej
-):  # fmt: skip
-    """``rej`` (int64 [n], or empty for none): rejected samples per frame are added to it."""
-    n, npix = data.shape
-    nchunks = (npix + _CHUNK - 1) // _CHUNK
-    # per-chunk rejection counts, summed after the parallel loop
-    parts = np.zeros((nchunks if rej.size > 0 else 0, n), np.int64)
-    for c in nb.prange(nchunks):
-        rc = parts[c] if rej.size > 0 else rej
-        p1 = min(npix, (c + 1) * _CHUNK)
-        # the straight-line networks sort 16 rows: the rows past n stay +inf
-        tl = np.empty((3, 16 if n <= 16 else n, _L), np.float64)
-        tl[_TS, n:, :] = _INF
-        il = np.empty((10, _L), np.int64)
-        fl = np.empty((10, _L), np.float64)
-        for p0 in range(c * _CHUNK, p1, _L):
-            _combine_block(
-                data,
-                mask,
-                has_mask,
-                scale,
-                weight,
-                has_weight,
-                prm,
-                srt,
-                mrg,
-                p0,
-                min(_L, p1 - p0),
-                image,
-                uncert,
-                count,
-                rc,
-                tl,
-                il,
-                fl,
-            )
-    for c in range(parts.shape[0]):
-        for i in range(n):
-            rej[i] += parts[c, i]
 
 
 def combine_band(data, mask, scale, weight, params: KernelParams, out=None, rejected=None):
@@ -1271,13 +1243,25 @@ def combine_band(data, mask, scale, weight, params: KernelParams, out=None, reje
         has_weight,
         _as_tuple(params, data.shape[0]),
     )
-    outs = (image, uncert, count, _NO_REJECTED if rejected is None else rejected)
-    if fast_eligible(params, data.shape[0]) and not params.ccdclip and params.nkeep == 0:
+    rej = _NO_REJECTED if rejected is None else rejected
+    n, npix = data.shape
+    if fast_eligible(params, n) and not params.ccdclip and params.nkeep == 0:
         # sorts runs of 16 frames in registers and merges them by a network
-        n = data.shape[0]
-        _fast_threads(*args, merge_network(n), size_class(n), *outs)
+        net, cls = merge_network(n), size_class(n)
+
+        def work(p0, p1, r):
+            _fast_range(
+                *args, net, cls, p0, p1, np.empty(scratch_size(n)), np.empty((4, n)),
+                np.empty((3, n), np.bool_), image, uncert, count, r,
+            )  # fmt: skip
+
     else:
-        _combine_parallel(*args, *_networks(data.shape[0]), *outs)
+        srt, mrg = _networks(n)
+
+        def work(p0, p1, r):
+            _combine_range(*args, srt, mrg, p0, p1, image, uncert, count, r)
+
+    _in_parts(n, npix, rej, work)
     return image, uncert, count
 
 
@@ -1310,12 +1294,11 @@ def _as_tuple(params: KernelParams, n: int | None = None):
     )
 
 
-@nb.njit(cache=True, nogil=True, parallel=True)
-def _row_sums(frame, mask, has_mask):
-    rows = frame.shape[0]
-    sums = np.zeros(rows, np.float64)
-    counts = np.zeros(rows, np.int64)
-    for r in nb.prange(rows):
+@nb.njit(cache=True, nogil=True)
+def _row_sums(frame, mask, has_mask, r0, r1, sums, counts):
+    """Rows ``[r0, r1)``: each row's sum (float64, in column order) and count of usable
+    values."""
+    for r in range(r0, r1):
         s = 0.0
         k = 0
         for c in range(frame.shape[1]):
@@ -1325,7 +1308,6 @@ def _row_sums(frame, mask, has_mask):
                 k += 1
         sums[r] = s
         counts[r] = k
-    return sums, counts
 
 
 # --------------------------------------------------------------------------------------
@@ -1344,31 +1326,39 @@ def _key(bits):
     return bits ^ np.uint32(0xFFFFFFFF) if bits >> 31 else bits | np.uint32(0x80000000)
 
 
-@nb.njit(cache=True, nogil=True, parallel=True)
+@nb.njit(cache=True, nogil=True)
+def _median_hist_part(bits, mask, has_mask, p0, p1, high, want, h):
+    """Histogram into ``h`` the usable values of ``[p0, p1)``: of ``key >> 16`` when
+    ``high``, else of ``key & 0xFFFF`` over the keys whose high half is ``want[j]`` (row
+    j)."""
+    for p in range(p0, p1):
+        b = bits[p]
+        # finite: the exponent is not all ones
+        if (b & np.uint32(0x7F800000)) == np.uint32(0x7F800000):
+            continue
+        if has_mask and mask[p] != 0:
+            continue
+        k = _key(b)
+        if high:
+            h[0, k >> 16] += 1
+        else:
+            for j in range(want.size):
+                if (k >> 16) == want[j]:
+                    h[j, k & np.uint32(0xFFFF)] += 1
+
+
 def _median_hist(bits, mask, has_mask, nparts, high, want):
-    """Per-part histograms of the usable values: of ``key >> 16`` when ``want`` is empty,
-    else of ``key & 0xFFFF`` over the keys whose high half is ``want[j]`` (row j)."""
+    """Histograms of the usable values (``_median_hist_part``), the frame in ``nparts``
+    parts, each on a thread of its own (``_threads``)."""
     npix = bits.size
-    nrow = max(want.size, 1)
-    hist = np.zeros((nparts, nrow, _BINS), np.int64)
     step = (npix + nparts - 1) // nparts
-    for t in nb.prange(nparts):
-        h = hist[t]
-        for p in range(t * step, min(npix, (t + 1) * step)):
-            b = bits[p]
-            # finite: the exponent is not all ones
-            if (b & np.uint32(0x7F800000)) == np.uint32(0x7F800000):
-                continue
-            if has_mask and mask[p] != 0:
-                continue
-            k = _key(b)
-            if high:
-                h[0, k >> 16] += 1
-            else:
-                for j in range(want.size):
-                    if (k >> 16) == want[j]:
-                        h[j, k & np.uint32(0xFFFF)] += 1
-    return hist.sum(axis=0)
+
+    def part(t):
+        h = np.zeros((max(want.size, 1), _BINS), np.int64)
+        _median_hist_part(bits, mask, has_mask, t * step, min(npix, (t + 1) * step), high, want, h)
+        return h
+
+    return np.sum(_threads.run_parts(part, nparts), axis=0)
 
 
 def _bin_of_rank(hist, rank):
@@ -1440,9 +1430,17 @@ def frame_level(frame, mask, how: str) -> float:
     Returns NaN when the frame has no usable value.
     """
     if how == "mean":
-        sums, counts = _row_sums(
-            frame, mask if mask is not None else frame[:1, :1], mask is not None
-        )
+        rows = frame.shape[0]
+        sums, counts = np.zeros(rows), np.zeros(rows, np.int64)
+        m = mask if mask is not None else frame[:1, :1]
+        nparts = max(1, min(_threads.parts(), rows))
+        _threads.run_parts(
+            lambda t: _row_sums(
+                frame, m, mask is not None, rows * t // nparts, rows * (t + 1) // nparts, sums,
+                counts,
+            ),
+            nparts,
+        )  # fmt: skip
         total = float(np.cumsum(sums)[-1]) if len(sums) else 0.0  # row order
         k = int(counts.sum())
         return total / k if k else float("nan")

@@ -228,32 +228,35 @@ def measures_raw(fmt) -> bool:
     )
 
 
-@nb.njit(cache=True, nogil=True, parallel=True)
+@nb.njit(cache=True, nogil=True)
+def _raw_hist_part(raw, wide, mask, has_mask, blank, has_blank, p0, p1, ht):
+    """Histogram into ``ht`` the stored values' keys of pixels ``[p0, p1)`` (16-bit
+    big-endian signed: value + 32768; 8-bit: the value), BLANK and masked pixels left
+    out. Four sub-histograms, so that runs of equal values do not wait on one counter."""
+    for p in range(p0, p1):
+        if wide:
+            k = ((np.int64(raw[2 * p]) << 8) | np.int64(raw[2 * p + 1])) ^ 0x8000
+        else:
+            k = np.int64(raw[p])
+        skip = (has_blank and k == blank) or (has_mask and mask[p] != 0)
+        if not skip:
+            ht[p & 3, k] += 1
+
+
 def _raw_hist(raw, wide, mask, has_mask, blank, has_blank, nparts):
-    """Histogram of the stored values' keys (16-bit big-endian signed: value + 32768;
-    8-bit: the value), BLANK and masked pixels left out. Four sub-histograms per part, so
-    that runs of equal values do not wait on one counter."""
-    size = 2 if wide else 1
-    npix = raw.size // size
-    nbins = 65536 if wide else 256
-    h = np.zeros((nparts, 4, nbins), np.int64)
+    """The histogram of the stored values' keys (``_raw_hist_part``), the frame in
+    ``nparts`` parts, each on a thread of its own (``_threads``)."""
+    npix = raw.size // (2 if wide else 1)
     step = (npix + nparts - 1) // nparts
-    for t in nb.prange(nparts):
-        ht = h[t]
-        for p in range(t * step, min(npix, (t + 1) * step)):
-            if wide:
-                k = ((np.int64(raw[2 * p]) << 8) | np.int64(raw[2 * p + 1])) ^ 0x8000
-            else:
-                k = np.int64(raw[p])
-            skip = (has_blank and k == blank) or (has_mask and mask[p] != 0)
-            if not skip:
-                ht[p & 3, k] += 1
-    out = np.zeros(nbins, np.int64)
-    for t in range(nparts):
-        for j in range(4):
-            for k in range(nbins):
-                out[k] += h[t, j, k]
-    return out
+
+    def part(t):
+        ht = np.zeros((4, 65536 if wide else 256), np.int64)
+        _raw_hist_part(
+            raw, wide, mask, has_mask, blank, has_blank, t * step, min(npix, (t + 1) * step), ht
+        )  # fmt: skip
+        return ht.sum(axis=0)
+
+    return np.sum(_threads.run_parts(part, nparts), axis=0)
 
 
 def raw_level(raw, fmt, mask, how: str) -> float:
