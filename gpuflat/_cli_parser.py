@@ -239,8 +239,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     common(inspect)
 
-    info = sub.add_parser("info", help="version and backends")
+    info = sub.add_parser(
+        "info", help="version, backends, and whether their compiled kernels are cached here"
+    )
     common(info)
+    warm = sub.add_parser(
+        "warmup",
+        help="compile every kernel gpuflat can use, for this machine (image builds, new nodes)",
+        description="Compile, for this machine, every kernel specialisation that 'gpuflat "
+        "run' and the library can reach (CPU; CUDA where a GPU is present), into numba's "
+        "and CuPy's caches (NUMBA_CACHE_DIR, CUPY_CACHE_DIR). Later processes then compile "
+        "nothing. Idempotent: a second call takes about a second.",
+    )
+    common(warm)
 
     sim = sub.add_parser("simulate", help="write a realistic simulated night")
     sim.add_argument("outdir")

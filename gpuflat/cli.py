@@ -80,6 +80,8 @@ def _command(args, argv, caught) -> int:
                 return _run(opts, ["gpuflat", *argv])
             return _inspect(opts, getattr(args, "all", False))
         _setup_logging(args.verbose, args.quiet)
+        if command == "warmup":
+            return _warmup(args.quiet)
         return _info() if command == "info" else _simulate(args)
     except OptionError as exc:
         print(f"gpuflat {command}: error: {exc}", file=sys.stderr)
@@ -212,6 +214,9 @@ class _Printer:
     def __call__(self, kind, data):
         if kind == "progress":
             self._progress(data)
+        elif kind == "compiling":
+            if not self.quiet:
+                print(_compiling_line(data), file=sys.stderr, flush=True)
         elif kind == "done":
             bar = self.bars.pop(data["group"], None)
             if bar is not None:
@@ -291,15 +296,33 @@ def _inspect(opts, show_all) -> int:
     return 1 if found.unreadable else 0
 
 
+def _compiling_line(data) -> str:
+    return (
+        f"gpuflat: compiling {data['what']} for this machine, once (numba's cache does not "
+        f"have them yet: a first run here, a new CPU model or a new version); about "
+        f"{data['seconds']} s on 2 cores. Cache: {data['cache']}. 'gpuflat warmup' compiles "
+        "every kernel ahead."
+    )
+
+
 def _info() -> int:
     import numba
     import numpy as np
 
-    from .backends import cuda_status
+    from .backends import _compile, cuda_status
 
     print(f"gpuflat {__version__}")
     print(f"python {sys.version.split()[0]}, numpy {np.__version__}, numba {numba.__version__}")
     print(f"cpu backend: available (numba, {numba.config.NUMBA_NUM_THREADS} threads)")
+    state = _compile.cache_state()
+    total = len(state["cached"]) + len(state["missing"])
+    warmth = "warm" if not state["missing"] else "cold" if not state["cached"] else "partly warm"
+    print(
+        f"  compiled kernels: {warmth} for this CPU ({state['cpu']}): {len(state['cached'])} "
+        f"of {total} entry points cached"
+        + ("" if not state["missing"] else "; 'gpuflat warmup' compiles the rest")
+    )
+    print(f"  numba cache: {state['dir']} (NUMBA_CACHE_DIR moves it)")
     ok, why = cuda_status()
     if ok:
         from .backends._cuda import device_info  # pragma: no cover - needs a GPU
@@ -307,6 +330,34 @@ def _info() -> int:
         print(f"cuda backend: available ({device_info()})")
     else:
         print(f"cuda backend: not available ({why})")
+    return 0
+
+
+def _warmup(quiet) -> int:
+    import time
+
+    from .farm.warmup import warmup
+
+    bar = None
+    if not quiet:
+        from tqdm import tqdm
+
+        bar = tqdm(total=None, desc="gpuflat warmup", unit="step", file=sys.stderr)
+
+    def progress(done, total, label):
+        if bar is not None:
+            bar.total = total
+            bar.set_postfix_str(label)
+            bar.update(done - bar.n)
+
+    t0 = time.perf_counter()
+    notes = warmup(progress)
+    if bar is not None:
+        bar.close()
+    if not quiet:
+        for note in notes:
+            print(f"gpuflat warmup: {note}", file=sys.stderr)
+        print(f"gpuflat warmup: done in {time.perf_counter() - t0:.1f} s")
     return 0
 
 

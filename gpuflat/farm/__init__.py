@@ -8,8 +8,10 @@ product (in-process, or on a Dask cluster), write the report.
 
 ``on_event(kind, data)`` tells the caller what happens: ``"start"`` before a unit runs
 in-process (``index``, ``total``, ``group``, ``frames``, ``product``, ``exists``),
-``"progress"`` as its bands or extensions are done (``group``, ``done``, ``total``) and
-``"done"`` with its report entry. Warnings and errors go to the ``gpuflat`` logger.
+``"progress"`` as its bands or extensions are done (``group``, ``done``, ``total``),
+``"done"`` with its report entry, and ``"compiling"`` once, just before numba compiles a
+CPU kernel that its cache lacks for this machine (``what``, ``cache``: the folder,
+``seconds``: about how long). Warnings and errors go to the ``gpuflat`` logger.
 
 An interrupt (``KeyboardInterrupt``, or :class:`Interrupted`, which the command raises for
 SIGINT, SIGTERM and SIGHUP) stops the run: the product being written is finished, the
@@ -25,7 +27,7 @@ import logging
 import os
 import socket
 import time
-from contextlib import suppress
+from contextlib import nullcontext, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -181,7 +183,8 @@ def run(options: RunOptions, on_event=None, *, command=None) -> Outcome:
 
             entries[:] = dask.run_units(options, work, done)  # in the order of work
         else:
-            _run_in_process(options, work, backend, bad_pixels, emit, on_event, entries)
+            with _compile_notice(backend, emit):
+                _run_in_process(options, work, backend, bad_pixels, emit, on_event, entries)
     except BaseException as exc:  # the report says what was finished; then it goes on
         stopped = exc
         report["complete"] = False
@@ -201,6 +204,20 @@ def run(options: RunOptions, on_event=None, *, command=None) -> Outcome:
             stopped.outcome = outcome
         raise stopped
     return outcome
+
+
+def _compile_notice(backend, emit):
+    """``"compiling"`` once, just before numba compiles a kernel this run needs that its
+    cache lacks for this machine (a first run here, a new CPU model or version)."""
+    if backend is None or backend.name != "cpu":
+        return nullcontext()
+    from ..backends import _compile
+
+    def say():
+        emit("compiling", {"what": "the CPU kernels this run needs", "cache": _compile.cache_dir(),
+                           "seconds": _compile.FIRST_RUN_SECONDS})  # fmt: skip
+
+    return _compile.first_compile(say)
 
 
 def _run_in_process(options, work, backend, bad_pixels, emit, on_event, entries) -> None:
