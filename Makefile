@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: demo test lint bench bench-quick clean
+.PHONY: demo test lint bench bench-quick kernels clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,13 @@ bench: $(VENV)/.installed
 
 bench-quick: $(VENV)/.installed
 	$(PY) bench/bench.py --quick
+
+# The prebuilt CUDA kernels (kernels/*.fatbin and kernels/prebuilt.json), from kernels/*.cu:
+# run after editing a kernel (tests/test_cuda_prebuilt.py fails until then). Needs nvcc
+# (NVCC=/path/to/nvcc); the same nvcc rebuilds the same bytes.
+NVCC ?= nvcc
+kernels: $(VENV)/.installed
+	$(PY) -m gpuflat.backends._build --nvcc $(NVCC)
 
 clean:
 	rm -rf demo .pytest_cache build *.egg-info

@@ -48,6 +48,12 @@
 //                                    atomics stay cheap, and integer sums are exact in any
 //                                    order)
 // Launch with any 1-D grid covering nthreads threads; surplus threads return at once.
+//
+// Each kernel sits in its own `#if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_<name>)`
+// (here, in level.cu and in convert.cu): nvcc builds all of them into the prebuilt kernels
+// (kernels/*.fatbin, `make kernels`); the NVRTC fallback defines GPUFLAT_ONLY and
+// GPUFLAT_ONLY_<name> and so compiles only the kernel in use (gpuflat/backends/_kernels.py,
+// nvrtc_source).
 
 #define GF_MAD_TO_STD 1.482602218505602
 
@@ -570,33 +576,49 @@ __device__ __forceinline__ void combine_global(GF_COMBINE_ARGS) {
    max_value, nlow, nhigh, sigma, center, dev, sigma_low, sigma_high, maxiters, method,      \
    ccdclip, nkeep, noise, image, uncert, count, rejected)
 
+#if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_combine_16)
 extern "C" __global__ void gpuflat_combine_16(GF_COMBINE_ARGS) {
   combine_local<16, false> GF_COMBINE_CALL;
 }
+#endif
+#if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_combine_32)
 extern "C" __global__ void gpuflat_combine_32(GF_COMBINE_ARGS) {
   combine_local<32, false> GF_COMBINE_CALL;
 }
+#endif
+#if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_combine_64)
 extern "C" __global__ void gpuflat_combine_64(GF_COMBINE_ARGS) {
   combine_local<64, false> GF_COMBINE_CALL;
 }
+#endif
+#if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_combine_n)
 extern "C" __global__ void gpuflat_combine_n(GF_COMBINE_ARGS) {
   combine_global<false> GF_COMBINE_CALL;
 }
+#endif
 
 // ccdclip and nkeep: the same kernels with steps 5b and 5c compiled in (they cost registers
 // the guide's path should not pay for)
+#if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_combine_x16)
 extern "C" __global__ void gpuflat_combine_x16(GF_COMBINE_ARGS) {
   combine_local<16, true> GF_COMBINE_CALL;
 }
+#endif
+#if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_combine_x32)
 extern "C" __global__ void gpuflat_combine_x32(GF_COMBINE_ARGS) {
   combine_local<32, true> GF_COMBINE_CALL;
 }
+#endif
+#if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_combine_x64)
 extern "C" __global__ void gpuflat_combine_x64(GF_COMBINE_ARGS) {
   combine_local<64, true> GF_COMBINE_CALL;
 }
+#endif
+#if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_combine_xn)
 extern "C" __global__ void gpuflat_combine_xn(GF_COMBINE_ARGS) {
   combine_global<true> GF_COMBINE_CALL;
 }
+#endif
 
 #ifdef GPUFLAT_HOST_SHIM
 GPUFLAT_HOST_ENTRY(gpuflat_combine_16)

@@ -21,6 +21,9 @@
 //                double bzero, int has_blank, long long blank, float *out),
 // one thread per value (any 1-D grid covering count threads); raw holds count big-endian
 // values of the kernel's width (gpuflat_convert_u8, _i16, _i32, _i64, _f32, _f64).
+//
+// Each kernel is guarded by GPUFLAT_ONLY / GPUFLAT_ONLY_<name>, so that the NVRTC fallback
+// compiles only the kernel in use (see combine.cu).
 
 __device__ __forceinline__ unsigned int gf_be16(const unsigned char *b) {
   return ((unsigned int)b[0] << 8) | (unsigned int)b[1];
@@ -138,6 +141,7 @@ __device__ __forceinline__ float gf_convert_f64(const unsigned char *raw, long l
   return gf_scale_f64(__longlong_as_double((long long)bits), mode, bscale, bzero);
 }
 
+#if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_convert_u8)
 extern "C" __global__ void gpuflat_convert_u8(const unsigned char *__restrict__ raw,
                                               long long count, int mode, double bscale,
                                               double bzero, int has_blank, long long blank,
@@ -145,7 +149,9 @@ extern "C" __global__ void gpuflat_convert_u8(const unsigned char *__restrict__ 
   long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x;
   if (e < count) out[e] = gf_convert_u8(raw, e, mode, bscale, bzero, has_blank, blank);
 }
+#endif
 
+#if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_convert_i16)
 extern "C" __global__ void gpuflat_convert_i16(const unsigned char *__restrict__ raw,
                                               long long count, int mode, double bscale,
                                               double bzero, int has_blank, long long blank,
@@ -153,7 +159,9 @@ extern "C" __global__ void gpuflat_convert_i16(const unsigned char *__restrict__
   long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x;
   if (e < count) out[e] = gf_convert_i16(raw, e, mode, bscale, bzero, has_blank, blank);
 }
+#endif
 
+#if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_convert_i32)
 extern "C" __global__ void gpuflat_convert_i32(const unsigned char *__restrict__ raw,
                                               long long count, int mode, double bscale,
                                               double bzero, int has_blank, long long blank,
@@ -161,7 +169,9 @@ extern "C" __global__ void gpuflat_convert_i32(const unsigned char *__restrict__
   long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x;
   if (e < count) out[e] = gf_convert_i32(raw, e, mode, bscale, bzero, has_blank, blank);
 }
+#endif
 
+#if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_convert_i64)
 extern "C" __global__ void gpuflat_convert_i64(const unsigned char *__restrict__ raw,
                                               long long count, int mode, double bscale,
                                               double bzero, int has_blank, long long blank,
@@ -169,7 +179,9 @@ extern "C" __global__ void gpuflat_convert_i64(const unsigned char *__restrict__
   long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x;
   if (e < count) out[e] = gf_convert_i64(raw, e, mode, bscale, bzero, has_blank, blank);
 }
+#endif
 
+#if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_convert_f32)
 extern "C" __global__ void gpuflat_convert_f32(const unsigned char *__restrict__ raw,
                                               long long count, int mode, double bscale,
                                               double bzero, int has_blank, long long blank,
@@ -177,7 +189,9 @@ extern "C" __global__ void gpuflat_convert_f32(const unsigned char *__restrict__
   long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x;
   if (e < count) out[e] = gf_convert_f32(raw, e, mode, bscale, bzero, has_blank, blank);
 }
+#endif
 
+#if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_convert_f64)
 extern "C" __global__ void gpuflat_convert_f64(const unsigned char *__restrict__ raw,
                                               long long count, int mode, double bscale,
                                               double bzero, int has_blank, long long blank,
@@ -185,6 +199,7 @@ extern "C" __global__ void gpuflat_convert_f64(const unsigned char *__restrict__
   long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x;
   if (e < count) out[e] = gf_convert_f64(raw, e, mode, bscale, bzero, has_blank, blank);
 }
+#endif
 
 #ifdef GPUFLAT_HOST_SHIM
 GPUFLAT_HOST_ENTRY(gpuflat_convert_u8)

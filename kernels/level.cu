@@ -27,6 +27,9 @@
 //                            long long *counts)
 //   one thread per row: the float64 sum of the row's usable values in column order, and
 //   their count. The host adds the row sums in row order.
+//
+// Each kernel is guarded by GPUFLAT_ONLY / GPUFLAT_ONLY_<name>, so that the NVRTC fallback
+// compiles only the kernel in use (see combine.cu).
 
 #define GF_COPIES 32
 
@@ -52,6 +55,7 @@ __device__ __forceinline__ unsigned int gf_key(float x) {
   return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 
+#if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_level_hist)
 extern "C" __global__ void gpuflat_level_hist(const float *__restrict__ data,
                                               const unsigned char *__restrict__ mask,
                                               long long npix, int shift,
@@ -74,6 +78,7 @@ extern "C" __global__ void gpuflat_level_hist(const float *__restrict__ data,
     if (!same && ((key ^ phi) & high) == 0u) atomicAdd(hhi + digit, 1u);
   }
 }
+#endif
 
 __device__ __forceinline__ void gf_pick(unsigned int *prefix, unsigned int *rank,
                                         const unsigned int *h, int shift) {
@@ -90,6 +95,7 @@ __device__ __forceinline__ void gf_pick(unsigned int *prefix, unsigned int *rank
   }
 }
 
+#if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_level_select)
 extern "C" __global__ void gpuflat_level_select(unsigned int *state, unsigned int *hist,
                                                 int shift) {
   if (blockIdx.x != 0 || threadIdx.x != 0) return;
@@ -109,7 +115,9 @@ extern "C" __global__ void gpuflat_level_select(unsigned int *state, unsigned in
   }
   for (int j = 0; j < 2 * GF_COPIES * 256; ++j) hist[j] = 0u;
 }
+#endif
 
+#if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_level_rowsum)
 extern "C" __global__ void gpuflat_level_rowsum(const float *__restrict__ data,
                                                 const unsigned char *__restrict__ mask,
                                                 long long rows, long long cols,
@@ -130,6 +138,7 @@ extern "C" __global__ void gpuflat_level_rowsum(const float *__restrict__ data,
   sums[r] = s;
   counts[r] = k;
 }
+#endif
 
 #ifdef GPUFLAT_HOST_SHIM
 GPUFLAT_HOST_ENTRY(gpuflat_level_hist)

@@ -281,3 +281,87 @@ def test_host_path_fits_cuda_matches_cpu(tmp_path, fmt, device_mem_limit):
     want = gpuflat.combine(paths, backend="cpu", **kw)
     got = gpuflat.combine(paths, backend="cuda", **kw)
     _identical(got, want)
+
+
+# -- the prebuilt kernels (kernels/*.fatbin) and NVRTC's: the same results ---------------------
+
+
+def _nvrtc_backend():
+    """A backend whose kernels all come from NVRTC (its loader has no prebuilt kernels)."""
+    import cupy
+
+    from gpuflat.backends._cuda import CudaBackend, CupyDevice, KernelLoader
+
+    dev = CupyDevice()
+    dev.kernels = KernelLoader(cupy, manifest=None)
+    return CudaBackend(device=dev)
+
+
+def test_kernels_come_prebuilt_where_the_fatbin_has_this_gpus_code(backend):
+    """On sm_80/86/89/90 under a CUDA 13 driver every kernel a combination uses comes from
+    the fatbin (no NVRTC); elsewhere from the first way of the plan."""
+    import cupy
+
+    from gpuflat.backends._kernels import prebuilt_manifest, sass_for
+
+    data, mask, scale, weight = _band(15, 10_007, 1)
+    backend.combine_band(data, mask, scale, weight, KernelParams())
+    backend.frame_level(data[0].reshape(1, -1), None, "median")
+    loader = backend.device.kernels
+    device = cupy.cuda.Device().id
+    used = {k: w for k, w in loader.ways.items() if k[0] == device}
+    assert len(used) >= 3 and set(used.values()) == {loader.plan(device)[0][0]}
+    manifest = prebuilt_manifest()
+    if (
+        sass_for(cupy.cuda.Device().compute_capability, manifest)
+        and cupy.cuda.runtime.driverGetVersion() >= manifest["min_driver_sass"]
+    ):
+        assert set(used.values()) == {"fatbin"}
+
+
+def _ccdclip(n):
+    return KernelParams(
+        ccdclip=1, maxiters=-1, sigma_low=3.0, sigma_high=3.0,
+        rdnoise=(5.0,) * n, gain=(1.5,) * n, snoise=(0.01,) * n,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("n", [3, 15, 40, 65, 150])
+@pytest.mark.parametrize("extended", ["plain", "nkeep", "ccdclip"])
+def test_prebuilt_and_nvrtc_kernels_agree(backend, n, extended):
+    """Every combine kernel (16/32/64/n, plain and x), bit for bit, from the fatbin (where
+    this GPU has its code) and from NVRTC (CuPy's -ftz=true included)."""
+    data, mask, scale, weight = _band(n, 50_021 if n <= 40 else 10_007, n + 7)
+    params = {
+        "plain": KernelParams(),
+        "nkeep": KernelParams(nkeep=2, maxiters=-1, sigma_low=2.0, sigma_high=2.0),
+        "ccdclip": _ccdclip(n),
+    }[extended]
+    nvrtc = _nvrtc_backend()
+    got_rej, want_rej = np.zeros(n, np.int64), np.zeros(n, np.int64)
+    got = backend.combine_band(data, mask, scale, weight, params, rejected=got_rej)
+    want = nvrtc.combine_band(data, mask, scale, weight, params, rejected=want_rej)
+    assert_identical(got, want)
+    np.testing.assert_array_equal(got_rej, want_rej)
+    assert set(nvrtc.device.kernels.ways.values()) == {"nvrtc"}
+
+
+def test_prebuilt_and_nvrtc_levels_and_conversions_agree(backend):
+    rng = np.random.default_rng(9)
+    frame = rng.normal(1000.0, 50.0, (513, 769)).astype(np.float32)
+    frame[rng.random(frame.shape) < 0.01] = np.nan
+    frame[0, :5] = [1e-40, -1e-41, 0.0, -0.0, 1e-45]  # subnormals and signed zeros
+    mask = (rng.random(frame.shape) < 0.1).astype(np.uint8)
+    nvrtc = _nvrtc_backend()
+    for how in ("median", "mean"):
+        for m in (None, mask):
+            a, b = backend.frame_level(frame, m, how), nvrtc.frame_level(frame, m, how)
+            assert a == b or (math.isnan(a) and math.isnan(b)), (how, m is None)
+    raw = rng.normal(0, 5000, 10_000)
+    for bitpix in (8, 16, 32, 64, -32, -64):
+        dtype = {8: ">u1", 16: ">i2", 32: ">i4", 64: ">i8", -32: ">f4", -64: ">f8"}[bitpix]
+        stored = (np.abs(raw) % 256 if bitpix == 8 else raw).astype(dtype)
+        for bscale, bzero in ((1, 0), (2.5, 100.0), (1e-42, 0)):
+            a = backend.convert(stored, bitpix, bscale, bzero)
+            b = nvrtc.convert(stored, bitpix, bscale, bzero)
+            np.testing.assert_array_equal(a.view(np.uint32), b.view(np.uint32))

@@ -12,12 +12,22 @@ FITS bytes converted and measured on the device, the stack kept there between th
 when it fits; ``combine_band`` and ``frame_level`` serve other callers (mosaic exposure
 levels, the farm's median level, a ``scale`` callable).
 
+The kernels come from the prebuilt fatbins (``kernels/*.fatbin``, ``make kernels``) where
+they hold this GPU's machine code, else from NVRTC, one kernel at a time, as a run first
+uses it (:class:`KernelLoader`; ``_kernels.kernel_plan`` decides). :func:`warmup_cuda`
+loads or compiles them all ahead of a run, :func:`cuda_cache_info` says where they come
+from and where compiled ones are kept.
+
 CuPy is imported lazily: importing this module never needs it.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
+import os
+import time
+from pathlib import Path
 
 import numpy as np
 
@@ -26,13 +36,24 @@ from ._kernels import (
     BLOCK,
     CHUNK_BYTES,
     COMPILE_OPTIONS,
+    KERNEL_FILES,
     LEVEL_COPIES,
-    _kernel_source,
+    MANIFEST,
     combine_kernel,
     convert_args,
+    fatbin_name,
+    kernel_file,
+    kernel_names,
+    kernel_plan,
     median_from_state,
+    nvrtc_source,
+    prebuilt_manifest,
+    sass_for,
+    stale_reason,
 )
 from ._params import KernelParams, noise_table
+
+log = logging.getLogger("gpuflat")
 
 #: A kernel that :func:`available` compiles to find out whether NVRTC works here.
 _PROBE_SOURCE = 'extern "C" __global__ void gpuflat_probe(double *x) { x[0] = 1.0; }\n'
@@ -90,6 +111,270 @@ def available() -> tuple[bool, str]:
     )
 
 
+_READ = object()
+
+
+class KernelLoader:
+    """The process's CUDA kernels, per device: each kernel from the first way of
+    ``kernel_plan`` that works (the prebuilt fatbin of its source file, or NVRTC compiling
+    that kernel alone), kept for the life of the process.
+
+    Parameters
+    ----------
+    cupy : module
+        CuPy (tests pass a fake).
+    manifest : dict or None, optional
+        The prebuilt kernels' manifest (default: ``kernels/prebuilt.json``; None: none).
+    """
+
+    def __init__(self, cupy, manifest=_READ):
+        self._cp = cupy
+        self.manifest = prebuilt_manifest() if manifest is _READ else manifest
+        self._plans: dict[int, tuple[tuple[str, str], ...]] = {}
+        self._modules: dict[tuple[int, str], object] = {}  # fatbin modules
+        self._functions: dict[tuple[int, str, str], object] = {}
+        #: (device, source, kernel) -> "fatbin" or "nvrtc": where each kernel came from
+        self.ways: dict[tuple[int, str, str], str] = {}
+        self._said: set = set()
+
+    def plan(self, device: int | None = None) -> tuple[tuple[str, str], ...]:
+        """The ways this device gets its kernels, in order (see ``kernel_plan``)."""
+        cuda = self._cp.cuda
+        device = cuda.Device().id if device is None else device
+        plan = self._plans.get(device)
+        if plan is None:
+            cc = cuda.Device(device).compute_capability
+            plan = kernel_plan(cc, cuda.runtime.driverGetVersion(), self.manifest)
+            self._plans[device] = plan
+        return plan
+
+    def function(self, source: str, name: str):
+        """Kernel ``name`` of ``kernels/<source>`` on the current device."""
+        device = self._cp.cuda.Device().id
+        key = (device, source, name)
+        fn = self._functions.get(key)
+        if fn is not None:
+            return fn
+        failed = []
+        for way, why in self.plan(device):
+            try:
+                if way == "fatbin":
+                    fn = self._from_fatbin(device, source, name)
+                else:
+                    fn = self._from_nvrtc(device, source, name, why)
+            except Exception as exc:
+                failed.append((way, exc))
+                self._say(("failed", device, source, way), logging.WARNING,
+                          "CUDA kernels of %s from %s failed on device %d (%s: %s)", source, way,
+                          device, type(exc).__name__, str(exc).strip()[:300])  # fmt: skip
+                continue
+            self._functions[key] = fn
+            self.ways[key] = way
+            return fn
+        reasons = "; ".join(f"{w}: {type(e).__name__}: {str(e).strip()[:500]}" for w, e in failed)
+        raise RuntimeError(
+            f"CUDA kernel {name} ({source}) could not be loaded on device {device}: {reasons}"
+        ) from (failed[-1][1] if failed else None)
+
+    def _from_fatbin(self, device: int, source: str, name: str):
+        module = self._modules.get((device, source))
+        if module is None:
+            why = stale_reason(source, self.manifest)
+            if why is not None:
+                raise RuntimeError(why)
+            module = self._cp.RawModule(path=str(kernel_file(fatbin_name(source))))
+            self._modules[(device, source)] = module
+        fn = module.get_function(name)  # the driver loads the module at its first use
+        self._say(("fatbin", device, source), logging.DEBUG,
+                  "CUDA kernels of %s on device %d: prebuilt (kernels/%s)", source, device,
+                  fatbin_name(source))  # fmt: skip
+        return fn
+
+    def _from_nvrtc(self, device: int, source: str, name: str, why: str):
+        self._say(("nvrtc", device), logging.INFO,
+                  "CUDA kernels on device %d: %s (~1-2 s each at its first use, then from "
+                  "CuPy's cache, %s)", device, why, cupy_cache_dir())  # fmt: skip
+        module = self._cp.RawModule(code=nvrtc_source(source, name), options=COMPILE_OPTIONS)
+        return module.get_function(name)
+
+    def _say(self, key, level, msg, *args):
+        if key not in self._said:
+            self._said.add(key)
+            log.log(level, msg, *args)
+
+
+@functools.cache
+def kernel_loader() -> KernelLoader:
+    """The process's :class:`KernelLoader` (every device object shares it)."""
+    import cupy
+
+    return KernelLoader(cupy)
+
+
+def cupy_cache_dir() -> Path:
+    """Where CuPy keeps the binaries NVRTC compiled: ``$CUPY_CACHE_DIR``, else
+    ``~/.cupy/kernel_cache`` (CuPy's own rule, cupy/cuda/compiler.py)."""
+    return Path(os.environ.get("CUPY_CACHE_DIR") or Path.home() / ".cupy" / "kernel_cache")
+
+
+def cuda_cache_info(compute_capability=None, driver: int | None = None) -> dict:
+    """Where this process's CUDA kernels would come from, and where compiled ones are kept
+    (for ``gpuflat info``). Needs no GPU.
+
+    Parameters
+    ----------
+    compute_capability : str, optional
+        Answer for this GPU ("89", "sm_89") instead of the current device's.
+    driver : int, optional
+        ... and this CUDA driver version (13000); by default the installed driver's, or,
+        without one, the driver the prebuilt kernels need.
+
+    Returns
+    -------
+    dict
+        ``cupy_cache_dir`` (and ``cupy_cache_dir_from``: "CUPY_CACHE_DIR" or "default",
+        ``cupy_cache_in_memory``, ``cupy_cache_files``, ``cupy_cache_bytes``),
+        ``driver_jit_cache_dir`` (where the driver keeps what it compiles from PTX),
+        ``prebuilt`` (the manifest's nvcc, sass, ptx, minimum drivers, and per source
+        file its fatbin, size and whether it is current), ``device`` (None, or its name,
+        compute capability and driver), ``covers_device`` (the fatbins hold machine code for
+        it: True/False; None when there is no device to answer for), ``kernels_from``
+        ("fatbin" or "nvrtc", the first way of ``kernel_plan``) and ``reason``.
+    """
+    cache = cupy_cache_dir()
+    files = [f for f in cache.rglob("*") if f.is_file()] if cache.is_dir() else []
+    jit = os.environ.get("CUDA_CACHE_PATH") or str(Path.home() / ".nv" / "ComputeCache")
+    manifest = prebuilt_manifest()
+    info: dict = {
+        "cupy_cache_dir": str(cache),
+        "cupy_cache_dir_from": "CUPY_CACHE_DIR" if os.environ.get("CUPY_CACHE_DIR") else "default",
+        "cupy_cache_in_memory": os.environ.get("CUPY_CACHE_IN_MEMORY", "0") not in ("", "0"),
+        "cupy_cache_files": len(files),
+        "cupy_cache_bytes": sum(f.stat().st_size for f in files),
+        "driver_jit_cache_dir": jit,
+        "prebuilt": None,
+        "device": None,
+        "covers_device": None,
+        "kernels_from": None,
+        "reason": "",
+    }
+    if manifest is not None:
+        info["prebuilt"] = {
+            "folder": str(kernel_file(MANIFEST).parent),
+            "nvcc": manifest["nvcc"],
+            "sass": list(manifest["sass"]),
+            "ptx": manifest["ptx"],
+            "min_driver_sass": manifest["min_driver_sass"],
+            "min_driver_ptx": manifest["min_driver_ptx"],
+            "files": {
+                source: {
+                    "fatbin": entry["fatbin"],
+                    "bytes": entry["bytes"],
+                    "current": stale_reason(source, manifest) is None,
+                }
+                for source, entry in manifest["files"].items()
+            },
+        }
+    cc = compute_capability
+    if cc is None:
+        cc, found, why = _current_device()
+        if found is None:
+            info["reason"] = f"no CUDA device to answer for ({why})"
+            return info
+        info["device"] = found
+        driver = found["driver"] if driver is None else driver
+    if driver is None:
+        driver = _installed_driver()
+    if driver is None:
+        driver = manifest["min_driver_ptx"] if manifest else 0
+    plan = kernel_plan(cc, driver, manifest)
+    info["covers_device"] = sass_for(cc, manifest) is not None
+    info["kernels_from"], info["reason"] = plan[0]
+    return info
+
+
+def _current_device():
+    """(compute capability, {name, compute_capability, driver}, None) of the current CUDA
+    device, or (None, None, why not)."""
+    try:
+        import cupy
+
+        runtime = cupy.cuda.runtime
+        if runtime.getDeviceCount() == 0:
+            return None, None, "the NVIDIA driver sees no device"
+        dev = cupy.cuda.Device()
+        name = runtime.getDeviceProperties(dev.id)["name"]
+        cc = dev.compute_capability
+        found = {
+            "name": name.decode() if isinstance(name, bytes) else str(name),
+            "compute_capability": cc,
+            "driver": runtime.driverGetVersion(),
+        }
+    except Exception as exc:  # no CuPy, no driver, no device
+        return None, None, f"{type(exc).__name__}: {str(exc).strip()[:200]}"
+    return cc, found, None
+
+
+def _installed_driver() -> int | None:
+    try:
+        import cupy
+
+        return int(cupy.cuda.runtime.driverGetVersion()) or None
+    except Exception:
+        return None
+
+
+def warmup_cuda(progress=None) -> dict:
+    """Load or compile every kernel a run can use on the current device, so that later runs
+    (other processes too) find them: from the prebuilt fatbins that takes milliseconds and
+    leaves no file; through NVRTC it fills CuPy's cache (``cupy_cache_dir()``). Without a
+    usable CUDA backend it does nothing and says why.
+
+    Parameters
+    ----------
+    progress : callable, optional
+        Called as ``progress(done, total, kernel)`` after each kernel.
+
+    Returns
+    -------
+    dict
+        ``ok``; ``reason`` (why not, or how the kernels come: ``kernel_plan``'s first
+        reason); ``device`` (its id and compute capability); ``kernels`` (how many were
+        had); ``ways`` ({"fatbin": k, "nvrtc": m}: where they came from); ``seconds``.
+        A kernel that no way gives stops it: ``ok`` False, ``reason`` says why.
+    """
+    ok, why = available()
+    if not ok:
+        return {"ok": False, "reason": why, "device": None, "kernels": 0, "ways": {},
+                "seconds": 0.0}  # fmt: skip
+    import cupy
+
+    loader = kernel_loader()
+    dev = cupy.cuda.Device()
+    device = {"id": dev.id, "compute_capability": dev.compute_capability}
+    todo = [(source, name) for source in KERNEL_FILES for name in kernel_names(source)]
+    ways: dict[str, int] = {}
+    t0 = time.perf_counter()
+    for i, (source, name) in enumerate(todo, 1):
+        try:
+            loader.function(source, name)
+        except Exception as exc:  # every way failed: KernelLoader says each one's reason
+            return {"ok": False, "reason": str(exc), "device": device, "kernels": i - 1,
+                    "ways": ways, "seconds": time.perf_counter() - t0}  # fmt: skip
+        way = loader.ways[(dev.id, source, name)]
+        ways[way] = ways.get(way, 0) + 1
+        if progress is not None:
+            progress(i, len(todo), name)
+    return {
+        "ok": True,
+        "reason": loader.plan(dev.id)[0][1],
+        "device": device,
+        "kernels": len(todo),
+        "ways": ways,
+        "seconds": time.perf_counter() - t0,
+    }
+
+
 class CupyDevice:
     """Device operations on CuPy: allocation, async copies, launches, synchronisation.
 
@@ -100,16 +385,10 @@ class CupyDevice:
         import cupy
 
         self._cp = cupy
-        self._modules: dict[tuple[int, str], object] = {}
+        self.kernels = kernel_loader()
 
     def _function(self, source: str, name: str):
-        cp = self._cp
-        key = (cp.cuda.Device().id, source)
-        module = self._modules.get(key)
-        if module is None:
-            module = cp.RawModule(code=_kernel_source(source), options=COMPILE_OPTIONS)
-            self._modules[key] = module
-        return module.get_function(name)
+        return self.kernels.function(source, name)
 
     def stream(self):
         return self._cp.cuda.Stream(non_blocking=True)
