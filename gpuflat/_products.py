@@ -291,7 +291,7 @@ class StreamedProduct:
             _verify(tmp, expected, self.path, compressed=False)
 
         return commit(self.path, finish, overwrite=self.overwrite, durable=True, verify=verify,
-                      defer=defer)  # fmt: skip
+                      defer=defer, tmp=self._tmp)  # fmt: skip
 
     def _finish(self) -> None:
         """The headers, with the checksums of the data."""
