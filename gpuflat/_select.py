@@ -49,6 +49,8 @@ class Group:
     # many): this group's name and label say its shape and binning
     split: bool = False
     mosaic: bool = False  # multi-extension files, combined extension by extension
+    # frames of the group left out while planning (unreadable, with --skip-bad)
+    skipped: list[FrameInfo] = field(default_factory=list)
 
     def label(self) -> str:
         text = ",".join(v if v != "" else "''" for v in self.key)

@@ -193,12 +193,16 @@ def run(options: RunOptions, on_event=None) -> Outcome:
     failed = 0
     # every unreadable input, said at once before any work: unreadable headers, and the
     # selected files that read_info found cut short (their groups fail, unless skip_bad)
-    broken = [(f.path, f.broken) for g in found.groups for f in g.frames if f.broken]
-    for p, why in found.unreadable + broken:
+    for p, why in found.unreadable:
         if options.skip_bad:
             log.warning("%s: skipped, unreadable (%s)", p, why)
         else:
             log.error("%s: unreadable (%s)", p, why)
+    for p, why in ((f.path, f.broken) for g in found.groups for f in g.frames if f.broken):
+        if options.skip_bad:
+            log.warning("%s: %s; skipped", p, why)
+        else:
+            log.error("%s: %s", p, why)
     if not options.skip_bad:
         failed += len(found.unreadable)
     if not found.groups:
@@ -333,13 +337,14 @@ def _planned(options, group, target) -> dict | None:
     frames, failed for unreadable ones), or None for a group to combine. With skip_bad
     the unreadable frames are left out of the group here."""
     broken = [f for f in group.frames if f.broken]
-    if broken and options.skip_bad:
-        group.frames = [f for f in group.frames if not f.broken]
     entry = {
         "group": group.label(),
         "product": str(target),
         "files": [str(f.path) for f in group.frames],
     }
+    if broken and options.skip_bad:
+        group.frames = [f for f in group.frames if not f.broken]
+        group.skipped += broken
     if broken and not options.skip_bad:
         names = ", ".join(str(f.path) for f in broken)
         entry["status"] = f"failed: unreadable frame(s): {names} (--skip-bad leaves them out)"

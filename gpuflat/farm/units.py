@@ -155,7 +155,7 @@ def _unit(options, group, target, work) -> dict:
     entry = {
         "group": group.label(),
         "product": str(target),
-        "files": [str(f.path) for f in group.frames],
+        "files": [str(f.path) for f in group.frames + group.skipped],
     }
     if target.exists() and not options.overwrite:
         entry["status"] = "skipped (exists)"
