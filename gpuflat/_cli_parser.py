@@ -266,7 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
         "group's median fraction and above that median + 5 sigma of the group's fractions "
         "(groups of 3 or more frames; default 10)",
     )  # fmt: skip
-    qa.add_argument("--no-qa", action="store_true", help="leave no frame out")
+    qa.add_argument(
+        "--no-qa", action="store_true", help="leave no frame out (saturated ones neither)"
+    )
     farm = run.add_argument_group(
         "farm (needs the 'distributed' extra: pip install 'gpuflat[distributed]')"
     )

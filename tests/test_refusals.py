@@ -249,8 +249,9 @@ def test_a_saturated_frame_is_left_out_whatever_the_group_size(tmp_path, rng, ca
     # the saturated frame alone in its group (by exposure time) is no master
     code, _, err = _run(capsys, night, "-o", tmp_path / "byexp", "--group-by", "FILTER,EXPTIME",
                         "--min-frames", "1", "--report", report)  # fmt: skip
-    statuses = _statuses(_report(report))
-    assert statuses["R,9.0"].startswith("refused: 0 frames after 1 left out by QA"), statuses
+    entries = {e["group"]: e for e in _report(report)["groups"]}
+    assert entries["R,9.0"]["status"].startswith("refused: 0 frames after 1 left out by QA")
+    assert entries["R,9.0"]["frames"][0]["qa"].startswith("left out: saturated")
     assert "saturated" in err and not (tmp_path / "byexp/combined_flat_filter_R_9.0.fits").exists()
 
 
@@ -477,3 +478,44 @@ def test_list_entries_are_relative_to_the_current_folder(tmp_path, rng, capsys, 
     with pytest.raises(SystemExit):
         main(["run", "--help"])
     assert "relative to the current folder" in " ".join(capsys.readouterr().out.split())
+
+
+def test_the_new_options_in_a_config_file(tmp_path):
+    from gpuflat.farm import OptionError
+    from gpuflat.farm.options import build_options
+
+    cfg = tmp_path / "farm.toml"
+    cfg.write_text('filter-key = "filtnam"\nimagetyp_key = "OBSTYPE"\nmin-frames = 5\n'
+                   "allow-missing-key = true\n")  # fmt: skip
+    opts = build_options({}, str(cfg))
+    assert (opts.filter_key, opts.group_keys, opts.imagetyp_key) == (
+        "FILTNAM",
+        ("FILTNAM",),
+        "OBSTYPE",
+    )
+    assert opts.min_frames == 5 and opts.allow_missing_key is True
+    # --group-by still wins over the filter keyword; a flag over the file
+    opts = build_options({"group_by": "FILTER,EXPTIME", "min_frames": 1}, str(cfg))
+    assert opts.group_keys == ("FILTER", "EXPTIME") and opts.min_frames == 1
+    cfg.write_text("min-frames = 0\n")
+    with pytest.raises(OptionError, match="min-frames: expected an integer >= 1"):
+        build_options({}, str(cfg))
+    with pytest.raises(OptionError, match="--filter-key 'A,B': expected one header key"):
+        build_options({"filter_key": "A,B"})
+
+
+def test_saturation_limits_from_headers():
+    from gpuflat._qa import saturation_limit
+
+    def limit(**cards):
+        return saturation_limit(fits.Header(list(cards.items())))
+
+    assert limit(BITPIX=16, BZERO=32768)[0] == pytest.approx(0.95 * 65535)  # unsigned 16-bit
+    assert limit(BITPIX=16)[0] == pytest.approx(0.95 * 32767)  # signed 16-bit
+    assert limit(BITPIX=8)[0] == pytest.approx(0.95 * 255)
+    assert limit(BITPIX=-32) is None  # float data say nothing of the converter
+    assert limit(BITPIX=-32, SATURATE=50000)[0] == 50000
+    assert limit(BITPIX=16, BZERO=32768, SATURATE=40000) == (40000, "SATURATE = 40000")
+    assert limit(BITPIX=16, BZERO=32768, SATURATE=1e6)[0] == pytest.approx(0.95 * 65535)
+    with_gain = saturation_limit(fits.Header([("BITPIX", -32), ("SATURATE", 1000)]), gain=2.0)
+    assert with_gain[0] == 2000 and "gain 2" in with_gain[1]

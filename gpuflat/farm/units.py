@@ -274,6 +274,7 @@ def _combine_group(options, group, backend, bad_pixels, target, header, results,
             result.levels["median"], result.rejected_fraction, options.qa,
             limits=saturation_limits(options, group, result.names),
         )  # fmt: skip
+        entry["frames"] = qa_entries  # the verdicts, also of a group QA leaves too small
         if left_out:
             keep = _leave_out(options, group, left_out, qa_entries)
             frames = [f for f in frames if f.name in keep]
