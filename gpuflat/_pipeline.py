@@ -8,6 +8,7 @@ import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -64,8 +65,37 @@ class CombineResult:
             return None
         return self.rejected / max(1, math.prod(self.shape))
 
+    def product_header(self) -> fits.Header:
+        """The header of this result's product, as ``gpuflat run`` writes it: the first
+        frame's header minus structural keys, plus provenance (``COMBINED``, ``NCOMBINE``,
+        the input files ``IMCMBnnn``, the scale factors ``SCALEnnn``, every parameter as
+        ``HIERARCH GPUFLAT <NAME>``, the backend, gpuflat's version and the date)."""
+        from ._products import product_header
+        from ._version import __version__
+
+        return product_header(
+            self.header, names=self.names, scales=self.scales,
+            params={**self.config.describe(), **(self.calibration or {})},
+            backend=self.backend, version=__version__,
+        )  # fmt: skip
+
+    def write(self, path, *, overwrite: bool = False, compress: bool = False) -> Path:
+        """Write the product ``gpuflat run`` writes (primary = the flat, ``MASK``, ``UNCERT``,
+        ``NCOMBINE``; :meth:`product_header`), verified and moved into place atomically.
+
+        An existing file is never replaced unless ``overwrite`` (``FileExistsError``);
+        ``compress`` tile-compresses the planes but the flat, losslessly. Returns the path.
+        """
+        if self.image is None:
+            raise ValueError("this result's planes were written elsewhere: nothing to write")
+        from ._products import write_product
+
+        return write_product(path, self, self.product_header(), unit=self.unit,
+                             overwrite=overwrite, compress=compress)  # fmt: skip
+
     def to_ccddata(self) -> CCDData:
-        """The result as a CCDData (StdDevUncertainty, boolean mask, the first frame's header)."""
+        """The result as a CCDData (StdDevUncertainty, boolean mask), its ``meta`` the
+        product's header with the provenance (:meth:`product_header`)."""
         from astropy.nddata import CCDData, StdDevUncertainty
 
         return CCDData(
@@ -73,7 +103,7 @@ class CombineResult:
             unit=self.unit or "adu",
             uncertainty=StdDevUncertainty(self.uncertainty),
             mask=self.mask,
-            meta=self.header.copy(),
+            meta=self.product_header(),
         )
 
 
@@ -119,6 +149,7 @@ def combine_frames(
                 f"{f.name}: shape {f.shape[0]}x{f.shape[1]} differs from "
                 f"{frames[0].name}: {shape[0]}x{shape[1]}"
             )
+    _check_units(frames)
     if bad_pixel_mask is not None and bad_pixel_mask.shape != shape:
         raise ShapeMismatchError(
             f"bad-pixel mask shape {bad_pixel_mask.shape} differs from the frames' {shape}"
@@ -309,6 +340,8 @@ def _result(frames, scales, levels, config, backend, plan, timings, rejected,
             calibrator) -> CombineResult:  # fmt: skip
     """The result before its planes (:func:`_finished`)."""
     first = frames[0]
+    units = (_unit(getattr(f, "unit", None)) for f in frames)
+    unit = next((u for u in units if u is not None), None)
     return CombineResult(
         image=None,
         uncertainty=None,
@@ -318,7 +351,7 @@ def _result(frames, scales, levels, config, backend, plan, timings, rejected,
         names=[f.name for f in frames],
         levels=levels,
         header=first.header.copy(),
-        unit=str(first.unit) if first.unit is not None else None,
+        unit=None if unit is None else unit.to_string(),  # BUNIT "ADU" as "adu"
         config=config,
         backend=getattr(backend, "name", "custom"),
         plan=plan,
@@ -327,6 +360,37 @@ def _result(frames, scales, levels, config, backend, plan, timings, rejected,
         calibration=None if calibrator is None else calibrator.cal.describe(),
         shape=first.shape,
     )
+
+
+def _check_units(frames) -> None:
+    """Frames in different units are refused (a ``ValueError`` naming both), as ccdproc
+    refuses them; frames without a unit (arrays, files without BUNIT) take any."""
+    first = first_unit = None
+    for f in frames:
+        unit = _unit(getattr(f, "unit", None))
+        if unit is None:
+            continue
+        if first is None:
+            first, first_unit = f, unit
+        elif unit != first_unit:
+            raise ValueError(
+                f"{f.name}: unit {unit.to_string()!r} differs from {first.name}: "
+                f"{first_unit.to_string()!r}; frames in different units are not combined "
+                "(convert them first, as ccdproc requires too)"
+            )
+
+
+def _unit(unit):
+    """An astropy unit from a frame's unit (a unit, a BUNIT text; ``ADU`` as CCDData.read
+    takes it), None when there is none."""
+    if unit is None or (isinstance(unit, str) and not unit.strip()):
+        return None
+    from astropy import units as u  # loaded with astropy.io.fits already
+
+    if isinstance(unit, str):
+        text = unit.strip()
+        return u.Unit("adu" if text.lower() == "adu" else text, parse_strict="silent")
+    return u.Unit(unit)
 
 
 def _finished(result, planes) -> CombineResult:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import datetime as _dt
 import io
 import os
+import re
+import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, suppress
@@ -110,10 +112,12 @@ def write_product(
 
     Written to a temporary name beside the target, verified (checksums) and then moved into
     place: a killed run never leaves a half-written product, and an existing file is never
-    clobbered unless ``overwrite``. ``compress``: the primary HDU is header-only and the
-    flat is the tile-compressed extension ``COMPRESSED_IMAGE``, followed by UNCERT, MASK and
-    NCOMBINE, all compressed losslessly (:data:`COMPRESSION`); ``CCDData.read(path, hdu=1)``
-    reads it (without ``hdu=1`` astropy's reader does not look into compressed HDUs).
+    clobbered unless ``overwrite``. ``compress``: MASK, UNCERT and NCOMBINE are
+    tile-compressed losslessly (:data:`COMPRESSION`); the flat stays the plain primary image,
+    with the whole header, so that the guide's next steps read the product as they read an
+    uncompressed one: ``CCDData.read(path)`` (which reads the primary HDU, and when that is
+    empty looks for a plain ``ImageHDU`` only, never a ``CompImageHDU``) and
+    ``ImageFileCollection`` (which filters on the primary header).
     """
     path = _new(path, overwrite)
     # the result's planes are stored in their own memory while they are written (the
@@ -123,12 +127,10 @@ def write_product(
             header, unit, _stored(result.image, stack), _mask_data(result.mask),
             _stored(result.uncertainty, stack), _count_data(result.count, stack),
         )  # fmt: skip
-        if compress:
-            first = hdul[0]
+        if compress:  # the flat itself stays a plain primary image (see above)
             hdul = fits.HDUList(
                 [
-                    fits.PrimaryHDU(),
-                    fits.CompImageHDU(first.data, first.header, **COMPRESSION),
+                    hdul[0],
                     *(
                         fits.CompImageHDU(h.data, h.header, name=h.name, **COMPRESSION)
                         for h in hdul[1:]
@@ -210,6 +212,9 @@ class StreamedProduct:
         self._memory = memory or (lambda nbytes, user: np.empty(nbytes, np.uint8))
         self._scratch, self._stored, self._turn = [None, None], [None, None], 0
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="gpuflat-product")
+        # "open", then "writing" (write owns the file from then on) or "discarded": a run's
+        # writer thread may write it while an interrupt makes the main thread discard it
+        self._state, self._lock = "open", threading.Lock()
 
     def rows(self, r0, r1):
         k, n = self._turn, (r1 - r0) * self.shape[1]
@@ -272,13 +277,24 @@ class StreamedProduct:
         for :meth:`close`): its buffers are free."""
         self._thread.shutdown(wait=True)
 
+    def _claim(self, state) -> bool:
+        """Move from "open" to ``state``; False when :meth:`write` or :meth:`discard` came
+        first."""
+        with self._lock:
+            if self._state != "open":
+                return False
+            self._state = state
+            return True
+
     def write(self, defer=False):
         """The headers (with the checksums), then the commit; on any error the temporary
-        goes."""
+        goes. Refused (``GpuflatError``) once discarded."""
+        if not self._claim("writing"):
+            raise GpuflatError(f"{self.path}: not written, dropped (interrupted)")
         try:
             self.close()  # a band's store may have failed (a full disk)
         except BaseException:
-            self.discard()
+            self._discard()
             raise
 
         def finish(tmp):
@@ -290,8 +306,12 @@ class StreamedProduct:
         def verify(tmp):
             _verify(tmp, expected, self.path, compressed=False)
 
-        return commit(self.path, finish, overwrite=self.overwrite, durable=True, verify=verify,
-                      defer=defer, tmp=self._tmp)  # fmt: skip
+        try:
+            return commit(self.path, finish, overwrite=self.overwrite, durable=True,
+                          verify=verify, defer=defer, tmp=self._tmp)  # fmt: skip
+        except BaseException:  # (an interrupt before the file was reached: closed too)
+            self._discard()
+            raise
 
     def _finish(self) -> None:
         """The headers, with the checksums of the data."""
@@ -307,13 +327,59 @@ class StreamedProduct:
             self._out.put(self._starts[i], text)
 
     def discard(self) -> None:
-        """The temporary file closed and removed (the combination failed or is redone)."""
+        """The temporary file closed and removed (the combination failed or is redone, or
+        the run is interrupted); nothing once :meth:`write` has begun, which cleans up after
+        itself."""
+        if self._claim("discarded"):
+            self._discard()
+
+    def _discard(self) -> None:
         try:
             with suppress(Exception):  # the file goes anyway
                 self.close()
         finally:
             self._out.discard()
             self._tmp.unlink(missing_ok=True)
+
+
+_INPUT = re.compile(r"IMCMB\d{3}|IMC\d{5}")
+_SCALE = re.compile(r"SCALE\d{3}|SCL\d{5}")
+
+
+def product_provenance(path) -> dict:
+    """What an existing product records of how it was made, as a report entry's fields:
+    ``frames`` (per input, ``file`` and ``scale`` from ``IMCMBnnn`` and ``SCALEnnn``),
+    ``frames_combined`` (``NCOMBINE``), ``backend``, ``made`` (gpuflat's version and the
+    date), ``parameters`` (``HIERARCH GPUFLAT``), and from a single image's NCOMBINE plane
+    its ``rejected_fraction`` and ``pixels_without_survivor`` (the figures a run reports).
+    Raises ``OSError`` when the file is not FITS."""
+    with fits.open(path, memmap=False) as hdul:
+        h = hdul[0].header
+        names = [v for k, v in h.items() if _INPUT.fullmatch(k)]
+        scales = [v for k, v in h.items() if _SCALE.fullmatch(k)]
+        frames = [{"file": n} for n in names]
+        if len(scales) == len(names):
+            for f, v in zip(frames, scales, strict=True):
+                f["scale"] = v
+        out = {
+            "frames": frames,
+            "frames_combined": h.get("NCOMBINE"),
+            "backend": h.get("GPF_BACK"),
+            "made": {"gpuflat": h.get("GPF_VERS"), "date": h.get("GPF_DATE")},
+            "parameters": {
+                k.removeprefix("GPUFLAT ").lower(): v
+                for k, v in h.items()
+                if k.startswith("GPUFLAT ")
+            },
+        }
+        frames_combined = out["frames_combined"]
+        if "NCOMBINE" in hdul and isinstance(frames_combined, int) and frames_combined > 0:
+            count = hdul["NCOMBINE"].data
+            if count is not None and count.size:
+                survivors = int(count.sum(dtype=np.int64))
+                out["rejected_fraction"] = float(1 - survivors / count.size / frames_combined)
+                out["pixels_without_survivor"] = int(np.count_nonzero(count == 0))
+    return out
 
 
 def _checksum(hdu, data, phase, total):
@@ -330,10 +396,11 @@ def _checksum(hdu, data, phase, total):
 
 
 def _unit_text(unit) -> str:
-    """The unit as CCDData writes it in BUNIT (``ADU`` -> ``adu``)."""
+    """The unit as CCDData writes it in BUNIT; one astropy does not know (the inputs'
+    BUNIT) as it is."""
     from astropy import units as u  # loaded with astropy.io.fits already
 
-    return u.Unit(unit or "adu").to_string()
+    return u.Unit(unit or "adu", parse_strict="silent").to_string()
 
 
 def write_mef_product(path, primary_header, extensions, *, unit="adu", overwrite=False,

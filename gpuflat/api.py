@@ -5,8 +5,9 @@ through the band pipeline."""
 from __future__ import annotations
 
 import dataclasses
+import glob
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import ExitStack
 
 import numpy as np
@@ -14,10 +15,11 @@ import numpy as np
 from ._calibrate import Calibration
 from ._config import CombineConfig
 from ._extensions import check_scale_per, parse_ext_list, parse_one_ext
-from ._frames import bad_pixel_mask, open_frames
+from ._frames import _is_ccddata, bad_pixel_mask, open_frames
 from ._mosaic import MosaicResult, combine_mosaic_files, mosaic_mask
 from ._pipeline import CombineResult, combine_frames
 from .backends import get_backend
+from .errors import NoFramesError
 
 __all__ = ["combine", "combine_mosaic"]
 
@@ -61,8 +63,14 @@ def combine(
 
     Parameters
     ----------
-    inputs : sequence of path, CCDData or 2-D array; or a 3-D array
-        The frames. Files are opened once and streamed in row bands.
+    inputs : paths, CCDData or 2-D arrays; a 3-D array; a glob; an ImageFileCollection
+        The frames: a sequence or any iterable (a generator) of paths, CCDData and 2-D
+        arrays, or a 3-D array (frames, rows, cols). A path with wildcards (``"night1/
+        flat-*.fits"``; also as an item) stands for the files it matches, in sorted order;
+        a ccdproc ``ImageFileCollection`` for its files (``files_filtered(include_path=
+        True)``: filter it, or make it with ``filenames=`` or ``glob_include=``, to choose
+        them). Files are opened once and streamed in row bands. Frames in different units
+        are refused (``ValueError``), as ccdproc refuses them.
     method : {'average', 'median', 'sum'}
         How the surviving samples of a pixel are combined.
     scale : {'median', 'mean', 'none'}, 'exptime:KEYWORD', sequence or callable
@@ -127,9 +135,11 @@ def combine(
     CombineResult
         ``image`` and ``uncertainty`` (float32), ``count`` (survivors), ``mask`` (no
         survivor), ``scales``, the frames' ``names``, ``levels`` and ``header``;
-        ``to_ccddata()``.
+        ``to_ccddata()`` and ``write(path, overwrite=False, compress=False)``, both with
+        the provenance ``gpuflat run`` writes (``product_header()``).
     """
     config, calibration = _validated(locals())
+    inputs = _inputs(inputs)
     hdu = parse_one_ext(ext)
     if hdu is not None and not _all_paths(inputs):
         raise ValueError("ext selects an HDU of FITS files: every input must then be a path")
@@ -155,6 +165,47 @@ def _validated(arguments: dict) -> tuple[CombineConfig, Calibration]:
     options["weights"] = None if weights is None else tuple(np.asarray(weights, float).ravel())
     calibration = {f.name: arguments[f.name] for f in dataclasses.fields(Calibration) if f.init}
     return CombineConfig(**options), Calibration(**calibration)
+
+
+def _inputs(inputs):
+    """``inputs`` as ``open_frames`` takes them: glob patterns expanded (sorted), an
+    ImageFileCollection's files (full paths, so that they are streamed as files), any other
+    iterable (a generator) listed; a path, a CCDData, an array or a sequence of them pass as
+    they are (but for their patterns). Nothing is read here."""
+    if isinstance(inputs, (str, os.PathLike)):
+        paths = _matches(inputs)
+        return inputs if paths is None else paths
+    if hasattr(inputs, "files_filtered") and hasattr(inputs, "location"):  # ccdproc's
+        paths = list(inputs.files_filtered(include_path=True))
+        if not paths:
+            raise NoFramesError(f"inputs: the ImageFileCollection of {inputs.location} is empty")
+        return paths
+    if isinstance(inputs, np.ndarray) or _is_ccddata(inputs):
+        return inputs
+    if not isinstance(inputs, Sequence):
+        if not isinstance(inputs, Iterable):
+            return inputs  # open_frames says what it takes
+        inputs = list(inputs)
+    if not any(isinstance(p, (str, os.PathLike)) and _matches(p) is not None for p in inputs):
+        return inputs
+    out = []
+    for p in inputs:
+        paths = _matches(p) if isinstance(p, (str, os.PathLike)) else None
+        out.extend([p] if paths is None else paths)
+    return out
+
+
+def _matches(path) -> list[str] | None:
+    """The files a path with wildcards (``*``, ``?``, ``[``) matches, sorted (a
+    ``NoFramesError`` when none does); None for a path without wildcards, or one that
+    names an existing file (its name has brackets)."""
+    text = os.fspath(path)
+    if not isinstance(text, str) or not glob.has_magic(text) or os.path.exists(text):
+        return None
+    paths = sorted(glob.glob(os.path.expanduser(text)))
+    if not paths:
+        raise NoFramesError(f"inputs: no file matches {text!r}")
+    return paths
 
 
 def _all_paths(inputs) -> bool:
@@ -208,8 +259,9 @@ def combine_mosaic(
 
     Parameters
     ----------
-    paths : sequence of path
-        The FITS files, one per exposure.
+    paths : sequence of path, glob or ImageFileCollection
+        The FITS files, one per exposure (any iterable; wildcards and collections as in
+        :func:`combine`).
     ext : str or sequence, optional
         The extensions to combine: ``"CCD1,CCD2"``, ``["CCD1", ("CCD2", 2)]``; a number
         after a name in a string is that name's EXTVER (``"CCD1,2"``). Default: all image
@@ -249,6 +301,7 @@ device_mem_limit
     config, calibration = _validated(locals())
     specs = parse_ext_list(ext)
     check_scale_per(scale_per)
+    paths = _inputs(paths)
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     if not _all_paths(paths):

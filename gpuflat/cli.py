@@ -5,7 +5,14 @@ Exit codes: 0 every group written (or already there) or refused with its reason 
 frames: a warning), and at least one master written or there; 1 some group failed (the
 others are still written), or every group was refused (no master at all); 2 usage errors
 (a group key the flats lack, two groups of one product name, an output folder that takes
-no files...) and inputs that do not exist; 141 the reader of the output went away.
+no files...) and inputs that do not exist; 141 the reader of the output went away; an
+interrupt, 128 + the signal's number as a shell reports it: 130 SIGINT (Ctrl-C), 143
+SIGTERM, 129 SIGHUP. All three stop a run the same way: the product being written is
+finished, the one being combined is dropped (no temporary file stays), the products
+finished are listed and the report (with ``--report``) is written, marked
+``"complete": false, "interrupted": true`` with the signal's name. A second signal while
+that is done is ignored (it takes at most one product's write); a signal that the process
+was started ignoring (``nohup``'s SIGHUP) stays ignored.
 """
 
 from __future__ import annotations
@@ -16,7 +23,9 @@ import ctypes
 import gc
 import logging
 import os
+import signal
 import sys
+import threading
 
 from . import farm
 from ._cli_parser import build_parser
@@ -49,6 +58,7 @@ def console() -> None:
 def main(argv=None) -> int:
     """Run the command line; returns the exit code."""
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
@@ -58,13 +68,21 @@ def main(argv=None) -> int:
         _return_freed_frames()
     if command in ("run", "inspect"):
         _skip_blas_probe()
+    with _signals() as caught:
+        return _command(args, argv, caught)
+
+
+def _command(args, argv, caught) -> int:
+    command, opts = args.command, None
     try:
         if command in ("run", "inspect"):
             skip = ("command", "config", "all")  # inspect's --all is not a run option
             flags = {k: v for k, v in vars(args).items() if k not in skip}
             opts = farm.build_options(flags, getattr(args, "config", None))
             _setup_logging(opts.verbose, opts.quiet)
-            return _run(opts) if command == "run" else _inspect(opts, getattr(args, "all", False))
+            if command == "run":
+                return _run(opts, ["gpuflat", *argv])
+            return _inspect(opts, getattr(args, "all", False))
         _setup_logging(args.verbose, args.quiet)
         return _info() if command == "info" else _simulate(args)
     except OptionError as exc:
@@ -77,9 +95,58 @@ def main(argv=None) -> int:
     except (GpuflatError, ValueError, TypeError, OSError) as exc:
         print(f"gpuflat {command}: error: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("gpuflat: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        name = caught[0] if caught else "SIGINT"
+        _say_interrupted(name, getattr(exc, "outcome", None), opts and opts.report)
+        return 128 + signal.Signals[name].value
+
+
+_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
+
+
+@contextlib.contextmanager
+def _signals():
+    """SIGINT, SIGTERM and SIGHUP raise ``farm.Interrupted`` in the main thread (the run
+    then stops as the module's docstring says); the first one only: later ones are noted
+    and ignored while the run cleans up. Yields the names of those caught. Signals the
+    process ignores stay ignored; the previous handlers come back on exit. Elsewhere than
+    in the main thread (where Python takes no handler) nothing changes."""
+    caught = []
+    if threading.current_thread() is not threading.main_thread():
+        yield caught
+        return
+
+    def handler(signum, frame):
+        caught.append(signal.Signals(signum).name)
+        if len(caught) == 1:
+            raise farm.Interrupted(caught[0])
+
+    previous = {}
+    for name in _SIGNALS:
+        number = getattr(signal, name, None)
+        if number is None or signal.getsignal(number) == signal.SIG_IGN:
+            continue
+        previous[number] = signal.signal(number, handler)
+    try:
+        yield caught
+    finally:
+        for number, old in previous.items():
+            signal.signal(number, old)
+
+
+def _say_interrupted(name, outcome, report) -> None:
+    """The last words of an interrupted command (on stderr, which may be gone): what was
+    finished (each product written was listed as it was), where the report is."""
+    text = f"gpuflat: interrupted ({name})"
+    if outcome is not None:
+        entries = outcome.report["groups"]
+        written = sum(e["status"] == "written" for e in entries)
+        skipped = sum(e["status"].startswith("skipped") for e in entries)
+        text += f" after {len(entries)} of {outcome.report['planned']} group(s): {written} written"
+        text += f", {skipped} already there" if skipped else ""
+        text += f"; report: {report} (incomplete)" if report else ""
+    with contextlib.suppress(OSError, ValueError):
+        print(text, file=sys.stderr, flush=True)
 
 
 def _return_freed_frames():
@@ -186,8 +253,8 @@ class _Printer:
             log.error("group %s %s", entry["group"], status)
 
 
-def _run(opts) -> int:
-    outcome = farm.run(opts, _Printer(opts.quiet))
+def _run(opts, command) -> int:
+    outcome = farm.run(opts, _Printer(opts.quiet), command=command)
     if outcome.refused and not outcome.masters:
         log.error("no master written: every group was refused")
         return 1

@@ -347,3 +347,75 @@ def test_simulate_raw_and_run_recover_the_flat(tmp_path):
     truth = flat_field_truth((48, 64), "g''", 0)
     ratio = (flat / np.median(flat)) / truth
     assert np.std(ratio) < 0.01 and abs(np.median(ratio) - 1) < 1e-3
+
+
+def _raw_frames(tmp_path, rng, n=3):
+    """Raw frames (PRE + NY rows, NX + OS columns) whose overscan level drifts by row in the
+    columns NX+1..NX+OS and by column in the rows 1..PRE."""
+    paths = []
+    for i in range(n):
+        raw = rng.normal(20000.0, 300.0, (PRE + NY, NX + OS))
+        raw[:, NX:] = 1000.0 + 30.0 * np.sin(np.arange(PRE + NY) / 4.0 + i)[:, None]
+        raw[:PRE] = 900.0 + 20.0 * np.cos(np.arange(NX + OS) / 3.0 + i)[None, :]
+        raw += rng.normal(0.0, 2.0, raw.shape)
+        path = tmp_path / f"oscan-{i}.fits"
+        fits.PrimaryHDU(raw.astype(np.float32)).writeto(path)
+        paths.append(str(path))
+    return paths
+
+
+def test_overscan_axis_auto_follows_the_strips_shape(tmp_path, rng):
+    """overscan_axis=None (``--overscan-axis auto``): a strip of columns (taller than wide)
+    gives one value per row, a strip of rows (wider than tall) one value per column, as
+    NumPy's median of the strip along its short side says."""
+    from gpuflat.farm.options import overscan_axis
+
+    assert overscan_axis("auto") is None
+    paths = _raw_frames(tmp_path, rng)
+    raws = [fits.getdata(p).astype(np.float64) for p in paths]
+    columns = f"[{NX + 1}:{NX + OS},:]"  # OS columns, every row: one value per row
+    ours = _calibrated(paths, Calibration(overscan=columns, overscan_axis=None))
+    for raw, frame in zip(raws, ours, strict=True):
+        want = raw - np.median(raw[:, NX:], axis=1)[:, None]
+        np.testing.assert_allclose(frame, want.astype(np.float32), rtol=1e-6, atol=1e-3)
+    rows = f"[:,1:{PRE}]"  # PRE rows, every column: one value per column
+    ours = _calibrated(paths, Calibration(overscan=rows, overscan_axis=None))
+    for raw, frame in zip(raws, ours, strict=True):
+        want = raw - np.median(raw[:PRE], axis=0)[None, :]
+        np.testing.assert_allclose(frame, want.astype(np.float32), rtol=1e-6, atol=1e-3)
+
+
+def test_a_gain_of_zero_in_a_header_is_refused_naming_the_file(tmp_path, rng):
+    """GAIN = 0 (an all-zero flat) and GAIN < 0 in one frame's header: a CalibrationError
+    naming that frame; the option gain=0 is refused too."""
+    paths, _, _ = _night(tmp_path, rng, "float32", n=3)
+    for bad in (0, 0.0, -1.5):
+        with fits.open(paths[1], mode="update") as hdul:
+            hdul[0].header["GAIN"] = bad
+        with pytest.raises(CalibrationError, match=r"raw-01\.fits: gain GAIN") as excinfo:
+            gpuflat.combine(paths, gain="GAIN", scale="none")
+        _one_line(excinfo)
+    with pytest.raises(ValueError, match=r"^gain must be a finite number > 0"):
+        gpuflat.combine(paths, gain=0)
+
+
+def test_a_one_column_or_one_row_section_is_taken(tmp_path, rng):
+    """``[5:5,:]`` (one column; ``[5,:]`` the same), ``[:,2:2]`` (one row): accepted, and
+    the strip's one value per row (per column) is subtracted."""
+    from gpuflat._sections import Section, parse_section
+
+    assert parse_section("[5:5,:]", "overscan") == Section("[5:5,:]", (4, 5), None)
+    assert parse_section("[5,:]", "overscan") == Section("[5,:]", (4, 5), None)
+    assert parse_section("[:,2:2]", "overscan") == Section("[:,2:2]", None, (1, 2))
+    assert parse_section("[3:3,7:7]", "trim") == Section("[3:3,7:7]", (2, 3), (6, 7))
+    paths = _raw_frames(tmp_path, rng)
+    raws = [fits.getdata(p).astype(np.float64) for p in paths]
+    col = NX + 2
+    ours = _calibrated(paths, Calibration(overscan=f"[{col}:{col},:]"))
+    for raw, frame in zip(raws, ours, strict=True):
+        np.testing.assert_allclose(frame, (raw - raw[:, col - 1 : col]).astype(np.float32),
+                                   rtol=1e-6, atol=1e-3)  # fmt: skip
+    ours = _calibrated(paths, Calibration(overscan="[:,2:2]", overscan_axis=0))
+    for raw, frame in zip(raws, ours, strict=True):
+        np.testing.assert_allclose(frame, (raw - raw[1:2, :]).astype(np.float32),
+                                   rtol=1e-6, atol=1e-3)  # fmt: skip

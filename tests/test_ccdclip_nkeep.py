@@ -298,3 +298,39 @@ def test_cli_and_config_file(tmp_path):
     assert opts.combine.rdnoise == 4.5 and opts.combine.noise_gain == "GAIN"
     assert opts.combine.nkeep == -2
     assert main(["run", str(tmp_path), "-o", str(out), "--clip", "ccdclip", "--snoise", "-1"]) == 2
+
+
+@needs_cxx
+@pytest.mark.parametrize(
+    "opts",
+    [
+        {"ccdclip": True, "sigma_low": 2.0, "sigma_high": 2.0},
+        {"ccdclip": True, "sigma_low": 1.0, "sigma_high": 1.5, "method": "median"},
+        {"ccdclip": True, "center": "mean", "maxiters": -1, "sigma_low": 1.0},
+        {"ccdclip": True, "clip_scaled": False, "sigma_low": 1.5, "method": "sum"},
+        {"ccdclip": True, "nkeep": 3, "sigma_low": 0.5, "sigma_high": 0.5},
+    ],
+)
+def test_ccdclip_centre_at_or_below_zero(opts):
+    """Bias-like data whose centre is at, near or below 0 (in raw or scaled units): the
+    noise model's signal term is taken as 0 there (no negative variance, no NaN width);
+    numba, the CUDA kernels on the CPU and the NumPy reference agree."""
+    rng = np.random.default_rng(2024)
+    n, npix = 9, 240
+    centres = np.linspace(-40.0, 15.0, npix)
+    centres[:20] = 0.0
+    data = centres + rng.normal(0.0, 3.0, (n, npix))
+    data[:, 20:40] = rng.normal(0.0, 0.4, (n, 20))  # a centre within a hair of 0
+    data[rng.random(data.shape) < 0.08] += 60.0  # outliers
+    data[rng.random(data.shape) < 0.03] -= 60.0
+    data = data.astype(np.float32)
+    data[0, 5] = data[3, 7] = np.nan
+    mask = (rng.random(data.shape) < 0.03).astype(np.uint8)
+    for noise in (
+        {"rdnoise": (2.0,) * n, "gain": (1.0,) * n, "snoise": (0.0,) * n},
+        {"rdnoise": tuple(rng.uniform(1.0, 4.0, n)), "gain": tuple(rng.uniform(0.5, 3.0, n)),
+         "snoise": tuple(rng.choice([0.0, 0.05], n))},
+    ):  # fmt: skip
+        for scale in (np.ones(n), rng.uniform(0.5, 2.0, n)):
+            got = check_twins(data, mask, scale, None, opts, noise)
+            assert np.isfinite(got[0][np.asarray(got[2]) > 0]).all()

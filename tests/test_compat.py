@@ -338,3 +338,25 @@ def test_misspelled_keyword_is_an_error_with_a_suggestion(rng):
     with pytest.raises(TypeError, match="did you mean 'hdu_mask'"):
         combine(ccds, hdu_msk=None)
     combine(ccds, hdu="SCI", unit="adu", memmap=False)  # CCDData.read's keywords: fine
+
+
+def test_blank_zero_is_kept_as_ccdproc_keeps_it(tmp_path, rng):
+    """BLANK = 0 on scaled int16 data: astropy (so ccdproc) keeps the stored 0s as values
+    (BZERO), it does not make them NaN; the drop-in reads them the same and combines to
+    ccdproc's numbers."""
+    stack = flat_stack(rng, n=5, shape=(14, 11))
+    paths = []
+    for i, a in enumerate(stack):
+        raw = np.clip(np.round((a - 1000) / 0.5), -32767, 32767).astype(np.int16)
+        raw[3, 4 + i] = raw[7, 2] = raw[0, :] = 0  # stored 0 = BLANK
+        paths.append(
+            write_raw(tmp_path / f"b{i}.fits", raw, BSCALE=0.5, BZERO=1000, BLANK=0, BUNIT="adu")
+        )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        read = CCDData.read(paths[0])
+    assert read.data[7, 2] == 1000.0 and not np.isnan(read.data).any()
+    for case in (GUIDE_CALLS["guide-as-meant"], {"method": "median"}, {"method": "sum"}):
+        for mem_limit in (350e6, 2e4):
+            call = {**case, "mem_limit": mem_limit}
+            assert_same(combine(paths, **call), ccdproc_combine(paths, **call))

@@ -356,3 +356,63 @@ def test_every_synchronisation_is_needed(tmp_path, budget):
             continue
         missed.append(k)
     assert not missed, f"skipping synchronisation(s) {missed} of {dev.syncs} goes unnoticed"
+
+
+@pytest.mark.parametrize("budget", ["resident", "streamed"])
+def test_a_streamed_product_on_the_host_path_is_the_numba_result(tmp_path, budget):
+    """The host path writing into a streamed product (``_products.StreamedProduct`` as the
+    results object, as a run does) instead of the default Planes: the product's planes,
+    read back with astropy, are the numba backend's result."""
+    from gpuflat._products import StreamedProduct
+
+    paths = _files(tmp_path, "uint16")
+    kw = {"mem_limit": MEM}
+    kw["device_mem_limit"] = RESIDENT if budget == "resident" else streamed_budget(paths, **kw)
+    products = []
+
+    def results(result, shape):
+        products.append(StreamedProduct(tmp_path / "product.fits", fits.Header(), shape))
+        return products[-1]
+
+    dev = FakeDevice()
+    backend = spy(CudaBackend(dev))
+    with ExitStack() as stack:
+        frames = open_frames(paths, stack)
+        got = combine_frames(frames, CombineConfig(**kw), backend, want_levels=("median",),
+                             results=results)  # fmt: skip
+    dev.assert_idle()
+    assert backend.feeds[0].resident == (budget == "resident")
+    assert got.backend == "cuda" and got.image is None and len(products) == 1
+    path = products[0].write()
+    want = _combine(paths, NumbaBackend(), **kw)
+    assert want.plan.nbands > 1 and want.rejected.sum() > 0
+    np.testing.assert_array_equal(got.scales, want.scales)
+    np.testing.assert_array_equal(got.rejected, want.rejected)
+    with fits.open(path, checksum=True) as hdul:
+        assert same(
+            (hdul[0].data.astype(np.float32), hdul["UNCERT"].data.astype(np.float32),
+             hdul["NCOMBINE"].data.astype(np.int32)),
+            (want.image, want.uncertainty, want.count),
+        )  # fmt: skip
+        np.testing.assert_array_equal(hdul["MASK"].data, want.mask.astype(np.uint8))
+    assert products[0].survivors == want.count.sum() and products[0].empty == want.mask.sum()
+
+
+@pytest.mark.parametrize("budget", ["resident", "streamed"])
+def test_frames_of_mixed_bitpix_match_numba(tmp_path, budget):
+    """One combination of frames stored differently (uint16 with BZERO, float32, scaled
+    int32 with BLANK, uint8, float64), interleaved: each frame's bytes staged and
+    converted at its own segment, bit for bit the numba backend's result."""
+    names = ("uint16", "float32", "int32-scaled", "uint8", "float64")
+    files = [_files(tmp_path, name, n=3, seed=k) for k, name in enumerate(names)]
+    paths = [p for trio in zip(*files, strict=True) for p in trio]  # interleaved
+    kw = {"mem_limit": MEM}
+    kw["device_mem_limit"] = RESIDENT if budget == "resident" else streamed_budget(paths, **kw)
+    dev = FakeDevice()
+    backend = spy(CudaBackend(dev))
+    got = _combine(paths, backend, want=("median", "mean"), **kw)
+    dev.assert_idle()
+    assert backend.feeds[0].resident == (budget == "resident")
+    want = _combine(paths, NumbaBackend(), want=("median", "mean"), **kw)
+    assert want.plan.nbands > 1
+    _identical(got, want)

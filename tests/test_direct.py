@@ -196,3 +196,44 @@ def test_a_piece_outside_the_file_or_larger_than_the_staging_is_refused(tmp_path
             out.staging(0, PIECE + 1)
         out.put(0, b"z" * 100)
     assert (tmp_path / "f.bin").read_bytes() == b"z" * 100
+
+
+@pytest.mark.parametrize("short", ["first", "second", "every"])
+def test_a_short_write_is_finished_at_the_right_offset(tmp_path, mode, monkeypatch, short):
+    """os.pwrite writing fewer bytes than asked (a signal, a full pipe: allowed by POSIX),
+    the first or second time it can, or every time: the rest is written where it belongs,
+    and the file is exactly the bytes given."""
+    import fcntl
+
+    real = _direct.os.pwrite  # the mode's refusing one, where it refuses
+    calls, cut_short, done = [], [], []
+    which = {"first": 0, "second": 1, "every": None}[short]
+
+    def shortened(fd, data, offset):
+        view = memoryview(data).cast("B")
+        calls.append((offset, len(view)))
+        k = len(view) // 2
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & _direct._DIRECT:
+            k = k // ALIGN * ALIGN  # whole blocks only, past the page cache
+        if not k:
+            return real(fd, view, offset)
+        if which is None or len(done) == which:  # this one comes back short
+            written = real(fd, view[:k], offset)  # (a refusal raises: not counted)
+            cut_short.append((offset, written, len(view)))
+        else:
+            written = real(fd, view, offset)
+        done.append(written)
+        return written
+
+    monkeypatch.setattr(_direct.os, "pwrite", shortened)
+    size = 7 * ALIGN + 123
+    data = np.random.default_rng(11).integers(0, 256, size, np.uint8).tobytes()
+    path = tmp_path / "f.bin"
+    cut = 3 * ALIGN + 5  # two pieces: the first ends inside a page
+    with PlacedWriter(path, size) as out:
+        for a, b in ((cut, size), (0, cut)):
+            staged = out.staging(a, b - a)
+            staged[:] = data[a:b]
+            out.put(a, staged)
+    assert cut_short, calls  # some write was short
+    assert path.read_bytes() == data

@@ -1,8 +1,10 @@
 """`gpuflat run --config farm.toml`: loading, precedence, errors, provenance."""
 
 import json
+import os
 import sys
 
+import numpy as np
 import pytest
 from astropy.io import fits
 from conftest import flat_stack, write_fits
@@ -150,3 +152,41 @@ def test_device_mem_limit_option(tmp_path):
     assert build_options({}).combine.device_mem_limit is None
     none = _toml(tmp_path / "none.toml", 'device-mem-limit = "none"\n')
     assert build_options({}, none).combine.device_mem_limit is None
+
+
+def test_a_relative_mask_in_the_config_file_is_relative_to_the_file(tmp_path, monkeypatch):
+    """``mask = "bpm.fits"`` in conf/farm.toml is conf/bpm.fits, whatever the working
+    folder (which holds a decoy of the same name); a --mask flag stays as given."""
+    from gpuflat.farm.options import build_options
+
+    conf, elsewhere = tmp_path / "conf", tmp_path / "elsewhere"
+    conf.mkdir()
+    elsewhere.mkdir()
+    for d in (conf, elsewhere):
+        write_fits(d / "bpm.fits", np.zeros((4, 4), np.uint8))
+    monkeypatch.chdir(elsewhere)
+    cfg = _toml(conf / "farm.toml", 'mask = "bpm.fits"\n')
+    assert os.path.abspath(build_options({}, cfg).mask) == str(conf / "bpm.fits")
+    assert build_options({"mask": "bpm.fits"}, cfg).mask == "bpm.fits"
+
+
+def test_workers_in_the_file_give_way_to_a_scheduler_flag(tmp_path, monkeypatch):
+    """``workers = 8`` in the file and ``--scheduler`` on the command line: the flag's choice
+    (and the other way round); both on the command line stay an error."""
+    from gpuflat import cli
+    from gpuflat.farm.options import OptionError, build_options
+
+    address = "tcp://127.0.0.1:8786"
+    cfg = _toml(tmp_path / "farm.toml", 'inputs = ["night"]\nworkers = 8\n')
+    opts = build_options({"scheduler": address}, cfg)
+    assert opts.scheduler == address and opts.workers is None and opts.distributed
+    assert build_options({}, cfg).workers == 8
+    other = _toml(tmp_path / "other.toml", f'inputs = ["night"]\nscheduler = "{address}"\n')
+    opts = build_options({"workers": 2}, other)
+    assert opts.workers == 2 and not opts.scheduler
+    with pytest.raises(OptionError, match="exclude each other"):
+        build_options({"workers": 2, "scheduler": address}, cfg)
+    seen = []
+    monkeypatch.setattr(cli, "_run", lambda opts: seen.append(opts) or 0)
+    assert main(["run", "--config", cfg, "--scheduler", address]) == 0
+    assert seen[0].scheduler == address and seen[0].workers is None

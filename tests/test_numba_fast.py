@@ -9,9 +9,8 @@
 
 from __future__ import annotations
 
-import hashlib
+import importlib
 import math
-import pathlib
 
 import numpy as np
 import pytest
@@ -41,6 +40,7 @@ def per_pixel(data, mask, scale, weight, params):
         npix,
         *out,
         rejected,
+        _numba._ALL_RULES,
     )
     return out, rejected
 
@@ -87,21 +87,15 @@ def test_generated_merges_are_current():
     assert _networks.MERGES.read_text() == want, "run: python -m gpuflat.backends._networks"
 
 
-# the modules whose jitted code _numba.py's functions inline or call
-INLINED = ("_numba_fast.py", "_numba_median.py", "_numba_merges.py", "_numba_ops.py")
-
-
-def test_numba_cache_follows_the_inlined_modules():
-    """numba keys the cache of ``_numba``'s functions on ``_numba.py``'s text alone, and they
-    hold code inlined from the modules in ``INLINED``: ``_numba.py`` must carry those files'
-    digest, so that an edit there recompiles instead of loading stale code."""
-    here = pathlib.Path(_numba.__file__).parent
-    digest = hashlib.sha256()
-    for name in INLINED:
-        digest.update((here / name).read_bytes())
-    assert digest.hexdigest()[:16] == _numba._DEPENDS_ON, (
-        f"set _DEPENDS_ON in gpuflat/backends/_numba.py to {digest.hexdigest()[:16]!r}"
-    )
+@pytest.mark.parametrize("name", sorted(_networks.DEPENDS_ON))
+def test_numba_cache_follows_the_modules_it_holds(name):
+    """numba keys the cache of a file's functions on that file's text alone, and they hold
+    code inlined or called from the files in ``_networks.DEPENDS_ON``: the file must carry
+    those files' digest, so that an edit there recompiles instead of loading stale code
+    (``python -m gpuflat.backends._networks`` sets them)."""
+    module = importlib.import_module(f"gpuflat.backends.{name[:-3]}")
+    want = _networks.source_digest(_networks.DEPENDS_ON[name])
+    assert want == module._DEPENDS_ON, f"run: python -m gpuflat.backends._networks ({name})"
 
 
 def test_fast_family():

@@ -218,7 +218,7 @@ def test_a_compressed_product_reads_back_losslessly_and_the_planes_come_back(tmp
         np.testing.assert_array_equal(getattr(r, k), v)
         assert getattr(r, k).dtype.isnative
     with fits.open(path) as f:
-        np.testing.assert_array_equal(f[1].data, before["image"])
+        np.testing.assert_array_equal(f[0].data, before["image"])
         np.testing.assert_array_equal(f["UNCERT"].data, before["uncertainty"])
         np.testing.assert_array_equal(f["NCOMBINE"].data, before["count"])
 
@@ -370,3 +370,48 @@ def test_a_streamed_product_whose_last_store_fails_is_removed_by_its_write(
     with pytest.raises(OSError, match="No space"):
         product.write()
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("kind", ["read-only", "memmap-r", "memmap-r+", "strided"])
+@pytest.mark.parametrize("count_max", [9, 40000])
+def test_read_only_and_memory_mapped_planes_are_written(tmp_path, rng, kind, count_max):
+    """write_product takes planes it may not change in place (read-only arrays, read-only
+    memory maps), memory maps it may change, and views that are not contiguous: the file
+    is the one written from ordinary arrays, and the planes are as they were."""
+    from types import SimpleNamespace
+
+    plain = _result((37, 29), count_max, rng)
+    plain.image[plain.mask] = np.nan
+    names = ("image", "uncertainty", "count")
+    before = {k: getattr(plain, k).copy() for k in names}
+    planes = {}
+    for k in names:
+        a = getattr(plain, k).copy()
+        if kind == "read-only":
+            a.setflags(write=False)
+        elif kind.startswith("memmap"):
+            f = tmp_path / f"{k}.npy"
+            a.tofile(f)
+            a = np.memmap(f, a.dtype, kind[len("memmap-") :], shape=a.shape)
+        else:
+            wide = np.zeros((a.shape[0], 2 * a.shape[1]), a.dtype)
+            wide[:, ::2] = a
+            a = wide[:, ::2]
+        planes[k] = a
+    result = SimpleNamespace(**planes, mask=planes["count"] == 0)
+    header = fits.Header({"FILTER": "V"})
+    _products.write_product(tmp_path / "plain.fits", plain, header)
+    _products.write_product(tmp_path / "other.fits", result, header)
+    _same_product(tmp_path / "plain.fits", tmp_path / "other.fits")
+    with fits.open(tmp_path / "other.fits", checksum=True) as f:
+        np.testing.assert_array_equal(f[0].data, before["image"])
+        np.testing.assert_array_equal(f["UNCERT"].data, before["uncertainty"])
+        np.testing.assert_array_equal(f["NCOMBINE"].data, before["count"])
+        np.testing.assert_array_equal(f["MASK"].data, before["count"] == 0)
+    for k in names:
+        assert planes[k].dtype == before[k].dtype
+        np.testing.assert_array_equal(planes[k], before[k])
+        if kind.startswith("memmap"):
+            planes[k].flush()
+            np.testing.assert_array_equal(np.fromfile(tmp_path / f"{k}.npy", before[k].dtype),
+                                          before[k].reshape(-1))  # fmt: skip

@@ -1,6 +1,7 @@
 """Frame QA: per-frame rejected fractions, and frames left out by level or rejection."""
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -177,3 +178,55 @@ def test_mosaic_exposure_left_out_by_rejections(mosaics, tmp_path, capsys):
     assert _mosaic_ncombine(tmp_path / "qa") == (3, 3)
     code, entry = _run(d, tmp_path / "noqa", "--no-qa")
     assert code == 0 and _mosaic_ncombine(tmp_path / "noqa") == (4, 4)
+
+
+def _descriptors_on(folder):
+    """This process's open descriptors on files in ``folder`` (removed ones too)."""
+    found = []
+    for fd in Path("/proc/self/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:  # closed meanwhile (the listing's own descriptor)
+            continue
+        if target.startswith(str(folder) + "/"):
+            found.append(target)
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc/self/fd")
+def test_a_qa_redo_closes_the_discarded_product(group, tmp_path, monkeypatch):
+    """A frame left out by QA: the first combination's streamed product is discarded, its
+    temporary's descriptor closed and its thread ended, before the final product is
+    written (when only that one's are open) and after the run (when none is)."""
+    import threading
+
+    from gpuflat.farm import RunOptions, run, units
+
+    d, stack = group
+    saturated = np.minimum(stack[2] * 4, 65535).astype(np.float32)
+    (d / "flat-2.fits").unlink()
+    write_fits(d / "flat-2.fits", saturated, IMAGETYP="FLAT", FILTER="R")
+    out = tmp_path / "out"
+    seen = []
+    real = units._write_streamed
+
+    def write_streamed(product, *args, **kwargs):
+        threads = [t.name for t in threading.enumerate() if t.name.startswith("gpuflat-product")]
+        seen.append((threads, _descriptors_on(out)))
+        return real(product, *args, **kwargs)
+
+    monkeypatch.setattr(units, "_write_streamed", write_streamed)
+    options = RunOptions(inputs=(str(d),), outdir=str(out), device="cpu",
+                         level_range=(1000.0, 60000.0))  # fmt: skip
+    outcome = run(options)
+    assert outcome.failed == 0
+    (entry,) = outcome.report["groups"]
+    assert entry["frames_left_out"] == 1 and entry["frames_combined"] == 4
+    ((threads, descriptors),) = seen
+    assert len(threads) <= 1, threads  # the final product's own
+    assert len(descriptors) <= 1, descriptors  # the final product's temporary
+    assert _descriptors_on(out) == []
+    assert [t.name for t in threading.enumerate() if t.name.startswith("gpuflat-product")] == []
+    kept = [str(d / f"flat-{i}.fits") for i in (0, 1, 3, 4)]
+    with fits.open(out / "combined_flat_filter_R.fits") as hdul:
+        np.testing.assert_array_equal(hdul[0].data, gpuflat.combine(kept).image)

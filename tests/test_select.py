@@ -116,3 +116,21 @@ def test_unreadable_header_is_listed(tmp_path):
     assert [p.name for p, _ in found.unreadable] == ["bad.fits"]
     hdr = fits.getheader(tmp_path / "a.fits")
     assert hdr["IMAGETYP"] == "FLAT"
+
+
+def test_an_empty_group_value_names_the_product_none(tmp_path):
+    """FILTER = '' (and no FILTER at all, read as ''): combined_flat_filter_none.fits, as
+    does a value of dots only; with two keys, the empty one is 'none' in its place."""
+    paths = [
+        _frame(tmp_path / "a.fits", IMAGETYP="FLAT", FILTER=""),
+        _frame(tmp_path / "b.fits", IMAGETYP="FLAT"),
+        _frame(tmp_path / "c.fits", IMAGETYP="FLAT", FILTER="..", EXPTIME=3),
+    ]
+    infos = [read_info(Path(p)) for p in paths]
+    (group,) = group_frames(infos[:2], ("FILTER",))
+    assert group.key == ("",) and len(group.frames) == 2
+    assert group.product_name() == "combined_flat_filter_none.fits"
+    (dots,) = group_frames(infos[2:], ("FILTER",))
+    assert dots.product_name() == "combined_flat_filter_none.fits"
+    names = sorted(g.product_name() for g in group_frames(infos, ("EXPTIME", "FILTER")))
+    assert names == ["combined_flat_filter_3_none.fits", "combined_flat_filter_none_none.fits"]

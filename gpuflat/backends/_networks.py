@@ -18,13 +18,33 @@ what ``render`` gives. Pure Python: nothing here is compiled.
 from __future__ import annotations
 
 import functools
+import hashlib
 import pathlib
+import re
 
 import numpy as np
 
 REGISTER_SIZES = (24, 32, 40, 48)  # padded sizes of the merges made in registers
 MAX_IN_REGISTERS = REGISTER_SIZES[-1]
 MERGES = pathlib.Path(__file__).with_name("_numba_merges.py")
+
+# numba keys the cache of a file's jitted functions on that file's text alone, and they
+# hold the code of what they inline or call from other files: each such file carries the
+# digest of those files (``_DEPENDS_ON``), so that an edit there recompiles it too
+# (tests/test_numba_fast.py checks every one)
+DEPENDS_ON = {
+    "_numba.py": ("_numba_fast.py", "_numba_median.py", "_numba_merges.py", "_numba_ops.py"),
+    "_numba_fast.py": ("_numba_merges.py", "_numba_ops.py"),
+    "_numba_merges.py": ("_numba_ops.py",),
+}
+
+
+def source_digest(names) -> str:
+    """The first 16 hex digits of the sha256 of these files of this folder, in order."""
+    digest = hashlib.sha256()
+    for name in names:
+        digest.update(MERGES.with_name(name).read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def batcher(n, run=1) -> list:
@@ -69,6 +89,8 @@ def render(row, lanes) -> str:
         "import numba as nb\n",
         "import numpy as np\n\n",
         "from ._numba_ops import hi, lo\n\n",
+        "# the digest of _numba_ops.py (see _networks.DEPENDS_ON)\n",
+        f'_DEPENDS_ON = "{source_digest(DEPENDS_ON["_numba_merges.py"])}"\n',
         f"MAX_IN_REGISTERS = {MAX_IN_REGISTERS}\n",
         f"_LU = np.uint64({lanes})  # lanes per block\n",
     ]
@@ -88,29 +110,41 @@ def render(row, lanes) -> str:
         out += [f"        W[np.uint64({int(row(i))}) + lane] = x{i}\n" for i in range(size)]
     out += [
         "\n\n",
-        '@nb.njit(cache=True, nogil=True, inline="always")\n',
-        "def merge_in_registers(W, n):\n",
+        "@nb.njit(cache=True, nogil=True, _nrt=False)\n",
+        "def merge_in_registers(W, cls):\n",
         f'    """Merge the sorted runs of n (17 to {MAX_IN_REGISTERS}) frames in registers,'
         " with the\n",
-        '    smallest padded network that holds them."""\n',
+        "    smallest padded network that holds them. ``cls``: ``_numba_fast.size_class(n)``"
+        " (2 to\n",
+        f"    {len(REGISTER_SIZES) + 1}), whose length numba knows when it compiles: each"
+        " class compiles its\n",
+        '    own network only."""\n',
     ]
     for k, size in enumerate(REGISTER_SIZES):
-        if k + 1 < len(REGISTER_SIZES):
-            out += [
-                f"    {'if' if k == 0 else 'elif'} n <= {size}:\n",
-                f"        _merge{size}(W)\n",
-            ]
-        else:
-            out += ["    else:\n", f"        _merge{size}(W)\n"]
+        out += [
+            f"    {'if' if k == 0 else 'elif'} len(cls) == {k + 2}:\n",
+            f"        _merge{size}(W)\n",
+        ]
     return "".join(out)
 
 
 def main():
+    """Write ``_numba_merges.py``, then the digests of the files that depend on it."""
     from . import _numba_fast
 
     text = render(_numba_fast._trow.py_func, _numba_fast.FAST_L)
     MERGES.write_text(text)
     print(f"{MERGES}: {len(text.splitlines())} lines")
+    for name in ("_numba_fast.py", "_numba.py"):  # each after the files it depends on
+        path = MERGES.with_name(name)
+        text = re.sub(
+            r'^_DEPENDS_ON = "[0-9a-f]*"',
+            f'_DEPENDS_ON = "{source_digest(DEPENDS_ON[name])}"',
+            path.read_text(),
+            count=1,
+            flags=re.MULTILINE,
+        )
+        path.write_text(text)
 
 
 if __name__ == "__main__":

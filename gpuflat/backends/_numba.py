@@ -11,16 +11,21 @@ import math
 import numba as nb
 import numpy as np
 
-from . import _numba_median
+from . import _numba_median, _threads
 from ._networks import batcher, merge_network
-from ._numba_fast import FAST_L, fast_block, fast_eligible
+from ._numba_fast import (
+    FAST_L,
+    fast_block,
+    fast_eligible,
+    load_block,
+    scratch_size,
+    size_class,
+)
 from ._params import KernelParams, noise_table
 
-# numba keys the cache of this file's functions on this file's text alone, and they hold
-# the code they inline or call from _numba_fast, _numba_median, _numba_merges and
-# _numba_ops: those files' digest, here, makes an edit there recompile this file's
-# functions too (tests/test_numba_fast.py checks it)
-_DEPENDS_ON = "d5df0789573124a3"  # sha256 of those four files, in that order
+# the digest of _numba_fast.py, _numba_median.py, _numba_merges.py and _numba_ops.py (see
+# _networks.DEPENDS_ON)
+_DEPENDS_ON = "c52727aae6e2b3c7"  # sha256 of those four files, in that order
 
 _FAST_BAD = 11 * FAST_L  # the flags' row in the fast path's scratch
 
@@ -166,10 +171,35 @@ def _nkeep_restore(v, inwin, sv, n, need, c, ccdclip, scale, clip_scaled, noise)
         sv[best] = True
 
 
+# What a caller of ``_combine_pixels`` may ask of it, in the length of a tuple (numba knows
+# it when it compiles, and prunes the branches that test it): everything, or (the fast
+# path, whose parameters exclude them) neither the noise model nor nkeep
+_ALL_RULES = (0, 0)
+_SIGMA_ONLY = (0,)
+
+
 @nb.njit(cache=True, nogil=True)
 def _combine_pixels(
-    data, mask, has_mask, scale, weight, has_weight, prm, p0, p1, image, uncert, count, rej
-):
+    data, mask, has_mask, scale, weight, has_weight, prm, p0, p1, image, uncert, count, rej,
+    rules,
+):  # fmt: skip
+    """Pixels ``[p0, p1)``, literally as docs/kernel-contract.md says. ``rules``:
+    ``_ALL_RULES``, or ``_SIGMA_ONLY`` where ``prm`` has neither ccdclip nor nkeep."""
+    n = data.shape[0]
+    _pixels(
+        data, mask, has_mask, scale, weight, has_weight, prm, p0, p1, image, uncert, count,
+        rej, rules, np.empty((4, n), np.float64), np.empty((3, n), np.bool_),
+    )  # fmt: skip
+
+
+@nb.njit(cache=True, nogil=True)
+def _pixels(
+    data, mask, has_mask, scale, weight, has_weight, prm, p0, p1, image, uncert, count, rej,
+    rules, fs, bs,
+):  # fmt: skip
+    """``_combine_pixels`` with its scratch given (float64 ``[4, n]``, bool ``[3, n]``):
+    allocates nothing, so that the fast path, compiled without reference counting, can
+    call it."""
     (
         clip_scaled,
         min_value,
@@ -188,13 +218,13 @@ def _combine_pixels(
         noise,
     ) = prm
     n = data.shape[0]
-    v = np.empty(n, np.float64)  # clip values, frame order
-    y = np.empty(n, np.float64)  # combine values, frame order
-    s = np.empty(n, np.float64)  # sorted clip values of the valid frames
-    t = np.empty(n, np.float64)  # sorted survivors' combine values; ccdclip's sort buffer
-    inwin = np.empty(n, np.bool_)  # valid, then: valid and inside the extrema window
-    valid = np.empty(n, np.bool_)
-    sv = np.empty(n, np.bool_)  # survivors
+    v = fs[0]  # clip values, frame order
+    y = fs[1]  # combine values, frame order
+    s = fs[2]  # sorted clip values of the valid frames
+    t = fs[3]  # sorted survivors' combine values; ccdclip's sort buffer
+    inwin = bs[0]  # valid, then: valid and inside the extrema window
+    valid = bs[1]
+    sv = bs[2]  # survivors
     has_rej = rej.size > 0
     for p in range(p0, p1):
         # 1-3: valid frames, values, sort
@@ -231,7 +261,7 @@ def _combine_pixels(
         bf = w1
         general = False
         c = 0.0
-        if sigma and w1 > w0 and ccdclip:
+        if len(rules) == 2 and sigma and w1 > w0 and ccdclip:
             c = _ccdclip(
                 v, inwin, sv, t, n, w1 - w0, scale, clip_scaled, noise, center, sigma_low,
                 sigma_high, maxiters,
@@ -274,7 +304,7 @@ def _combine_pixels(
             for i in range(n):
                 sv[i] = bf > af and inwin[i] and s[af] <= v[i] <= s[bf - 1]
         # 5b: nkeep, on the clipping only
-        if sigma and w1 > w0 and nkeep != 0:
+        if len(rules) == 2 and sigma and w1 > w0 and nkeep != 0:
             kw = w1 - w0
             keep = min(nkeep, kw) if nkeep > 0 else max(0, kw + nkeep)
             k = 0
@@ -1090,80 +1120,69 @@ def _combine_block(
                 uncert,
                 count,
                 rej,
+                _ALL_RULES,
             )
 
 
 @nb.njit(cache=True, nogil=True, error_model="numpy", _nrt=False)
-def _fast_blocks(
-    data, mask, has_mask, scale, weight, has_weight, prm, net, p0, p1, W, image, uncert, count,
-    rej,
+def _fast_range(
+    data, mask, has_mask, scale, weight, has_weight, prm, net, cls, p0, p1, W, fs, bs, image,
+    uncert, count, rej,
 ):  # fmt: skip
-    """Full blocks from ``p0`` on (``p1 - p0`` a multiple of ``FAST_L``) by the fast path,
-    up to the first with lanes it cannot vouch for (flagged in ``W``): returns that block's
-    start, or ``p1``. Compiled without reference counting (it allocates nothing and the
-    caller holds the arrays): the inlined block code would otherwise take and drop the
-    arrays' reference counts, atomically, about 20 times per block (14% of the time on one
-    thread, and more with the threads sharing the arrays)."""
-    for b0 in range(p0, p1, FAST_L):
+    """Pixels ``[p0, p1)`` by the fast path (``_numba_fast``): its full blocks, the lanes
+    it cannot vouch for (flagged in ``W``) and a partial block per pixel. ``cls``:
+    ``size_class(n)``; ``W``: scratch of ``scratch_size(n)``; ``fs``, ``bs``: the
+    per-pixel path's (``_pixels``).
+
+    Compiled without reference counting (it allocates nothing, and the caller holds the
+    arrays): the block code would otherwise take and drop the arrays' reference counts,
+    atomically, about 20 times per block (14% of the time on one thread, and more with
+    the threads sharing the arrays). One function between the block code and Python:
+    numba optimises a function's callees again inside each caller."""
+    n = data.shape[0]
+    full = p0 + (p1 - p0) // FAST_L * FAST_L
+    for b0 in range(p0, full, FAST_L):
+        load_block(data, scale, n, b0, W, net, cls)
         nbad = fast_block(
-            data, mask, has_mask, scale, weight, has_weight, prm, net, b0, W, image, uncert,
-            count, rej,
+            data, mask, has_mask, scale, weight, has_weight, prm, b0, W, image, uncert, count,
+            rej,
         )  # fmt: skip
         if nbad > 0:
-            return b0
-    return p1
-
-
-@nb.njit(cache=True, nogil=True, error_model="numpy")
-def _fast_chunk(
-    data, mask, has_mask, scale, weight, has_weight, prm, net, p0, p1, W, image, uncert, count,
-    rej,
-):  # fmt: skip
-    """Pixels ``[p0, p1)`` by the fast path: its full blocks there, the lanes it cannot
-    vouch for and a partial block per pixel."""
-    full = p0 + (p1 - p0) // FAST_L * FAST_L
-    b0 = p0
-    while b0 < full:
-        b0 = _fast_blocks(
-            data, mask, has_mask, scale, weight, has_weight, prm, net, b0, full, W, image,
-            uncert, count, rej,
-        )  # fmt: skip
-        if b0 < full:
             for lane in range(FAST_L):
                 if W[_FAST_BAD + lane] != 0.0:
-                    _combine_pixels(
+                    _pixels(
                         data, mask, has_mask, scale, weight, has_weight, prm, b0 + lane,
-                        b0 + lane + 1, image, uncert, count, rej,
+                        b0 + lane + 1, image, uncert, count, rej, _SIGMA_ONLY, fs, bs,
                     )  # fmt: skip
-            b0 += FAST_L
     if full < p1:
-        _combine_pixels(
+        _pixels(
             data, mask, has_mask, scale, weight, has_weight, prm, full, p1, image, uncert,
-            count, rej,
+            count, rej, _SIGMA_ONLY, fs, bs,
         )  # fmt: skip
 
 
-@nb.njit(cache=True, nogil=True, parallel=True)
-def _fast_parallel(
-    data, mask, has_mask, scale, weight, has_weight, prm, net, image, uncert, count, rej
+def _fast_threads(
+    data, mask, has_mask, scale, weight, has_weight, prm, net, cls, image, uncert, count, rej
 ):  # fmt: skip
-    """The fast path's parameters (``_numba_fast``): its full blocks there, with the lanes
-    it cannot vouch for and the partial blocks per pixel. ``rej`` as below. A function of
-    its own, so that a run loads only the code it uses from the cache."""
+    """The fast path's parameters (``_numba_fast``): ``_fast_range`` on equal runs of
+    whole chunks, one per thread (``_threads``). ``rej`` as below."""
     n, npix = data.shape
     nchunks = (npix + _CHUNK - 1) // _CHUNK
-    parts = np.zeros((nchunks if rej.size > 0 else 0, n), np.int64)
-    for c in nb.prange(nchunks):
-        rc = parts[c] if rej.size > 0 else rej
-        p1 = min(npix, (c + 1) * _CHUNK)
-        W = np.empty((14 + 37 * ((n + 15) // 16)) * FAST_L, np.float64)  # scratch_size
-        _fast_chunk(
-            data, mask, has_mask, scale, weight, has_weight, prm, net, c * _CHUNK, p1, W,
-            image, uncert, count, rc,
+    nparts = min(_threads.parts(), nchunks)
+    bounds = [min(npix, (nchunks * t // nparts) * _CHUNK) for t in range(nparts + 1)]
+
+    def part(t):
+        r = np.zeros(n, np.int64) if rej.size > 0 else rej
+        _fast_range(
+            data, mask, has_mask, scale, weight, has_weight, prm, net, cls, bounds[t],
+            bounds[t + 1], np.empty(scratch_size(n), np.float64), np.empty((4, n), np.float64),
+            np.empty((3, n), np.bool_), image, uncert, count, r,
         )  # fmt: skip
-    for c in range(parts.shape[0]):
-        for i in range(n):
-            rej[i] += parts[c, i]
+        return r
+
+    for r in _threads.run_parts(part, nparts):
+        if rej.size > 0:
+            rej += r
 
 
 @nb.njit(cache=True, nogil=True, parallel=True)
@@ -1255,7 +1274,8 @@ def combine_band(data, mask, scale, weight, params: KernelParams, out=None, reje
     outs = (image, uncert, count, _NO_REJECTED if rejected is None else rejected)
     if fast_eligible(params, data.shape[0]) and not params.ccdclip and params.nkeep == 0:
         # sorts runs of 16 frames in registers and merges them by a network
-        _fast_parallel(*args, merge_network(data.shape[0]), *outs)
+        n = data.shape[0]
+        _fast_threads(*args, merge_network(n), size_class(n), *outs)
     else:
         _combine_parallel(*args, *_networks(data.shape[0]), *outs)
     return image, uncert, count

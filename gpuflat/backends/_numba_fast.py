@@ -41,6 +41,9 @@ from numba.extending import intrinsic
 from ._numba_merges import MAX_IN_REGISTERS, merge_in_registers
 from ._numba_ops import hi, lo
 
+# the digest of _numba_merges.py and _numba_ops.py (see _networks.DEPENDS_ON)
+_DEPENDS_ON = "38dda9165f25c586"
+
 FAST_L = 64  # lanes per block (the same as the generic block path's)
 # prefetch distance, in pixels per frame row: 4 blocks ahead, into L2 (``_prefetch``). With
 # 1024 pixels into L1, 40 frames' lines in flight overflow L1 before their use; this was
@@ -594,12 +597,42 @@ def _kth(W, out, h1, n, r):
             W[out + lane] = c3 if c3 < acc else acc
 
 
-@nb.njit(cache=True, nogil=True, error_model="numpy", inline="always")
-def _load_sort(data, scale, n, pu, W, net):
-    """n > 16: each run of 16 frames (the last one, of 8 or fewer, by ``_load_sort8``)
-    loaded and sorted in registers, then the runs merged: in registers up to
-    ``MAX_IN_REGISTERS`` frames (the generated code of ``_numba_merges``), else by a lane loop per
-    comparator of ``net`` (``merge_network(n)``)."""
+def size_class(n: int) -> tuple:
+    """The fast path's size class of n frames, as a tuple of that many zeros: 1 for
+    n <= 16 (one run, sorted in registers), 2 to 5 for the merges in registers of up to
+    24, 32, 40 and 48 frames, 6 past ``MAX_IN_REGISTERS`` (a lane loop per comparator).
+
+    The class rides in the numba type of the argument (a tuple's length is part of it), so
+    numba compiles :func:`load_block` once per class, and each specialisation holds only
+    its own sort: the untyped pipeline turns ``len(cls)`` into a constant and prunes the
+    other branches before anything is inlined or typed. A run of 15 frames compiles
+    neither the merges nor the second run's loads."""
+    if n <= 16:
+        return (0,)
+    return (0,) * ((n - 1) // 8 if n <= MAX_IN_REGISTERS else 6)
+
+
+@nb.njit(cache=True, nogil=True, error_model="numpy", _nrt=False)
+def load_block(data, scale, n, p0, W, net, cls):
+    """Steps 1-3 of a block of ``FAST_L`` pixels from ``p0``: prefetch the block 4 ahead,
+    load and scale the values, flag the lanes this path cannot vouch for, sort. ``cls``:
+    ``size_class(n)``. For n > 16, each run of 16 frames (the last one, of 8 or fewer, by
+    ``_load_sort8``) is loaded and sorted in registers, then the runs are merged: in
+    registers up to ``MAX_IN_REGISTERS`` frames (the generated code of ``_numba_merges``),
+    else by a lane loop per comparator of ``net`` (``merge_network(n)``). Not inlined into
+    its caller: numba's inlining copies the callee's IR once per block and variable, which
+    made the first compile of the kernel take minutes."""
+    npix = data.shape[1]
+    pu = np.uint64(p0)
+    pf = np.uint64(min(p0 + _PF, npix - FAST_L))
+    for i in range(n):
+        for k in range(0, FAST_L, 16):
+            _prefetch(data, i, pf + np.uint64(k))
+    for lane in range(_LU):
+        W[_OT + _RSYIN + lane] = 0.0
+    if len(cls) == 1:
+        _load_sort16(data, scale, n, 0, pu, W)
+        return
     for b in range(0, n, 16):
         if b > 0:
             prev = _trow(b - 16) + _RSY
@@ -610,8 +643,8 @@ def _load_sort(data, scale, n, pu, W, net):
             _load_sort8(data, scale, n, b, pu, W)
         else:
             _load_sort16(data, scale, n, b, pu, W)
-    if n <= MAX_IN_REGISTERS:
-        merge_in_registers(W, n)
+    if len(cls) <= 5:
+        merge_in_registers(W, cls)
         return
     for c in range(net.shape[1]):
         oi = _trow(net[0, c])
@@ -623,15 +656,15 @@ def _load_sort(data, scale, n, pu, W, net):
             W[oj + lane] = _maxnum(a, b)
 
 
-@nb.njit(cache=True, nogil=True, error_model="numpy", inline="always")
+@nb.njit(cache=True, nogil=True, error_model="numpy", _nrt=False)
 def fast_block(
-    data, mask, has_mask, scale, weight, has_weight, prm, net, p0, W, image, uncert, count,
-    rej,
-):  # fmt: skip
-    """One full block of ``FAST_L`` pixels from ``p0``; returns the number of lanes left
-    to the per-pixel path (flagged nonzero in ``W[_OBAD + lane]``). ``W``: scratch of
-    ``scratch_size(n)``; ``net``: ``merge_network(n)`` (used past ``MAX_IN_REGISTERS``
-    frames)."""
+    data, mask, has_mask, scale, weight, has_weight, prm, p0, W, image, uncert, count, rej
+):
+    """Steps 4-7 of one full block of ``FAST_L`` pixels from ``p0``, after
+    :func:`load_block`; returns the number of lanes left to the per-pixel path (flagged
+    nonzero in ``W[_OBAD + lane]``). ``W``: scratch of ``scratch_size(n)``. Compiled once
+    for every size class, without reference counting (it allocates nothing and the caller
+    holds the arrays)."""
     n, npix = data.shape
     min_value = prm[1]
     max_value = prm[2]
@@ -641,16 +674,6 @@ def fast_block(
     method = prm[11]
     pu = np.uint64(p0)
     pf = np.uint64(min(p0 + _PF, npix - FAST_L))
-    for i in range(n):
-        for k in range(0, FAST_L, 16):
-            _prefetch(data, i, pf + np.uint64(k))
-    # 1-3: values, the lanes this path cannot vouch for, and the sorted values
-    for lane in range(_LU):
-        W[_OT + _RSYIN + lane] = 0.0
-    if n <= 16:
-        _load_sort16(data, scale, n, 0, pu, W)
-    else:
-        _load_sort(data, scale, n, pu, W, net)
     last = _trow((n - 1) // 16 * 16)
     for lane in range(_LU):
         W[_OBAD + lane] = W[_OT + _RFLAGS + lane]

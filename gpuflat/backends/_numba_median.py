@@ -20,6 +20,8 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from . import _threads
+
 SAMPLE = 1 << 14  # sample size on large frames (its partition is a fixed cost)
 MIN_SIZE = 1 << 18  # smaller frames: the radix selection is fast enough
 MAX_SPAN = 1 << 17  # histogram bins (keys inside the bracket)
@@ -140,22 +142,24 @@ def _bracket_part(a, bits, mask, has_mask, p0, p1, lo, hi, klo, h, buf):
     return usable, below
 
 
-@nb.njit(cache=True, nogil=True, parallel=True)
 def _bracket_pass(a, bits, mask, has_mask, nparts, lo, hi, klo, span):
-    """(usable values, usable values below ``lo``, histogram of the bracket's keys)."""
+    """(usable values, usable values below ``lo``, histogram of the bracket's keys), the
+    frame in ``nparts`` parts, each on a thread of its own (``_threads``)."""
     npix = a.size
-    counts = np.zeros((nparts, 2), np.int64)
-    hist = np.zeros((nparts, span), np.int32)
     step = (npix + nparts - 1) // nparts
-    for t in nb.prange(nparts):
-        buf = np.empty(_SUB + 16, np.uint32)
-        usable, below = _bracket_part(
-            a, bits, mask, has_mask, t * step, min(npix, (t + 1) * step), lo, hi, klo,
-            hist[t], buf,
+
+    def part(t):
+        hist = np.zeros(span, np.int32)
+        counts = _bracket_part(
+            a, bits, mask, has_mask, t * step, min(npix, (t + 1) * step), lo, hi, klo, hist,
+            np.empty(_SUB + 16, np.uint32),
         )  # fmt: skip
-        counts[t, 0] = usable
-        counts[t, 1] = below
-    return counts.sum(axis=0), hist.sum(axis=0)
+        return counts, hist
+
+    results = _threads.run_parts(part, nparts)
+    usable = sum(c[0] for c, _ in results)
+    below = sum(c[1] for c, _ in results)
+    return (usable, below), np.sum([h for _, h in results], axis=0, dtype=np.int64)
 
 
 def _value(key):

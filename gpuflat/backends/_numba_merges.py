@@ -7,6 +7,8 @@ import numpy as np
 
 from ._numba_ops import hi, lo
 
+# the digest of _numba_ops.py (see _networks.DEPENDS_ON)
+_DEPENDS_ON = "f8f503868ca71601"
 MAX_IN_REGISTERS = 48
 _LU = np.uint64(64)  # lanes per block
 
@@ -787,15 +789,17 @@ def _merge48(W):
         W[np.uint64(6592) + lane] = x47
 
 
-@nb.njit(cache=True, nogil=True, inline="always")
-def merge_in_registers(W, n):
+@nb.njit(cache=True, nogil=True, _nrt=False)
+def merge_in_registers(W, cls):
     """Merge the sorted runs of n (17 to 48) frames in registers, with the
-    smallest padded network that holds them."""
-    if n <= 24:
+    smallest padded network that holds them. ``cls``: ``_numba_fast.size_class(n)`` (2 to
+    5), whose length numba knows when it compiles: each class compiles its
+    own network only."""
+    if len(cls) == 2:
         _merge24(W)
-    elif n <= 32:
+    elif len(cls) == 3:
         _merge32(W)
-    elif n <= 40:
+    elif len(cls) == 4:
         _merge40(W)
-    else:
+    elif len(cls) == 5:
         _merge48(W)

@@ -10,14 +10,23 @@ product (in-process, or on a Dask cluster), write the report.
 in-process (``index``, ``total``, ``group``, ``frames``, ``product``, ``exists``),
 ``"progress"`` as its bands or extensions are done (``group``, ``done``, ``total``) and
 ``"done"`` with its report entry. Warnings and errors go to the ``gpuflat`` logger.
+
+An interrupt (``KeyboardInterrupt``, or :class:`Interrupted`, which the command raises for
+SIGINT, SIGTERM and SIGHUP) stops the run: the product being written is finished, the
+one being combined is dropped (its temporary file removed), ``"done"`` is emitted for the
+units that finished, and the report (``"complete": false``, ``"interrupted": true``) lists
+them before the interrupt is raised again, with the :class:`Outcome` as its ``outcome``.
 """
 
 from __future__ import annotations
 
+import datetime
 import logging
 import os
+import socket
 import tempfile
 import time
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,6 +53,7 @@ from .options import OptionError, RunOptions, build_options
 from .report import write_report
 
 __all__ = [
+    "Interrupted",
     "OptionError",
     "Outcome",
     "RunOptions",
@@ -89,6 +99,17 @@ class Outcome:
     def refused(self) -> int:
         """Groups refused (too few frames, none left after QA)."""
         return sum(e["status"].startswith("refused") for e in self.report["groups"])
+
+
+class Interrupted(KeyboardInterrupt):
+    """A run stopped by a signal (``signal``: its name, ``"SIGTERM"``); the command raises
+    it from its signal handlers. :func:`run` raises it again once the report is written,
+    with ``outcome`` (an :class:`Outcome`) set."""
+
+    def __init__(self, signal: str = "SIGINT"):
+        super().__init__(signal)
+        self.signal = signal
+        self.outcome = None
 
 
 def select(options: RunOptions, *, strict: bool = True) -> Selection:
@@ -173,9 +194,13 @@ def _check_ext(specs, groups):
             raise OptionError(f"--ext: {exc}") from None
 
 
-def run(options: RunOptions, on_event=None) -> Outcome:
-    """Run the batch job; returns the report and the number of failures."""
+def run(options: RunOptions, on_event=None, *, command=None) -> Outcome:
+    """Run the batch job; returns the report and the number of failures.
+
+    ``command``: the command line that started it (the report's ``command``; the CLI gives
+    its argv). Raises an interrupt again once the report is written (see above)."""
     emit = on_event or (lambda kind, data: None)
+    started = datetime.datetime.now(datetime.timezone.utc)
     if not options.inputs:
         raise OptionError("no INPUT given (on the command line or as 'inputs' in --config)")
     if options.distributed:
@@ -214,6 +239,11 @@ def run(options: RunOptions, on_event=None) -> Outcome:
     bad_pixels = bad_pixel_mask(options.mask)
     report = {
         "gpuflat": __version__,
+        "date": started.isoformat(timespec="seconds"),
+        "host": socket.gethostname(),
+        "command": None if command is None else [str(a) for a in command],
+        "complete": True,
+        "interrupted": False,
         "backend": backend.name if backend else f"{config.backend} (chosen by the workers)",
         "parameters": {**config.describe(), **options.calibration.describe()},
         "configuration": options.configuration(),
@@ -223,8 +253,10 @@ def run(options: RunOptions, on_event=None) -> Outcome:
         report["config_file"] = os.path.abspath(options.config)
     t_start = time.perf_counter()
     work, settled = [], {}  # units to run; entries decided while planning, by group index
-    for i, group in enumerate(found.groups):
-        target = outdir / group.product_name()
+    targets = [outdir / group.product_name() for group in found.groups]
+    # every group's entry: decided while planning, or its unit's
+    report["planned"] = len(found.groups)
+    for i, (group, target) in enumerate(zip(found.groups, targets, strict=True)):
         if group.split:
             others = [g for g in found.groups if g.key == group.key and g is not group]
             log.warning(
@@ -239,19 +271,45 @@ def run(options: RunOptions, on_event=None) -> Outcome:
         else:
             settled[i] = entry
             emit("done", entry)
-    if not work:
-        done = []
-    elif options.distributed:
-        done = dask.run_units(options, work, lambda entry: emit("done", entry))
-    else:
-        done = _run_in_process(options, work, backend, bad_pixels, emit, on_event)
-    done = iter(done)
-    report["groups"] = [settled.get(i) or next(done) for i in range(len(found.groups))]
+    entries, stopped = [], None  # the units' entries, as they settle
+    try:
+        if not work:
+            pass
+        elif options.distributed:
+
+            def done(entry):
+                entries.append(entry)
+                emit("done", entry)
+
+            entries[:] = dask.run_units(options, work, done)  # in the order of work
+        else:
+            _run_in_process(options, work, backend, bad_pixels, emit, on_event, entries)
+    except BaseException as exc:  # the report says what was finished; then it goes on
+        stopped = exc
+        report["complete"] = False
+        if isinstance(exc, KeyboardInterrupt):
+            report["interrupted"] = True
+            report["signal"] = getattr(exc, "signal", "SIGINT")
+        else:
+            report["error"] = f"{type(exc).__name__}: {exc}"
+    # in the groups' order (product names are unique: planning refuses clashes; a Dask
+    # unit's product path is absolute)
+    ran = {os.path.abspath(entry["product"]): entry for entry in entries}
+    report["groups"] = [
+        settled[i] if i in settled else ran[os.path.abspath(target)]
+        for i, target in enumerate(targets)
+        if i in settled or os.path.abspath(target) in ran
+    ]
     failed += sum(entry["status"].startswith("failed") for entry in report["groups"])
     report["seconds"] = round(time.perf_counter() - t_start, 3)
     if options.report:
         write_report(options.report, report)
-    return Outcome(report, failed)
+    outcome = Outcome(report, failed)
+    if stopped is not None:
+        if isinstance(stopped, KeyboardInterrupt):
+            stopped.outcome = outcome
+        raise stopped
+    return outcome
 
 
 def _say_selection(found, options):
@@ -356,10 +414,14 @@ def _planned(options, group, target) -> dict | None:
     return None
 
 
-def _run_in_process(options, work, backend, bad_pixels, emit, on_event) -> list[dict]:
+def _run_in_process(options, work, backend, bad_pixels, emit, on_event, entries) -> None:
     """The units one after the other, each product written in the background while the
-    next group is combined; every write is finished (or cleaned up) before this returns."""
-    entries, said = [], 0
+    next group is combined; ``entries`` gets each unit's entry as the unit starts. Every
+    write is finished (or cleaned up) before this returns or raises: on an interrupt or an
+    error, the product in flight is finished and the unit being combined is dropped (its
+    product's temporary removed), and every entry is settled (a unit stopped before its
+    product was handed over is "interrupted" or "failed: ...") and said ("done")."""
+    said = 0
     writer = units.Writer()
     workspace = Workspace(writer.busy_cores)  # one stack's memory, reused group after group
 
@@ -384,16 +446,30 @@ def _run_in_process(options, work, backend, bad_pixels, emit, on_event) -> list[
                 "index": gi, "total": len(work), "group": group.label(),
                 "frames": len(group.frames), "product": str(target), "exists": exists,
             })  # fmt: skip
-            entries.append(
-                units.group_unit(
-                    options, group, target, backend, bad_pixels, on_event, writer, workspace
-                )
+            entry = units.new_entry(group, target)
+            entries.append(entry)
+            units.group_unit(
+                options, group, target, backend, bad_pixels, on_event, writer, workspace, entry
             )
             say(block=False)
         say(block=True)
+    except BaseException as exc:
+        writer.close()  # the product in flight is finished, or fails and is removed
+        why = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"failed: {exc!r}"
+        rest = entries[said:]
+        for entry in rest:
+            if "status" not in entry:  # its unit was stopped: after the handover, or before
+                entry["status"] = "written" if writer.handed(entry) else why
+            try:
+                writer.settle(entry)
+            except Exception as error:  # an unexpected one: the product is not there
+                entry["status"] = f"failed: {error!r}"
+        for entry in rest:
+            with suppress(Exception):  # (a terminal that hung up)
+                emit("done", entry)
+        raise
     finally:
         writer.close()
-    return entries
 
 
 def _log_timings(entry):

@@ -26,7 +26,7 @@ from .._extensions import match_extensions
 from .._frames import bad_pixel_mask, check_readable, open_frames
 from .._mosaic import MosaicResult, combine_mosaic_files, mosaic_mask
 from .._pipeline import combine_frames
-from .._products import StreamedProduct, product_header, write_product
+from .._products import StreamedProduct, product_header, product_provenance, write_product
 from .._version import __version__
 from ..backends import get_backend
 from ..errors import FrameReadError, GpuflatError
@@ -66,16 +66,33 @@ class Writer:
     def __init__(self):
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="gpuflat-writer")
         self._pending = {}
+        # how each write ended (None: written; else why not), recorded by this writer's
+        # thread: an interrupt may stop the main thread after a product was queued but
+        # before its future was kept in _pending
+        self._ended = {}
 
     def __call__(self, target, timings, write):
         wait(self._pending.values())
         if str(target) in self._pending:  # planning refuses such clashes: never silently
             raise GpuflatError(f"{target}: another group of this run writes this product")
-        self._pending[str(target)] = self._pool.submit(write_now, target, timings, write)
+        self._pending[str(target)] = self._pool.submit(self._write, target, timings, write)
+
+    def _write(self, target, timings, write):
+        try:
+            write_now(target, timings, write)
+        except BaseException as exc:
+            self._ended[str(target)] = str(exc) or repr(exc)
+            raise
+        self._ended[str(target)] = None
 
     def busy_cores(self) -> int:
         """1 while a product is being written, else 0."""
         return int(any(not f.done() for f in self._pending.values()))
+
+    def handed(self, entry) -> bool:
+        """Whether ``entry``'s product was handed over (and not settled yet): to be
+        asked once the writer is closed."""
+        return entry["product"] in self._pending or entry["product"] in self._ended
 
     def ready(self, entry) -> bool:
         future = self._pending.get(entry["product"])
@@ -88,6 +105,8 @@ class Writer:
                 future.result()
             except (GpuflatError, ValueError, OSError) as exc:
                 entry["status"] = f"failed: {exc}"
+        elif self._ended.get(entry["product"]) is not None:  # queued as the run stopped
+            entry["status"] = f"failed: {self._ended[entry['product']]}"
         return entry
 
     def close(self):
@@ -107,14 +126,16 @@ def write_now(target, timings, write):
 
 def group_unit(
     options, group, target, backend=None, bad_pixels=_NOT_GIVEN, on_event=None, writer=None,
-    workspace=None,
+    workspace=None, entry=None,
 ):  # fmt: skip
     """One work unit: combine one group, write its product; returns its report entry.
 
     ``backend`` and ``bad_pixels`` are resolved here when left out (on a Dask worker);
     ``on_event("progress", {...})`` is called as bands or extensions are done; ``writer``
     (a :class:`Writer`) writes the product off the critical path, else the product is in
-    place when this returns; ``workspace`` (a ``_memory.Workspace``) lends the stack."""
+    place when this returns; ``workspace`` (a ``_memory.Workspace``) lends the stack;
+    ``entry`` (:func:`new_entry`): the entry to fill, which the caller holds meanwhile (a
+    unit stopped by an interrupt leaves it without its ``status``)."""
 
     def work(header, entry):
         nonlocal backend, bad_pixels
@@ -127,7 +148,7 @@ def group_unit(
             workspace, entry,
         )  # fmt: skip
 
-    return _unit(options, group, target, work)
+    return _unit(options, group, target, work, entry)
 
 
 def mosaic_unit(options, group, backend, target, parts) -> dict:
@@ -147,17 +168,23 @@ def mosaic_unit(options, group, backend, target, parts) -> dict:
     return _unit(options, group, target, work)
 
 
-def _unit(options, group, target, work) -> dict:
-    """A unit's report entry: skipped when the product exists (unless overwrite), else
-    filled by ``work(product_header, entry)``, written or failed with the expected error
-    (the product's writer may still fill in some of it, and fail it, later: see
-    :class:`Writer`)."""
-    entry = {
+def new_entry(group, target) -> dict:
+    """A unit's report entry before it runs: its group, product and files."""
+    return {
         "group": group.label(),
         "product": str(target),
         "files": [str(f.path) for f in group.frames + group.skipped],
     }
+
+
+def _unit(options, group, target, work, entry=None) -> dict:
+    """A unit's report entry: skipped when the product exists (unless overwrite), with what
+    the product's header records of how it was made, else filled by ``work(product_header,
+    entry)``, written or failed with the expected error (the product's writer may still
+    fill in some of it, and fail it, later: see :class:`Writer`)."""
+    entry = new_entry(group, target) if entry is None else entry
     if target.exists() and not options.overwrite:
+        entry.update(_existing(target))
         entry["status"] = "skipped (exists)"
         return entry
     try:
@@ -173,6 +200,14 @@ def _unit(options, group, target, work) -> dict:
     except (GpuflatError, ValueError, OSError) as exc:
         entry["status"] = f"failed: {exc}"
     return entry
+
+
+def _existing(target) -> dict:
+    """A skipped product's figures, as its header records them (and its NCOMBINE plane)."""
+    try:
+        return product_provenance(target)
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        return {"note": f"not a product gpuflat can read ({exc})"}
 
 
 def _product_header(options):
@@ -308,8 +343,8 @@ def _combine_group(options, group, backend, bad_pixels, target, header, results,
     })  # fmt: skip
     if options.plots:  # before the product is handed over: its writing swaps bytes in place
         entry["plots"] = _plots(target, group, result, unscaled)
-    if streamed:
-        finish = functools.partial(_write_streamed, streamed.pop(), entry, len(result.names))
+    if streamed:  # handed over below; until then, discarded on an interrupt
+        finish = functools.partial(_write_streamed, streamed[-1], entry, len(result.names))
     else:
         _survivors(entry, int(result.count.sum(dtype=np.int64)), int(result.mask.sum()),
                    result.count.size, len(result.names))  # fmt: skip
@@ -318,6 +353,7 @@ def _combine_group(options, group, backend, bad_pixels, target, header, results,
             overwrite=options.overwrite, compress=options.compress,
         )  # fmt: skip
     write(target, entry["timings"], finish)  # handed over: it cleans up after itself
+    streamed.clear()  # (a product whose write has begun is left to it by discard)
     return entry
 
 
