@@ -1,7 +1,8 @@
 """The one write-verify-commit helper: every file gpuflat writes (products, plots, the
 report, simulated frames) goes through :func:`commit`.
 
-A file is written to a temporary name beside its target (``.NAME.tmp-HOST-PID``), checked
+A file is written to a temporary name beside its target (``.NAME.tmp-HOST-PID-N``, N counting
+this process's temporaries: two writes never share one, even of the same target), checked
 when asked, made durable when asked (``fsync``), and only then moved into place: a killed
 process never leaves a half-written file under the target's name, and an existing file is
 never clobbered unless ``overwrite`` (``os.link`` fails if the target appeared meanwhile,
@@ -12,6 +13,7 @@ process of this host left behind is removed the next time the same target is wri
 from __future__ import annotations
 
 import glob
+import itertools
 import os
 import re
 import socket
@@ -19,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 _HOST = re.sub(r"[^A-Za-z0-9.-]", "_", socket.gethostname()) or "host"
+_SERIAL = itertools.count(1)  # next() on it is atomic: threads never get the same number
 
 
 def commit(
@@ -29,15 +32,18 @@ def commit(
     durable: bool = False,
     verify: Callable[[Path], None] | None = None,
     defer: bool = False,
+    tmp: Path | None = None,
 ):
     """``write(tmp)`` writes the file, ``verify(tmp)`` checks it (raises when it is not
     right), then fsync of the file and its directory (``durable``) and the move into place.
     Returns ``path``; with ``defer``, the file is written and verified now and a callable
     is returned that does the rest (fsync and move, or clean-up on failure) when called,
-    e.g. on another thread, so that durability stays off the caller's critical path."""
+    e.g. on another thread, so that durability stays off the caller's critical path.
+    ``tmp``: the temporary the caller writes (its own :func:`temporary_name`), else a new
+    one."""
     path = Path(path)
     _remove_stale_temporaries(path)
-    tmp = temporary_name(path)
+    tmp = temporary_name(path) if tmp is None else Path(tmp)
     try:
         write(tmp)
         if verify is not None:
@@ -64,7 +70,9 @@ def commit(
 
 
 def temporary_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{_HOST}-{os.getpid()}")
+    """A new temporary name for ``path``: its name, this host and process, and a serial
+    number, so that no two writes (two products, two threads) ever share a temporary."""
+    return path.with_name(f".{path.name}.tmp-{_HOST}-{os.getpid()}-{next(_SERIAL)}")
 
 
 def fsync(path) -> None:
@@ -84,7 +92,7 @@ def _remove_stale_temporaries(path: Path) -> None:
     cannot be checked from here."""
     prefix = f".{path.name}.tmp-{_HOST}-"
     for tmp in path.parent.glob(f"{glob.escape(prefix)}*"):
-        pid = tmp.name[len(prefix) :]
+        pid = tmp.name[len(prefix) :].partition("-")[0]  # PID-N (or PID, of older versions)
         if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
             tmp.unlink(missing_ok=True)
 

@@ -5,6 +5,7 @@ defaults are :class:`gpuflat.farm.RunOptions`', so that flags override a ``--con
 from __future__ import annotations
 
 import argparse
+import difflib
 
 from ._version import __version__
 from .farm import options
@@ -22,8 +23,40 @@ EXAMPLES = """examples:
 """
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse's parser, whose unknown options get a 'did you mean' from the options of
+    the command they were given to (Python 3.11's argparse has no ``suggest_on_error``),
+    said by that command's parser (its usage line, exit 2)."""
+
+    def parse_args(self, args=None, namespace=None):
+        args, extras = self.parse_known_args(args, namespace)
+        if extras:
+            command = self._command_parser(args)
+            text = "unrecognized arguments: " + " ".join(extras)
+            hints = [command._suggestion(e) for e in extras if e.startswith("-")]
+            hints = [h for h in hints if h]
+            if hints:
+                text += " (" + "; ".join(hints) + ")"
+            command.error(text)
+        return args
+
+    def _command_parser(self, args):
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                name = getattr(args, action.dest, None)
+                if name in action.choices:
+                    return action.choices[name]
+        return self
+
+    def _suggestion(self, extra) -> str:
+        flag = extra.split("=", 1)[0]
+        known = [o for a in self._actions for o in a.option_strings if o.startswith("--")]
+        close = difflib.get_close_matches(flag, known, n=1, cutoff=0.6)
+        return f"did you mean {close[0]}?" if close else ""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="gpuflat",
         description="Combine flat-field frames into master flats (astropy CCD guide method), "
         "on the GPU when there is one and on the CPU otherwise.",
@@ -40,7 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     def selection(p, inputs_nargs="+"):
         p.add_argument(
             "inputs", nargs=inputs_nargs, metavar="INPUT",
-            help="directories, files, globs or @listfiles",
+            help="directories, files, globs or @listfiles (one entry per line, # comments; "
+            "relative entries are relative to the current folder, as in IRAF). Combined "
+            "masters (COMBINED = T) are never taken as flats",
         )  # fmt: skip
         p.add_argument("-r", "--recursive", action="store_true", help="descend into subdirectories")
         p.add_argument(
@@ -49,12 +84,32 @@ def build_parser() -> argparse.ArgumentParser:
             "Default: every IMAGETYP containing 'flat'",
         )  # fmt: skip
         p.add_argument(
+            "--imagetyp-key", metavar="KEY",
+            help="the keyword that says the frame type (default IMAGETYP; e.g. OBSTYPE)",
+        )  # fmt: skip
+        p.add_argument(
             "--where", action="append", metavar="KEY=VALUE",
             help="also require a header value (repeatable)",
         )  # fmt: skip
         p.add_argument(
+            "--filter-key", metavar="KEY",
+            help="the filter keyword (default FILTER; e.g. FILTER1, FILTNAME, INSFLNAM, "
+            "FAFLTNM), which groups the flats unless --group-by says otherwise",
+        )  # fmt: skip
+        p.add_argument(
             "--group-by", metavar="KEY[,KEY]",
-            help="header keys that make a group (default FILTER)",
+            help="header keys that make a group (default: the filter keyword). A key that "
+            "no flat has is an error; a flat without a key that others have is left out "
+            "with a warning",
+        )  # fmt: skip
+        p.add_argument(
+            "--allow-missing-key", action="store_true",
+            help="combine the flats without a group key as a group of their own instead",
+        )  # fmt: skip
+        p.add_argument(
+            "--min-frames", type=_flag(options.positive_int, "an integer >= 1"), metavar="N",
+            help="refuse groups of fewer than N frames, before or after QA (default 3: "
+            "fewer cannot be sigma-clipped; 1 combines any group)",
         )  # fmt: skip
         p.add_argument(
             "--ext", metavar="NAME[,NAME...]",
@@ -201,7 +256,9 @@ def build_parser() -> argparse.ArgumentParser:
     qa.add_argument(
         "--level-range", nargs=2, type=float, metavar=("LOW", "HIGH"),
         help="leave out frames whose median level (raw ADU) is outside [LOW, HIGH]: "
-        "saturated or too faint twilight flats",
+        "saturated or too faint twilight flats. Without it, saturated frames are still left "
+        "out: a median at or above the header's SATURATE or 95%% of the integer data's full "
+        "scale (62258 for unsigned 16-bit; float data: SATURATE only)",
     )  # fmt: skip
     qa.add_argument(
         "--qa-reject-factor", type=float, metavar="F",
@@ -209,7 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
         "group's median fraction and above that median + 5 sigma of the group's fractions "
         "(groups of 3 or more frames; default 10)",
     )  # fmt: skip
-    qa.add_argument("--no-qa", action="store_true", help="leave no frame out")
+    qa.add_argument(
+        "--no-qa", action="store_true", help="leave no frame out (saturated ones neither)"
+    )
     farm = run.add_argument_group(
         "farm (needs the 'distributed' extra: pip install 'gpuflat[distributed]')"
     )

@@ -308,7 +308,7 @@ class StreamedProduct:
 
         try:
             return commit(self.path, finish, overwrite=self.overwrite, durable=True,
-                          verify=verify, defer=defer)  # fmt: skip
+                          verify=verify, defer=defer, tmp=self._tmp)  # fmt: skip
         except BaseException:  # (an interrupt before the file was reached: closed too)
             self._discard()
             raise

@@ -1,12 +1,15 @@
 """The ``gpuflat`` command: argparse, logging, printing and progress over the library.
 Imported by nothing but the console entry point and ``python -m gpuflat``.
 
-Exit codes: 0 every group written (or already there), 1 some group failed (the others are
-still written), 2 usage errors and inputs that do not exist, 141 the reader of the output
-went away; an interrupt, 128 + the signal's number as a shell reports it: 130 SIGINT
-(Ctrl-C), 143 SIGTERM, 129 SIGHUP. All three stop a run the same way: the product being
-written is finished, the one being combined is dropped (no temporary file stays), the
-products finished are listed and the report (with ``--report``) is written, marked
+Exit codes: 0 every group written (or already there) or refused with its reason (too few
+frames: a warning), and at least one master written or there; 1 some group failed (the
+others are still written), or every group was refused (no master at all); 2 usage errors
+(a group key the flats lack, two groups of one product name, an output folder that takes
+no files...) and inputs that do not exist; 141 the reader of the output went away; an
+interrupt, 128 + the signal's number as a shell reports it: 130 SIGINT (Ctrl-C), 143
+SIGTERM, 129 SIGHUP. All three stop a run the same way: the product being written is
+finished, the one being combined is dropped (no temporary file stays), the products
+finished are listed and the report (with ``--report``) is written, marked
 ``"complete": false, "interrupted": true`` with the signal's name. A second signal while
 that is done is ignored (it takes at most one product's write); a signal that the process
 was started ignoring (``nohup``'s SIGHUP) stays ignored.
@@ -73,7 +76,8 @@ def _command(args, argv, caught) -> int:
     command, opts = args.command, None
     try:
         if command in ("run", "inspect"):
-            flags = {k: v for k, v in vars(args).items() if k not in ("command", "config")}
+            skip = ("command", "config", "all")  # inspect's --all is not a run option
+            flags = {k: v for k, v in vars(args).items() if k not in skip}
             opts = farm.build_options(flags, getattr(args, "config", None))
             _setup_logging(opts.verbose, opts.quiet)
             if command == "run":
@@ -248,34 +252,43 @@ class _Printer:
                 print(f"{entry['product']}  ({frames} frames, group {entry['group']})")
         elif status.startswith("skipped"):
             log.warning("%s: exists, skipped (use --overwrite to replace it)", entry["product"])
+        elif status.startswith("refused"):
+            log.warning("group %s %s", entry["group"], status)
         else:
             log.error("group %s %s", entry["group"], status)
 
 
 def _run(opts, command) -> int:
     outcome = farm.run(opts, _Printer(opts.quiet), command=command)
+    if outcome.refused and not outcome.masters:
+        log.error("no master written: every group was refused")
+        return 1
     return 1 if outcome.failed else 0
 
 
 def _inspect(opts, show_all) -> int:
-    found = farm.select(opts)
+    found = farm.select(opts, strict=False)
     selected = [f for g in found.groups for f in g.frames]
+    left_out = {id(info): f"no {' or '.join(lacks)}" for info, lacks in found.left_out}
+    keys = [opts.imagetyp_key, *dict.fromkeys((*opts.group_keys, "EXPTIME"))]
     rows = []
-    for info in selected + (found.others if show_all else []):
+    extra = [i for i, _ in found.left_out]
+    if show_all:
+        extra += found.others + found.products
+    for info in selected + extra:
         level = farm.median_level(info.path)
+        flat = "yes" if info in selected else left_out.get(id(info), "no")
         rows.append(
             (
                 str(info.path),
-                str(info.get("IMAGETYP")),
-                str(info.get("FILTER")),
-                str(info.get("EXPTIME")),
+                *(str(info.get(k)) for k in keys),
                 f"{info.shape[0]}x{info.shape[1]}"
                 + (f" x{len(info.extensions)} ext" if info.extensions else ""),
                 "unreadable" if level is None else f"{level:.6g}",
-                "yes" if info in selected else "no",
+                "no (a combined master)" if info in found.products else flat,
             )
         )
-    header = ("file", "IMAGETYP", "FILTER", "EXPTIME", "shape", "median", "flat")
+    header = ("file", *keys, "shape", "median", "flat")
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
         print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
@@ -284,15 +297,25 @@ def _inspect(opts, show_all) -> int:
         f"{len(found.groups)} group(s):"
     )
     for g in found.groups:
+        refused = len(g.frames) < opts.min_frames
         print(
             f"  {g.label():<20} {len(g.frames):3d} frames  "
             f"{g.shape[0]}x{g.shape[1]}  -> {g.product_name()}"
+            + (f"  (refused: fewer than --min-frames {opts.min_frames})" if refused else "")
         )
         if g.mosaic:
             exts = farm.extension_list(g, opts.ext_specs)
             print("      extensions: " + ", ".join(f"{k} {s[0]}x{s[1]}" for k, s in exts))
+    if found.products:
+        print(f"  {len(found.products)} combined master(s) (COMBINED = T): never used as flats")
     for p, why in found.unreadable:
         print(f"  unreadable: {p}: {why}")
+    for info in (f for g in found.groups for f in g.frames if f.broken):
+        print(f"  unreadable: {info.path}: {info.broken}")
+    for problem in found.problems:
+        print(f"  run would refuse: {problem}")
+    if found.problems:
+        return 2
     return 1 if found.unreadable else 0
 
 

@@ -122,7 +122,7 @@ def test_mosaic_extensions_on_workers_identical_to_in_process(tmp_path, capsys):
     saturated = sorted(night.glob("twiflat*.fits"))[0]
     with fits.open(saturated, mode="update") as hdul:
         hdul["CCD2"].data *= 8
-    qa = ["--level-range", "100", "60000"]
+    qa = ["--level-range", "100", "60000", "--min-frames", "2"]  # two frames are left
     for k, extra in ((1, []), (2, ["--workers", "2"])):
         assert main(["run", str(night), "-o", str(tmp_path / f"qa{k}"), *qa, *extra]) == 0
         out = capsys.readouterr()
@@ -134,7 +134,8 @@ def test_mosaic_extensions_on_workers_identical_to_in_process(tmp_path, capsys):
     with fits.open(lacking, mode="update") as hdul:
         hdul["CCD2"].header["EXTNAME"] = "CCD9"
     for k, extra in ((1, []), (2, ["--workers", "2"])):
-        argv = ["run", str(night), "-o", str(tmp_path / f"bad{k}"), "--skip-bad", *extra]
+        argv = ["run", str(night), "-o", str(tmp_path / f"bad{k}"), "--skip-bad", "--min-frames",
+                "2", *extra]  # fmt: skip
         assert main(argv) == 0
         out = capsys.readouterr()
         assert f"{lacking.name}: skipped" in out.err and "no extension CCD2" in out.err

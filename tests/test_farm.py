@@ -187,6 +187,6 @@ def test_workers_in_the_file_give_way_to_a_scheduler_flag(tmp_path, monkeypatch)
     with pytest.raises(OptionError, match="exclude each other"):
         build_options({"workers": 2, "scheduler": address}, cfg)
     seen = []
-    monkeypatch.setattr(cli, "_run", lambda opts: seen.append(opts) or 0)
+    monkeypatch.setattr(cli, "_run", lambda opts, *command: seen.append(opts) or 0)
     assert main(["run", "--config", cfg, "--scheduler", address]) == 0
     assert seen[0].scheduler == address and seen[0].workers is None

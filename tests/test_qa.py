@@ -107,11 +107,12 @@ def test_a_frame_with_many_rejections_is_left_out_unless_no_qa(group, tmp_path, 
         assert hdul[0].header["NCOMBINE"] == 5
 
 
-def test_qa_leaving_out_every_frame_fails_the_group(group, tmp_path, capsys):
+def test_qa_leaving_out_every_frame_refuses_the_group(group, tmp_path, capsys):
     d, _ = group
     code, entry = _run(d, tmp_path / "out", "--level-range", "1", "2")
-    assert code == 1 and entry["status"].startswith("failed")
-    assert "every frame" in capsys.readouterr().err
+    # refused, and with no master at all, the run's exit code says so
+    assert code == 1 and entry["status"].startswith("refused: 0 frames after 5 left out by QA")
+    assert "no master written: every group was refused" in capsys.readouterr().err
     assert not list((tmp_path / "out").glob("*.fits"))
 
 

@@ -56,14 +56,29 @@ def test_group_by_several_keys_and_shapes(tmp_path):
     ]
     infos = [read_info(Path(p)) for p in paths]
     groups = group_frames(infos, ("FILTER", "EXPTIME"))
+    # the majority keeps the plain name, the minority's says its shape
     assert [(g.key, len(g.frames), g.split) for g in groups] == [
         (("V", "1"), 1, False),
-        (("V", "2"), 2, True),
+        (("V", "2"), 2, False),
         (("V", "2"), 1, True),
+    ]
+    assert [g.product_name() for g in groups] == [
+        "combined_flat_filter_V_1.fits",
+        "combined_flat_filter_V_2.fits",
+        "combined_flat_filter_V_2_10x6_bin1x1.fits",
+    ]
+    # a tie: both names say their shape
+    e = read_info(
+        Path(_frame(tmp_path / "e.fits", (10, 6), IMAGETYP="FLAT", FILTER="V", EXPTIME=2))
+    )
+    groups = group_frames([*infos[1:], e], ("FILTER", "EXPTIME"))
+    assert [g.product_name() for g in groups] == [
+        "combined_flat_filter_V_2_8x6_bin1x1.fits",
+        "combined_flat_filter_V_2_10x6_bin1x1.fits",
     ]
 
 
-def test_expand_inputs_dirs_globs_lists_and_missing(tmp_path):
+def test_expand_inputs_dirs_globs_lists_and_missing(tmp_path, monkeypatch):
     d = tmp_path / "night"
     (d / "sub").mkdir(parents=True)
     a = _frame(d / "a.fits", IMAGETYP="FLAT")
@@ -75,8 +90,9 @@ def test_expand_inputs_dirs_globs_lists_and_missing(tmp_path):
     assert [str(p) for p in paths] == [a] and not missing
     paths, _ = expand_inputs([str(d)], recursive=True)
     assert sorted(map(str, paths)) == sorted([a, b])
+    monkeypatch.chdir(tmp_path)  # @list entries are relative to the current folder
     paths, _ = expand_inputs([f"@{listfile}", a])  # duplicates are dropped
-    assert [str(p) for p in paths] == [a, b]
+    assert [str(p) for p in paths] == ["night/a.fits", "night/sub/b.fit"]
     _, missing = expand_inputs([str(tmp_path / "nope"), str(tmp_path / "*.none"), "@x.txt"])
     assert len(missing) == 3
 

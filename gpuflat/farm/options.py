@@ -63,7 +63,9 @@ def positive_int(text: str) -> int:
 # text too), a tuple of choices, or one of the words below
 _KINDS = {
     "inputs": "strings", "recursive": "bool", "imagetyp": "strings", "where": "strings",
-    "group_by": "keys", "ext": "str", "outdir": "str", "overwrite": "bool", "compress": "bool",
+    "imagetyp_key": "str", "filter_key": "str", "allow_missing_key": "bool",
+    "min_frames": positive_int, "group_by": "keys", "ext": "str", "outdir": "str",
+    "overwrite": "bool", "compress": "bool",
     "skip_bad": "bool", "plots": "bool", "report": "str", "method": ("average", "median", "sum"),
     "scale": "str", "clip": ("sigma", "ccdclip", "none"), "sigma_low": float, "sigma_high": float,
     "center": ("median", "mean"), "dev": ("mad_std", "std"), "maxiters": maxiters,
@@ -97,7 +99,11 @@ class RunOptions:
     recursive: bool = False
     imagetyp: tuple[str, ...] = ()
     where: tuple[str, ...] = ()
-    group_by: str = "FILTER"
+    imagetyp_key: str = "IMAGETYP"
+    filter_key: str = "FILTER"
+    group_by: str | None = None  # None: filter_key
+    allow_missing_key: bool = False
+    min_frames: int = 3
     ext: str | None = None
     outdir: str = "."
     config: str | None = None
@@ -183,9 +189,21 @@ class RunOptions:
             if not sep or not key.strip():
                 raise OptionError(f"--where {item!r}: expected KEY=VALUE")
             where.append((key.strip().upper(), value))
+        for name in ("imagetyp_key", "filter_key"):
+            flag = "--" + name.replace("_", "-")
+            key = str(getattr(self, name)).strip().upper()
+            if not key or "," in key or "=" in key:
+                raise OptionError(f"{flag} {getattr(self, name)!r}: expected one header key")
+            object.__setattr__(self, name, key)
+        if self.group_by is None:
+            object.__setattr__(self, "group_by", self.filter_key)
         keys = tuple(k.strip().upper() for k in self.group_by.split(",") if k.strip())
         if not keys:
             raise OptionError("--group-by needs at least one header key")
+        if isinstance(self.min_frames, bool) or not isinstance(self.min_frames, int):
+            raise OptionError(f"--min-frames: expected an integer >= 1, got {self.min_frames!r}")
+        if self.min_frames < 1:
+            raise OptionError(f"--min-frames: expected an integer >= 1, got {self.min_frames}")
         try:
             specs = parse_ext_list(self.ext, param="--ext")
         except (ValueError, TypeError) as exc:

@@ -36,6 +36,23 @@ log = logging.getLogger("gpuflat")
 _NOT_GIVEN = object()
 
 
+class Refused(GpuflatError):
+    """A group that is not combined, for a reason the user can see (its report entry says
+    ``refused: ...``): too few frames to clip, before or after QA. Not a failure."""
+
+
+def too_few(options, n, left_out=0, how="") -> str | None:
+    """Why a group of ``n`` frames is refused (``left_out`` of its frames were left out
+    ``how``), or None: fewer than ``options.min_frames`` (3 by default: with fewer, sigma
+    clipping cannot tell an outlier from a good sample), never fewer than one."""
+    if n >= max(1, options.min_frames):
+        return None
+    why = f"{n} frame{'s' if n != 1 else ''}"
+    if left_out:
+        why += f" after {left_out} left out {how}".rstrip()
+    return f"{why}, fewer than --min-frames {options.min_frames}"
+
+
 class Writer:
     """Products written off the critical path: a unit hands its product over (the write,
     its verification, the fsync of file and directory, the move into place) and this
@@ -56,6 +73,8 @@ class Writer:
 
     def __call__(self, target, timings, write):
         wait(self._pending.values())
+        if str(target) in self._pending:  # planning refuses such clashes: never silently
+            raise GpuflatError(f"{target}: another group of this run writes this product")
         self._pending[str(target)] = self._pool.submit(self._write, target, timings, write)
 
     def _write(self, target, timings, write):
@@ -154,7 +173,7 @@ def new_entry(group, target) -> dict:
     return {
         "group": group.label(),
         "product": str(target),
-        "files": [str(f.path) for f in group.frames],
+        "files": [str(f.path) for f in group.frames + group.skipped],
     }
 
 
@@ -169,8 +188,15 @@ def _unit(options, group, target, work, entry=None) -> dict:
         entry["status"] = "skipped (exists)"
         return entry
     try:
+        why = too_few(options, len(group.frames))
+        if why:
+            raise Refused(why)
         work(_product_header(options), entry)
+        # in a run, the writer may still fail it: the report says what was committed
+        # (Writer.settle)
         entry["status"] = "written"
+    except Refused as exc:
+        entry["status"] = f"refused: {exc}"
     except (GpuflatError, ValueError, OSError) as exc:
         entry["status"] = f"failed: {exc}"
     return entry
@@ -261,6 +287,9 @@ def _combine_group(options, group, backend, bad_pixels, target, header, results,
                 if not options.skip_bad:
                     raise
                 log.warning("%s: skipped (%s)", info.path, exc)
+        why = too_few(options, len(frames), len(group.frames) - len(frames), "as unreadable")
+        if why:
+            raise Refused(why)
         want = ("median", "mean") if options.plots else ("median",)
 
         def calibrator():  # a fresh one for every combination of the group, closed with it
@@ -277,10 +306,12 @@ def _combine_group(options, group, backend, bad_pixels, target, header, results,
         timings = dict(result.timings)
         qa_entries = frame_entries(result)
         left_out = {} if options.no_qa else _qa.outliers(
-            result.levels["median"], result.rejected_fraction, options.qa
+            result.levels["median"], result.rejected_fraction, options.qa,
+            limits=saturation_limits(options, group, result.names),
         )  # fmt: skip
+        entry["frames"] = qa_entries  # the verdicts, also of a group QA leaves too small
         if left_out:
-            keep = _leave_out(group, left_out, qa_entries)
+            keep = _leave_out(options, group, left_out, qa_entries)
             frames = [f for f in frames if f.name in keep]
             if streamed:
                 streamed.pop().discard()
@@ -355,15 +386,32 @@ def frame_entries(result) -> list[dict]:
     ]
 
 
-def _leave_out(group, left_out, verdicts) -> set[str]:
+def saturation_limits(options, group, names) -> list:
+    """The saturation limit (``_qa.saturation_limit``) of each frame named, from the
+    group's headers; with a calibration's gain, in electrons as the levels are."""
+    infos = {str(i.path): i for i in group.frames}
+    gain = options.calibration.gain
+    limits = []
+    for name in names:
+        header = infos[name].header if name in infos else {}
+        g = gain
+        if isinstance(gain, str):  # a keyword: the frame's value (calibration checks it)
+            g = header.get(gain)
+            g = float(g) if isinstance(g, (int, float)) and not isinstance(g, bool) else None
+        limits.append(_qa.saturation_limit(header, g))
+    return limits
+
+
+def _leave_out(options, group, left_out, verdicts) -> set[str]:
     """Say which frames QA leaves out (index -> why) and mark their report lines; returns
-    the names of those kept (an error when none is)."""
+    the names of those kept (``Refused`` when fewer than --min-frames are)."""
     for i, why in sorted(left_out.items()):
         log.warning("%s: left out of group %s: %s", verdicts[i]["file"], group.label(), why)
         verdicts[i]["qa"] = f"left out: {why}"
     keep = {v["file"] for i, v in enumerate(verdicts) if i not in left_out}
-    if not keep:
-        raise GpuflatError(f"group {group.label()}: QA left out every frame")
+    why = too_few(options, len(keep), len(left_out), "by QA")
+    if why:
+        raise Refused(why)
     return keep
 
 
@@ -383,12 +431,14 @@ def _mosaic_qa(options, group, backend, result):
     if options.no_qa:
         return result, verdicts
     left_out = _qa.outliers(None, fractions, options.qa)
+    limits = saturation_limits(options, group, names)  # from each file's first image
     for label, r in result.extensions.items():
-        for i, why in _qa.outliers(r.levels.get("median"), None, options.qa).items():
+        found = _qa.outliers(r.levels.get("median"), None, options.qa, limits=limits)
+        for i, why in found.items():
             left_out.setdefault(i, f"extension {label}: {why}")
     if not left_out:
         return result, verdicts
-    keep = _leave_out(group, left_out, verdicts)
+    keep = _leave_out(options, group, left_out, verdicts)
     if backend is None:
         raise GpuflatError(f"group {group.label()}: no backend here to combine it again")
     result = mosaic_result(options, group, backend, specs=list(result.keys), only=keep)
@@ -433,6 +483,9 @@ def mosaic_files(options, group, specs, only=None):
         infos.append(info)
     if not infos:
         raise GpuflatError(f"group {group.label()}: no readable frame")
+    why = too_few(options, len(infos), len(group.frames) - len(infos), "as unreadable")
+    if only is None and why:
+        raise Refused(why)
     return infos
 
 
