@@ -55,7 +55,7 @@ def commit(
     def finish() -> Path:
         try:
             if durable:
-                fsync(tmp)
+                fsync_file(tmp)
             if overwrite:
                 os.replace(tmp, path)
             else:
@@ -64,6 +64,8 @@ def commit(
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
+        if durable:  # the entry of the committed name itself, not only the temporary's
+            fsync_dir(path.parent)
         return path
 
     return finish if defer else finish()
@@ -77,9 +79,19 @@ def temporary_name(path: Path) -> Path:
 
 def fsync(path) -> None:
     """Flush a written file, and its directory entry, to the disk."""
+    fsync_file(path)
+    fsync_dir(Path(path).parent)
+
+
+def fsync_file(path) -> None:
+    """Flush a written file's data to the disk."""
     with open(path, "rb+") as fh:
         os.fsync(fh.fileno())
-    fd = os.open(Path(path).parent, os.O_RDONLY)
+
+
+def fsync_dir(folder) -> None:
+    """Flush a folder's entries to the disk."""
+    fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
