@@ -55,7 +55,7 @@ def commit(
     def finish() -> Path:
         try:
             if durable:
-                fsync_file(tmp)
+                fsync(tmp)
             if overwrite:
                 os.replace(tmp, path)
             else:
@@ -79,14 +79,9 @@ def temporary_name(path: Path) -> Path:
 
 def fsync(path) -> None:
     """Flush a written file, and its directory entry, to the disk."""
-    fsync_file(path)
-    fsync_dir(Path(path).parent)
-
-
-def fsync_file(path) -> None:
-    """Flush a written file's data to the disk."""
     with open(path, "rb+") as fh:
         os.fsync(fh.fileno())
+    fsync_dir(Path(path).parent)
 
 
 def fsync_dir(folder) -> None:
