@@ -35,7 +35,7 @@ def battery():
         data = rng.normal(500, 5, (n, 30, 70)).astype(np.float32)
         data[1, 2, 3] = np.nan
         api.combine(list(data))
-        api.combine(list(data), method="median", mem_limit=float(data.nbytes))
+        api.combine(list(data), method="median", mem_limit=3.0 * data.nbytes)
     api.combine(list(data[:9]), clip="ccdclip", rdnoise=4.0, noise_gain=2.0, nkeep=-2)
     api.combine(list(data[:9]), center="mean", dev="std", nlow=1, nhigh=2)
     with warnings.catch_warnings():

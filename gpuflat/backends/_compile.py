@@ -26,7 +26,7 @@ ENTRY_POINTS = (
 
 #: About how long the first compile of one run's kernels takes (the fast path of the
 #: guide's parameters and the frame median), measured on a 2-core machine.
-FIRST_RUN_SECONDS = 15
+FIRST_RUN_SECONDS = 10
 
 
 def _dispatchers():

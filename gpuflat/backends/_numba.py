@@ -25,7 +25,7 @@ from ._params import KernelParams, noise_table
 
 # the digest of _numba_fast.py, _numba_median.py, _numba_merges.py and _numba_ops.py (see
 # _networks.DEPENDS_ON)
-_DEPENDS_ON = "099dfa81f83a9133"  # sha256 of those four files, in that order
+_DEPENDS_ON = "aa94a7fb494c15aa"  # sha256 of those four files, in that order
 
 _FAST_BAD = 11 * FAST_L  # the flags' row in the fast path's scratch
 
@@ -1244,7 +1244,7 @@ def combine_band(data, mask, scale, weight, params: KernelParams, out=None, reje
         _as_tuple(params, data.shape[0]),
     )
     rej = _NO_REJECTED if rejected is None else rejected
-    n, npix = data.shape
+    n = data.shape[0]
     if fast_eligible(params, n) and not params.ccdclip and params.nkeep == 0:
         # sorts runs of 16 frames in registers and merges them by a network
         net, cls = merge_network(n), size_class(n)

@@ -179,7 +179,7 @@ def fast_eligible(params, n) -> bool:
     )
 
 
-@nb.njit(cache=True, nogil=True, error_model="numpy", inline="always")
+@nb.njit(cache=True, nogil=True, error_model="numpy", _nrt=False)
 def _load_sort16(data, scale, n, b, pu, W):
     """Frames ``b .. b+15`` of one block (b a multiple of 16), in one lane loop and in
     registers: ``Y`` rows get the scaled values (rows past n repeat frame n - 1), ``T``
@@ -442,7 +442,7 @@ def _load_sort16(data, scale, n, b, pu, W):
         W[ot + _R15 + lane] = x15
 
 
-@nb.njit(cache=True, nogil=True, error_model="numpy", inline="always")
+@nb.njit(cache=True, nogil=True, error_model="numpy", _nrt=False)
 def _load_sort8(data, scale, n, b, pu, W):
     """A last run of at most 8 frames (n > 16, ``n - b <= 8``): ``_load_sort16``'s work
     for frames ``b .. b+7`` with the 19-comparator network for 8 inputs (rows past n are
@@ -565,7 +565,7 @@ def _dev_rows(h1, r, i):
     return ra, rb
 
 
-@nb.njit(cache=True, nogil=True, error_model="numpy", inline="always")
+@nb.njit(cache=True, nogil=True, error_model="numpy", _nrt=False)
 def _kth(W, out, h1, n, r):
     """``W[out + lane]`` = the r-th smallest (0-based) of the deviations, per lane: the
     union of A[j] = med - T[h1-j] (j = 0..h1) and B[j] = T[h1+1+j] - med (j = 0..n-h1-2),
@@ -791,7 +791,7 @@ def fast_block(
 _FEW_CLIPPED = 16
 
 
-@nb.njit(cache=True, nogil=True, error_model="numpy", inline="always")
+@nb.njit(cache=True, nogil=True, error_model="numpy", _nrt=False)
 def _clipped_lanes(W, n, pu, image, uncert, count, rej):
     """The mean of the survivors for each lane flagged in ``_K`` (one that clips), with
     ``_sums``' arithmetic for one lane, and its rejected samples per frame."""
@@ -831,7 +831,7 @@ def _count_bad(W):
     return nbad
 
 
-@nb.njit(cache=True, nogil=True, error_model="numpy", inline="always")
+@nb.njit(cache=True, nogil=True, error_model="numpy", _nrt=False)
 def _sum_squares(W, n):
     """``_SS``: the frame-order sum of squared deviations from ``_MEAN`` (whose sum
     ``_SY`` the loading made), four frames per lane loop."""
@@ -863,7 +863,7 @@ def _sum_squares(W, n):
                     W[_SS + lane] += d * d
 
 
-@nb.njit(cache=True, nogil=True, error_model="numpy", inline="always")
+@nb.njit(cache=True, nogil=True, error_model="numpy", _nrt=False)
 def _sums(W, n, weight, has_weight, clipped):
     """Frame-order sums over the survivors: rows ``_SY``, ``_K``, ``_MEAN``, ``_SS`` (and
     ``_SWY``, ``_SW`` with weights). ``clipped``: some lane dropped a value."""
