@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BATTERY = r"""
 import json, sys, warnings
 import numpy as np
+from astropy.nddata import CCDData
 from gpuflat import api, ccdproc_compat
 from gpuflat.backends._compile import compiles_in
 from gpuflat.cli import main
@@ -40,7 +41,7 @@ def battery():
     api.combine(list(data[:9]), center="mean", dev="std", nlow=1, nhigh=2)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        ccdproc_compat.combine(list(data[:7]), method="average", sigma_clip=True)
+        ccdproc_compat.combine([CCDData(d, unit="adu") for d in data[:7]], sigma_clip=True)
     frame = rng.normal(800, 9, (600, 700)).astype(np.float32)
     api.combine([frame, frame * 1.01, frame * 0.99])
     for args in ([night, "-o", out, "-q"],
