@@ -359,24 +359,14 @@ def _info() -> int:
 def _warmup(quiet) -> int:
     import time
 
-    from .farm.warmup import warmup
+    from tqdm import tqdm
 
-    bar = None
-    if not quiet:
-        from tqdm import tqdm
-
-        bar = tqdm(total=None, desc="gpuflat warmup", unit="step", file=sys.stderr)
-
-    def progress(done, total, label):
-        if bar is not None:
-            bar.total = total
-            bar.set_postfix_str(label)
-            bar.update(done - bar.n)
+    from .farm.warmup import steps, warmup
 
     t0 = time.perf_counter()
-    notes = warmup(progress)
-    if bar is not None:
-        bar.close()
+    with tqdm(total=len(steps()), desc="gpuflat warmup", unit="step", disable=quiet,
+              file=sys.stderr) as bar:  # fmt: skip
+        notes = warmup(lambda done, total, label: (bar.set_postfix_str(label), bar.update()))
     if not quiet:
         for note in notes:
             print(f"gpuflat warmup: {note}", file=sys.stderr)
