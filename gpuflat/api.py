@@ -106,7 +106,7 @@ def combine(
         A bad-pixel mask (nonzero = bad) applied to every frame, on top of CCDData masks.
         NaN and inf samples never count either.
     mem_limit : float
-        Bytes of working memory for the streamed stack (see the README, "Memory").
+        Bytes of working memory for the streamed stack (see docs/usage.md, "Memory").
     backend : {'auto', 'cpu', 'cuda'}
     progress : callable(done, total), optional
         Called after each band.
@@ -255,7 +255,7 @@ def combine_mosaic(
     Extensions are matched across the files by EXTNAME/EXTVER (not by position) and come
     back in the first file's order; each one's result is exactly ``combine(paths,
     ext=NAME, ...)`` when ``scale_per="extension"``. ``result.write(path, overwrite=False,
-    compress=False)`` writes the one product file (layout in the README, "Output files").
+    compress=False)`` writes the one product file (layout in docs/usage.md, "Output files").
 
     Parameters
     ----------

@@ -406,7 +406,8 @@ def test_memory_stays_within_limit_plus_outputs(tmp_path, rng):
     )
     before, peak, nbands = (int(v) for v in out.stdout.split())
     outputs = shape[0] * shape[1] * (4 + 4 + 4 + 1)  # image, uncertainty, count, mask
-    overhead = 20e6  # documented in docs/usage.md (Memory): thread stacks, allocator slack, astropy headers
+    # documented in docs/usage.md (Memory): thread stacks, allocator slack, astropy headers
+    overhead = 20e6
     assert nbands > 1
     # the stack streamed through memory: the peak reflects the bands, not the 75 MB stack
     assert peak - before > limit / 4, (peak - before) / 1e6
