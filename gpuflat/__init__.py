@@ -5,6 +5,7 @@
 >>> result.image, result.uncertainty, result.count, result.mask, result.scales  # doctest: +SKIP
 """
 
+from ._badpix import MaskParams, ccdmask, hot_pixels
 from ._calibrate import Calibration
 from ._config import CombineConfig
 from ._mosaic import MosaicResult
@@ -30,10 +31,13 @@ __all__ = [
     "CombineResult",
     "FrameReadError",
     "GpuflatError",
+    "MaskParams",
     "MosaicResult",
     "NoFramesError",
     "ShapeMismatchError",
     "__version__",
+    "ccdmask",
     "combine",
     "combine_mosaic",
+    "hot_pixels",
 ]
