@@ -33,7 +33,7 @@ import numpy as np
 from . import _threads
 
 
-@nb.njit(cache=True, nogil=True, inline="always")
+@nb.njit(cache=True, nogil=True)
 def _reflect(i, n):
     """SciPy's ``reflect`` extension of index ``i`` into ``[0, n)``."""
     if n == 1:
@@ -45,7 +45,7 @@ def _reflect(i, n):
     return i if i < n else period - i - 1
 
 
-@nb.njit(cache=True, nogil=True, inline="always")
+@nb.njit(cache=True, nogil=True)
 def _key(v):
     """The sort key of a value: NaN sorts as +inf (the kernels never use a window's
     result from the sorted lists when it holds a NaN; they only need a total order)."""
@@ -104,42 +104,28 @@ def _window_rank(src, src_r0, nrows, ncols, r, c, nl, nc, rank, buf):
 
 
 @nb.njit(cache=True, nogil=True)
-def _sorted_insert(col, m, v):
-    """Insert ``v`` into the sorted ``col[:m]`` (which has room for one more)."""
-    i = m
-    while i > 0 and col[i - 1] > v:
-        col[i] = col[i - 1]
-        i -= 1
-    col[i] = v
+def _rank_rows(src, src_r0, nrows, r_a, r_b, nl, nc, ks, outs, out_r0):
+    """Order statistics ``ks[q]`` (0-based) of the ``nl`` x ``nc`` windows of the output
+    rows ``[r_a, r_b)`` (image rows; ``nrows`` in the image) into ``outs[q, r - out_r0]``.
+    ``src`` holds image rows ``[src_r0, src_r0 + len(src))``, which must cover every row
+    the windows reach (after reflection). All columns.
 
-
-@nb.njit(cache=True, nogil=True)
-def _sorted_remove(col, m, v):
-    """Remove one element equal to ``v`` from the sorted ``col[:m]``."""
-    i = 0
-    while col[i] != v:
-        i += 1
-    for t in range(i, m - 1):
-        col[t] = col[t + 1]
-
-
-@nb.njit(cache=True, nogil=True)
-def _rank_rows(src, src_r0, nrows, r_a, r_b, nl, nc, k1, k2, out1, out2, out_r0):
-    """Order statistics ``k1`` and ``k2`` (0-based; ``k2 < 0``: only ``k1``) of the
-    ``nl`` x ``nc`` windows of the output rows ``[r_a, r_b)`` (image rows; ``nrows`` in the
-    image) into ``out1[r - out_r0]`` and ``out2[r - out_r0]``. ``src`` holds image rows
-    ``[src_r0, src_r0 + len(src))``, which must cover every row the windows reach (after
-    reflection). All columns."""
+    Per window slot (a column of the window, a ring of ``nc``), ``p[q, s]``: how many of
+    the slot column's sorted values lie below the element of rank ``ks[q]``; the counts sum
+    to ``ks[q]`` and every counted value is <= every other, so that element is the
+    smallest value not counted. When the window slides, the new column counts its values
+    below the previous element, then single values move in or out of the count (the
+    smallest not counted, the largest counted) until the sum is ``ks[q]`` again."""
     ncols = src.shape[1]
-    dtype = src.dtype
+    nq = ks.shape[0]
     hl, hc = nl // 2, nc // 2
-    cols = np.empty((ncols, nl), dtype)  # each column's window values, sorted (keys)
+    cols = np.empty((ncols, nl), src.dtype)  # each column's window values, sorted (keys)
     nans = np.zeros(ncols, np.int64)  # NaNs in each column's window
     slot_col = np.empty(nc, np.int64)  # the window's columns (image columns), a ring
-    p1 = np.empty(nc, np.int64)  # per slot: how many of its values rank below k1
-    p2 = np.empty(nc, np.int64)
+    p = np.zeros((nq, nc), np.int64)
+    prev = np.empty(nq, src.dtype)  # the element of rank ks[q] of the window before
     buf = np.empty(nl * nc, np.float64)
-    two = k2 >= 0
+    inf = src.dtype.type(np.inf)
     for r in range(r_a, r_b):
         if r == r_a:  # the columns' sorted lists from scratch
             for c in range(ncols):
@@ -148,7 +134,12 @@ def _rank_rows(src, src_r0, nrows, r_a, r_b, nl, nc, k1, k2, out1, out2, out_r0)
                     v = src[_reflect(r - hl + i, nrows) - src_r0, c]
                     if v != v:
                         nans[c] += 1
-                    _sorted_insert(cols[c], i, _key(v))
+                        v = inf
+                    t = i  # insertion into the sorted cols[c, :i]
+                    while t > 0 and cols[c, t - 1] > v:
+                        cols[c, t] = cols[c, t - 1]
+                        t -= 1
+                    cols[c, t] = v
         else:  # one row leaves each column's window, one comes in
             rout = _reflect(r - 1 - hl, nrows) - src_r0
             rin = _reflect(r - hl + nl - 1, nrows) - src_r0
@@ -156,120 +147,97 @@ def _rank_rows(src, src_r0, nrows, r_a, r_b, nl, nc, k1, k2, out1, out2, out_r0)
                 for c in range(ncols):
                     vo = src[rout, c]
                     vi = src[rin, c]
-                    if vi != vi:
-                        nans[c] += 1
                     if vo != vo:
                         nans[c] -= 1
-                    ko, ki = _key(vo), _key(vi)
-                    if ko != ki:
-                        _sorted_remove(cols[c], nl, ko)
-                        _sorted_insert(cols[c], nl - 1, ki)
+                        vo = inf
+                    if vi != vi:
+                        nans[c] += 1
+                        vi = inf
+                    if vo == vi:
+                        continue
+                    t = 0  # remove one vo, then insert vi, in one pass
+                    while cols[c, t] != vo:
+                        t += 1
+                    if vi > vo:
+                        while t + 1 < nl and cols[c, t + 1] < vi:
+                            cols[c, t] = cols[c, t + 1]
+                            t += 1
+                    else:
+                        while t > 0 and cols[c, t - 1] > vi:
+                            cols[c, t] = cols[c, t - 1]
+                            t -= 1
+                    cols[c, t] = vi
         # the row: the window at column 0, then slide
         wnan = 0
-        for s in range(nc):
-            slot_col[s] = -1
         for j in range(nc):
             cc = _reflect(j - hc, ncols)
             slot_col[(j - hc) % nc] = cc
             wnan += nans[cc]
-        _start(cols, slot_col, p1, nl, nc, k1)
-        if two:
-            _start(cols, slot_col, p2, nl, nc, k2)
+        for q in range(nq):
+            for s in range(nc):
+                p[q, s] = 0
+        total0 = 0
         for c in range(ncols):
+            s_new = -1
             if c > 0:
-                s = (c - 1 - hc) % nc
-                old = slot_col[s]
+                s_new = (c - 1 - hc) % nc
                 cc = _reflect(c - hc + nc - 1, ncols)
-                wnan += nans[cc] - nans[old]
-                slot_col[s] = cc
-                _slide(cols, slot_col, p1, nl, nc, k1, s)
-                if two:
-                    _slide(cols, slot_col, p2, nl, nc, k2, s)
+                wnan += nans[cc] - nans[slot_col[s_new]]
+                slot_col[s_new] = cc
+            for q in range(nq):
+                k = ks[q]
+                if s_new < 0:
+                    total = total0
+                else:  # the new column: its values below the previous element
+                    bound = prev[q]
+                    lo, hi = 0, nl
+                    while lo < hi:
+                        mid = (lo + hi) >> 1
+                        if cols[slot_col[s_new], mid] < bound:
+                            lo = mid + 1
+                        else:
+                            hi = mid
+                    total = k - p[q, s_new] + lo
+                    p[q, s_new] = lo
+                while total < k:  # count the smallest value not counted
+                    best, bs = inf, -1
+                    for s in range(nc):
+                        if p[q, s] < nl:
+                            v = cols[slot_col[s], p[q, s]]
+                            if bs < 0 or v < best:
+                                best, bs = v, s
+                    p[q, bs] += 1
+                    total += 1
+                while total > k:  # give back the largest value counted
+                    best, bs = -inf, -1
+                    for s in range(nc):
+                        if p[q, s] > 0:
+                            v = cols[slot_col[s], p[q, s] - 1]
+                            if bs < 0 or v > best:
+                                best, bs = v, s
+                    p[q, bs] -= 1
+                    total -= 1
+                best = inf
+                for s in range(nc):
+                    if p[q, s] < nl:
+                        v = cols[slot_col[s], p[q, s]]
+                        if v < best:
+                            best = v
+                prev[q] = best
             o = r - out_r0
-            if wnan > 0:
-                out1[o, c] = _window_rank(src, src_r0, nrows, ncols, r, c, nl, nc, k1, buf)
-                if two:
-                    out2[o, c] = _window_rank(src, src_r0, nrows, ncols, r, c, nl, nc, k2, buf)
-            else:
-                out1[o, c] = _answer(cols, slot_col, p1, nl, nc)
-                if two:
-                    out2[o, c] = _answer(cols, slot_col, p2, nl, nc)
+            for q in range(nq):
+                if wnan > 0:  # SciPy's own selection, NaNs and all
+                    outs[q, o, c] = _window_rank(src, src_r0, nrows, ncols, r, c, nl, nc,
+                                                 ks[q], buf)  # fmt: skip
+                else:
+                    outs[q, o, c] = prev[q]
 
 
 @nb.njit(cache=True, nogil=True)
-def _answer(cols, slot_col, p, nl, nc):
-    """The smallest value above the counted ones: the element of rank ``sum(p)``."""
-    best = np.inf
-    for s in range(nc):
-        if p[s] < nl:
-            v = cols[slot_col[s], p[s]]
-            if v < best:
-                best = v
-    return best
-
-
-@nb.njit(cache=True, nogil=True)
-def _start(cols, slot_col, p, nl, nc, k):
-    for s in range(nc):
-        p[s] = 0
-    _adjust(cols, slot_col, p, nl, nc, k, 0)
-
-
-@nb.njit(cache=True, nogil=True)
-def _adjust(cols, slot_col, p, nl, nc, k, total):
-    """Move the counts (summing to ``total``) until they sum to ``k``, each step taking
-    the smallest value above the counted ones, or giving back the largest counted one."""
-    while total < k:
-        best, bs = np.inf, -1
-        for s in range(nc):
-            if p[s] < nl:
-                v = cols[slot_col[s], p[s]]
-                if bs < 0 or v < best:
-                    best, bs = v, s
-        p[bs] += 1
-        total += 1
-    while total > k:
-        best, bs = -np.inf, -1
-        for s in range(nc):
-            if p[s] > 0:
-                v = cols[slot_col[s], p[s] - 1]
-                if bs < 0 or v > best:
-                    best, bs = v, s
-        p[bs] -= 1
-        total -= 1
-
-
-@nb.njit(cache=True, nogil=True)
-def _slide(cols, slot_col, p, nl, nc, k, s):
-    """Slot ``s`` has a new column: count its values below the current boundary (the
-    element of rank ``k`` before the slide, over the other columns and the old one), then
-    move the counts back to ``k``."""
-    bound = np.inf
-    total = 0
-    for t in range(nc):
-        if t != s:
-            total += p[t]
-            if p[t] < nl:
-                v = cols[slot_col[t], p[t]]
-                if v < bound:
-                    bound = v
-    col = cols[slot_col[s]]
-    lo, hi = 0, nl  # values of the new column below the boundary
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if col[mid] < bound:
-            lo = mid + 1
-        else:
-            hi = mid
-    p[s] = lo
-    _adjust(cols, slot_col, p, nl, nc, k, total + lo)
-
-
-@nb.njit(cache=True, nogil=True)
-def _medsub_rows(data, d_r0, nrows, r_a, r_b, nl, nc, k, out, out_r0):
+def _medsub_rows(data, d_r0, nrows, r_a, r_b, nl, nc, ks, out, out_r0):
     """``out[r - out_r0] = data[r] - median`` for the rows ``[r_a, r_b)``."""
-    _rank_rows(data, d_r0, nrows, r_a, r_b, nl, nc, k, -1, out[r_a - out_r0 : r_b - out_r0],
-               out[:0], r_a)  # fmt: skip
+    outs = out.reshape(1, out.shape[0], out.shape[1])
+    _rank_rows(data, d_r0, nrows, r_a, r_b, nl, nc, ks, outs, out_r0)
     for r in range(r_a, r_b):
         o = r - out_r0
         dr = r - d_r0
@@ -278,21 +246,21 @@ def _medsub_rows(data, d_r0, nrows, r_a, r_b, nl, nc, k, out, out_r0):
 
 
 @nb.njit(cache=True, nogil=True)
-def _mask_rows(data, d_r0, medsub, m_r0, nrows, r_a, r_b, nl, nc, k_hi, k_lo, factors,
-               high, low, mask, mask_r0):  # fmt: skip
+def _mask_rows(data, d_r0, medsub, m_r0, nrows, r_a, r_b, nl, nc, ks, factors, work, mask,
+               mask_r0):  # fmt: skip
     """The sigma mask of the rows ``[r_a, r_b)``: not finite, or ``medsub`` below
     ``-lsigma * sigma`` or above ``hsigma * sigma``, with ``sigma = (high - low) / 2``
     from the 69.1 and 30.9 percentiles of ``medsub`` over ``nl`` x ``nc``; ``factors``
     holds ``-lsigma``, ``hsigma`` and 0.5 in the data's float type (NumPy's arithmetic).
-    ``high`` and ``low`` are work rows (at least ``r_b - r_a`` each)."""
-    _rank_rows(medsub, m_r0, nrows, r_a, r_b, nl, nc, k_hi, k_lo, high, low, r_a)
+    ``work`` holds the two percentiles' rows (``2 x (r_b - r_a) x columns``)."""
+    _rank_rows(medsub, m_r0, nrows, r_a, r_b, nl, nc, ks, work, r_a)
     neg_l, pos_h, half = factors[0], factors[1], factors[2]
     for r in range(r_a, r_b):
         o = r - r_a
         for c in range(data.shape[1]):
             v = data[r - d_r0, c]
             m = medsub[r - m_r0, c]
-            sigma = (high[o, c] - low[o, c]) * half
+            sigma = (work[0, o, c] - work[1, o, c]) * half
             bad = not np.isfinite(v) or m < neg_l * sigma or m > pos_h * sigma
             mask[r - mask_r0, c] = 1 if bad else 0
 
@@ -300,13 +268,13 @@ def _mask_rows(data, d_r0, medsub, m_r0, nrows, r_a, r_b, nl, nc, k_hi, k_lo, fa
 def medsub_band(data, d_r0, nrows, r_a, r_b, nlmed, ncmed, out, out_r0) -> None:
     """``data - median_filter(data, (nlmed, ncmed))`` for the image rows ``[r_a, r_b)``
     into ``out`` (whose row 0 is image row ``out_r0``), on numba's thread count."""
-    k = (nlmed * ncmed) // 2
+    ks = np.array([(nlmed * ncmed) // 2], np.int64)
     bounds = _split(r_a, r_b)
 
     def part(t):
         a, b = bounds[t], bounds[t + 1]
         if b > a:
-            _medsub_rows(data, d_r0, nrows, a, b, nlmed, ncmed, k, out, out_r0)
+            _medsub_rows(data, d_r0, nrows, a, b, nlmed, ncmed, ks, out, out_r0)
 
     _threads.run_parts(part, len(bounds) - 1)
 
@@ -316,17 +284,16 @@ def mask_band(data, d_r0, medsub, m_r0, nrows, r_a, r_b, nlsig, ncsig, lsigma, h
     """The sigma mask of the image rows ``[r_a, r_b)`` into ``mask`` (uint8, row 0 =
     image row ``mask_r0``), ``medsub`` holding the rows the windows reach."""
     n = nlsig * ncsig
-    k_hi, k_lo = percentile_rank(n, 69.1), percentile_rank(n, 30.9)
+    ks = np.array([percentile_rank(n, 69.1), percentile_rank(n, 30.9)], np.int64)
     factors = np.array([-lsigma, hsigma, 0.5], medsub.dtype)
     bounds = _split(r_a, r_b)
 
     def part(t):
         a, b = bounds[t], bounds[t + 1]
         if b > a:
-            high = np.empty((b - a, medsub.shape[1]), medsub.dtype)
-            low = np.empty_like(high)
-            _mask_rows(data, d_r0, medsub, m_r0, nrows, a, b, nlsig, ncsig, k_hi, k_lo,
-                       factors, high, low, mask, mask_r0)  # fmt: skip
+            work = np.empty((2, b - a, medsub.shape[1]), medsub.dtype)
+            _mask_rows(data, d_r0, medsub, m_r0, nrows, a, b, nlsig, ncsig, ks, factors, work,
+                       mask, mask_r0)  # fmt: skip
 
     _threads.run_parts(part, len(bounds) - 1)
 
