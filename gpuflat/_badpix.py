@@ -195,7 +195,7 @@ class _Source:
             raise ValueError(f'"ratio" must be two-dimensional, got shape {arr.shape}')
         if arr.size == 0:
             raise ValueError(f'"ratio" is empty (shape {arr.shape})')
-        self.dtype = arr.dtype if arr.dtype in (np.float32, np.float64) else np.float64
+        self.dtype = np.dtype(arr.dtype if arr.dtype in (np.float32, np.float64) else np.float64)
         self._array = np.ascontiguousarray(arr, self.dtype.newbyteorder("="))
         self.shape = self._array.shape
 

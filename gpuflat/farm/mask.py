@@ -207,6 +207,11 @@ def _plan(opts):
                         f"{shape[0]}x{shape[1]}: the inputs must have one shape"
                     )
                 hdus.setdefault(role, []).append(index)
+    for _, _, shape in entries:  # the working memory: checked before any work
+        try:
+            _badpix.plan_rows(shape, np.float64, opts.params, opts.mem_limit, inline=False)
+        except ValueError as exc:
+            raise OptionError(f"--mem-limit: {exc}") from None
     if opts.dark is not None:  # exposure time and gain: checked before any work
         for _, hdus, _ in entries:
             _dark(opts, hdus["dark"], header_only=True)
