@@ -246,23 +246,124 @@ def _medsub_rows(data, d_r0, nrows, r_a, r_b, nl, nc, ks, out, out_r0):
 
 
 @nb.njit(cache=True, nogil=True)
-def _mask_rows(data, d_r0, medsub, m_r0, nrows, r_a, r_b, nl, nc, ks, factors, work, mask,
-               mask_r0):  # fmt: skip
+def _bin(v, inv_w, half, nbins):
+    """The histogram bin of ``v`` (not NaN): ``floor(v / w)`` from the middle, the end
+    bins taking everything beyond (unbounded)."""
+    t = v * inv_w
+    if t < 1.0 - half:
+        return 0
+    if t >= half - 1.0:
+        return nbins - 1
+    return int(np.floor(t)) + half
+
+
+@nb.njit(cache=True, nogil=True)
+def _mask_rows(data, d_r0, medsub, m_r0, nrows, r_a, r_b, nl, nc, ks, factors, limits, inv_w,
+               nbins, mask, mask_r0):  # fmt: skip
     """The sigma mask of the rows ``[r_a, r_b)``: not finite, or ``medsub`` below
-    ``-lsigma * sigma`` or above ``hsigma * sigma``, with ``sigma = (high - low) / 2``
-    from the 69.1 and 30.9 percentiles of ``medsub`` over ``nl`` x ``nc``; ``factors``
-    holds ``-lsigma``, ``hsigma`` and 0.5 in the data's float type (NumPy's arithmetic).
-    ``work`` holds the two percentiles' rows (``2 x (r_b - r_a) x columns``)."""
-    _rank_rows(medsub, m_r0, nrows, r_a, r_b, nl, nc, ks, work, r_a)
-    neg_l, pos_h, half = factors[0], factors[1], factors[2]
+    ``-lsigma * sigma`` or above ``hsigma * sigma``, with ``sigma = (high - low) / 2``,
+    ``high`` and ``low`` the elements of rank ``ks[0]`` and ``ks[1]`` (SciPy's 69.1 and 30.9
+    percentiles) of ``medsub`` over ``nl`` x ``nc``. ``factors`` holds ``-lsigma``,
+    ``hsigma`` and 0.5 in the data's float type (NumPy's arithmetic), ``limits`` the same
+    two as float64.
+
+    Most pixels are decided without the percentiles themselves: a histogram of the
+    window's values in ``nbins`` bins of width ``1 / inv_w`` (kept per column and summed
+    over the window's columns as it slides) tells the bins the two elements lie in, so
+    bounds of sigma; a pixel well inside (or well outside) the thresholds for every sigma
+    within the bounds is decided (with a margin far above any rounding). The others, and
+    every window holding a NaN, get the exact percentiles by SciPy's own selection."""
+    ncols = medsub.shape[1]
+    hl, hc = nl // 2, nc // 2
+    k_hi, k_lo = ks[0], ks[1]
+    half = nbins // 2
+    fast = inv_w > 0.0 and np.isfinite(inv_w)
+    w = 1.0 / inv_w if fast else 0.0
+    colh = np.zeros((ncols, nbins), np.int32)  # each column's window values, by bin
+    nans = np.zeros(ncols, np.int64)  # NaNs in each column's window
+    hist = np.zeros(nbins, np.int32)  # the window's
+    slot_col = np.empty(nc, np.int64)
+    buf = np.empty(nl * nc, np.float64)
+    neg_l, pos_h, halfd = factors[0], factors[1], factors[2]
+    lim_l, lim_h = limits[0], limits[1]  # -lsigma, hsigma
+    inner, outer = 1.0 - 1e-5, 1.0 + 1e-5
     for r in range(r_a, r_b):
-        o = r - r_a
-        for c in range(data.shape[1]):
-            v = data[r - d_r0, c]
+        if r == r_a:
+            for c in range(ncols):
+                nans[c] = 0
+                for b in range(nbins):
+                    colh[c, b] = 0
+                for i in range(nl):
+                    v = medsub[_reflect(r - hl + i, nrows) - m_r0, c]
+                    if v != v:
+                        nans[c] += 1
+                    else:
+                        colh[c, _bin(v, inv_w, half, nbins)] += 1
+        else:
+            rout = _reflect(r - 1 - hl, nrows) - m_r0
+            rin = _reflect(r - hl + nl - 1, nrows) - m_r0
+            if rout != rin:
+                for c in range(ncols):
+                    vo = medsub[rout, c]
+                    vi = medsub[rin, c]
+                    if vo != vo:
+                        nans[c] -= 1
+                    else:
+                        colh[c, _bin(vo, inv_w, half, nbins)] -= 1
+                    if vi != vi:
+                        nans[c] += 1
+                    else:
+                        colh[c, _bin(vi, inv_w, half, nbins)] += 1
+        for b in range(nbins):
+            hist[b] = 0
+        wnan = 0
+        for j in range(nc):
+            cc = _reflect(j - hc, ncols)
+            slot_col[(j - hc) % nc] = cc
+            wnan += nans[cc]
+            for b in range(nbins):
+                hist[b] += colh[cc, b]
+        for c in range(ncols):
+            if c > 0:
+                s = (c - 1 - hc) % nc
+                old = slot_col[s]
+                cc = _reflect(c - hc + nc - 1, ncols)
+                if cc != old:
+                    wnan += nans[cc] - nans[old]
+                    for b in range(nbins):
+                        hist[b] += colh[cc, b] - colh[old, b]
+                    slot_col[s] = cc
+            x = data[r - d_r0, c]
             m = medsub[r - m_r0, c]
-            sigma = (work[0, o, c] - work[1, o, c]) * half
-            bad = not np.isfinite(v) or m < neg_l * sigma or m > pos_h * sigma
-            mask[r - mask_r0, c] = 1 if bad else 0
+            out = r - mask_r0
+            if not np.isfinite(x):
+                mask[out, c] = 1
+                continue
+            state = -1  # -1: undecided, 0: good, 1: bad
+            if fast and wnan == 0:
+                cum, b, b_lo = 0, 0, -1
+                while True:
+                    cnt = hist[b]
+                    if b_lo < 0 and cum + cnt > k_lo:
+                        b_lo = b
+                    if cum + cnt > k_hi:
+                        break
+                    cum += cnt
+                    b += 1
+                if b_lo > 0 and b < nbins - 1:  # both in bounded bins
+                    s_lb = ((b - half - 0.001) - (b_lo - half + 1.001)) * w * 0.5
+                    s_ub = ((b - half + 1.001) - (b_lo - half - 0.001)) * w * 0.5
+                    mf = np.float64(m)
+                    if s_lb > 0.0 and lim_l * s_lb * inner <= mf <= lim_h * s_lb * inner:
+                        state = 0
+                    elif mf < lim_l * s_ub * outer or mf > lim_h * s_ub * outer:
+                        state = 1
+            if state < 0:  # the exact percentiles, SciPy's way
+                high = _window_rank(medsub, m_r0, nrows, ncols, r, c, nl, nc, k_hi, buf)
+                low = _window_rank(medsub, m_r0, nrows, ncols, r, c, nl, nc, k_lo, buf)
+                sigma = (medsub.dtype.type(high) - medsub.dtype.type(low)) * halfd
+                state = 1 if m < neg_l * sigma or m > pos_h * sigma else 0
+            mask[out, c] = state
 
 
 def medsub_band(data, d_r0, nrows, r_a, r_b, nlmed, ncmed, out, out_r0) -> None:
@@ -286,16 +387,37 @@ def mask_band(data, d_r0, medsub, m_r0, nrows, r_a, r_b, nlsig, ncsig, lsigma, h
     n = nlsig * ncsig
     ks = np.array([percentile_rank(n, 69.1), percentile_rank(n, 30.9)], np.int64)
     factors = np.array([-lsigma, hsigma, 0.5], medsub.dtype)
+    limits = np.array([-lsigma, hsigma], np.float64)
+    inv_w = _inverse_bin_width(medsub[max(0, r_a - m_r0) : r_b - m_r0])
     bounds = _split(r_a, r_b)
 
     def part(t):
         a, b = bounds[t], bounds[t + 1]
         if b > a:
-            work = np.empty((2, b - a, medsub.shape[1]), medsub.dtype)
-            _mask_rows(data, d_r0, medsub, m_r0, nrows, a, b, nlsig, ncsig, ks, factors, work,
-                       mask, mask_r0)  # fmt: skip
+            _mask_rows(data, d_r0, medsub, m_r0, nrows, a, b, nlsig, ncsig, ks, factors,
+                       limits, inv_w, NBINS, mask, mask_r0)  # fmt: skip
 
     _threads.run_parts(part, len(bounds) - 1)
+
+
+#: Histogram bins of the sigma window (their width: an eighth of the band's typical sigma)
+NBINS = 64
+_SAMPLE = 1 << 14
+
+
+def _inverse_bin_width(medsub) -> float:
+    """1 / the bin width: ccdmask's sigma over a sample of the band's values, / 8 (so the
+    two percentiles of a window of typical noise fall some 8 bins either side of 0, and
+    sigma is bounded within an eighth or so). 0 when the values do not tell (all the
+    pixels are then computed exactly)."""
+    flat = medsub.reshape(-1)
+    sample = flat[:: max(1, flat.size // _SAMPLE)]
+    sample = sample[np.isfinite(sample)]
+    if sample.size < 16:
+        return 0.0
+    low, high = np.percentile(sample, [30.9, 69.1])
+    sigma = (float(high) - float(low)) / 2.0
+    return 8.0 / sigma if sigma > 0 and np.isfinite(sigma) else 0.0
 
 
 def percentile_rank(n: int, percentile: float) -> int:
