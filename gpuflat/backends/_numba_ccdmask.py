@@ -27,6 +27,8 @@ its cached functions use (numba's cache keys on this file's text only).
 
 from __future__ import annotations
 
+import functools
+
 import numba as nb
 import numpy as np
 
@@ -366,16 +368,110 @@ def _mask_rows(data, d_r0, medsub, m_r0, nrows, r_a, r_b, nl, nc, ks, factors, l
             mask[out, c] = state
 
 
+@nb.njit(cache=True, nogil=True)
+def _medsub_net_rows(data, d_r0, nrows, r_a, r_b, nl, nc, k, run, colnet, winnet, out, out_r0):
+    """``out[r - out_r0] = data[r] - median`` for the rows ``[r_a, r_b)`` by comparator
+    networks, lane-parallel over the columns: each column's ``nl`` values sorted by
+    ``colnet`` (padded with +inf to ``run`` rows), then, per tile of output columns, the
+    window's ``nc`` sorted columns merged by ``winnet`` (Batcher's merge of the sorted runs,
+    only the comparators that reach position ``k``), the element of rank ``k`` read off.
+    Windows holding a NaN take SciPy's own selection."""
+    ncols = data.shape[1]
+    hl, hc = nl // 2, nc // 2
+    width = ncols + nc - 1  # the window columns of the row, reflected at the edges
+    cmap = np.empty(width, np.int64)
+    for v in range(width):
+        cmap[v] = _reflect(v - hc, ncols)
+    inf = data.dtype.type(np.inf)
+    cs = np.empty((run, width), data.dtype)  # sorted columns, reflected columns included
+    nans = np.zeros(width, np.int64)
+    tile = 64
+    lanes = np.empty((nc * run, tile), data.dtype)
+    buf = np.empty(nl * nc, np.float64)
+    for r in range(r_a, r_b):
+        for v in range(width):
+            nans[v] = 0
+        for i in range(nl):
+            rr = _reflect(r - hl + i, nrows) - d_r0
+            for v in range(width):
+                x = data[rr, cmap[v]]
+                cs[i, v] = x
+                if x != x:
+                    nans[v] += 1
+        for i in range(nl, run):
+            for v in range(width):
+                cs[i, v] = inf
+        for e in range(colnet.shape[1]):
+            ia, ib = colnet[0, e], colnet[1, e]
+            for v in range(width):
+                x, y = cs[ia, v], cs[ib, v]
+                cs[ia, v] = x if x < y else y
+                cs[ib, v] = y if x < y else x
+        o = r - out_r0
+        dr = r - d_r0
+        for c0 in range(0, ncols, tile):
+            t_n = min(tile, ncols - c0)
+            for j in range(nc):
+                for i in range(run):
+                    for t in range(t_n):
+                        lanes[j * run + i, t] = cs[i, c0 + t + j]
+            for e in range(winnet.shape[1]):
+                ia, ib = winnet[0, e], winnet[1, e]
+                for t in range(t_n):
+                    x, y = lanes[ia, t], lanes[ib, t]
+                    lanes[ia, t] = x if x < y else y
+                    lanes[ib, t] = y if x < y else x
+            for t in range(t_n):
+                c = c0 + t
+                wn = 0
+                for j in range(nc):
+                    wn += nans[c + j]
+                if wn > 0:
+                    med = data.dtype.type(_window_rank(data, d_r0, nrows, ncols, r, c, nl, nc,
+                                                       k, buf))  # fmt: skip
+                else:
+                    med = lanes[k, t]
+                out[o, c] = data[dr, c] - med
+
+
+@functools.cache
+def median_networks(nl: int, nc: int):
+    """``(run, column network, window network)`` for the median of ``nl`` x ``nc``, or
+    None where the tracker of :func:`_rank_rows` is cheaper (large windows)."""
+    from ._networks import batcher
+
+    run = 1
+    while run < nl:
+        run *= 2
+    k = (nl * nc) // 2
+    need, keep = {k}, []
+    for i, j in reversed(batcher(nc * run, run)):  # only what reaches position k
+        if i in need or j in need:
+            keep.append((i, j))
+            need.update((i, j))
+    if len(keep) > 400 or nc * run > 128:
+        return None
+    col = np.array(batcher(nl), np.int64).reshape(-1, 2).T.copy()
+    win = np.array(keep[::-1], np.int64).reshape(-1, 2).T.copy()
+    return run, col, win
+
+
 def medsub_band(data, d_r0, nrows, r_a, r_b, nlmed, ncmed, out, out_r0) -> None:
     """``data - median_filter(data, (nlmed, ncmed))`` for the image rows ``[r_a, r_b)``
     into ``out`` (whose row 0 is image row ``out_r0``), on numba's thread count."""
-    ks = np.array([(nlmed * ncmed) // 2], np.int64)
+    k = (nlmed * ncmed) // 2
+    ks = np.array([k], np.int64)
+    nets = median_networks(nlmed, ncmed)
     bounds = _split(r_a, r_b)
 
     def part(t):
         a, b = bounds[t], bounds[t + 1]
-        if b > a:
+        if b <= a:
+            return
+        if nets is None:
             _medsub_rows(data, d_r0, nrows, a, b, nlmed, ncmed, ks, out, out_r0)
+        else:
+            _medsub_net_rows(data, d_r0, nrows, a, b, nlmed, ncmed, k, *nets, out, out_r0)
 
     _threads.run_parts(part, len(bounds) - 1)
 
@@ -400,8 +496,8 @@ def mask_band(data, d_r0, medsub, m_r0, nrows, r_a, r_b, nlsig, ncsig, lsigma, h
     _threads.run_parts(part, len(bounds) - 1)
 
 
-#: Histogram bins of the sigma window (their width: an eighth of the band's typical sigma)
-NBINS = 64
+#: Histogram bins of the sigma window (their width: a quarter of the band's typical sigma)
+NBINS = 32
 _SAMPLE = 1 << 14
 
 
@@ -417,7 +513,7 @@ def _inverse_bin_width(medsub) -> float:
         return 0.0
     low, high = np.percentile(sample, [30.9, 69.1])
     sigma = (float(high) - float(low)) / 2.0
-    return 8.0 / sigma if sigma > 0 and np.isfinite(sigma) else 0.0
+    return NBINS / 8.0 / sigma if sigma > 0 and np.isfinite(sigma) else 0.0
 
 
 def percentile_rank(n: int, percentile: float) -> int:
