@@ -260,6 +260,19 @@ def _bin(v, inv_w, half, nbins):
 
 
 @nb.njit(cache=True, nogil=True)
+def _walk(hist, b, below, k, nbins):
+    """The bin holding the element of rank ``k`` and the count of values in the bins
+    below it, from bin ``b`` with ``below`` values under it (walking a few bins)."""
+    while b > 0 and below > k:
+        b -= 1
+        below -= hist[b]
+    while b < nbins - 1 and below + hist[b] <= k:
+        below += hist[b]
+        b += 1
+    return b, below
+
+
+@nb.njit(cache=True, nogil=True)
 def _mask_rows(data, d_r0, medsub, m_r0, nrows, r_a, r_b, nl, nc, ks, factors, limits, inv_w,
                nbins, mask, mask_r0):  # fmt: skip
     """The sigma mask of the rows ``[r_a, r_b)``: not finite, or ``medsub`` below
@@ -282,6 +295,7 @@ def _mask_rows(data, d_r0, medsub, m_r0, nrows, r_a, r_b, nl, nc, ks, factors, l
     fast = inv_w > 0.0 and np.isfinite(inv_w)
     w = 1.0 / inv_w if fast else 0.0
     colh = np.zeros((ncols, nbins), np.int32)  # each column's window values, by bin
+    ring = np.empty((ncols, nl), np.uint8)  # and their bins, by row (NONE: a NaN)
     nans = np.zeros(ncols, np.int64)  # NaNs in each column's window
     hist = np.zeros(nbins, np.int32)  # the window's
     slot_col = np.empty(nc, np.int64)
@@ -289,6 +303,7 @@ def _mask_rows(data, d_r0, medsub, m_r0, nrows, r_a, r_b, nl, nc, ks, factors, l
     neg_l, pos_h, halfd = factors[0], factors[1], factors[2]
     lim_l, lim_h = limits[0], limits[1]  # -lsigma, hsigma
     inner, outer = 1.0 - 1e-5, 1.0 + 1e-5
+    none = np.uint8(255)
     for r in range(r_a, r_b):
         if r == r_a:
             for c in range(ncols):
@@ -299,23 +314,30 @@ def _mask_rows(data, d_r0, medsub, m_r0, nrows, r_a, r_b, nl, nc, ks, factors, l
                     v = medsub[_reflect(r - hl + i, nrows) - m_r0, c]
                     if v != v:
                         nans[c] += 1
+                        ring[c, (r - hl + i) % nl] = none
                     else:
-                        colh[c, _bin(v, inv_w, half, nbins)] += 1
+                        b = _bin(v, inv_w, half, nbins)
+                        colh[c, b] += 1
+                        ring[c, (r - hl + i) % nl] = b
         else:
             rout = _reflect(r - 1 - hl, nrows) - m_r0
             rin = _reflect(r - hl + nl - 1, nrows) - m_r0
+            slot = (r - 1 - hl) % nl
             if rout != rin:
                 for c in range(ncols):
-                    vo = medsub[rout, c]
-                    vi = medsub[rin, c]
-                    if vo != vo:
+                    bo = ring[c, slot]
+                    if bo == none:
                         nans[c] -= 1
                     else:
-                        colh[c, _bin(vo, inv_w, half, nbins)] -= 1
+                        colh[c, bo] -= 1
+                    vi = medsub[rin, c]
                     if vi != vi:
                         nans[c] += 1
+                        ring[c, slot] = none
                     else:
-                        colh[c, _bin(vi, inv_w, half, nbins)] += 1
+                        bi = _bin(vi, inv_w, half, nbins)
+                        colh[c, bi] += 1
+                        ring[c, slot] = bi
         for b in range(nbins):
             hist[b] = 0
         wnan = 0
@@ -325,6 +347,10 @@ def _mask_rows(data, d_r0, medsub, m_r0, nrows, r_a, r_b, nl, nc, ks, factors, l
             wnan += nans[cc]
             for b in range(nbins):
                 hist[b] += colh[cc, b]
+        # the bins of the two elements, and how many values lie below each (Huang's way:
+        # counted once per row, then moved by the columns that come and go)
+        b_lo, below_lo = _walk(hist, 0, 0, k_lo, nbins)
+        b_hi, below_hi = _walk(hist, 0, 0, k_hi, nbins)
         for c in range(ncols):
             if c > 0:
                 s = (c - 1 - hc) % nc
@@ -332,8 +358,14 @@ def _mask_rows(data, d_r0, medsub, m_r0, nrows, r_a, r_b, nl, nc, ks, factors, l
                 cc = _reflect(c - hc + nc - 1, ncols)
                 if cc != old:
                     wnan += nans[cc] - nans[old]
+                    n_lo, n_hi = 0, 0  # the change of the counts below the two bins
                     for b in range(nbins):
-                        hist[b] += colh[cc, b] - colh[old, b]
+                        d = colh[cc, b] - colh[old, b]
+                        hist[b] += d
+                        n_lo += d if b < b_lo else 0
+                        n_hi += d if b < b_hi else 0
+                    b_lo, below_lo = _walk(hist, b_lo, below_lo + n_lo, k_lo, nbins)
+                    b_hi, below_hi = _walk(hist, b_hi, below_hi + n_hi, k_hi, nbins)
                     slot_col[s] = cc
             x = data[r - d_r0, c]
             m = medsub[r - m_r0, c]
@@ -342,24 +374,14 @@ def _mask_rows(data, d_r0, medsub, m_r0, nrows, r_a, r_b, nl, nc, ks, factors, l
                 mask[out, c] = 1
                 continue
             state = -1  # -1: undecided, 0: good, 1: bad
-            if fast and wnan == 0:
-                cum, b, b_lo = 0, 0, -1
-                while True:
-                    cnt = hist[b]
-                    if b_lo < 0 and cum + cnt > k_lo:
-                        b_lo = b
-                    if cum + cnt > k_hi:
-                        break
-                    cum += cnt
-                    b += 1
-                if b_lo > 0 and b < nbins - 1:  # both in bounded bins
-                    s_lb = ((b - half - 0.001) - (b_lo - half + 1.001)) * w * 0.5
-                    s_ub = ((b - half + 1.001) - (b_lo - half - 0.001)) * w * 0.5
-                    mf = np.float64(m)
-                    if s_lb > 0.0 and lim_l * s_lb * inner <= mf <= lim_h * s_lb * inner:
-                        state = 0
-                    elif mf < lim_l * s_ub * outer or mf > lim_h * s_ub * outer:
-                        state = 1
+            if fast and wnan == 0 and b_lo > 0 and b_hi < nbins - 1:  # bounded bins
+                s_lb = ((b_hi - half - 0.001) - (b_lo - half + 1.001)) * w * 0.5
+                s_ub = ((b_hi - half + 1.001) - (b_lo - half - 0.001)) * w * 0.5
+                mf = np.float64(m)
+                if s_lb > 0.0 and lim_l * s_lb * inner <= mf <= lim_h * s_lb * inner:
+                    state = 0
+                elif mf < lim_l * s_ub * outer or mf > lim_h * s_ub * outer:
+                    state = 1
             if state < 0:  # the exact percentiles, SciPy's way
                 high = _window_rank(medsub, m_r0, nrows, ncols, r, c, nl, nc, k_hi, buf)
                 low = _window_rank(medsub, m_r0, nrows, ncols, r, c, nl, nc, k_lo, buf)
