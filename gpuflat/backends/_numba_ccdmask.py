@@ -435,8 +435,7 @@ def _medsub_net_rows(data, d_r0, nrows, r_a, r_b, nl, nc, k, run, colnet, winnet
             t_n = min(tile, ncols - c0)
             for j in range(nc):
                 for i in range(run):
-                    for t in range(t_n):
-                        lanes[j * run + i, t] = cs[i, c0 + t + j]
+                    lanes[j * run + i, :t_n] = cs[i, c0 + j : c0 + j + t_n]
             for e in range(winnet.shape[1]):
                 ia, ib = winnet[0, e], winnet[1, e]
                 for t in range(t_n):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -128,13 +129,32 @@ def main(args, argv=None) -> int:
     return 0
 
 
+#: About how long the first compile of ccdmask's kernels takes (2 cores), for the notice
+FIRST_COMPILE_SECONDS = 6
+
+
 def make_mask(opts: MaskOptions) -> dict:
     """Plan (every input read by its headers, extensions matched, shapes checked: input
-    problems are :class:`OptionError`), then mask each extension and write the product."""
+    problems are :class:`OptionError`), then mask each extension and write the product.
+    Says once, on stderr (unless quiet), when numba compiles the kernels first."""
     try:
         plan = _plan(opts)
     except GpuflatError as exc:
         raise OptionError(str(exc)) from None
+    from ..backends import _compile
+
+    def say():
+        if not opts.quiet:
+            print(f"gpuflat: compiling the bad-pixel mask kernels for this machine, once "
+                  f"(numba's cache does not have them yet); about {FIRST_COMPILE_SECONDS} s "
+                  f"on 2 cores. Cache: {_compile.cache_dir()}. 'gpuflat warmup' compiles "
+                  "every kernel ahead.", file=sys.stderr, flush=True)  # fmt: skip
+
+    with _compile.first_compile(say):
+        return _make(opts, plan)
+
+
+def _make(opts, plan) -> dict:
     planes, counts = [], {"masked": 0, "pixels": 0, "hot": 0, "ccdmask": 0}
     header_notes = {}
     for key, hdus, _shape in plan:

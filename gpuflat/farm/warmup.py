@@ -31,6 +31,7 @@ def steps() -> list[tuple[str, object]]:
         ("combine, generic path", _generic),
         ("frame levels", _levels),
         ("levels of stored integers", _raw_levels),
+        ("bad-pixel masks (ccdmask)", _ccdmask),
         ("CUDA kernels", _cuda),
     ]
     return out
@@ -59,6 +60,19 @@ def _stack(n, rows=24, cols=80, seed=0):
     data[0, 1, 3] = np.nan
     data[1, 2, 5] = 1e6
     return data
+
+
+def _ccdmask():
+    """gpuflat mask's kernels, float32 and float64: the median's networks and (windows too
+    large for them) its tracker, the sigma mask with a NaN window, findbadcolumns."""
+    from .._badpix import ccdmask
+
+    rng = np.random.default_rng(3)
+    for dtype in (np.float32, np.float64):
+        ratio = rng.normal(1.0, 0.01, (40, 48)).astype(dtype)
+        ratio[5, 7] = np.nan
+        ccdmask(ratio, findbadcolumns=True)
+        ccdmask(ratio, nlmed=15, ncmed=15)
 
 
 def _library(n):
