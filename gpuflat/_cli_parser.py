@@ -370,7 +370,7 @@ def _mask_parser(sub, common):
     )  # fmt: skip
     src.add_argument("--high", nargs="+", metavar="INPUT", help="the high-level flat (as --low)")
     p.add_argument("-o", "--output", required=True, metavar="FITS", help="the mask to write")
-    cm = p.add_argument_group("ccdmask (names and defaults of ccdproc.ccdmask; IRAF's too)")
+    cm = p.add_argument_group("ccdmask (ccdproc's and IRAF's names, ccdproc's defaults)")
     integer, number = _flag(int, "an integer"), _flag(float, "a number")
     for name, kind, help_text in (
         ("ncmed", "int", "columns of the moving median (default 7)"),
@@ -379,7 +379,7 @@ def _mask_parser(sub, common):
         ("nlsig", "int", "lines of the sigma window (default 15)"),
         ("lsigma", "float", "low clipping sigma (default 9; IRAF's is 6)"),
         ("hsigma", "float", "high clipping sigma (default 9; IRAF's is 6)"),
-        ("ngood", "int", "findbadcolumns: gaps of fewer good lines are masked (default 5)"),
+        ("ngood", "int", "findbadcolumns: gaps of at most N good lines are masked (default 5)"),
     ):
         cm.add_argument(
             f"--{name}", type=integer if kind == "int" else number, metavar="N",

@@ -63,8 +63,9 @@ def _stack(n, rows=24, cols=80, seed=0):
 
 
 def _ccdmask():
-    """gpuflat mask's kernels, float32 and float64: the median's networks and (windows too
-    large for them) its tracker, the sigma mask with a NaN window, findbadcolumns."""
+    """gpuflat mask's kernels, float32 and float64: the median's networks, the sigma mask
+    with a NaN window, findbadcolumns (not the median's tracker, which only median windows
+    too large for the networks take: it compiles when first used)."""
     from .._badpix import ccdmask
 
     rng = np.random.default_rng(3)
@@ -72,7 +73,6 @@ def _ccdmask():
         ratio = rng.normal(1.0, 0.01, (40, 48)).astype(dtype)
         ratio[5, 7] = np.nan
         ccdmask(ratio, findbadcolumns=True)
-        ccdmask(ratio, nlmed=15, ncmed=15)
 
 
 def _library(n):
