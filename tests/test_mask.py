@@ -240,13 +240,23 @@ def test_command_low_high_dark(tmp_path, capsys):
                        "-o", out2, "--dark", tmp_path / "dark.fits",
                        "--hot-threshold", "3")  # fmt: skip
     assert code == 0
-    lo = gpuflat.combine(sorted(str(p) for p in tmp_path.glob("lo*.fits"))).image
-    hi = gpuflat.combine(sorted(str(p) for p in tmp_path.glob("hi*.fits"))).image
+    lo_result = gpuflat.combine(sorted(str(p) for p in tmp_path.glob("lo*.fits")))
+    hi_result = gpuflat.combine(sorted(str(p) for p in tmp_path.glob("hi*.fits")))
+    lo, hi = lo_result.image, hi_result.image
     with np.errstate(all="ignore"):
         ratio = (lo.astype(np.float32) / hi.astype(np.float32)).astype(np.float32)
     want = _ccdproc(ratio) | (dark * 2.0 / 300.0 > 3)
     np.testing.assert_array_equal(fits.getdata(out2), want.astype(np.uint8))
     assert fits.getheader(out2)["NHOTPIX"] == 2
+
+    # gpuflat's own masters (with their MASK, UNCERT and NCOMBINE planes) are one image each
+    lo_result.write(tmp_path / "master_lo.fits")
+    hi_result.write(tmp_path / "master_hi.fits")
+    out3 = tmp_path / "bpm3.fits"
+    code, _, _ = _mask(capsys, "--low", tmp_path / "master_lo.fits", "--high",
+                       tmp_path / "master_hi.fits", "-o", out3)  # fmt: skip
+    assert code == 0
+    np.testing.assert_array_equal(fits.getdata(out3), _ccdproc(ratio).astype(np.uint8))
 
 
 def test_command_mosaic_by_extname(tmp_path, capsys):
