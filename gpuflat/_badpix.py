@@ -25,7 +25,7 @@ import numpy as np
 from astropy.io import fits
 
 from ._frames import FitsFrame
-from .errors import GpuflatError, ShapeMismatchError
+from .errors import ShapeMismatchError
 
 #: The mask's value where a pixel is bad (0 = good), as ccdproc's True.
 BAD = 1
@@ -158,15 +158,27 @@ def reach(r0, r1, size, n) -> tuple[int, int]:
     return int(real.min()), int(real.max()) + 1
 
 
-def plan_rows(shape, dtype, params: MaskParams, mem_limit, inline: bool) -> int:
-    """Band height whose working memory fits ``mem_limit``: per band row, the data read
-    (unless the image is in memory already), ``medsub`` and the two percentile work rows;
-    per band, the halos of those and each thread's sorted column lists."""
-    nrows, ncols = shape
+def band_bytes(shape, dtype, params: MaskParams, inline: bool) -> tuple[int, int]:
+    """Working memory of a band: ``(per band row, per band)``. Per row, ``medsub`` and the
+    data read (unless the image is in memory already); per band, their halos (the rows the
+    windows reach beyond the band) and each thread's column state (the median's sorted
+    columns and lanes, the sigma window's column histograms: a few hundred bytes a column)."""
+    from .backends import _threads
+
+    ncols = shape[1]
     item = np.dtype(dtype).itemsize
-    per_row = ncols * item * (3 + (0 if inline else 1))
-    halo_rows = 2 * (params.nlsig + params.nlmed)
-    fixed = ncols * item * (halo_rows * (1 if inline else 2) + 2 * (params.nlsig + params.nlmed))
+    copies = 1 if inline else 2
+    per_row = ncols * item * copies
+    halo = 2 * (params.nlsig // 2 + params.nlmed // 2) * ncols * item * copies
+    run = 1 << max(0, (params.nlmed - 1).bit_length())
+    state = ncols * (run * item + 4 * 32 + params.nlsig + 16) + run * params.ncmed * 64 * item
+    return per_row, halo + _threads.parts() * state
+
+
+def plan_rows(shape, dtype, params: MaskParams, mem_limit, inline: bool) -> int:
+    """Band height whose working memory (:func:`band_bytes`) fits ``mem_limit``."""
+    nrows, ncols = shape
+    per_row, fixed = band_bytes(shape, dtype, params, inline)
     if fixed + per_row > mem_limit:
         raise ValueError(
             f"mem_limit={mem_limit:.4g} bytes is too small for a {nrows}x{ncols} image with "
@@ -241,11 +253,6 @@ def combine_masks(*masks):
     for m in masks:
         out |= np.asarray(m).astype(bool).view(np.uint8)
     return out
-
-
-class MaskError(GpuflatError):
-    """A mask cannot be made as asked (inputs of different shapes, a dark without an
-    exposure time...)."""
 
 
 def mask_header(*, inputs: dict, params: MaskParams | None, notes: dict) -> fits.Header:

@@ -21,7 +21,7 @@ from astropy.io import fits
 from astropy.nddata import CCDData
 
 import gpuflat
-from gpuflat._badpix import MaskParams, compute_mask
+from gpuflat._badpix import MaskParams, band_bytes, compute_mask, plan_rows
 from gpuflat.cli import main
 
 
@@ -124,7 +124,10 @@ def test_band_height_does_not_matter(tmp_path, findbadcolumns):
         np.testing.assert_array_equal(compute_mask(data, params, rows=rows).view(bool), want)
     for rows in (1, 5, 70):  # streamed from the file, band by band
         np.testing.assert_array_equal(compute_mask(path, params, rows=rows).view(bool), want)
-    small = gpuflat.ccdmask(path, mem_limit=22000, **params.as_dict())  # 3-row bands
+    per_row, fixed = band_bytes(data.shape, data.dtype, params, inline=False)
+    limit = fixed + 3 * per_row  # 3-row bands, from the file
+    assert plan_rows(data.shape, data.dtype, params, limit, inline=False) == 3
+    small = gpuflat.ccdmask(path, mem_limit=limit, **params.as_dict())
     np.testing.assert_array_equal(small, want)
 
 
