@@ -1,5 +1,6 @@
 """Bad-pixel masks from flats: ccdproc's ``ccdmask`` (IRAF's ccdmask as ccdproc 2.5 ports
-it) computed in row bands by the numba kernels of :mod:`gpuflat.backends._numba_ccdmask`,
+it) computed in row bands by the numba kernels of :mod:`gpuflat.backends._numba_ccdmask`
+(through :mod:`gpuflat.backends._ccdmask`),
 hot pixels from a master dark, and the mask product.
 
 ``ccdmask`` returns exactly ``ccdproc.ccdmask``'s mask (``byblocks=False``, its default):
@@ -122,7 +123,8 @@ def _check_mem_limit(mem_limit):
 def compute_mask(ratio, params: MaskParams, *, mem_limit=350e6, hdu=None, rows=None):
     """The uint8 mask (1 = bad) of ``ratio`` (validated ``params``). ``rows``: the band
     height (default: planned under ``mem_limit``)."""
-    from .backends import _numba_ccdmask as kernel
+    from .backends import _ccdmask as kernel
+    from .backends._numba_ccdmask import fill_short_gaps
 
     source = _Source(ratio, hdu)
     try:
@@ -142,7 +144,7 @@ def compute_mask(ratio, params: MaskParams, *, mem_limit=350e6, hdu=None, rows=N
     finally:
         source.close()
     if params.findbadcolumns:
-        kernel.fill_short_gaps(mask, params.ngood)
+        fill_short_gaps(mask, params.ngood)
     return mask
 
 
