@@ -63,16 +63,16 @@ def _stack(n, rows=24, cols=80, seed=0):
 
 
 def _ccdmask():
-    """gpuflat mask's kernels, float32 and float64: the median's networks, the sigma mask
-    with a NaN window, findbadcolumns (not the median's tracker, which only median windows
-    too large for the networks take: it compiles when first used)."""
+    """gpuflat mask's kernels for float32 ratios (the ratio of two masters is float32, and
+    so are most ratio files): the median's networks, the sigma mask with a NaN window,
+    findbadcolumns. Float64 ratios and median windows too large for the networks (its
+    tracker) compile when first used, with the notice (each is about as long to compile
+    as all of this)."""
     from .._badpix import ccdmask
 
-    rng = np.random.default_rng(3)
-    for dtype in (np.float32, np.float64):
-        ratio = rng.normal(1.0, 0.01, (40, 48)).astype(dtype)
-        ratio[5, 7] = np.nan
-        ccdmask(ratio, findbadcolumns=True)
+    ratio = np.random.default_rng(3).normal(1.0, 0.01, (40, 48)).astype(np.float32)
+    ratio[5, 7] = np.nan
+    ccdmask(ratio, findbadcolumns=True)
 
 
 def _library(n):
