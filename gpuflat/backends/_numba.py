@@ -35,7 +35,7 @@ _INF = np.inf
 _NAN = np.nan
 
 
-@nb.njit(cache=True, nogil=True, inline="always")
+@nb.njit(cache=True, nogil=True)
 def _sort(s, k):
     """Sort ``s[:k]`` in place: a fixed sorting network for the common small stacks would
     be faster, but insertion sort is short, exact and fast for the tens of frames a flat
@@ -49,13 +49,13 @@ def _sort(s, k):
         s[j + 1] = x
 
 
-@nb.njit(cache=True, nogil=True, inline="always")
+@nb.njit(cache=True, nogil=True)
 def _median(s, a, b):
     k = b - a
     return (s[a + (k - 1) // 2] + s[a + k // 2]) * 0.5
 
 
-@nb.njit(cache=True, nogil=True, inline="always")
+@nb.njit(cache=True, nogil=True)
 def _mad(s, a, b, med):
     """Median of |s[q] - med| over the sorted range [a, b): merge outward from ``med``."""
     k = b - a
@@ -80,7 +80,7 @@ def _mad(s, a, b, med):
     return (d1 + d2) * 0.5
 
 
-@nb.njit(cache=True, nogil=True, inline="always")
+@nb.njit(cache=True, nogil=True)
 def _member_mean_sd(v, inwin, n, vlo, vhi, k):
     """Mean and population standard deviation of the members (frame order sums)."""
     s = 0.0
@@ -96,7 +96,7 @@ def _member_mean_sd(v, inwin, n, vlo, vhi, k):
     return mean, np.sqrt(ss / k)
 
 
-@nb.njit(cache=True, nogil=True, inline="always")
+@nb.njit(cache=True, nogil=True)
 def _noise_bounds(c, i, scale, clip_scaled, noise, n, sigma_low, sigma_high):
     """ccdclip: frame i's bounds about the centre ``c`` from the noise model, and its
     width (contract step 5, ccdclip)."""
