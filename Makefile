@@ -20,8 +20,9 @@ demo: $(VENV)/.installed
 	@echo "plots:    demo/masters/*.png"
 	@echo "report:   demo/masters/report.json"
 
+# on every core (at most 4): most of a first run's time is compiling, one core per process
 test: $(VENV)/.installed
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --maxprocesses 4
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check gpuflat tests bench
