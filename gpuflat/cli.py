@@ -260,6 +260,8 @@ class _Printer:
 
 def _run(opts, command) -> int:
     outcome = farm.run(opts, _Printer(opts.quiet), command=command)
+    if not opts.quiet:
+        print(outcome.summary())
     if outcome.refused and not outcome.masters:
         log.error("no master written: every group was refused")
         return 1
