@@ -145,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--plots",
         action="store_true",
-        help="PNG plots per group (levels, flat, scaled vs unscaled)",
+        help="PNG plots per group (frame levels, the flat, levels before/after scaling)",
     )
     run.add_argument("--report", metavar="FILE.json", help="write a JSON report")
     eng = run.add_argument_group("combination (defaults follow the astropy CCD guide)")
