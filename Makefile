@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: demo test lint bench bench-quick kernels clean
+.PHONY: demo test docs lint bench bench-quick kernels clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(PY) -m pytest -q -n auto --maxprocesses 4
 
+# the documentation site (docs/_build/html), warnings as errors; the tutorial is executed
+docs: $(VENV)/.installed
+	$(VENV)/bin/sphinx-build -W --keep-going -q -b html docs docs/_build/html
+
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check gpuflat tests bench
 	$(VENV)/bin/ruff format --check gpuflat tests bench
@@ -42,4 +46,4 @@ kernels: $(VENV)/.installed
 	$(PY) -m gpuflat.backends._build --nvcc $(NVCC)
 
 clean:
-	rm -rf demo .pytest_cache build *.egg-info
+	rm -rf demo .pytest_cache build *.egg-info docs/_build docs/generated
