@@ -119,7 +119,7 @@ def write_now(target, timings, write):
     finish = write(defer=True)
     t1 = time.perf_counter()
     finish()
-    timings["write"] = round(t1 - t0, 3)
+    timings["write"] = round(t1 - t0 - timings.get("plots", 0.0), 3)  # plots: drawn first
     timings["sync"] = round(time.perf_counter() - t1, 3)
 
 
@@ -333,12 +333,6 @@ def _combine_group(options, group, backend, bad_pixels, target, header, results,
         "backend": result.backend,
         "timings": {k: round(v, 3) for k, v in timings.items()},
     })  # fmt: skip
-    if options.plots:  # before the product is handed over: its writing swaps bytes in place
-        t = time.perf_counter()
-        entry["plots"] = _plots(target, group, result, qa_entries)
-        entry["timings"]["plots"] = round(time.perf_counter() - t, 3)
-        entry["seconds"] = round(time.perf_counter() - t0, 3)
-        log.info("group %s: plots in %.2f s", group.label(), entry["timings"]["plots"])
     if streamed:  # handed over below; until then, discarded on an interrupt
         finish = functools.partial(_write_streamed, streamed[-1], entry, len(result.names))
     else:
@@ -348,6 +342,8 @@ def _combine_group(options, group, backend, bad_pixels, target, header, results,
             write_product, target, result, header(result), unit=result.unit,
             overwrite=options.overwrite, compress=options.compress,
         )  # fmt: skip
+    if options.plots:  # drawn by the writer, before the write swaps the planes' bytes
+        finish = functools.partial(_plots_then, finish, target, group, result, qa_entries, entry)
     write(target, entry["timings"], finish)  # handed over: it cleans up after itself
     streamed.clear()  # (a product whose write has begun is left to it by discard)
     return entry
@@ -521,6 +517,16 @@ def _write_mosaic(options, result, target, header_fn, t0, verdicts, write) -> di
                 scale, level = final[v["file"]]
                 v.update(scale=float(scale), level_exposure=float(level))
     return entry
+
+
+def _plots_then(write, target, group, result, verdicts, entry, defer=False):
+    """The group's plots, then its product's ``write``: on the run's writer, off the
+    combining path (the next group is read and combined meanwhile)."""
+    t = time.perf_counter()
+    entry["plots"] = _plots(target, group, result, verdicts)
+    entry["timings"]["plots"] = round(time.perf_counter() - t, 3)
+    log.info("group %s: plots in %.2f s", group.label(), entry["timings"]["plots"])
+    return write(defer=defer)
 
 
 def _plots(target, group, result, verdicts):
