@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: demo test lint bench bench-quick kernels clean
+.PHONY: demo test docs lint bench bench-quick kernels clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,8 +20,13 @@ demo: $(VENV)/.installed
 	@echo "plots:    demo/masters/*.png"
 	@echo "report:   demo/masters/report.json"
 
+# on every core (at most 4): most of a first run's time is compiling, one core per process
 test: $(VENV)/.installed
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --maxprocesses 4
+
+# the documentation site (docs/_build/html), warnings as errors; the tutorial is executed
+docs: $(VENV)/.installed
+	$(VENV)/bin/sphinx-build -W --keep-going -q -b html docs docs/_build/html
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check gpuflat tests bench
@@ -41,4 +46,4 @@ kernels: $(VENV)/.installed
 	$(PY) -m gpuflat.backends._build --nvcc $(NVCC)
 
 clean:
-	rm -rf demo .pytest_cache build *.egg-info
+	rm -rf demo .pytest_cache build *.egg-info docs/_build docs/generated

@@ -513,6 +513,7 @@ def machine_facts():
     import gpuflat
 
     facts = {
+        "date": time.strftime("%Y-%m-%d", time.gmtime()),
         "cpus": os.cpu_count(),
         "numba_threads": numba.config.NUMBA_NUM_THREADS,
         "python": platform.python_version(),

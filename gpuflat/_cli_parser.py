@@ -147,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--plots",
         action="store_true",
-        help="PNG plots per group (levels, flat, scaled vs unscaled)",
+        help="PNG plots per group (frame levels, the flat, levels before/after scaling)",
     )
     run.add_argument("--report", metavar="FILE.json", help="write a JSON report")
     eng = run.add_argument_group("combination (defaults follow the astropy CCD guide)")
@@ -159,8 +159,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--clip", choices=("sigma", "ccdclip", "none"),
         help="rejection (default sigma; ccdclip: width from the CCD noise model, IRAF's)",
     )  # fmt: skip
-    eng.add_argument("--sigma-low", type=float, metavar="N")
-    eng.add_argument("--sigma-high", type=float, metavar="N")
+    eng.add_argument(
+        "--sigma-low", type=float, metavar="N",
+        help="clip values below centre - N x width (default 5)",
+    )  # fmt: skip
+    eng.add_argument(
+        "--sigma-high", type=float, metavar="N",
+        help="clip values above centre + N x width (default 5)",
+    )  # fmt: skip
     eng.add_argument(
         "--center", choices=("median", "mean"), help="clipping centre (default median)"
     )
@@ -195,11 +201,14 @@ def build_parser() -> argparse.ArgumentParser:
     eng.add_argument(
         "--mask", metavar="FITS", help="bad-pixel mask applied to every frame (nonzero = bad)"
     )
+    size = _flag(options.byte_size, "a size in bytes (350e6, 350MB, 2GiB)")
     eng.add_argument(
-        "--mem-limit", type=float, metavar="BYTES", help="working memory (default 350e6)"
-    )
+        "--mem-limit", type=size, metavar="BYTES",
+        help="working memory, e.g. 350e6, 350MB or 2GiB (default 350MB)",
+    )  # fmt: skip
     eng.add_argument(
-        "--device-mem-limit", type=number, metavar="BYTES",
+        "--device-mem-limit", type=_flag(options.byte_size_or_none, "a size in bytes or 'none'"),
+        metavar="BYTES",
         help="device memory a GPU combination may use; the stack stays on the GPU between "
         "the two passes when it fits (default: half the free device memory)",
     )  # fmt: skip
@@ -318,7 +327,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sim = sub.add_parser("simulate", help="write a realistic simulated night")
     sim.add_argument("outdir")
-    sim.add_argument("--size", default="512x768", metavar="ROWSxCOLS")
+    sim.add_argument(
+        "--size", default="512x768", metavar="ROWSxCOLS", help="frame size (default 512x768)"
+    )
     sim.add_argument(
         "--n-dome", type=int, default=5, metavar="N", help="dome flats per filter (g'', r'')"
     )
@@ -408,8 +419,10 @@ def _mask_parser(sub, common):
         help="mosaics: mask only these extensions, by EXTNAME (default: all)",
     )  # fmt: skip
     p.add_argument(
-        "--mem-limit", type=_flag(float, "a number of bytes"), metavar="BYTES",
-        help="working memory (default 350e6; the mask itself, a byte per pixel, is not counted)",
+        "--mem-limit", type=_flag(options.byte_size, "a size in bytes (350e6, 350MB, 2GiB)"),
+        metavar="BYTES",
+        help="working memory, e.g. 350e6, 350MB or 2GiB (default 350MB; the mask itself, a "
+        "byte per pixel, is not counted)",
     )  # fmt: skip
     p.add_argument("--overwrite", action="store_true", help="replace an existing mask")
     p.add_argument(

@@ -13,15 +13,16 @@ import numpy as np
 
 from ._atomic import commit
 
-__all__ = ["plot_flat", "plot_levels", "plot_mask", "plot_scaled_vs_unscaled"]
+__all__ = ["plot_flat", "plot_levels", "plot_mask", "plot_scaling"]
 
 #: Figure sizes in inches and resolution; the PNGs are exactly ``size * DPI`` pixels.
 DPI = 100
 LEVELS_SIZE = (8.0, 4.5)
 FLAT_SIZE = (7.0, 5.5)
-PAIR_SIZE = (13.0, 5.5)
+MASK_SIZE = (13.0, 5.5)  # gpuflat mask: the ratio and its histogram side by side
 
-_MAX_DISPLAY = 2048  # larger images are subsampled by a stride for display
+_MAX_DISPLAY = 800  # larger images are subsampled by a stride for display (the axes are
+# about 500 pixels wide: more only costs resampling)
 _BAD_COLOUR = "red"  # NaN / infinite pixels
 
 
@@ -121,8 +122,9 @@ def _show(fig, ax, arr, vmin, vmax, *, label):
     return im
 
 
-def plot_levels(path, names, medians, means, *, title) -> None:
-    """Plot the median and mean level of every frame against its index and write a PNG.
+def plot_levels(path, names, medians, means, *, title, left_out=None) -> None:
+    """Plot the median and mean level of every frame, in the order of the group, and write
+    a PNG; the frames QA left out are marked, with why.
 
     This is the guide's check of how the flat level changes through a sequence (lamp drift in
     dome flats, the darkening sky in twilight flats), the reason the frames must be scaled to a
@@ -139,6 +141,9 @@ def plot_levels(path, names, medians, means, *, title) -> None:
         of the plot.
     title : str
         Axes title.
+    left_out : dict, optional
+        ``{index: why}`` of the frames left out of the combination (drawn as red crosses,
+        the reasons listed under the axes).
 
     Raises
     ------
@@ -152,18 +157,26 @@ def plot_levels(path, names, medians, means, *, title) -> None:
         raise ValueError(
             f"names, medians and means differ in length: {len(names)}, {medians.size}, {means.size}"
         )
+    left_out = dict(left_out or {})
     fig = _new_figure(LEVELS_SIZE)
     ax = fig.add_subplot()
     index = np.arange(len(names))
     ax.plot(index, medians, "o", markersize=7, label="median")
     ax.plot(index, means, "s", markersize=7, fillstyle="none", label="mean")
-    ax.set_xlabel("Frame index")
-    ax.set_ylabel("Frame level (counts)")
+    if left_out:
+        out = np.array(sorted(left_out))
+        ax.plot(out, medians[out], "x", color="red", markersize=12, mew=2, label="left out")
+        why = "; ".join(f"{names[k]}: {left_out[k]}" for k in sorted(left_out))
+        fig.text(0.01, 0.005, f"left out: {why}"[:200], fontsize="x-small", color="red")
+    ax.set_ylabel("frame level (counts)")
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
     if 0 < len(names) <= 30:
+        ax.set_xlabel("frame (in the group's order)")
         ax.set_xticks(index)
         ax.set_xticklabels(names, rotation=60, ha="right", fontsize="small")
+    else:
+        ax.set_xlabel("frame number in the group (0 = first)")
     if len(names):
         ax.set_xlim(-0.5, len(names) - 0.5)
     ax.legend(loc="best")
@@ -179,7 +192,7 @@ def plot_flat(path, image, *, title) -> None:
         Output PNG file (``FLAT_SIZE * DPI`` pixels), replaced atomically.
     image : array_like
         2-D image. Non-finite pixels are drawn in red and ignored by the stretch; images
-        larger than 2048 pixels on a side are subsampled for display.
+        larger than 800 pixels on a side are subsampled (by a stride) for display.
     title : str
         Axes title; the median and robust scatter of the image are appended below it.
     """
@@ -197,51 +210,49 @@ def plot_flat(path, image, *, title) -> None:
     _save_atomic(fig, path)
 
 
-def plot_scaled_vs_unscaled(path, scaled, unscaled, *, title) -> None:
-    """Show flats combined with and without scaling side by side, and write a PNG.
+def plot_scaling(path, levels, scales, *, title) -> None:
+    """What scaling does to the frames' levels, before and after, on one axis; writes a PNG.
 
-    The guide's "bad combined flat": frames whose levels differ (the darkening twilight sky)
-    must be scaled to a common level before they are combined. Each panel is divided by its own
-    median and both are drawn with the same display range (the ZScale limits of the scaled
-    flat), so the difference in structure and noise is visible directly.
+    The guide scales every frame to a common level before combining, because the levels
+    drift (a lamp) or fall several-fold (the twilight sky), and clipping across frames at
+    different levels would act on the level differences, not on stars and cosmic rays.
+    Before: each frame's level over the group's median level; after: the same for the
+    level times the frame's scale factor (a flat line at 1 for ``--scale median``).
 
     Parameters
     ----------
     path : str or os.PathLike
-        Output PNG file (``PAIR_SIZE * DPI`` pixels), replaced atomically.
-    scaled, unscaled : array_like
-        2-D combined flats, made with and without scaling the inputs. Non-finite pixels are
-        drawn in red and ignored by the statistics.
+        Output PNG file (``LEVELS_SIZE * DPI`` pixels), replaced atomically.
+    levels, scales : sequence of float
+        Per-frame level (median) and scale factor of the frames combined, in order.
     title : str
-        Figure title.
+        Axes title.
     """
-    a = _as_image(scaled)
-    b = _as_image(unscaled)
-    panels = []
-    for arr in (a, b):
-        med, _ = _robust_stats(arr)
-        norm = arr / med if np.isfinite(med) and med != 0 else arr
-        panels.append((norm, _pixel_scatter(norm)))
-    vmin, vmax = _zscale_limits(panels[0][0])
-
-    fig = _new_figure(PAIR_SIZE)
-    fig.suptitle(title)
-    texts = (
-        "Scaled: every frame divided by its level first,\n"
-        "so clipping rejects only stars and cosmic rays",
-        "Unscaled: frames at different levels combined as they are,\n"
-        "so clipping acts on the level differences, not on stars and cosmic rays",
-    )
-    for i, ((norm, scatter), text) in enumerate(zip(panels, texts, strict=True)):
-        ax = fig.add_subplot(1, 2, i + 1)
-        _show(fig, ax, norm, vmin, vmax, label="value / median (same range both panels)")
-        ax.set_title(f"{text}\npixel-to-pixel scatter {scatter:.3g}", fontsize="medium")
+    levels = np.asarray(levels, dtype=np.float64).reshape(-1)
+    scales = np.asarray(scales, dtype=np.float64).reshape(-1)
+    if levels.size != scales.size:
+        raise ValueError(f"levels and scales differ in length: {levels.size}, {scales.size}")
+    fig = _new_figure(LEVELS_SIZE)
+    ax = fig.add_subplot()
+    index = np.arange(levels.size)
+    for values, marker, label in ((levels, "o-", "before scaling"),
+                                  (levels * scales, "s-", "after scaling")):  # fmt: skip
+        centre = np.nanmedian(values) if np.isfinite(values).any() else np.nan
+        spread = np.nanmax(values) / np.nanmin(values) if np.isfinite(values).any() else np.nan
+        ax.plot(index, values / centre, marker, markersize=6,
+                label=f"{label} (max/min {spread:.3g})")  # fmt: skip
+    ax.axhline(1.0, color="grey", lw=0.8)
+    ax.set_xlabel("frame number in the group (0 = first)")
+    ax.set_ylabel("frame level / the group's median level")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="best")
     _save_atomic(fig, path)
 
 
 def plot_mask(path, ratio, mask, *, lsigma, hsigma, title) -> None:
     """The ratio with its masked pixels marked, beside a histogram of the ratio with the
-    clipping bounds, and write a PNG (``PAIR_SIZE * DPI`` pixels, replaced atomically).
+    clipping bounds, and write a PNG (``MASK_SIZE * DPI`` pixels, replaced atomically).
 
     ccdmask's sigma is local (half the spread between the 30.9th and 69.1st percentiles of
     the median-subtracted ratio around each pixel); the histogram shows the bounds
@@ -256,7 +267,7 @@ def plot_mask(path, ratio, mask, *, lsigma, hsigma, title) -> None:
     sigma = (hi_p - lo_p) / 2.0
     low, high = med - lsigma * sigma, med + hsigma * sigma
 
-    fig = _new_figure(PAIR_SIZE)
+    fig = _new_figure(MASK_SIZE)
     fig.suptitle(f"{title}: {int(bad.sum())} of {bad.size} pixels masked "
                  f"({100.0 * bad.mean():.3g}%)")  # fmt: skip
     ax = fig.add_subplot(1, 2, 1)

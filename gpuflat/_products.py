@@ -46,7 +46,7 @@ def product_header(header, *, names, scales, params: dict, backend: str, version
     for key, value in params.items():
         if isinstance(value, (list, tuple)):
             value = ",".join(f"{v:g}" for v in value)
-        out[f"HIERARCH GPUFLAT {key.upper()}"] = "None" if value is None else value
+        out[f"HIERARCH GPUFLAT {key.upper()}"] = value  # None: a card with no value
     return out
 
 

@@ -130,7 +130,8 @@ def _header(plan: _Plan, date_obs: _dt.datetime, seed: int) -> fits.Header:
     if plan.obj is not None:
         hdr["OBJECT"] = (plan.obj, "target")
     hdr["GAIN"] = (GAIN, "[e-/adu] detector gain")
-    hdr["RDNOISE"] = (READ_NOISE, "[adu] read noise")
+    # in electrons, as --rdnoise and IRAF's rdnoise take it
+    hdr["RDNOISE"] = (READ_NOISE * GAIN, "[e-] read noise")
     hdr["SIMSEED"] = (seed, "gpuflat simulation seed")
     return hdr
 
@@ -253,7 +254,9 @@ def simulate_night(
     if not overwrite:
         for path in paths:
             if os.path.lexists(path):
-                raise FileExistsError(f"{path}: already exists (pass overwrite=True to replace)")
+                raise FileExistsError(
+                    f"{path}: already exists (--overwrite, or overwrite=True, replaces it)"
+                )
     outdir.mkdir(parents=True, exist_ok=True)
 
     dets = (
@@ -305,13 +308,14 @@ def simulate_night(
         if raw and not mef:
             _add_sections(header, ny, nx)
         if mef:
-            del header["GAIN"]
+            del header["GAIN"], header["RDNOISE"]  # per detector
             exts = []
             for k, (data, gain) in enumerate(zip(images, gains, strict=True), start=1):
                 ext_header = fits.Header()
                 if raw:
                     _add_sections(ext_header, ny, nx)
                 ext_header["GAIN"] = (gain, "[e-/adu] gain of this detector")
+                ext_header["RDNOISE"] = (READ_NOISE * gain, "[e-] read noise of this detector")
                 ext_header["BUNIT"] = ("adu", "physical unit of the data")
                 exts.append((f"CCD{k}", data, ext_header))
             _write_atomic(path, exts, header)

@@ -84,10 +84,8 @@ def _command(args, argv, caught) -> int:
                 return _run(opts, ["gpuflat", *argv])
             return _inspect(opts, getattr(args, "all", False))
         _setup_logging(args.verbose, args.quiet)
-        if command == "mask":
-            return farm.mask.main(args)
-        if command == "warmup":
-            return _warmup(args.quiet)
+        if command in ("warmup", "mask"):  # gpuflat mask: the batch job in farm/mask.py
+            return _warmup(args.quiet) if command == "warmup" else farm.mask.main(args)
         return _info() if command == "info" else _simulate(args)
     except OptionError as exc:
         print(f"gpuflat {command}: error: {exc}", file=sys.stderr)
@@ -262,6 +260,8 @@ class _Printer:
 
 def _run(opts, command) -> int:
     outcome = farm.run(opts, _Printer(opts.quiet), command=command)
+    if not opts.quiet:
+        print(outcome.summary())
     if outcome.refused and not outcome.masters:
         log.error("no master written: every group was refused")
         return 1

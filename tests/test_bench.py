@@ -67,3 +67,15 @@ def test_kernel_bench_runs():
     argv = [sys.executable, str(script), "--frames", "5", "--size", "64", "--repeat", "1"]
     run = subprocess.run(argv, capture_output=True, text=True, check=True)
     assert "M samples/s" in run.stdout and "np.median" in run.stdout
+
+
+def test_the_pages_quote_the_published_bench():
+    """The README's and docs/benchmarks.md's bench tables are the ones bench/publish.py makes
+    from the committed snapshot (figures come from bench's JSON, never by hand)."""
+    sys.path.insert(0, str(BENCH.parent))
+    import publish
+
+    snap = json.loads(publish.SNAPSHOT.read_text())
+    for page in publish.PAGES:
+        assert publish.block_of(page.read_text()) == publish.table(snap), page.name
+    assert publish.PLOT.is_file()

@@ -132,8 +132,10 @@ def test_plots_and_report(night, tmp_path):
     group = data["groups"][0]
     assert group["status"] == "written" and len(group["frames"]) == len(group["files"])
     assert 0 <= group["rejected_fraction"] < 0.1
+    assert set(group["plots"]) == {"levels", "flat", "scaling"}
     for path in group["plots"].values():
         assert Path(path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert all(g["timings"]["plots"] > 0 for g in data["groups"])
 
 
 def test_truncated_file_fails_its_group_only(night, tmp_path, capsys):

@@ -57,7 +57,8 @@ quiet = true
     assert h["HIERARCH GPUFLAT SIGMA_LOW"] == 3.0  # from the file
     assert h["HIERARCH GPUFLAT SIGMA_HIGH"] == 5.0  # the flag overrides the file
     assert h["HIERARCH GPUFLAT METHOD"] == "average"  # the flag, although it is the default
-    assert h["HIERARCH GPUFLAT MAXITERS"] == "None"
+    assert h["HIERARCH GPUFLAT MAXITERS"] is None  # no value, not the text "None"
+    assert "None" not in repr(h)
     assert h["HIERARCH GPUFLAT CONFIG"] == cfg
     report = json.loads((tmp_path / "report.json").read_text())  # relative to the file
     assert report["config_file"] == cfg
@@ -91,7 +92,8 @@ quiet = true
         ('config = "other.toml"', "'config' cannot be set in the file"),
         ("sigma_low = 3\nsigma-low = 4", "'sigma-low' and 'sigma_low' are the same option"),
         ("method = ", "not valid TOML"),
-        ('device-mem-limit = "lots"', "device-mem-limit: expected a number or 'none'"),
+        ('device-mem-limit = "lots"', "device-mem-limit: expected a size in bytes"),
+        ('mem-limit = "10 parsecs"', "mem-limit: expected a size in bytes"),
     ],
 )
 def test_config_errors_are_one_line(night, tmp_path, capsys, text, words):
@@ -152,6 +154,23 @@ def test_device_mem_limit_option(tmp_path):
     assert build_options({}).combine.device_mem_limit is None
     none = _toml(tmp_path / "none.toml", 'device-mem-limit = "none"\n')
     assert build_options({}, none).combine.device_mem_limit is None
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [("350e6", 350e6), ("350MB", 350e6), ("2GiB", 2 * 2**30), ("1.5 gb", 1.5e9),
+     ("512M", 512e6), ("64kib", 65536.0), ("1000", 1000.0)],
+)  # fmt: skip
+def test_memory_limits_take_units(tmp_path, text, expected):
+    """--mem-limit and --device-mem-limit: bytes as a number or with a unit, from the
+    command line and from a TOML file alike."""
+    from gpuflat._cli_parser import build_parser
+    from gpuflat.farm.options import build_options
+
+    args = build_parser().parse_args(["run", "x", "--mem-limit", text, "--device-mem-limit", text])
+    assert (args.mem_limit, args.device_mem_limit) == (expected, expected)
+    cfg = _toml(tmp_path / "farm.toml", f'mem-limit = "{text}"\n')
+    assert build_options({}, cfg).mem_limit == expected
 
 
 def test_a_relative_mask_in_the_config_file_is_relative_to_the_file(tmp_path, monkeypatch):

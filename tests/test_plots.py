@@ -88,12 +88,30 @@ def test_plot_flat_rejects_non_2d(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_plot_scaled_vs_unscaled(tmp_path, flat_image):
-    path = tmp_path / "pair.png"
-    unscaled = 20000 * flat_image
-    unscaled[30:33, 100:103] += 5000  # a star that leaked through
-    _plots.plot_scaled_vs_unscaled(path, flat_image, unscaled, title="Scaling matters")
-    _check_png(path, _plots.PAIR_SIZE)
+def test_plot_scaling(tmp_path):
+    levels = 40000 * (6000 / 40000) ** np.linspace(0, 1, 7)
+    path = tmp_path / "scaling.png"
+    _plots.plot_scaling(path, levels, 1 / levels, title="Scaling matters")
+    _check_png(path, _plots.LEVELS_SIZE)
+    with pytest.raises(ValueError, match="differ in length"):
+        _plots.plot_scaling(tmp_path / "x.png", levels, levels[:3], title="t")
+
+
+def test_plot_levels_marks_the_frames_left_out(tmp_path):
+    """The frames QA left out are drawn (red crosses) and their reasons written: the same
+    plot without them differs, in red pixels."""
+    names = [f"f{i}.fits" for i in range(6)]
+    medians = np.array([1000.0, 1010, 990, 65535, 1005, 995])
+    plain, marked = tmp_path / "plain.png", tmp_path / "marked.png"
+    _plots.plot_levels(plain, names, medians, medians, title="t")
+    _plots.plot_levels(marked, names, medians, medians, title="t",
+                       left_out={3: "saturated: median level 65535 >= 62258.2"})  # fmt: skip
+
+    def red(path):
+        px = mpimg.imread(path)[..., :3]
+        return int(((px[..., 0] > 0.8) & (px[..., 1] < 0.3) & (px[..., 2] < 0.3)).sum())
+
+    assert red(plain) == 0 and red(marked) > 100
 
 
 def test_plot_overwrites_existing_file(tmp_path, flat_image):
@@ -118,8 +136,8 @@ def test_pyplot_not_used(tmp_path):
         f"_plots.plot_flat({str(tmp_path / 'f.png')!r}, np.ones((40, 50)), title='t'); "
         f"_plots.plot_levels({str(tmp_path / 'l.png')!r}, ['a', 'b'], [1.0, 2.0], [1.0, 2.0], "
         "title='t'); "
-        f"_plots.plot_scaled_vs_unscaled({str(tmp_path / 's.png')!r}, np.ones((40, 50)), "
-        "np.ones((40, 50)), title='t'); "
+        f"_plots.plot_scaling({str(tmp_path / 's.png')!r}, [1.0, 2.0], [1.0, 0.5], "
+        "title='t'); "
         "assert 'matplotlib.pyplot' not in sys.modules, 'pyplot was imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

@@ -105,8 +105,10 @@ def test_a_group_key_no_flat_has_is_a_usage_error_naming_the_keys_alike(tmp_path
     assert code == 0, err
     report = _report(tmp_path / "r.json")
     assert _statuses(report) == {"B": "written", "V": "written"}
-    printed = [line.split()[0] for line in out_text.splitlines()]  # the products written
+    *products, summary = out_text.splitlines()
+    printed = [line.split()[0] for line in products]  # the products written
     assert printed == [e["product"] for e in report["groups"]]
+    assert summary.startswith("2 master(s) written, 0 skipped (exist), 0 refused, 0 failed, in")
     for filt in ("B", "V"):
         frames = [fits.getdata(night / f"f-{filt}-{i}.fits") for i in range(3)]
         data = fits.getdata(out / f"combined_flat_filter_{filt}.fits")
@@ -519,3 +521,14 @@ def test_saturation_limits_from_headers():
     assert limit(BITPIX=16, BZERO=32768, SATURATE=1e6)[0] == pytest.approx(0.95 * 65535)
     with_gain = saturation_limit(fits.Header([("BITPIX", -32), ("SATURATE", 1000)]), gain=2.0)
     assert with_gain[0] == 2000 and "gain 2" in with_gain[1]
+
+
+def test_an_output_named_like_a_file_is_refused_with_a_hint(tmp_path, rng, capsys):
+    """-o master.fits: -o is a folder (one master per group); nothing is made."""
+    for i, a in enumerate(_flats(rng, 3)):
+        _write(tmp_path / f"f-{i}.fits", a, IMAGETYP="FLAT", FILTER="V")
+    out = tmp_path / "master.fits"
+    code, _, err = _run(capsys, tmp_path, "-o", out)
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"--outdir {out}" in err and "folder" in err and "-o masters/" in err
+    assert not out.exists()

@@ -194,7 +194,7 @@ def test_refuses_to_clobber(tmp_path):
         p.unlink()
     with pytest.raises(FileExistsError, match=victim.name) as info:
         simulate_night(tmp_path, shape=(32, 48), n_dome=1, n_twilight=1)
-    assert "\n" not in str(info.value)
+    assert "\n" not in str(info.value) and "--overwrite" in str(info.value)
     # Nothing was written before the refusal.
     assert sorted(tmp_path.iterdir()) == [victim]
     assert victim.stat().st_mtime_ns == before[victim]
@@ -268,3 +268,16 @@ def test_combined_twilight_flat_recovers_truth(night):
     assert np.percentile(np.abs(ratio - 1), 99.5) < 0.03
     # The structure of the truth, not a flat field of ones, is what was recovered.
     assert np.std(truth[good]) > 3 * np.std(ratio)
+
+
+def test_rdnoise_is_in_electrons_as_rdnoise_takes_it(tmp_path):
+    """RDNOISE (e-) / GAIN (e-/ADU) is the scatter of the raw overscan, in ADU (a bias level
+    per row: differences of neighbouring columns, which have twice its variance)."""
+    paths = simulate_night(tmp_path, shape=(256, 128), n_dome=1, n_twilight=0, raw=True)
+    with fits.open(paths[0]) as hdul:
+        header, data = hdul[0].header, hdul[0].data.astype(np.float64)
+    x0 = int(header["BIASSEC"].strip("[]").split(",")[0].split(":")[0]) - 1
+    overscan = data[:, x0:]
+    measured = np.std(np.diff(overscan, axis=1)) / np.sqrt(2)  # ADU
+    assert abs(measured * header["GAIN"] / header["RDNOISE"] - 1) < 0.05
+    assert "e-" in header.comments["RDNOISE"]

@@ -21,6 +21,7 @@ from ._numba_fast import (
     scratch_size,
     size_class,
 )
+from ._numba_ops import hi, lo
 from ._params import KernelParams, noise_table
 
 # the digest of _numba_fast.py, _numba_median.py, _numba_merges.py and _numba_ops.py (see
@@ -34,7 +35,7 @@ _INF = np.inf
 _NAN = np.nan
 
 
-@nb.njit(cache=True, nogil=True, inline="always")
+@nb.njit(cache=True, nogil=True)
 def _sort(s, k):
     """Sort ``s[:k]`` in place: a fixed sorting network for the common small stacks would
     be faster, but insertion sort is short, exact and fast for the tens of frames a flat
@@ -48,13 +49,13 @@ def _sort(s, k):
         s[j + 1] = x
 
 
-@nb.njit(cache=True, nogil=True, inline="always")
+@nb.njit(cache=True, nogil=True)
 def _median(s, a, b):
     k = b - a
     return (s[a + (k - 1) // 2] + s[a + k // 2]) * 0.5
 
 
-@nb.njit(cache=True, nogil=True, inline="always")
+@nb.njit(cache=True, nogil=True)
 def _mad(s, a, b, med):
     """Median of |s[q] - med| over the sorted range [a, b): merge outward from ``med``."""
     k = b - a
@@ -79,7 +80,7 @@ def _mad(s, a, b, med):
     return (d1 + d2) * 0.5
 
 
-@nb.njit(cache=True, nogil=True, inline="always")
+@nb.njit(cache=True, nogil=True)
 def _member_mean_sd(v, inwin, n, vlo, vhi, k):
     """Mean and population standard deviation of the members (frame order sums)."""
     s = 0.0
@@ -95,7 +96,7 @@ def _member_mean_sd(v, inwin, n, vlo, vhi, k):
     return mean, np.sqrt(ss / k)
 
 
-@nb.njit(cache=True, nogil=True, inline="always")
+@nb.njit(cache=True, nogil=True)
 def _noise_bounds(c, i, scale, clip_scaled, noise, n, sigma_low, sigma_high):
     """ccdclip: frame i's bounds about the centre ``c`` from the noise model, and its
     width (contract step 5, ccdclip)."""
@@ -417,8 +418,8 @@ def _networks(n):
 
 
 @nb.njit(cache=True, nogil=True)
-def _apply_network(tl, t, net):
-    """Comparators ``net[:, c]`` on every lane of tile ``t``: min to the lower position.
+def _apply_network(s, net):
+    """Comparators ``net[:, c]`` on every lane of tile ``s``: min to the lower position.
 
     ``np.minimum``/``np.maximum`` of two non-NaN values is one of them, so the result is
     a permutation of the inputs (lanes with NaN take the per-pixel path)."""
@@ -426,209 +427,203 @@ def _apply_network(tl, t, net):
         i = net[0, c]
         j = net[1, c]
         for lane in range(_L):
-            x0 = tl[t, i, lane]
-            x1 = tl[t, j, lane]
-            tl[t, i, lane] = np.minimum(x0, x1)
-            tl[t, j, lane] = np.maximum(x0, x1)
-
-
-@nb.njit(cache=True, nogil=True, inline="always")
-def _cx(a, b):
-    """Compare-exchange of two non-NaN values: (min, max), each one of the inputs."""
-    return (a if a < b else b), (b if a < b else a)
+            x0 = s[i, lane]
+            x1 = s[j, lane]
+            s[i, lane] = np.minimum(x0, x1)
+            s[j, lane] = np.maximum(x0, x1)
 
 
 @nb.njit(cache=True, nogil=True)
-def _sort16(tl, t):
-    """Sort rows 0-15 of tile ``t`` on every lane (Batcher, 63 comparators)."""
+def _sort16(s):
+    """Sort rows 0-15 of tile ``s`` on every lane (Batcher, 63 comparators)."""
     for lane in range(_L):
         x0, x1, x2, x3, x4, x5, x6, x7, x8, x9, x10, x11, x12, x13, x14, x15 = (
-            tl[t, 0, lane],
-            tl[t, 1, lane],
-            tl[t, 2, lane],
-            tl[t, 3, lane],
-            tl[t, 4, lane],
-            tl[t, 5, lane],
-            tl[t, 6, lane],
-            tl[t, 7, lane],
-            tl[t, 8, lane],
-            tl[t, 9, lane],
-            tl[t, 10, lane],
-            tl[t, 11, lane],
-            tl[t, 12, lane],
-            tl[t, 13, lane],
-            tl[t, 14, lane],
-            tl[t, 15, lane],
+            s[0, lane],
+            s[1, lane],
+            s[2, lane],
+            s[3, lane],
+            s[4, lane],
+            s[5, lane],
+            s[6, lane],
+            s[7, lane],
+            s[8, lane],
+            s[9, lane],
+            s[10, lane],
+            s[11, lane],
+            s[12, lane],
+            s[13, lane],
+            s[14, lane],
+            s[15, lane],
         )
-        x0, x1 = _cx(x0, x1)
-        x2, x3 = _cx(x2, x3)
-        x4, x5 = _cx(x4, x5)
-        x6, x7 = _cx(x6, x7)
-        x8, x9 = _cx(x8, x9)
-        x10, x11 = _cx(x10, x11)
-        x12, x13 = _cx(x12, x13)
-        x14, x15 = _cx(x14, x15)
-        x0, x2 = _cx(x0, x2)
-        x1, x3 = _cx(x1, x3)
-        x4, x6 = _cx(x4, x6)
-        x5, x7 = _cx(x5, x7)
-        x8, x10 = _cx(x8, x10)
-        x9, x11 = _cx(x9, x11)
-        x12, x14 = _cx(x12, x14)
-        x13, x15 = _cx(x13, x15)
-        x1, x2 = _cx(x1, x2)
-        x5, x6 = _cx(x5, x6)
-        x9, x10 = _cx(x9, x10)
-        x13, x14 = _cx(x13, x14)
-        x0, x4 = _cx(x0, x4)
-        x1, x5 = _cx(x1, x5)
-        x2, x6 = _cx(x2, x6)
-        x3, x7 = _cx(x3, x7)
-        x8, x12 = _cx(x8, x12)
-        x9, x13 = _cx(x9, x13)
-        x10, x14 = _cx(x10, x14)
-        x11, x15 = _cx(x11, x15)
-        x2, x4 = _cx(x2, x4)
-        x3, x5 = _cx(x3, x5)
-        x10, x12 = _cx(x10, x12)
-        x11, x13 = _cx(x11, x13)
-        x1, x2 = _cx(x1, x2)
-        x3, x4 = _cx(x3, x4)
-        x5, x6 = _cx(x5, x6)
-        x9, x10 = _cx(x9, x10)
-        x11, x12 = _cx(x11, x12)
-        x13, x14 = _cx(x13, x14)
-        x0, x8 = _cx(x0, x8)
-        x1, x9 = _cx(x1, x9)
-        x2, x10 = _cx(x2, x10)
-        x3, x11 = _cx(x3, x11)
-        x4, x12 = _cx(x4, x12)
-        x5, x13 = _cx(x5, x13)
-        x6, x14 = _cx(x6, x14)
-        x7, x15 = _cx(x7, x15)
-        x4, x8 = _cx(x4, x8)
-        x5, x9 = _cx(x5, x9)
-        x6, x10 = _cx(x6, x10)
-        x7, x11 = _cx(x7, x11)
-        x2, x4 = _cx(x2, x4)
-        x3, x5 = _cx(x3, x5)
-        x6, x8 = _cx(x6, x8)
-        x7, x9 = _cx(x7, x9)
-        x10, x12 = _cx(x10, x12)
-        x11, x13 = _cx(x11, x13)
-        x1, x2 = _cx(x1, x2)
-        x3, x4 = _cx(x3, x4)
-        x5, x6 = _cx(x5, x6)
-        x7, x8 = _cx(x7, x8)
-        x9, x10 = _cx(x9, x10)
-        x11, x12 = _cx(x11, x12)
-        x13, x14 = _cx(x13, x14)
-        tl[t, 0, lane] = x0
-        tl[t, 1, lane] = x1
-        tl[t, 2, lane] = x2
-        tl[t, 3, lane] = x3
-        tl[t, 4, lane] = x4
-        tl[t, 5, lane] = x5
-        tl[t, 6, lane] = x6
-        tl[t, 7, lane] = x7
-        tl[t, 8, lane] = x8
-        tl[t, 9, lane] = x9
-        tl[t, 10, lane] = x10
-        tl[t, 11, lane] = x11
-        tl[t, 12, lane] = x12
-        tl[t, 13, lane] = x13
-        tl[t, 14, lane] = x14
-        tl[t, 15, lane] = x15
+        x0, x1 = lo(x0, x1), hi(x0, x1)
+        x2, x3 = lo(x2, x3), hi(x2, x3)
+        x4, x5 = lo(x4, x5), hi(x4, x5)
+        x6, x7 = lo(x6, x7), hi(x6, x7)
+        x8, x9 = lo(x8, x9), hi(x8, x9)
+        x10, x11 = lo(x10, x11), hi(x10, x11)
+        x12, x13 = lo(x12, x13), hi(x12, x13)
+        x14, x15 = lo(x14, x15), hi(x14, x15)
+        x0, x2 = lo(x0, x2), hi(x0, x2)
+        x1, x3 = lo(x1, x3), hi(x1, x3)
+        x4, x6 = lo(x4, x6), hi(x4, x6)
+        x5, x7 = lo(x5, x7), hi(x5, x7)
+        x8, x10 = lo(x8, x10), hi(x8, x10)
+        x9, x11 = lo(x9, x11), hi(x9, x11)
+        x12, x14 = lo(x12, x14), hi(x12, x14)
+        x13, x15 = lo(x13, x15), hi(x13, x15)
+        x1, x2 = lo(x1, x2), hi(x1, x2)
+        x5, x6 = lo(x5, x6), hi(x5, x6)
+        x9, x10 = lo(x9, x10), hi(x9, x10)
+        x13, x14 = lo(x13, x14), hi(x13, x14)
+        x0, x4 = lo(x0, x4), hi(x0, x4)
+        x1, x5 = lo(x1, x5), hi(x1, x5)
+        x2, x6 = lo(x2, x6), hi(x2, x6)
+        x3, x7 = lo(x3, x7), hi(x3, x7)
+        x8, x12 = lo(x8, x12), hi(x8, x12)
+        x9, x13 = lo(x9, x13), hi(x9, x13)
+        x10, x14 = lo(x10, x14), hi(x10, x14)
+        x11, x15 = lo(x11, x15), hi(x11, x15)
+        x2, x4 = lo(x2, x4), hi(x2, x4)
+        x3, x5 = lo(x3, x5), hi(x3, x5)
+        x10, x12 = lo(x10, x12), hi(x10, x12)
+        x11, x13 = lo(x11, x13), hi(x11, x13)
+        x1, x2 = lo(x1, x2), hi(x1, x2)
+        x3, x4 = lo(x3, x4), hi(x3, x4)
+        x5, x6 = lo(x5, x6), hi(x5, x6)
+        x9, x10 = lo(x9, x10), hi(x9, x10)
+        x11, x12 = lo(x11, x12), hi(x11, x12)
+        x13, x14 = lo(x13, x14), hi(x13, x14)
+        x0, x8 = lo(x0, x8), hi(x0, x8)
+        x1, x9 = lo(x1, x9), hi(x1, x9)
+        x2, x10 = lo(x2, x10), hi(x2, x10)
+        x3, x11 = lo(x3, x11), hi(x3, x11)
+        x4, x12 = lo(x4, x12), hi(x4, x12)
+        x5, x13 = lo(x5, x13), hi(x5, x13)
+        x6, x14 = lo(x6, x14), hi(x6, x14)
+        x7, x15 = lo(x7, x15), hi(x7, x15)
+        x4, x8 = lo(x4, x8), hi(x4, x8)
+        x5, x9 = lo(x5, x9), hi(x5, x9)
+        x6, x10 = lo(x6, x10), hi(x6, x10)
+        x7, x11 = lo(x7, x11), hi(x7, x11)
+        x2, x4 = lo(x2, x4), hi(x2, x4)
+        x3, x5 = lo(x3, x5), hi(x3, x5)
+        x6, x8 = lo(x6, x8), hi(x6, x8)
+        x7, x9 = lo(x7, x9), hi(x7, x9)
+        x10, x12 = lo(x10, x12), hi(x10, x12)
+        x11, x13 = lo(x11, x13), hi(x11, x13)
+        x1, x2 = lo(x1, x2), hi(x1, x2)
+        x3, x4 = lo(x3, x4), hi(x3, x4)
+        x5, x6 = lo(x5, x6), hi(x5, x6)
+        x7, x8 = lo(x7, x8), hi(x7, x8)
+        x9, x10 = lo(x9, x10), hi(x9, x10)
+        x11, x12 = lo(x11, x12), hi(x11, x12)
+        x13, x14 = lo(x13, x14), hi(x13, x14)
+        s[0, lane] = x0
+        s[1, lane] = x1
+        s[2, lane] = x2
+        s[3, lane] = x3
+        s[4, lane] = x4
+        s[5, lane] = x5
+        s[6, lane] = x6
+        s[7, lane] = x7
+        s[8, lane] = x8
+        s[9, lane] = x9
+        s[10, lane] = x10
+        s[11, lane] = x11
+        s[12, lane] = x12
+        s[13, lane] = x13
+        s[14, lane] = x14
+        s[15, lane] = x15
 
 
 @nb.njit(cache=True, nogil=True)
-def _merge16(tl, t):
-    """Bitonic merger on rows 0-15 of tile ``t`` on every lane (32 comparators)."""
+def _merge16(s):
+    """Bitonic merger on rows 0-15 of tile ``s`` on every lane (32 comparators)."""
     for lane in range(_L):
         x0, x1, x2, x3, x4, x5, x6, x7, x8, x9, x10, x11, x12, x13, x14, x15 = (
-            tl[t, 0, lane],
-            tl[t, 1, lane],
-            tl[t, 2, lane],
-            tl[t, 3, lane],
-            tl[t, 4, lane],
-            tl[t, 5, lane],
-            tl[t, 6, lane],
-            tl[t, 7, lane],
-            tl[t, 8, lane],
-            tl[t, 9, lane],
-            tl[t, 10, lane],
-            tl[t, 11, lane],
-            tl[t, 12, lane],
-            tl[t, 13, lane],
-            tl[t, 14, lane],
-            tl[t, 15, lane],
+            s[0, lane],
+            s[1, lane],
+            s[2, lane],
+            s[3, lane],
+            s[4, lane],
+            s[5, lane],
+            s[6, lane],
+            s[7, lane],
+            s[8, lane],
+            s[9, lane],
+            s[10, lane],
+            s[11, lane],
+            s[12, lane],
+            s[13, lane],
+            s[14, lane],
+            s[15, lane],
         )
-        x0, x8 = _cx(x0, x8)
-        x1, x9 = _cx(x1, x9)
-        x2, x10 = _cx(x2, x10)
-        x3, x11 = _cx(x3, x11)
-        x4, x12 = _cx(x4, x12)
-        x5, x13 = _cx(x5, x13)
-        x6, x14 = _cx(x6, x14)
-        x7, x15 = _cx(x7, x15)
-        x0, x4 = _cx(x0, x4)
-        x1, x5 = _cx(x1, x5)
-        x2, x6 = _cx(x2, x6)
-        x3, x7 = _cx(x3, x7)
-        x8, x12 = _cx(x8, x12)
-        x9, x13 = _cx(x9, x13)
-        x10, x14 = _cx(x10, x14)
-        x11, x15 = _cx(x11, x15)
-        x0, x2 = _cx(x0, x2)
-        x1, x3 = _cx(x1, x3)
-        x4, x6 = _cx(x4, x6)
-        x5, x7 = _cx(x5, x7)
-        x8, x10 = _cx(x8, x10)
-        x9, x11 = _cx(x9, x11)
-        x12, x14 = _cx(x12, x14)
-        x13, x15 = _cx(x13, x15)
-        x0, x1 = _cx(x0, x1)
-        x2, x3 = _cx(x2, x3)
-        x4, x5 = _cx(x4, x5)
-        x6, x7 = _cx(x6, x7)
-        x8, x9 = _cx(x8, x9)
-        x10, x11 = _cx(x10, x11)
-        x12, x13 = _cx(x12, x13)
-        x14, x15 = _cx(x14, x15)
-        tl[t, 0, lane] = x0
-        tl[t, 1, lane] = x1
-        tl[t, 2, lane] = x2
-        tl[t, 3, lane] = x3
-        tl[t, 4, lane] = x4
-        tl[t, 5, lane] = x5
-        tl[t, 6, lane] = x6
-        tl[t, 7, lane] = x7
-        tl[t, 8, lane] = x8
-        tl[t, 9, lane] = x9
-        tl[t, 10, lane] = x10
-        tl[t, 11, lane] = x11
-        tl[t, 12, lane] = x12
-        tl[t, 13, lane] = x13
-        tl[t, 14, lane] = x14
-        tl[t, 15, lane] = x15
+        x0, x8 = lo(x0, x8), hi(x0, x8)
+        x1, x9 = lo(x1, x9), hi(x1, x9)
+        x2, x10 = lo(x2, x10), hi(x2, x10)
+        x3, x11 = lo(x3, x11), hi(x3, x11)
+        x4, x12 = lo(x4, x12), hi(x4, x12)
+        x5, x13 = lo(x5, x13), hi(x5, x13)
+        x6, x14 = lo(x6, x14), hi(x6, x14)
+        x7, x15 = lo(x7, x15), hi(x7, x15)
+        x0, x4 = lo(x0, x4), hi(x0, x4)
+        x1, x5 = lo(x1, x5), hi(x1, x5)
+        x2, x6 = lo(x2, x6), hi(x2, x6)
+        x3, x7 = lo(x3, x7), hi(x3, x7)
+        x8, x12 = lo(x8, x12), hi(x8, x12)
+        x9, x13 = lo(x9, x13), hi(x9, x13)
+        x10, x14 = lo(x10, x14), hi(x10, x14)
+        x11, x15 = lo(x11, x15), hi(x11, x15)
+        x0, x2 = lo(x0, x2), hi(x0, x2)
+        x1, x3 = lo(x1, x3), hi(x1, x3)
+        x4, x6 = lo(x4, x6), hi(x4, x6)
+        x5, x7 = lo(x5, x7), hi(x5, x7)
+        x8, x10 = lo(x8, x10), hi(x8, x10)
+        x9, x11 = lo(x9, x11), hi(x9, x11)
+        x12, x14 = lo(x12, x14), hi(x12, x14)
+        x13, x15 = lo(x13, x15), hi(x13, x15)
+        x0, x1 = lo(x0, x1), hi(x0, x1)
+        x2, x3 = lo(x2, x3), hi(x2, x3)
+        x4, x5 = lo(x4, x5), hi(x4, x5)
+        x6, x7 = lo(x6, x7), hi(x6, x7)
+        x8, x9 = lo(x8, x9), hi(x8, x9)
+        x10, x11 = lo(x10, x11), hi(x10, x11)
+        x12, x13 = lo(x12, x13), hi(x12, x13)
+        x14, x15 = lo(x14, x15), hi(x14, x15)
+        s[0, lane] = x0
+        s[1, lane] = x1
+        s[2, lane] = x2
+        s[3, lane] = x3
+        s[4, lane] = x4
+        s[5, lane] = x5
+        s[6, lane] = x6
+        s[7, lane] = x7
+        s[8, lane] = x8
+        s[9, lane] = x9
+        s[10, lane] = x10
+        s[11, lane] = x11
+        s[12, lane] = x12
+        s[13, lane] = x13
+        s[14, lane] = x14
+        s[15, lane] = x15
 
 
 @nb.njit(cache=True, nogil=True)
-def _sort_tile(tl, t, net):
-    """Sort tile ``t`` (rows: frames) on every lane."""
-    if tl.shape[1] == 16:
-        _sort16(tl, t)
+def _sort_tile(s, net):
+    """Sort tile ``s`` (rows: frames) on every lane."""
+    if s.shape[0] == 16:
+        _sort16(s)
     else:
-        _apply_network(tl, t, net)
+        _apply_network(s, net)
 
 
 @nb.njit(cache=True, nogil=True)
-def _merge_tile(tl, t, net):
-    """Bitonic merger on tile ``t`` on every lane."""
-    if tl.shape[1] == 16:
-        _merge16(tl, t)
+def _merge_tile(s, net):
+    """Bitonic merger on tile ``s`` on every lane."""
+    if s.shape[0] == 16:
+        _merge16(s)
     else:
-        _apply_network(tl, t, net)
+        _apply_network(s, net)
 
 
 @nb.njit(cache=True, nogil=True, inline="always")
@@ -730,17 +725,18 @@ def _medians(tl, t, il, a_row, b_row, fl, out_row):
 
 
 @nb.njit(cache=True, nogil=True, error_model="numpy")
-def _range_mad(tl, src, il, a_row, b_row, fl, mrg):
-    """``fl[_MAD]`` = median of ``|tile_src[q] - fl[_MED]|`` over the sorted range [a, b),
-    per lane: deviations (+inf outside the range) into _TD, bitonic merger."""
+def _range_mad(tl, src, a, b, fl, mrg):
+    """``fl[_MAD]`` = median of ``|src[q] - fl[_MED]|`` over the sorted range [a, b) of
+    tile ``src``, per lane (``a``, ``b``: rows of ``il``): deviations (+inf outside the
+    range) into _TD, bitonic merger."""
     for q in range(tl.shape[1]):
         for lane in range(_L):
-            inr = (il[a_row, lane] <= q) & (q < il[b_row, lane])
-            dv = abs(tl[src, q, lane] - fl[_MED, lane])
+            inr = (a[lane] <= q) & (q < b[lane])
+            dv = abs(src[q, lane] - fl[_MED, lane])
             tl[_TD, q, lane] = dv if inr else _INF
-    _merge_tile(tl, _TD, mrg)
+    _merge_tile(tl[_TD], mrg)
     for lane in range(_L):
-        k = max(il[b_row, lane] - il[a_row, lane], 1)
+        k = max(b[lane] - a[lane], 1)
         fl[_MAD, lane] = (tl[_TD, (k - 1) >> 1, lane] + tl[_TD, k >> 1, lane]) * 0.5
 
 
@@ -825,7 +821,7 @@ def _sigma_clip(tl, il, fl, n, w0, prm, mrg):
         it += 1
         _medians(tl, _TS, il, _A, _B, fl, _MED)
         if dev == 0:
-            _range_mad(tl, _TS, il, _A, _B, fl, mrg)
+            _range_mad(tl, tl[_TS], il[_A], il[_B], fl, mrg)
         if center == 1 or dev == 1:
             _member_stats(tl, n, il, fl)
         for lane in range(_L):
@@ -903,7 +899,7 @@ def _ccdclip_lanes(tl, il, fl, n, w0, prm, scale, srt):
                 for lane in range(_L):
                     x = tl[_TD, i, lane]
                     tl[_TS, i, lane] = x if x == x else _INF
-            _sort_tile(tl, _TS, srt)
+            _sort_tile(tl[_TS], srt)
             _medians(tl, _TS, il, _A, _B, fl, _MED)
         else:
             for lane in range(_L):
@@ -952,7 +948,7 @@ def _ccdclip_lanes(tl, il, fl, n, w0, prm, scale, srt):
             tl[_TV, i, lane] = x
             tl[_TS, i, lane] = x if x == x else _INF
             il[_BF, lane] += x == x
-    _sort_tile(tl, _TS, srt)
+    _sort_tile(tl[_TS], srt)
 
 
 @nb.njit(cache=True, nogil=True)
@@ -978,7 +974,7 @@ def _combine_lanes(
     if method == 1:
         if clip_scaled:
             _medians(tl, _TS, il, _AF, _BF, fl, _MED)
-            _range_mad(tl, _TS, il, _AF, _BF, fl, mrg)
+            _range_mad(tl, tl[_TS], il[_AF], il[_BF], fl, mrg)
         else:
             # the survivors' combine values, sorted into _TD (+inf after them)
             for i in range(n):
@@ -990,12 +986,12 @@ def _combine_lanes(
             for i in range(n, tl.shape[1]):
                 for lane in range(_L):
                     tl[_TD, i, lane] = _INF
-            _sort_tile(tl, _TD, srt)
+            _sort_tile(tl[_TD], srt)
             for lane in range(_L):
                 il[_A, lane] = 0
                 il[_B, lane] = il[_BF, lane] - il[_AF, lane]
             _medians(tl, _TD, il, _A, _B, fl, _MED)
-            _range_mad(tl, _TD, il, _A, _B, fl, mrg)
+            _range_mad(tl, tl[_TD], il[_A], il[_B], fl, mrg)
         for lane in range(nl):
             k = il[_BF, lane] - il[_AF, lane]
             p = p0 + lane
@@ -1062,68 +1058,6 @@ def _count_rejected(data, mask, has_mask, prm, p0, nl, tl, il, fl, rej):
                 rej[i] += 1
 
 
-@nb.njit(cache=True, nogil=True, error_model="numpy")
-def _combine_block(
-    data,
-    mask,
-    has_mask,
-    scale,
-    weight,
-    has_weight,
-    prm,
-    srt,
-    mrg,
-    p0,
-    nl,
-    image,
-    uncert,
-    count,
-    rej,
-    tl,
-    il,
-    fl,
-):
-    n = data.shape[0]
-    nlow = prm[3]
-    nhigh = prm[4]
-    _load_block(data, mask, has_mask, scale, prm, p0, nl, tl, il)  # 1-2
-    _sort_tile(tl, _TS, srt)  # 3
-    for lane in range(_L):  # 4
-        il[_W1, lane] = max(il[_M, lane] - nhigh, nlow)
-    if nlow + nhigh > 0:
-        _window(tl, il, n, nlow)
-    if prm[5] and prm[12]:  # 5
-        _ccdclip_lanes(tl, il, fl, n, nlow, prm, scale, srt)
-    else:
-        _sigma_clip(tl, il, fl, n, nlow, prm, mrg)
-    if prm[5] and prm[13] != 0:  # 5b
-        _nkeep_lanes(il, nlow, prm[13])
-    _combine_lanes(
-        tl, il, fl, n, scale, weight, has_weight, prm, srt, mrg, p0, nl, image, uncert, count
-    )  # 6
-    if rej.size > 0:
-        _count_rejected(data, mask, has_mask, prm, p0, nl, tl, il, fl, rej)
-    for lane in range(nl):
-        if il[_BAD, lane]:
-            # the literal per-pixel path for lanes the block path cannot vouch for
-            _combine_pixels(
-                data,
-                mask,
-                has_mask,
-                scale,
-                weight,
-                has_weight,
-                prm,
-                p0 + lane,
-                p0 + lane + 1,
-                image,
-                uncert,
-                count,
-                rej,
-                _ALL_RULES,
-            )
-
-
 @nb.njit(cache=True, nogil=True, error_model="numpy", _nrt=False)
 def _fast_range(
     data, mask, has_mask, scale, weight, has_weight, prm, net, cls, p0, p1, W, fs, bs, image,
@@ -1161,24 +1095,52 @@ def _fast_range(
         )  # fmt: skip
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, error_model="numpy")
 def _combine_range(
     data, mask, has_mask, scale, weight, has_weight, prm, srt, mrg, p0, p1, image, uncert,
     count, rej,
 ):  # fmt: skip
-    """Pixels ``[p0, p1)`` by the generic block path. ``rej`` (int64 [n], or empty for
-    none): rejected samples per frame are added to it."""
+    """Pixels ``[p0, p1)`` by the generic block path, a block of ``_L`` lanes at a time
+    (the steps are those of docs/kernel-contract.md). ``rej`` (int64 [n], or empty for
+    none): rejected samples per frame are added to it. The block loop is here, not in a
+    function of its own: numba optimises a function's callees again in each caller."""
     n = data.shape[0]
+    nlow = prm[3]
+    nhigh = prm[4]
     # the straight-line networks sort 16 rows: the rows past n stay +inf
     tl = np.empty((3, 16 if n <= 16 else n, _L), np.float64)
     tl[_TS, n:, :] = _INF
     il = np.empty((10, _L), np.int64)
     fl = np.empty((10, _L), np.float64)
+    fs = np.empty((4, n), np.float64)
+    bs = np.empty((3, n), np.bool_)
     for b0 in range(p0, p1, _L):
-        _combine_block(
-            data, mask, has_mask, scale, weight, has_weight, prm, srt, mrg, b0,
-            min(_L, p1 - b0), image, uncert, count, rej, tl, il, fl,
+        nl = min(_L, p1 - b0)
+        _load_block(data, mask, has_mask, scale, prm, b0, nl, tl, il)  # 1-2
+        _sort_tile(tl[_TS], srt)  # 3
+        for lane in range(_L):  # 4
+            il[_W1, lane] = max(il[_M, lane] - nhigh, nlow)
+        if nlow + nhigh > 0:
+            _window(tl, il, n, nlow)
+        if prm[5] and prm[12]:  # 5
+            _ccdclip_lanes(tl, il, fl, n, nlow, prm, scale, srt)
+        else:
+            _sigma_clip(tl, il, fl, n, nlow, prm, mrg)
+        if prm[5] and prm[13] != 0:  # 5b
+            _nkeep_lanes(il, nlow, prm[13])
+        _combine_lanes(  # 6
+            tl, il, fl, n, scale, weight, has_weight, prm, srt, mrg, b0, nl, image, uncert,
+            count,
         )  # fmt: skip
+        if rej.size > 0:
+            _count_rejected(data, mask, has_mask, prm, b0, nl, tl, il, fl, rej)
+        for lane in range(nl):
+            if il[_BAD, lane]:
+                # the literal per-pixel path for lanes the block path cannot vouch for
+                _pixels(
+                    data, mask, has_mask, scale, weight, has_weight, prm, b0 + lane,
+                    b0 + lane + 1, image, uncert, count, rej, _ALL_RULES, fs, bs,
+                )  # fmt: skip
 
 
 def _in_parts(n, npix, rej, work):

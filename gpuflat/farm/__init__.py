@@ -102,6 +102,17 @@ class Outcome:
         """Groups refused (too few frames, none left after QA)."""
         return sum(e["status"].startswith("refused") for e in self.report["groups"])
 
+    def summary(self) -> str:
+        """One line: what became of the groups, and the run's time."""
+        statuses = [e["status"] for e in self.report["groups"]]
+        written = statuses.count("written")
+        skipped = sum(s.startswith("skipped") for s in statuses)
+        failed = len(statuses) - written - skipped - self.refused
+        return (
+            f"{written} master(s) written, {skipped} skipped (exist), {self.refused} "
+            f"refused, {failed} failed, in {self.report.get('seconds', 0):.1f} s"
+        )
+
 
 class Interrupted(KeyboardInterrupt):
     """A run stopped by a signal (``signal``: its name, ``"SIGTERM"``); the command raises
@@ -215,6 +226,11 @@ def run(options: RunOptions, on_event=None, *, command=None) -> Outcome:
     outdir = Path(options.outdir)
     if outdir.exists() and not outdir.is_dir():
         raise OptionError(f"--outdir {outdir}: not a directory")
+    if not outdir.exists() and outdir.name.lower().endswith(_FITS_SUFFIXES):
+        raise OptionError(
+            f"--outdir {outdir}: a file name; -o names the folder the masters are written "
+            "to, one per group, as combined_flat_filter_<filter>.fits (e.g. -o masters/)"
+        )
     found = select(options)
     _say_selection(found, options)
     failed = 0
@@ -381,6 +397,9 @@ def _no_flats(found, options) -> str:
     if found.unreadable:
         notes.append(f"{len(found.unreadable)} unreadable")
     return text + (f" ({'; '.join(notes)})" if notes else "")
+
+
+_FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fz", ".fits.gz")
 
 
 def _check_writable(outdir: Path, report):

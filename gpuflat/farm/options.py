@@ -35,6 +35,24 @@ def float_or_none(text: str) -> float | None:
     return None if text.lower() in ("none", "") else float(text)
 
 
+_BYTE_UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "m": 1e6, "mb": 1e6, "g": 1e9, "gb": 1e9,
+               "kib": 2**10, "mib": 2**20, "gib": 2**30}  # fmt: skip
+
+
+def byte_size(text: str) -> float:
+    """A size in bytes: a number (350e6) or a number and a unit (350MB, 1.5 GiB, 512M)."""
+    t = text.strip().lower()
+    number = t.rstrip("kmgib ")
+    unit = t[len(number) :].strip()
+    if unit not in _BYTE_UNITS or not number:
+        raise ValueError(f"expected a size in bytes such as 350e6, 350MB or 2GiB, got {text!r}")
+    return float(number) * _BYTE_UNITS[unit]  # its range: validated with the options
+
+
+def byte_size_or_none(text: str) -> float | None:
+    return None if text.lower() in ("none", "") else byte_size(text)
+
+
 def maxiters(text: str) -> int | None:
     return None if text.lower() in ("none", "0", "converge") else int(text)
 
@@ -70,7 +88,7 @@ _KINDS = {
     "scale": "str", "clip": ("sigma", "ccdclip", "none"), "sigma_low": float, "sigma_high": float,
     "center": ("median", "mean"), "dev": ("mad_std", "std"), "maxiters": maxiters,
     "min_value": float_or_none, "max_value": float_or_none, "nlow": int, "nhigh": int,
-    "mask": "str", "mem_limit": float, "device_mem_limit": float_or_none,
+    "mask": "str", "mem_limit": byte_size, "device_mem_limit": byte_size_or_none,
     "device": ("auto", "cpu", "cuda"),
     "scale_per": ("extension", "exposure"), "level_range": "pair", "qa_reject_factor": float,
     "no_qa": "bool", "workers": positive_int, "threads_per_worker": positive_int,
@@ -85,6 +103,8 @@ _EXPECTED = {
     int: "an integer",
     maxiters: "an integer or 'none'",
     float_or_none: "a number or 'none'",
+    byte_size: "a size in bytes (350e6, 350MB, 2GiB)",
+    byte_size_or_none: "a size in bytes (350e6, 350MB, 2GiB) or 'none'",
     positive_int: "an integer >= 1",
     overscan_axis: "0, 1 or 'auto'",
     number_or_keyword: "a number or a header keyword",

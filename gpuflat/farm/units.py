@@ -9,7 +9,6 @@ the product atomically and returns its report entry. An existing product is skip
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import logging
 import math
@@ -120,7 +119,7 @@ def write_now(target, timings, write):
     finish = write(defer=True)
     t1 = time.perf_counter()
     finish()
-    timings["write"] = round(t1 - t0, 3)
+    timings["write"] = round(t1 - t0 - timings.get("plots", 0.0), 3)  # plots: drawn first
     timings["sync"] = round(time.perf_counter() - t1, 3)
 
 
@@ -323,13 +322,6 @@ def _combine_group(options, group, backend, bad_pixels, target, header, results,
             final = {e["file"]: e for e in frame_entries(result)}
             for e in qa_entries:  # the scales of the frames kept, from the final combination
                 e.update(final.get(e["file"], {}))
-        unscaled = None
-        if options.plots and config.scale != "none":
-            unscaled_config = dataclasses.replace(config, scale="none")
-            unscaled = combine_frames(
-                frames, unscaled_config, backend, bad_pixel_mask=bad_pixels,
-                calibrator=calibrator(), workspace=workspace,
-            ).image  # fmt: skip
     entry.update({
         "frames": qa_entries,
         "frames_left_out": len(left_out),
@@ -341,8 +333,6 @@ def _combine_group(options, group, backend, bad_pixels, target, header, results,
         "backend": result.backend,
         "timings": {k: round(v, 3) for k, v in timings.items()},
     })  # fmt: skip
-    if options.plots:  # before the product is handed over: its writing swaps bytes in place
-        entry["plots"] = _plots(target, group, result, unscaled)
     if streamed:  # handed over below; until then, discarded on an interrupt
         finish = functools.partial(_write_streamed, streamed[-1], entry, len(result.names))
     else:
@@ -352,6 +342,8 @@ def _combine_group(options, group, backend, bad_pixels, target, header, results,
             write_product, target, result, header(result), unit=result.unit,
             overwrite=options.overwrite, compress=options.compress,
         )  # fmt: skip
+    if options.plots:  # drawn by the writer, before the write swaps the planes' bytes
+        finish = functools.partial(_plots_then, finish, target, group, result, qa_entries, entry)
     write(target, entry["timings"], finish)  # handed over: it cleans up after itself
     streamed.clear()  # (a product whose write has begun is left to it by discard)
     return entry
@@ -527,20 +519,37 @@ def _write_mosaic(options, result, target, header_fn, t0, verdicts, write) -> di
     return entry
 
 
-def _plots(target, group, result, unscaled):
+def _plots_then(write, target, group, result, verdicts, entry, defer=False):
+    """The group's plots, then its product's ``write``: on the run's writer, off the
+    combining path (the next group is read and combined meanwhile)."""
+    t = time.perf_counter()
+    entry["plots"] = _plots(target, group, result, verdicts)
+    entry["timings"]["plots"] = round(time.perf_counter() - t, 3)
+    log.info("group %s: plots in %.2f s", group.label(), entry["timings"]["plots"])
+    return write(defer=defer)
+
+
+def _plots(target, group, result, verdicts):
+    """The group's PNGs: every frame's levels (those QA left out marked, from their report
+    lines ``verdicts``), the combined flat, and what scaling did to the levels."""
     from .. import _plots
 
     stem = target.with_suffix("")
     paths = {"levels": f"{stem}_levels.png", "flat": f"{stem}.png"}
     title = f"group {group.label()}"
+    left_out = {
+        k: v["qa"].removeprefix("left out: ")
+        for k, v in enumerate(verdicts)
+        if v["qa"] != "kept"
+    }  # fmt: skip
     _plots.plot_levels(
-        paths["levels"], [Path(n).name for n in result.names], result.levels["median"],
-        result.levels["mean"], title=title,
+        paths["levels"], [Path(v["file"]).name for v in verdicts],
+        [v["level_median"] for v in verdicts], [v["level_mean"] for v in verdicts],
+        title=title, left_out=left_out,
     )  # fmt: skip
     _plots.plot_flat(paths["flat"], result.image, title=f"combined flat, {title}")
-    if unscaled is not None:
-        paths["scaled_vs_unscaled"] = f"{stem}_scaled_vs_unscaled.png"
-        _plots.plot_scaled_vs_unscaled(
-            paths["scaled_vs_unscaled"], result.image, unscaled, title=title
-        )
+    paths["scaling"] = f"{stem}_scaling.png"
+    _plots.plot_scaling(
+        paths["scaling"], result.levels["median"], result.scales, title=f"scaling, {title}"
+    )
     return paths
