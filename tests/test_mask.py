@@ -355,7 +355,8 @@ def test_overwrite_replaces(tmp_path, capsys):
     rng = np.random.default_rng(2)
     ratio = _write(tmp_path / "ratio.fits", _ratio(rng, shape=(24, 24)))
     out = _write(tmp_path / "bpm.fits", np.zeros((2, 2), np.uint8))
-    code, stdout, _ = _mask(capsys, "--ratio", ratio, "-o", out, "--overwrite", "-q")
+    code, stdout, _ = _mask(capsys, "--ratio", ratio, "-o", out, "--overwrite", "-q",
+                            "--mem-limit", "1MB")  # fmt: skip
     assert code == 0 and stdout == ""
     assert fits.getdata(out).shape == (24, 24)
 
