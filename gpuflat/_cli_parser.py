@@ -18,6 +18,8 @@ EXAMPLES = """examples:
   gpuflat run --config farm.toml --workers 8  options from a TOML file, 8 worker processes
   gpuflat inspect night1/                    what run would select and group
   gpuflat simulate demo/night                a realistic night to try it on
+  gpuflat simulate demo/sky --sky            dithered sky frames with stars, and the true flat
+  gpuflat compare masters/combined_flat_filter_V.fits demo/sky/trueflat-V.fits
   gpuflat run raw/ --overscan BIASSEC --trim TRIMSEC --bias mbias.fits --dark mdark.fits
                                              raw frames, calibrated in the stream
 """
@@ -333,7 +335,34 @@ def build_parser() -> argparse.ArgumentParser:
         "bias level that varies by frame and row, dark current; plus master-bias.fits and "
         "master-dark.fits to calibrate them with",
     )  # fmt: skip
+    sky = sim.add_argument_group("a night-sky sequence instead (sky flats)")
+    sky.add_argument(
+        "--sky", action="store_true",
+        help="dithered night-sky frames with stars (IMAGETYP OBJECT, bias and dark "
+        "subtracted), plus the true flat they used, trueflat-V.fits (COMBINED = T: never an "
+        "input); compare a master with it: gpuflat compare",
+    )  # fmt: skip
+    sky.add_argument("--n-sky", type=int, default=7, metavar="N", help="sky frames (default 7)")
+    sky.add_argument(
+        "--cover", type=float, default=0.05, metavar="FRACTION",
+        help="fraction of each frame's pixels where stars rise above the sky's noise "
+        "(default 0.05; 0: the same night without stars)",
+    )  # fmt: skip
     common(sim)
+
+    cmp = sub.add_parser(
+        "compare", help="a master flat against a reference (the true flat): RMS, pixels off",
+        description="Normalise both flats to a median of 1 and print the RMS of their ratio "
+        "and the number of pixels off by more than NSIGMA x sigma, sigma being the ratio's "
+        "robust scatter (1.4826 x MAD) unless --sigma gives it (e.g. the robust sigma of a "
+        "master made without stars).",
+    )  # fmt: skip
+    cmp.add_argument("master", metavar="MASTER")
+    cmp.add_argument("reference", metavar="REFERENCE")
+    cmp.add_argument("--sigma", type=float, metavar="S", help="the expected noise of the ratio")
+    cmp.add_argument("--nsigma", type=float, default=5.0, metavar="N", help="default 5")
+    cmp.add_argument("--json", metavar="FILE", help="also write the figures as JSON (- : stdout)")
+    common(cmp)
     return parser
 
 
