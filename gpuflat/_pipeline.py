@@ -5,6 +5,7 @@ is being read), on the plain path or a backend's host path."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -63,6 +64,26 @@ class CombineResult:
     calibration: dict | None = None
     #: (rows, columns) of the planes
     shape: tuple = ()
+    #: the mask pass's options as they apply (:meth:`gpuflat._sources.Masking.describe`),
+    #: None without one
+    masking: dict | None = None
+    #: the mask pass's masks (:class:`gpuflat._sources.FrameMasks`: per frame, packed, with
+    #: the pixels each masks, ``masked``, and of those the saturated ones, ``saturated``)
+    source_masks: object = None
+
+    @property
+    def masked_pixels(self) -> np.ndarray | None:
+        """Per frame, the pixels its mask from the mask pass (sources, grown, and saturated
+        pixels) left out; None without a mask pass."""
+        return None if self.source_masks is None else self.source_masks.masked
+
+    @property
+    def saturated_fraction(self) -> np.ndarray | None:
+        """Per frame, the fraction of its pixels at or above the saturation level; None
+        without one."""
+        if self.source_masks is None or self.masking.get("saturation") is None:
+            return None
+        return self.source_masks.saturated / max(1, math.prod(self.shape))
 
     @property
     def rejected_fraction(self) -> np.ndarray | None:
@@ -81,8 +102,8 @@ class CombineResult:
 
         return product_header(
             self.header, names=self.names, scales=self.scales,
-            params={**self.config.describe(), **(self.calibration or {})},
-            backend=self.backend, version=__version__,
+            params={**self.config.describe(), **(self.calibration or {}), **(self.masking or {})},
+            backend=self.backend, version=__version__, masked=self.masked_pixels,
         )  # fmt: skip
 
     def write(self, path, *, overwrite: bool = False, compress: bool = False) -> Path:
@@ -128,6 +149,7 @@ def combine_frames(
     calibrator=None,
     workspace=None,
     results=None,
+    masking=None,
 ) -> CombineResult:
     """Combine opened frames (``_frames.FitsFrame`` / ``_frames.ArrayFrame``) band by band.
 
@@ -139,7 +161,8 @@ def combine_frames(
     ``results(result, shape)``, when given, makes the object that takes the results band by
     band instead of a :class:`Planes` (called once the scales are known, with the
     CombineResult as it will be returned, its planes None), and the result keeps None for
-    the planes.
+    the planes. ``masking`` (a :class:`gpuflat._sources.Masking`) adds the mask pass:
+    saturated pixels, and sources found against a provisional master (:func:`_masked`).
     """
     if not frames:
         raise NoFramesError("no frames to combine")
@@ -147,7 +170,60 @@ def combine_frames(
     if calibrator is not None:
         frames = [calibrator.wrap(f) for f in frames]
         extra = calibrator.memory()
-    n = len(frames)
+    options = dict(
+        dtype=dtype, out_dtype=out_dtype, clip_scaled=clip_scaled, bad_pixel_mask=bad_pixel_mask,
+        want_levels=want_levels, band_combiner=band_combiner, progress=progress,
+        calibrator=calibrator, workspace=workspace, results=results, extra=extra,
+    )  # fmt: skip
+    if masking is not None and masking.active:
+        return _masked(frames, config, backend, masking, **options)
+    return _combine(frames, config, backend, **options)
+
+
+def _masked(frames, config, backend, masking, *, bad_pixel_mask, calibrator, extra, progress,
+            results, **options) -> CombineResult:  # fmt: skip
+    """The combination with the mask pass (:mod:`gpuflat._sources`): with source masks,
+    ``source_iters`` rounds of a provisional combination (every frame with its masks of the
+    previous round, none at first) and a mask pass against its master, then the
+    combination with the last masks; saturation alone: the mask pass, then the combination.
+    The packed masks are held throughout, so the combinations plan under ``mem_limit``
+    less their bytes. Every file is read by each combination (once with one band, else
+    twice) and by each mask pass (once with one band)."""
+    from . import _sources
+
+    t0 = time.perf_counter()
+    _check_shapes(frames)
+    levels = _sources.saturation_levels(frames, masking.saturation)
+    held = _sources.FrameMasks.nbytes_for(len(frames), frames[0].shape)
+    if held >= config.mem_limit:
+        raise ValueError(
+            f"mem_limit={config.mem_limit:.4g} bytes cannot hold the masks of {len(frames)} "
+            f"frames of {frames[0].shape[0]}x{frames[0].shape[1]} ({held} bytes) and more"
+        )
+    inner = dataclasses.replace(config, mem_limit=config.mem_limit - held)
+    common = dict(bad_pixel_mask=bad_pixel_mask, calibrator=calibrator, extra=extra)
+    masks = None
+    for _ in range(masking.source_iters if masking.mask_sources else 1):
+        master = scales = None
+        if masking.mask_sources:
+            provisional = _combine(_sources.masked_frames(frames, masks), inner, backend,
+                                   progress=None, results=None, **common, **options)  # fmt: skip
+            master, scales = provisional.image, provisional.scales
+            del provisional
+        masks = _sources.mask_pass(
+            frames, masking, master=master, scales=scales, levels=levels,
+            mem_limit=config.mem_limit, **common,
+        )  # fmt: skip
+        del master
+    seconds = time.perf_counter() - t0
+    result = _combine(_sources.masked_frames(frames, masks), inner, backend, progress=progress,
+                      results=results, applied=(masking, masks), **common, **options)  # fmt: skip
+    result.config = config
+    result.timings["masks"] = seconds
+    return result
+
+
+def _check_shapes(frames) -> None:
     shape = frames[0].shape
     for f in frames[1:]:
         if f.shape != shape:
@@ -155,6 +231,16 @@ def combine_frames(
                 f"{f.name}: shape {f.shape[0]}x{f.shape[1]} differs from "
                 f"{frames[0].name}: {shape[0]}x{shape[1]}"
             )
+
+
+def _combine(frames, config, backend, *, dtype, out_dtype, clip_scaled, bad_pixel_mask,
+             want_levels, band_combiner, progress, calibrator, workspace, results, extra,
+             applied=None) -> CombineResult:  # fmt: skip
+    """One combination of frames (wrapped by the calibrator already); ``applied``: the
+    mask pass's (options, masks) that the frames' masks include, for the result."""
+    n = len(frames)
+    shape = frames[0].shape
+    _check_shapes(frames)
     _check_units(frames)
     if bad_pixel_mask is not None and bad_pixel_mask.shape != shape:
         raise ShapeMismatchError(
@@ -215,7 +301,7 @@ def combine_frames(
             levels = measure_fed(ctx, feed, formats, levels, pass1)
             scales = _levels.scales(config, frames, levels, [])
             result = _result(frames, scales, levels, config, backend, plan, timings, rejected,
-                             calibrator)  # fmt: skip
+                             calibrator, applied)  # fmt: skip
             planes = Planes(shape, out_dtype) if results is None else results(result, shape)
             try:  # the device lands the rows of every band in the whole planes' rows
                 outputs = tuple(a.reshape(shape) for a in planes.rows(0, nrows))
@@ -258,7 +344,7 @@ def combine_frames(
         # Pass 2: bands, the next band read while this one is combined.
         rejected = None if band_combiner is not None else np.zeros(n, np.int64)
         result = _result(frames, scales, levels, config, backend, plan, timings, rejected,
-                         calibrator)  # fmt: skip
+                         calibrator, applied)  # fmt: skip
         planes = Planes(shape, out_dtype) if results is None else results(result, shape)
         combine_bands(
             ctx, reader, backend, planes, buffers=buffers, stack=stack, pass1=pass1,
@@ -269,7 +355,7 @@ def combine_frames(
 
 
 def _result(frames, scales, levels, config, backend, plan, timings, rejected,
-            calibrator) -> CombineResult:  # fmt: skip
+            calibrator, applied=None) -> CombineResult:  # fmt: skip
     """The result before its planes (:func:`_finished`)."""
     first = frames[0]
     units = (_unit(getattr(f, "unit", None)) for f in frames)
@@ -291,6 +377,8 @@ def _result(frames, scales, levels, config, backend, plan, timings, rejected,
         rejected=rejected,
         calibration=None if calibrator is None else calibrator.cal.describe(),
         shape=first.shape,
+        masking=None if applied is None else applied[0].describe(),
+        source_masks=None if applied is None else applied[1],
     )
 
 
