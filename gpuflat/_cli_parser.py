@@ -147,7 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--plots",
         action="store_true",
-        help="PNG plots per group (levels, flat, scaled vs unscaled)",
+        help="PNG plots per group (levels, flat, scaled vs unscaled; with --mask-sources or "
+        "--saturation, the first frame's mask over it)",
     )
     run.add_argument("--report", metavar="FILE.json", help="write a JSON report")
     eng = run.add_argument_group("combination (defaults follow the astropy CCD guide)")
@@ -269,8 +270,43 @@ def build_parser() -> argparse.ArgumentParser:
         "(groups of 3 or more frames; default 10)",
     )  # fmt: skip
     qa.add_argument(
+        "--saturation", metavar="LEVEL|KEYWORD",
+        help="saturation level in raw ADU (before calibration), or the header keyword holding "
+        "each frame's (SATURATE): pixels at or above it are masked, and a frame with more "
+        "than --max-saturated of them is left out",
+    )  # fmt: skip
+    qa.add_argument(
+        "--max-saturated", type=float, metavar="FRACTION",
+        help="with --saturation: leave out frames with more than this fraction of their "
+        "pixels saturated (default 0.01)",
+    )  # fmt: skip
+    qa.add_argument(
         "--no-qa", action="store_true", help="leave no frame out (saturated ones neither)"
     )
+    sky = run.add_argument_group(
+        "sky and twilight flats: source masks (needs the 'sky' extra: pip install 'gpuflat[sky]')"
+    )
+    sky.add_argument(
+        "--mask-sources", action="store_true",
+        help="combine a provisional master, find the stars of every frame divided by it, "
+        "grow their masks and combine again with every frame's own mask",
+    )  # fmt: skip
+    sky.add_argument(
+        "--source-sigma", type=float, metavar="K",
+        help="detection threshold over the local background, in local noise (default 3)",
+    )  # fmt: skip
+    sky.add_argument(
+        "--source-grow", type=float, metavar="R",
+        help="grow each source's mask by a disk of R pixels (default 2)",
+    )  # fmt: skip
+    sky.add_argument(
+        "--source-npixels", type=_flag(options.positive_int, "an integer >= 1"), metavar="N",
+        help="a source is a connected region of at least N pixels (default 3)",
+    )  # fmt: skip
+    sky.add_argument(
+        "--source-iters", type=_flag(options.positive_int, "an integer >= 1"), metavar="N",
+        help="rounds of masking and combining again (default 1)",
+    )  # fmt: skip
     farm = run.add_argument_group(
         "farm (needs the 'distributed' extra: pip install 'gpuflat[distributed]')"
     )

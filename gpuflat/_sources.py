@@ -86,7 +86,7 @@ class Masking:
             object.__setattr__(self, "saturation", _positive("saturation", sat))
         if self.mask_sources and importlib.util.find_spec("sep") is None:
             raise MissingDependencyError(
-                "mask_sources needs the 'sep' package, which is not installed: "
+                "mask_sources (--mask-sources) needs the 'sep' package, not installed here: "
                 "pip install 'gpuflat[sky]'"
             )
 
