@@ -113,9 +113,9 @@ def test_banded_mask_pass():
     shape = (512, 96)
     frames = _stack(seed=2, n=3, shape=shape)
     whole = gpuflat.combine(frames, mask_sources=True, backend="cpu")
-    rows, halo = _sources.plan(3, shape, mem_limit=1.8e6, grow=2)
+    rows, halo = _sources.plan(3, shape, mem_limit=1.4e6, grow=2)
     assert 0 < rows < shape[0] and halo % _sources.BOX == 0 and rows % _sources.BOX == 0
-    banded = gpuflat.combine(frames, mask_sources=True, backend="cpu", mem_limit=1.8e6)
+    banded = gpuflat.combine(frames, mask_sources=True, backend="cpu", mem_limit=1.4e6)
     assert banded.plan.nbands > 1
     for i in range(3):
         assert np.mean(banded.source_masks.mask(i) == whole.source_masks.mask(i)) > 0.995
