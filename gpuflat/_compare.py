@@ -12,7 +12,9 @@ import numpy as np
 MAD_TO_STD = 1.482602218505602
 
 
-def compare_flats(master, reference, *, sigma: float | None = None, nsigma: float = 5.0) -> dict:
+def compare_flats(
+    master, reference, *, sigma: float | None = None, nsigma: float = 5.0, count=None
+) -> dict:
     """How far ``master`` is from ``reference``: the RMS of their ratio and the number of
     pixels off by more than ``nsigma`` times the expected noise.
 
@@ -31,6 +33,12 @@ def compare_flats(master, reference, *, sigma: float | None = None, nsigma: floa
         Default: the ratio's own robust scatter (1.4826 x MAD), which stars barely move.
     nsigma : float
         Threshold in units of ``sigma``.
+    count : 2-D array, optional
+        The master's survivors per pixel (a product's ``NCOMBINE`` plane is read when
+        ``master`` is a path): then also ``off_expected``, the pixels off by more than
+        ``nsigma`` times their own expected noise, ``sigma x sqrt(N / count)`` with N the
+        most survivors of any pixel (a pixel combined from fewer frames, because masks or
+        clipping took some, is noisier).
 
     Returns
     -------
@@ -38,10 +46,15 @@ def compare_flats(master, reference, *, sigma: float | None = None, nsigma: floa
         ``pixels`` (compared), ``rms`` (of ratio - 1), ``robust_sigma`` (1.4826 x MAD of
         the ratio), ``sigma`` (the one used) and ``sigma_from`` (``"given"`` or
         ``"robust"``), ``nsigma``, ``off`` (pixels with |ratio - 1| > nsigma x sigma),
-        ``off_fraction``, ``max_deviation`` (largest |ratio - 1|, in units of sigma).
+        ``off_fraction``, ``max_deviation`` (largest |ratio - 1|, in units of sigma); and
+        ``off_expected`` with a count.
     """
-    m, m_mask = _flat(master, "master")
-    r, r_mask = _flat(reference, "reference")
+    m, m_mask, m_count = _flat(master, "master")
+    if count is not None:
+        m_count = np.asarray(count)
+        if m_count.shape != m.shape:
+            raise ValueError(f"count shape {m_count.shape} differs from the master's {m.shape}")
+    r, r_mask, _ = _flat(reference, "reference")
     if m.shape != r.shape:
         raise ValueError(f"master shape {m.shape} differs from the reference's {r.shape}")
     if not (isinstance(nsigma, (int, float)) and nsigma > 0 and math.isfinite(nsigma)):
@@ -62,6 +75,11 @@ def compare_flats(master, reference, *, sigma: float | None = None, nsigma: floa
     robust = float(MAD_TO_STD * np.median(np.abs(dev)))
     used = robust if sigma is None else float(sigma)
     off = int(np.count_nonzero(np.abs(dev) > nsigma * used)) if used > 0 else 0
+    extra = {}
+    if m_count is not None:
+        k = m_count[good].astype(np.float64)
+        expected = used * np.sqrt(k.max() / np.maximum(k, 1))
+        extra["off_expected"] = int(np.count_nonzero(np.abs(dev) > nsigma * expected))
     return {
         "pixels": count,
         "rms": float(np.sqrt(np.mean(dev * dev))),
@@ -72,11 +90,12 @@ def compare_flats(master, reference, *, sigma: float | None = None, nsigma: floa
         "off": off,
         "off_fraction": off / count,
         "max_deviation": float(np.max(np.abs(dev)) / used) if used > 0 else math.inf,
+        **extra,
     }
 
 
 def _flat(value, what):
-    """(image as float64, mask) of an array or a FITS file."""
+    """(image as float64, mask, NCOMBINE plane or None) of an array or a FITS file."""
     if isinstance(value, (str, os.PathLike)):
         from astropy.io import fits
 
@@ -87,6 +106,7 @@ def _flat(value, what):
                     raise ValueError(f"{what} {os.fspath(value)}: no image in the file")
                 data = np.asarray(image.data, np.float64)
                 mask = hdul["MASK"].data.astype(bool) if "MASK" in hdul else None
+                count = np.asarray(hdul["NCOMBINE"].data) if "NCOMBINE" in hdul else None
         except FileNotFoundError:
             raise FileNotFoundError(f"{what} {os.fspath(value)}: no such file") from None
         except OSError as exc:
@@ -94,6 +114,7 @@ def _flat(value, what):
     else:
         data = np.asarray(value, np.float64)
         mask = np.ma.getmaskarray(value) if np.ma.isMaskedArray(value) else None
+        count = None
     if data.ndim != 2:
         raise ValueError(f"{what} must be a 2-D image, got {data.ndim} dimension(s)")
-    return data, np.zeros(data.shape, bool) if mask is None else mask
+    return data, np.zeros(data.shape, bool) if mask is None else mask, count

@@ -279,7 +279,7 @@ def detect(sep, ratio, bad, sigma, npixels) -> np.ndarray:
 
     ratio[bad] = 1.0
     bkg = sep.Background(ratio, mask=bad, bw=BOX, bh=BOX, fw=3, fh=3)
-    ratio -= bkg.back()
+    bkg.subfrom(ratio)
     noise = bkg.rms()
     noise *= np.float32(sigma)
     found = ratio > noise

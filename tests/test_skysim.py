@@ -84,6 +84,16 @@ def test_compare_against_numpy():
     assert got["off"] == int(np.sum(np.abs(ratio - 1) > 5 * robust))
     assert got["off"] >= 10
     assert got["rms"] == pytest.approx(np.sqrt(np.mean((ratio - 1) ** 2)), rel=1e-12)
+    count = np.full(truth.shape, 4)
+    count[:50] = 1  # half the pixels from one frame: twice the noise
+    master2 = master.copy()
+    master2[:50] *= 1 + 7 * robust * np.sign(rng.standard_normal((50, 120)))  # 7 sigma
+    got = compare_flats(master2, truth, count=count, sigma=robust)
+    ratio = (master2 / np.median(master2)) / (truth / np.median(truth))
+    ratio /= np.median(ratio)
+    expected = robust * np.sqrt(4 / count)
+    assert got["off_expected"] == int(np.sum(np.abs(ratio - 1) > 5 * expected))
+    assert got["off"] > 5000 > got["off_expected"]
     given = compare_flats(master, truth, sigma=0.5)
     assert given["off"] == 0 and given["sigma_from"] == "given"
     with pytest.raises(ValueError, match="shape"):

@@ -72,5 +72,11 @@ def compare(args) -> list[str]:
         f"{figures['rms']:.4g}, robust sigma {figures['robust_sigma']:.4g}",
         f"  {figures['off']} pixels off by more than {figures['nsigma']:g} x sigma "
         f"({figures['sigma']:.4g}, {figures['sigma_from']}); the largest "
-        f"{figures['max_deviation']:.3g} sigma",
+        f"{figures['max_deviation']:.3g} sigma"
+        + (
+            f"; {figures['off_expected']} by more than {figures['nsigma']:g} x their own "
+            "expected noise (sigma x sqrt(N / NCOMBINE))"
+            if "off_expected" in figures
+            else ""
+        ),
     ]
