@@ -251,16 +251,15 @@ def mask_pass(frames, masking: Masking, *, master, scales, levels, bad_pixel_mas
             if sep is None:
                 found = saturated
             else:
-                bad = ~np.isfinite(buf)
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    buf *= np.float32(scales[i])
+                    buf /= master[a:b]
+                bad = ~np.isfinite(buf)  # the frame's or the master's NaN, or 0 / 0
                 own = frame_mask(frame, bad_pixel_mask, a, b)
                 if own is not None:
                     bad |= own
                 if saturated is not None:
                     bad |= saturated
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    buf *= np.float32(scales[i])
-                    buf /= master[a:b]
-                bad |= ~np.isfinite(buf)
                 found = detect(sep, buf, bad, masking.source_sigma, masking.source_npixels)
                 if saturated is not None:
                     found |= saturated
@@ -277,7 +276,7 @@ def detect(sep, ratio, bad, sigma, npixels) -> np.ndarray:
     labelling)."""
     from scipy import ndimage
 
-    ratio[bad] = 1.0
+    np.copyto(ratio, np.float32(1), where=bad)
     bkg = sep.Background(ratio, mask=bad, bw=BOX, bh=BOX, fw=3, fh=3)
     bkg.subfrom(ratio)
     noise = bkg.rms()
