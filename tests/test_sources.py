@@ -227,3 +227,33 @@ def test_cli_run_masked_saturated_frame_left_out(tmp_path, capsys):
     assert header["HIERARCH GPUFLAT MASK_SOURCES"] is True
     assert main(["run", str(night), "--mask-sources", "--source-sigma", "-1"]) == 2
     assert "--source-sigma must be" in capsys.readouterr().err
+
+
+def test_host_path_takes_the_masks(tmp_path):
+    """On the CUDA backend's host path (the fake device of test_cuda_streaming, the real
+    kernels through the CPU shim) the mask pass's masks reach the kernels as the frames'
+    mask rows: the masked master is bit for bit the numba backend's."""
+    harness = pytest.importorskip("cuda_harness")
+    if harness.compiler() is None:
+        pytest.skip("no host C++ compiler (g++)")
+    from fake_device import FakeDevice, same
+
+    from gpuflat.backends import NumbaBackend
+    from gpuflat.backends._cuda import CudaBackend
+
+    paths = []
+    for i, f in enumerate(_stack(seed=6, n=4)):
+        paths.append(str(tmp_path / f"f{i}.fits"))
+        fits.writeto(paths[-1], f)
+    dev = FakeDevice()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(gpuflat.api, "get_backend", lambda name: CudaBackend(dev))
+        got = gpuflat.combine(paths, mask_sources=True, saturation=9000.0)
+    dev.assert_idle()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(gpuflat.api, "get_backend", lambda name: NumbaBackend())
+        want = gpuflat.combine(paths, mask_sources=True, saturation=9000.0)
+    assert got.backend == "cuda" and want.backend == "cpu"
+    np.testing.assert_array_equal(got.source_masks.packed, want.source_masks.packed)
+    assert same((got.image, got.uncertainty, got.count, got.scales),
+                (want.image, want.uncertainty, want.count, want.scales))  # fmt: skip
