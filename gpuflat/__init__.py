@@ -6,6 +6,7 @@
 """
 
 from ._calibrate import Calibration
+from ._compare import compare_flats
 from ._config import CombineConfig
 from ._mosaic import MosaicResult
 from ._pipeline import CombineResult
@@ -36,4 +37,5 @@ __all__ = [
     "__version__",
     "combine",
     "combine_mosaic",
+    "compare_flats",
 ]
