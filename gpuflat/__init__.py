@@ -7,6 +7,7 @@
 
 from ._badpix import MaskParams, ccdmask, hot_pixels
 from ._calibrate import Calibration
+from ._compare import compare_flats
 from ._config import CombineConfig
 from ._mosaic import MosaicResult
 from ._pipeline import CombineResult
@@ -39,5 +40,6 @@ __all__ = [
     "ccdmask",
     "combine",
     "combine_mosaic",
+    "compare_flats",
     "hot_pixels",
 ]

@@ -362,6 +362,17 @@ class CalibratedFrame:
     def close(self):
         pass
 
+    def read_stored_rows(self, r0, r1, out):
+        """Rows [r0, r1) of the trimmed area as stored, before any calibration (raw ADU:
+        what a saturation level is compared with), in chunks of the calibrator's rows."""
+        tr0, _, tc0, tc1 = self._trim
+        step = self._cal.rows or (r1 - r0)
+        for a in range(r0, r1, step):
+            b = min(r1, a + step)
+            work = self._cal.buffer("work", b - a, self.raw.shape[1])
+            self.raw.read_rows(tr0 + a, tr0 + b, work)
+            out[a - r0 : b - r0] = work[:, tc0:tc1]
+
     def read_rows(self, r0, r1, out):
         step = self._cal.rows or (r1 - r0)
         for a in range(r0, r1, step):

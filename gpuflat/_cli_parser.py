@@ -18,6 +18,8 @@ EXAMPLES = """examples:
   gpuflat run --config farm.toml --workers 8  options from a TOML file, 8 worker processes
   gpuflat inspect night1/                    what run would select and group
   gpuflat simulate demo/night                a realistic night to try it on
+  gpuflat simulate demo/sky --sky            dithered sky frames with stars, and the true flat
+  gpuflat compare masters/combined_flat_filter_V.fits demo/sky/trueflat-V.fits
   gpuflat mask --low 'low/*.fits' --high 'high/*.fits' -o bpm.fits --dark mdark.fits
                                              a bad-pixel mask (ccdmask) from flats
   gpuflat run raw/ --overscan BIASSEC --trim TRIMSEC --bias mbias.fits --dark mdark.fits
@@ -147,7 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--plots",
         action="store_true",
-        help="PNG plots per group (frame levels, the flat, levels before/after scaling)",
+        help="PNG plots per group (frame levels, the flat, levels before/after scaling; with "
+        "--mask-sources or --saturation, the first frame's mask over it)",
     )
     run.add_argument("--report", metavar="FILE.json", help="write a JSON report")
     eng = run.add_argument_group("combination (defaults follow the astropy CCD guide)")
@@ -278,8 +281,43 @@ def build_parser() -> argparse.ArgumentParser:
         "(groups of 3 or more frames; default 10)",
     )  # fmt: skip
     qa.add_argument(
+        "--saturation", metavar="LEVEL|KEYWORD",
+        help="saturation level in raw ADU (before calibration), or the header keyword holding "
+        "each frame's (SATURATE): pixels at or above it are masked, and a frame with more "
+        "than --max-saturated of them is left out",
+    )  # fmt: skip
+    qa.add_argument(
+        "--max-saturated", type=float, metavar="FRACTION",
+        help="with --saturation: leave out frames with more than this fraction of their "
+        "pixels saturated (default 0.01)",
+    )  # fmt: skip
+    qa.add_argument(
         "--no-qa", action="store_true", help="leave no frame out (saturated ones neither)"
     )
+    sky = run.add_argument_group(
+        "sky and twilight flats: source masks (needs the 'sky' extra: pip install 'gpuflat[sky]')"
+    )
+    sky.add_argument(
+        "--mask-sources", action="store_true",
+        help="combine a provisional master, find the stars of every frame divided by it, "
+        "grow their masks and combine again with every frame's own mask",
+    )  # fmt: skip
+    sky.add_argument(
+        "--source-sigma", type=float, metavar="K",
+        help="detection threshold over the local background, in local noise (default 3)",
+    )  # fmt: skip
+    sky.add_argument(
+        "--source-grow", type=float, metavar="R",
+        help="grow each source's mask by a disk of R pixels (default 2)",
+    )  # fmt: skip
+    sky.add_argument(
+        "--source-npixels", type=_flag(options.positive_int, "an integer >= 1"), metavar="N",
+        help="a source is a connected region of at least N pixels (default 3)",
+    )  # fmt: skip
+    sky.add_argument(
+        "--source-iters", type=_flag(options.positive_int, "an integer >= 1"), metavar="N",
+        help="rounds of masking and combining again (default 1)",
+    )  # fmt: skip
     farm = run.add_argument_group(
         "farm (needs the 'distributed' extra: pip install 'gpuflat[distributed]')"
     )
@@ -348,7 +386,34 @@ def build_parser() -> argparse.ArgumentParser:
         "bias level that varies by frame and row, dark current; plus master-bias.fits and "
         "master-dark.fits to calibrate them with",
     )  # fmt: skip
+    sky = sim.add_argument_group("a night-sky sequence instead (sky flats)")
+    sky.add_argument(
+        "--sky", action="store_true",
+        help="dithered night-sky frames with stars (IMAGETYP OBJECT, bias and dark "
+        "subtracted), plus the true flat they used, trueflat-V.fits (COMBINED = T: never an "
+        "input); compare a master with it: gpuflat compare",
+    )  # fmt: skip
+    sky.add_argument("--n-sky", type=int, default=7, metavar="N", help="sky frames (default 7)")
+    sky.add_argument(
+        "--cover", type=float, default=0.05, metavar="FRACTION",
+        help="fraction of each frame's pixels where stars rise above the sky's noise "
+        "(default 0.05; 0: the same night without stars)",
+    )  # fmt: skip
     common(sim)
+
+    cmp = sub.add_parser(
+        "compare", help="a master flat against a reference (the true flat): RMS, pixels off",
+        description="Normalise both flats to a median of 1 and print the RMS of their ratio "
+        "and the number of pixels off by more than NSIGMA x sigma, sigma being the ratio's "
+        "robust scatter (1.4826 x MAD) unless --sigma gives it (e.g. the robust sigma of a "
+        "master made without stars).",
+    )  # fmt: skip
+    cmp.add_argument("master", metavar="MASTER")
+    cmp.add_argument("reference", metavar="REFERENCE")
+    cmp.add_argument("--sigma", type=float, metavar="S", help="the expected noise of the ratio")
+    cmp.add_argument("--nsigma", type=float, default=5.0, metavar="N", help="default 5")
+    cmp.add_argument("--json", metavar="FILE", help="also write the figures as JSON (- : stdout)")
+    common(cmp)
     return parser
 
 

@@ -117,9 +117,10 @@ class MosaicResult:
                     result.header,
                     names=result.names,
                     scales=result.scales,
-                    params=params,
+                    params={**params, **(result.masking or {})},
                     backend=result.backend,
                     version=__version__,
+                    masked=result.masked_pixels,
                 ),
             )
             for key, result in zip(self.keys, self.extensions.values(), strict=True)
@@ -143,6 +144,7 @@ def combine_mosaic_files(
     progress=None,
     on_extension=None,
     calibration=None,
+    masking=None,
 ) -> MosaicResult:
     """Combine the matched image extensions of ``paths`` one after the other.
 
@@ -152,7 +154,8 @@ def combine_mosaic_files(
     already known (the CLI has read them while selecting); ``progress(done, total)`` is
     called after each extension, ``on_extension(label)`` before it; ``calibration``: a
     :class:`gpuflat.Calibration` applied to every extension's frames (each extension with
-    calibrators of its own: its masters' HDUs, its sections).
+    calibrators of its own: its masters' HDUs, its sections); ``masking``: a
+    :class:`gpuflat._sources.Masking`, the mask pass of every extension's combination.
     """
     paths = [Path(p) for p in paths]
     if not paths:
@@ -188,7 +191,7 @@ def combine_mosaic_files(
             try:
                 result = combine_frames(
                     frames, ext_config, backend, bad_pixel_mask=masks[label],
-                    want_levels=want_levels, calibrator=calibrator,
+                    want_levels=want_levels, calibrator=calibrator, masking=masking,
                 )  # fmt: skip
             finally:
                 if calibrator is not None:

@@ -1,8 +1,11 @@
-"""Backend-agnostic orchestration: pass 1 measures frame levels, pass 2 streams row bands
-through a backend's ``combine_band`` while the next band is being read."""
+"""Backend-agnostic orchestration of one combination: checks, the band plan and the stack's
+memory, then pass 1 (:mod:`gpuflat._levels`: frame levels, scale factors) and pass 2
+(:mod:`gpuflat._bands`: row bands through a backend's ``combine_band`` while the next band
+is being read), on the plain path or a backend's host path."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -14,10 +17,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 from astropy.io import fits
 
+from . import _levels
+from ._bands import combine_bands, combine_fed
 from ._config import CombineConfig
+from ._levels import measure, measure_fed, raw_formats
 from ._memory import Planes
 from ._plan import BandPlan, plan_bands
-from .errors import BadLevelError, GpuflatError, NoFramesError, ShapeMismatchError
+from ._stream import Context
+from .errors import NoFramesError, ShapeMismatchError
 
 if TYPE_CHECKING:
     from astropy.nddata import CCDData
@@ -57,6 +64,26 @@ class CombineResult:
     calibration: dict | None = None
     #: (rows, columns) of the planes
     shape: tuple = ()
+    #: the mask pass's options as they apply (:meth:`gpuflat._sources.Masking.describe`),
+    #: None without one
+    masking: dict | None = None
+    #: the mask pass's masks (:class:`gpuflat._sources.FrameMasks`: per frame, packed, with
+    #: the pixels each masks, ``masked``, and of those the saturated ones, ``saturated``)
+    source_masks: object = None
+
+    @property
+    def masked_pixels(self) -> np.ndarray | None:
+        """Per frame, the pixels its mask from the mask pass (sources, grown, and saturated
+        pixels) left out; None without a mask pass."""
+        return None if self.source_masks is None else self.source_masks.masked
+
+    @property
+    def saturated_fraction(self) -> np.ndarray | None:
+        """Per frame, the fraction of its pixels at or above the saturation level; None
+        without one."""
+        if self.source_masks is None or self.masking.get("saturation") is None:
+            return None
+        return self.source_masks.saturated / max(1, math.prod(self.shape))
 
     @property
     def rejected_fraction(self) -> np.ndarray | None:
@@ -75,8 +102,8 @@ class CombineResult:
 
         return product_header(
             self.header, names=self.names, scales=self.scales,
-            params={**self.config.describe(), **(self.calibration or {})},
-            backend=self.backend, version=__version__,
+            params={**self.config.describe(), **(self.calibration or {}), **(self.masking or {})},
+            backend=self.backend, version=__version__, masked=self.masked_pixels,
         )  # fmt: skip
 
     def write(self, path, *, overwrite: bool = False, compress: bool = False) -> Path:
@@ -122,6 +149,7 @@ def combine_frames(
     calibrator=None,
     workspace=None,
     results=None,
+    masking=None,
 ) -> CombineResult:
     """Combine opened frames (``_frames.FitsFrame`` / ``_frames.ArrayFrame``) band by band.
 
@@ -133,7 +161,8 @@ def combine_frames(
     ``results(result, shape)``, when given, makes the object that takes the results band by
     band instead of a :class:`Planes` (called once the scales are known, with the
     CombineResult as it will be returned, its planes None), and the result keeps None for
-    the planes.
+    the planes. ``masking`` (a :class:`gpuflat._sources.Masking`) adds the mask pass:
+    saturated pixels, and sources found against a provisional master (:func:`_masked`).
     """
     if not frames:
         raise NoFramesError("no frames to combine")
@@ -141,7 +170,60 @@ def combine_frames(
     if calibrator is not None:
         frames = [calibrator.wrap(f) for f in frames]
         extra = calibrator.memory()
-    n = len(frames)
+    options = dict(
+        dtype=dtype, out_dtype=out_dtype, clip_scaled=clip_scaled, bad_pixel_mask=bad_pixel_mask,
+        want_levels=want_levels, band_combiner=band_combiner, progress=progress,
+        calibrator=calibrator, workspace=workspace, results=results, extra=extra,
+    )  # fmt: skip
+    if masking is not None and masking.active:
+        return _masked(frames, config, backend, masking, **options)
+    return _combine(frames, config, backend, **options)
+
+
+def _masked(frames, config, backend, masking, *, bad_pixel_mask, calibrator, extra, progress,
+            results, **options) -> CombineResult:  # fmt: skip
+    """The combination with the mask pass (:mod:`gpuflat._sources`): with source masks,
+    ``source_iters`` rounds of a provisional combination (every frame with its masks of the
+    previous round, none at first) and a mask pass against its master, then the
+    combination with the last masks; saturation alone: the mask pass, then the combination.
+    The packed masks are held throughout, so the combinations plan under ``mem_limit``
+    less their bytes. Every file is read by each combination (once with one band, else
+    twice) and by each mask pass (once with one band)."""
+    from . import _sources
+
+    t0 = time.perf_counter()
+    _check_shapes(frames)
+    levels = _sources.saturation_levels(frames, masking.saturation)
+    held = _sources.FrameMasks.nbytes_for(len(frames), frames[0].shape)
+    if held >= config.mem_limit:
+        raise ValueError(
+            f"mem_limit={config.mem_limit:.4g} bytes cannot hold the masks of {len(frames)} "
+            f"frames of {frames[0].shape[0]}x{frames[0].shape[1]} ({held} bytes) and more"
+        )
+    inner = dataclasses.replace(config, mem_limit=config.mem_limit - held)
+    common = dict(bad_pixel_mask=bad_pixel_mask, calibrator=calibrator, extra=extra)
+    masks = None
+    for _ in range(masking.source_iters if masking.mask_sources else 1):
+        master = scales = None
+        if masking.mask_sources:
+            provisional = _combine(_sources.masked_frames(frames, masks), inner, backend,
+                                   progress=None, results=None, **common, **options)  # fmt: skip
+            master, scales = provisional.image, provisional.scales
+            del provisional
+        masks = _sources.mask_pass(
+            frames, masking, master=master, scales=scales, levels=levels,
+            mem_limit=config.mem_limit, **common,
+        )  # fmt: skip
+        del master
+    seconds = time.perf_counter() - t0
+    result = _combine(_sources.masked_frames(frames, masks), inner, backend, progress=progress,
+                      results=results, applied=(masking, masks), **common, **options)  # fmt: skip
+    result.config = config
+    result.timings["masks"] = seconds
+    return result
+
+
+def _check_shapes(frames) -> None:
     shape = frames[0].shape
     for f in frames[1:]:
         if f.shape != shape:
@@ -149,6 +231,16 @@ def combine_frames(
                 f"{f.name}: shape {f.shape[0]}x{f.shape[1]} differs from "
                 f"{frames[0].name}: {shape[0]}x{shape[1]}"
             )
+
+
+def _combine(frames, config, backend, *, dtype, out_dtype, clip_scaled, bad_pixel_mask,
+             want_levels, band_combiner, progress, calibrator, workspace, results, extra,
+             applied=None) -> CombineResult:  # fmt: skip
+    """One combination of frames (wrapped by the calibrator already); ``applied``: the
+    mask pass's (options, masks) that the frames' masks include, for the result."""
+    n = len(frames)
+    shape = frames[0].shape
+    _check_shapes(frames)
     _check_units(frames)
     if bad_pixel_mask is not None and bad_pixel_mask.shape != shape:
         raise ShapeMismatchError(
@@ -196,7 +288,7 @@ def combine_frames(
     noise = config.noise_model([f.header for f in frames], [f.name for f in frames])
     params = config.kernel_params(clip_scaled=clip_scaled, noise=noise)
     bands = [(r, min(nrows, r + plan.rows)) for r in range(0, nrows, plan.rows)]
-    ctx = _Context(frames, bad_pixel_mask, masked, bands, timings, timed, progress)
+    ctx = Context(frames, bad_pixel_mask, masked, bands, timings, timed, progress)
     if fed:
         feed = backend.open_feed(
             formats, shape, rows=plan.rows, masked=masked, pass1=pass1, hows=tuple(levels),
@@ -206,15 +298,15 @@ def combine_frames(
             ctx.bands = [(r, min(nrows, r + feed.rows)) for r in range(0, nrows, feed.rows)]
         with feed:
             rejected = np.zeros(n, np.int64)
-            levels = _fed(ctx, feed, formats, levels, pass1)
-            scales = _scales(config, frames, levels, [])
+            levels = measure_fed(ctx, feed, formats, levels, pass1)
+            scales = _levels.scales(config, frames, levels, [])
             result = _result(frames, scales, levels, config, backend, plan, timings, rejected,
-                             calibrator)  # fmt: skip
+                             calibrator, applied)  # fmt: skip
             planes = Planes(shape, out_dtype) if results is None else results(result, shape)
             try:  # the device lands the rows of every band in the whole planes' rows
                 outputs = tuple(a.reshape(shape) for a in planes.rows(0, nrows))
-                _fed_bands(ctx, feed, formats, scales, weights, params, outputs, rejected,
-                           reread=not (feed.resident and pass1))  # fmt: skip
+                combine_fed(ctx, feed, formats, scales, weights, params, outputs, rejected,
+                            reread=not (feed.resident and pass1))  # fmt: skip
                 planes.done(0, nrows)
             except BaseException:
                 planes.discard()
@@ -229,7 +321,7 @@ def combine_frames(
     # single band's stack; or, banded, pass 1's two whole frames (their stored bytes when
     # measured raw) and then, in the same memory, pass 2's two 1-D band buffers (every
     # band, the last short one too, a contiguous view). Fresh memory costs page faults.
-    raw = _raw_formats(backend, frames, plan, config, calibrator, dtype) if pass1 else None
+    raw = raw_formats(backend, frames, plan, config, calibrator, dtype) if pass1 else None
     item = np.dtype(dtype).itemsize
     band = n * plan.rows * cols * item  # bytes
     frame = nrows * cols * max([f.dtype.itemsize for f in raw] if raw else [item])
@@ -241,103 +333,29 @@ def combine_frames(
     reader = ThreadPoolExecutor(1, thread_name_prefix="gpuflat-reader")
     with reader:
         if pass1:
-            spare = None
-            if not plan.single:
-                spare = [memory[k * frame : (k + 1) * frame] for k in range(2)]
-                if raw is None:
-                    spare = [s.view(dtype).reshape(shape) for s in spare]
-
-            def read_frame(i):
-                if raw is not None:
-                    buf = spare[i % 2][: nrows * cols * raw[i].dtype.itemsize]
-                    timed("read", frames[i].read_raw_rows, 0, nrows, buf)
-                    return buf
-                buf = stack[i] if plan.single else spare[i % 2]
-                timed("read", frames[i].read_rows, 0, nrows, buf)
-                return buf
-
-            def level(i, buf, fmask, how):
-                # beside the reader alone a level is fastest on every core; beside the reader
-                # and the run's writer, a region on both cores stalls (7-10 ms a 2048^2
-                # median instead of 4.6 on one core)
-                busy = 0 if workspace is None else workspace.busy_cores()
-                if raw is not None:
-                    return backend.raw_level(buf, raw[i], fmask, how, busy_cores=busy)
-                return backend.frame_level(buf, fmask, how, busy_cores=busy)
-
-            pending = reader.submit(read_frame, 0)
-            for i, f in enumerate(frames):
-                buf = timed("wait", pending.result)
-                if i + 1 < n:
-                    pending = reader.submit(read_frame, i + 1)
-                fmask = _frame_mask(f, bad_pixel_mask, 0, nrows)
-                for how in levels:
-                    levels[how].append(timed("levels", level, i, buf, fmask, how))
-                if callable(config.scale):
-                    user_scales.append(timed("levels", config.scale, buf))
-            del spare, buf
-            pending = None  # the future holds the last frame too
+            user_scales = measure(
+                ctx, reader, backend, config, levels, memory=memory, stack=stack,
+                frame_bytes=frame, raw=raw, dtype=dtype, plan=plan, workspace=workspace,
+            )  # fmt: skip
         if not plan.single:  # pass 2's two band buffers, where pass 1's frames were
             buffers = [memory[k * band : (k + 1) * band].view(dtype) for k in range(2)]
-        scales = _scales(config, frames, levels, user_scales)
+        scales = _levels.scales(config, frames, levels, user_scales)
 
         # Pass 2: bands, the next band read while this one is combined.
         rejected = None if band_combiner is not None else np.zeros(n, np.int64)
         result = _result(frames, scales, levels, config, backend, plan, timings, rejected,
-                         calibrator)  # fmt: skip
+                         calibrator, applied)  # fmt: skip
         planes = Planes(shape, out_dtype) if results is None else results(result, shape)
-        if band_combiner is None:
-            # the backend writes the band's rows of the results where they lie (the float64
-            # values rounded to out_dtype as they are stored, as an assignment would)
-
-            def combine_rows(d, m, r0, r1, busy):
-                out = planes.rows(r0, r1)
-                backend.combine_band(d, m, scales, weights, params, out=out, rejected=rejected,
-                                     busy_cores=busy)  # fmt: skip
-                planes.done(r0, r1)
-        else:
-
-            def combine_rows(d, m, r0, r1, busy):
-                for a, b in zip(planes.rows(r0, r1), band_combiner(d, m, scales, weights),
-                                strict=True):  # fmt: skip
-                    a[...] = b.reshape(-1)
-                planes.done(r0, r1)
-
-        def band_view(k):
-            r0, r1 = bands[k]
-            return buffers[k % len(buffers)][: n * (r1 - r0) * cols].reshape(n, r1 - r0, cols)
-
-        def read(k):
-            r0, r1 = bands[k]
-            t = clock()
-            if stack is None or not pass1:
-                buf = band_view(k)
-                for i, f in enumerate(frames):
-                    f.read_rows(r0, r1, buf[i])
-            mask = _band_mask(frames, bad_pixel_mask, r0, r1) if masked else None
-            timings["read"] += clock() - t
-            return mask
-
-        try:
-            pending = reader.submit(read, 0)
-            for k, (r0, r1) in enumerate(bands):
-                mask = timed("wait", pending.result)
-                reading = k + 1 < len(bands)  # the reader reads the next band meanwhile
-                if reading:
-                    pending = reader.submit(read, k + 1)
-                data = band_view(k).reshape(n, (r1 - r0) * cols)
-                busy = reading + (0 if workspace is None else workspace.busy_cores())
-                timed("combine", combine_rows, data, mask, r0, r1, busy)
-                if progress is not None:
-                    progress(k + 1, len(bands))
-        except BaseException:
-            planes.discard()
-            raise
+        combine_bands(
+            ctx, reader, backend, planes, buffers=buffers, stack=stack, pass1=pass1,
+            scales=scales, weights=weights, params=params, rejected=rejected,
+            band_combiner=band_combiner, workspace=workspace,
+        )  # fmt: skip
     return _finished(result, planes)
 
 
 def _result(frames, scales, levels, config, backend, plan, timings, rejected,
-            calibrator) -> CombineResult:  # fmt: skip
+            calibrator, applied=None) -> CombineResult:  # fmt: skip
     """The result before its planes (:func:`_finished`)."""
     first = frames[0]
     units = (_unit(getattr(f, "unit", None)) for f in frames)
@@ -359,6 +377,8 @@ def _result(frames, scales, levels, config, backend, plan, timings, rejected,
         rejected=rejected,
         calibration=None if calibrator is None else calibrator.cal.describe(),
         shape=first.shape,
+        masking=None if applied is None else applied[0].describe(),
+        source_masks=None if applied is None else applied[1],
     )
 
 
@@ -400,171 +420,3 @@ def _finished(result, planes) -> CombineResult:
     result.count = getattr(planes, "count", None)
     result.mask = None if result.count is None else result.count == 0
     return result
-
-
-@dataclass
-class _Context:
-    frames: list
-    bad_pixel_mask: np.ndarray | None
-    masked: bool
-    bands: list
-    timings: dict
-    timed: object
-    progress: object
-
-
-def _stage(ctx, feed, formats, k, i, r0, r1, seg) -> None:
-    """Read frame ``i``'s rows [r0, r1) (stored bytes when it has a raw format, else its
-    float32 values) and its mask rows straight into the feed's pinned staging of slot ``k``."""
-    frame = ctx.frames[i]
-    buf = feed.stage(k, i, r1 - r0, seg)
-    if formats[i] is None:
-        frame.read_rows(r0, r1, buf)
-    else:
-        frame.read_raw_rows(r0, r1, buf)
-    if ctx.masked:
-        m = _frame_mask(frame, ctx.bad_pixel_mask, r0, r1)
-        dst = feed.mask_stage(k, r1 - r0, seg)
-        if m is None:
-            dst[...] = 0
-        else:
-            dst[...] = np.asarray(m, bool).reshape(-1)
-
-
-def _fed(ctx, feed, formats, levels, pass1):
-    """Pass 1 on the backend's host path: each whole frame read into one slot's pinned
-    staging while the other slot's frame is converted and measured on the device."""
-    if not pass1:
-        return levels
-    frames, timings = ctx.frames, ctx.timings
-    n, nrows = len(frames), frames[0].shape[0]
-
-    def read_frame(i):
-        t = time.perf_counter()
-        _stage(ctx, feed, formats, i % 2, i, 0, nrows, 0)
-        timings["read"] += time.perf_counter() - t
-
-    with ThreadPoolExecutor(1, thread_name_prefix="gpuflat-reader") as reader:
-        pending = None
-        try:
-            ctx.timed("levels", feed.acquire, 0)
-            pending = reader.submit(read_frame, 0)
-            for i in range(n):
-                ctx.timed("wait", pending.result)
-                pending = None
-                if i + 1 < n:
-                    ctx.timed("levels", feed.acquire, (i + 1) % 2)
-                    pending = reader.submit(read_frame, i + 1)
-                ctx.timed("levels", feed.measure, i % 2, i)
-        finally:
-            if pending is not None:  # never leave the reader writing into staging
-                pending.cancel() or pending.exception()
-        got = ctx.timed("levels", feed.levels)
-    return {how: got[how] for how in levels}
-
-
-def _fed_bands(ctx, feed, formats, scales, weights, params, outputs, rejected, *, reread):
-    """Pass 2 on the host path: each band read into one slot's staging (unless the stack
-    is resident on the device) while the other slot's band is converted and combined."""
-    frames, bands, timings = ctx.frames, ctx.bands, ctx.timings
-    n = len(frames)
-
-    def read_band(k):
-        t = time.perf_counter()
-        r0, r1 = bands[k]
-        for i in range(n):
-            _stage(ctx, feed, formats, k % 2, i, r0, r1, i)
-        timings["read"] += time.perf_counter() - t
-
-    with ThreadPoolExecutor(1, thread_name_prefix="gpuflat-reader") as reader:
-        pending = None
-        try:
-            if reread:
-                ctx.timed("combine", feed.acquire, 0)
-                pending = reader.submit(read_band, 0)
-            for k, (r0, r1) in enumerate(bands):
-                slot = k % 2
-                if reread:
-                    ctx.timed("wait", pending.result)
-                    pending = None
-                    if k + 1 < len(bands):
-                        ctx.timed("combine", feed.acquire, (k + 1) % 2)
-                        pending = reader.submit(read_band, k + 1)
-                    ctx.timed("combine", feed.load, slot, r0, r1)
-                else:
-                    ctx.timed("combine", feed.acquire, slot)
-                dests = tuple(o[r0:r1] for o in outputs)
-                ctx.timed("combine", feed.combine, slot, r0, r1, scales, weights, params,
-                          dests, rejected)  # fmt: skip
-                if ctx.progress is not None:
-                    ctx.progress(k + 1, len(bands))
-        finally:
-            if pending is not None:
-                pending.cancel() or pending.exception()
-        ctx.timed("combine", feed.finish)
-
-
-def _raw_formats(backend, frames, plan, config, calibrator, dtype):
-    """The frames' stored formats when pass 1 measures the stored values as they are: a
-    banded plan (whose pass 1 converts frames only to measure them), float32 work, no
-    calibration and no ``scale`` callable, and a backend that measures every frame's
-    format (``measures_raw``); else None."""
-    measures = getattr(backend, "measures_raw", None)
-    if (
-        measures is None
-        or plan.single
-        or calibrator is not None
-        or callable(config.scale)
-        or np.dtype(dtype) != np.float32
-    ):
-        return None
-    formats = [getattr(f, "raw_format", None) for f in frames]
-    return formats if all(f is not None and measures(f) for f in formats) else None
-
-
-def _frame_mask(frame, bad_pixel_mask, r0, r1):
-    m = frame.read_mask_rows(r0, r1)
-    if bad_pixel_mask is not None:
-        m = bad_pixel_mask[r0:r1] if m is None else (m | bad_pixel_mask[r0:r1])
-    return m
-
-
-def _band_mask(frames, bad_pixel_mask, r0, r1):
-    out = np.zeros((len(frames), (r1 - r0) * frames[0].shape[1]), np.uint8)
-    for i, f in enumerate(frames):
-        m = _frame_mask(f, bad_pixel_mask, r0, r1)
-        if m is not None:
-            out[i] = m.ravel()
-    return out
-
-
-def _scales(config: CombineConfig, frames, levels, user_scales) -> np.ndarray:
-    scale = config.scale
-    n = len(frames)
-    if callable(scale):
-        values, what = user_scales, "scale"
-    elif isinstance(scale, tuple):
-        if len(scale) != n:
-            raise ValueError(f"scale has {len(scale)} factors for {n} frames")
-        return np.asarray(scale, np.float64)
-    elif scale == "none":
-        return np.ones(n)
-    elif scale.startswith("exptime:"):
-        key = scale.partition(":")[2]
-        values, what = [], f"{key} (exposure time)"
-        for f in frames:
-            if key not in f.header:
-                raise GpuflatError(f"{f.name}: no {key} keyword in the header, needed to scale")
-            values.append(f.header[key])
-    else:
-        values, what = levels[scale], f"{scale} level"
-    out = np.empty(n)
-    for i, (f, v) in enumerate(zip(frames, values, strict=True)):
-        try:
-            v = float(v)
-        except (TypeError, ValueError):
-            raise BadLevelError(f"{f.name}: {what} {v!r} is not a number") from None
-        if not (math.isfinite(v) and v > 0):
-            raise BadLevelError(f"{f.name}: {what} is {v!r}; it must be finite and > 0 to scale")
-        out[i] = v if callable(scale) else 1.0 / v
-    return out

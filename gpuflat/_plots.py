@@ -13,7 +13,7 @@ import numpy as np
 
 from ._atomic import commit
 
-__all__ = ["plot_flat", "plot_levels", "plot_mask", "plot_scaling"]
+__all__ = ["plot_flat", "plot_frame_mask", "plot_levels", "plot_mask", "plot_scaling"]
 
 #: Figure sizes in inches and resolution; the PNGs are exactly ``size * DPI`` pixels.
 DPI = 100
@@ -247,6 +247,41 @@ def plot_scaling(path, levels, scales, *, title) -> None:
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
     ax.legend(loc="best")
+    _save_atomic(fig, path)
+
+
+def plot_frame_mask(path, frame, mask, *, title) -> None:
+    """Show one frame with its mask from the mask pass over it (sources, grown, and
+    saturated pixels, in translucent red), and write a PNG.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Output PNG file (``FLAT_SIZE * DPI`` pixels), replaced atomically.
+    frame : str or os.PathLike
+        The frame's FITS file (its first image, as stored); when its shape is not the
+        mask's (a trimmed calibration), the mask is shown alone.
+    mask : array_like of bool
+        2-D mask, True where the frame's pixels were left out.
+    title : str
+        Axes title; the masked fraction is appended below it.
+    """
+    from astropy.io import fits
+
+    m = np.asarray(mask, bool)
+    with fits.open(frame, memmap=False) as hdul:
+        hdu = next((h for h in hdul if h.is_image and h.data is not None), None)
+        data = None if hdu is None else _as_image(hdu.data)
+    fig = _new_figure(FLAT_SIZE)
+    ax = fig.add_subplot()
+    if data is not None and data.shape == m.shape:
+        vmin, vmax = _zscale_limits(data)
+        _show(fig, ax, data, vmin, vmax, label="value as stored (ZScale, linear)")
+    view, extent = _display_view(m)
+    overlay = np.zeros((*view.shape, 4))
+    overlay[view] = (1.0, 0.0, 0.0, 0.45)
+    ax.imshow(overlay, origin="lower", extent=extent, interpolation="nearest")
+    ax.set_title(f"{title}\nmasked (red): {100 * m.mean():.3g}% of the pixels", fontsize="medium")
     _save_atomic(fig, path)
 
 

@@ -23,10 +23,12 @@ from ._frames import STRUCTURAL
 from .errors import GpuflatError
 
 
-def product_header(header, *, names, scales, params: dict, backend: str, version: str):
+def product_header(header, *, names, scales, params: dict, backend: str, version: str,
+                   masked=None):  # fmt: skip
     """The first frame's header minus structural keys, plus provenance.
 
-    ``scales`` may be None (a mosaic's primary header when every extension has its own)."""
+    ``scales`` may be None (a mosaic's primary header when every extension has its own);
+    ``masked``: per frame, the pixels the mask pass left out (``MASKPnnn``), or None."""
     out = fits.Header()
     for card in header.cards:
         if card.keyword not in STRUCTURAL and card.keyword not in ("COMMENT", "HISTORY", ""):
@@ -43,6 +45,8 @@ def product_header(header, *, names, scales, params: dict, backend: str, version
         )
     for i, s in enumerate(() if scales is None else scales, start=1):
         out[f"SCALE{i:03d}" if i < 1000 else f"SCL{i:05d}"] = (float(s), "scale factor")
+    for i, m in enumerate(() if masked is None else masked, start=1):
+        out[f"MASKP{i:03d}" if i < 1000 else f"MSK{i:05d}"] = (int(m), "pixels masked (sources)")
     for key, value in params.items():
         if isinstance(value, (list, tuple)):
             value = ",".join(f"{v:g}" for v in value)

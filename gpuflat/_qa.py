@@ -11,6 +11,12 @@ when it is subtracted before the levels are measured, still leaves such a frame 
 limit. Floating-point data without ``SATURATE`` have no limit (their type says nothing of
 the converter's range): ``--level-range`` sets one.
 
+With ``--saturation LEVEL|KEYWORD`` (raw ADU, e.g. ``SATURATE``), saturated pixels are
+masked in every frame (:mod:`gpuflat._sources`), and a frame with more than
+``max_saturated`` (``--max-saturated``, default 1%) of its pixels at or above the level is
+left out too: its median may be fine, but a large saturated area (a bright star's bleed, a
+sky flat taken too early) leaves too little of it.
+
 A frame is also left out when its median level (raw ADU, before scaling) lies outside
 ``level_range`` (saturated or too faint twilight flats), or when the fraction of its pixels
 that the rejection threw away is far above the rest of its group: above ``reject_floor``,
@@ -33,6 +39,9 @@ class QAConfig:
     level_range: tuple[float, float] | None = None
     reject_factor: float = 10.0
     reject_floor: float = 0.01
+    #: a frame with more than this fraction of its pixels at or above the saturation level
+    #: (``--saturation``) is left out
+    max_saturated: float = 0.01
 
     def __post_init__(self):
         if self.level_range is not None:
@@ -41,6 +50,10 @@ class QAConfig:
                 raise ValueError(f"level_range: LOW {low:g} must be below HIGH {high:g}")
         if not self.reject_factor > 1:
             raise ValueError(f"reject_factor must be > 1, got {self.reject_factor:g}")
+        if not 0 <= self.max_saturated <= 1:
+            raise ValueError(
+                f"max_saturated must be a fraction from 0 to 1, got {self.max_saturated:g}"
+            )
 
 
 #: a frame whose median level is at or above this fraction of its stored integer type's
@@ -77,13 +90,22 @@ def saturation_limit(header, gain=None) -> tuple[float, str] | None:
     return limit, why
 
 
-def outliers(levels, rejected_fraction, qa: QAConfig, limits=None) -> dict[int, str]:
+def outliers(
+    levels, rejected_fraction, qa: QAConfig, limits=None, saturated=None
+) -> dict[int, str]:
     """Frame index -> why it is left out. ``levels``: per-frame median levels (or None);
-    ``limits``: per-frame saturation limits (``saturation_limit``'s, or None each)."""
+    ``limits``: per-frame saturation limits (``saturation_limit``'s, or None each);
+    ``saturated``: per-frame fractions of pixels at or above ``--saturation`` (or None)."""
     out = {}
+    for i, f in enumerate(() if saturated is None else saturated):
+        if f > qa.max_saturated:
+            out[i] = (
+                f"saturated: {100 * f:.3g}% of its pixels at or above the saturation level "
+                f"(--max-saturated {100 * qa.max_saturated:g}%)"
+            )
     if limits is not None and levels is not None:
         for i, (level, limit) in enumerate(zip(levels, limits, strict=True)):
-            if limit is not None and level >= limit[0]:
+            if limit is not None and level >= limit[0] and i not in out:
                 out[i] = f"saturated: median level {level:.6g} >= {limit[0]:.6g} ({limit[1]})"
     if qa.level_range is not None and levels is not None:
         low, high = qa.level_range

@@ -18,6 +18,7 @@ from ._extensions import check_scale_per, parse_ext_list, parse_one_ext
 from ._frames import _is_ccddata, bad_pixel_mask, open_frames
 from ._mosaic import MosaicResult, combine_mosaic_files, mosaic_mask
 from ._pipeline import CombineResult, combine_frames
+from ._sources import Masking
 from .backends import get_backend
 from .errors import NoFramesError
 
@@ -58,6 +59,12 @@ def combine(
     exposure_key: str = "EXPTIME",
     gain: float | str | None = None,
     device_mem_limit: float | None = None,
+    mask_sources: bool = False,
+    source_sigma: float = 3.0,
+    source_grow: float = 2.0,
+    source_iters: int = 1,
+    source_npixels: int = 3,
+    saturation: float | str | None = None,
 ) -> CombineResult:
     """Combine flat frames: scale, sigma-clip per pixel across the stack, average.
 
@@ -129,6 +136,23 @@ def combine(
         ``bias`` subtracted, master ``dark`` scaled by ``exposure_key`` (frame / dark) and
         subtracted, multiplied by ``gain`` (e-/ADU, or a header keyword). See
         :class:`gpuflat.Calibration`. The result has the trimmed shape.
+    mask_sources : bool
+        Sky and twilight flats: mask the stars of every frame before the final combination
+        (needs the ``sky`` extra, ``pip install 'gpuflat[sky]'``). A provisional master is
+        combined first; each frame, scaled and divided by it, is searched for sources
+        (pixels above ``source_sigma`` times the local noise over the local background, in
+        8-connected regions of at least ``source_npixels`` pixels; sep's background mesh
+        of 64 pixels); their masks are grown by ``source_grow`` pixels (a disk) and the
+        group is combined again with every frame's own mask, ``source_iters`` times.
+        ``result.masked_pixels`` says how many pixels each frame lost. See
+        docs/sky-flats.md.
+    source_sigma, source_grow, source_iters, source_npixels
+        As above: 3 sigma, 2 pixels, 1 round, 3 pixels.
+    saturation : float or str, optional
+        A saturation level in raw ADU (before any calibration), or the header keyword that
+        holds each frame's (``"SATURATE"``): pixels at or above it are masked (grown like
+        sources with ``mask_sources``); ``result.saturated_fraction`` gives each frame's
+        share of them.
 
     Returns
     -------
@@ -138,7 +162,7 @@ def combine(
         ``to_ccddata()`` and ``write(path, overwrite=False, compress=False)``, both with
         the provenance ``gpuflat run`` writes (``product_header()``).
     """
-    config, calibration = _validated(locals())
+    config, calibration, masking = _validated(locals())
     inputs = _inputs(inputs)
     hdu = parse_one_ext(ext)
     if hdu is not None and not _all_paths(inputs):
@@ -152,19 +176,21 @@ def combine(
             stack.callback(calibrator.close)
         return combine_frames(
             frames, config, chosen, bad_pixel_mask=bad_pixels, progress=progress,
-            calibrator=calibrator,
+            calibrator=calibrator, masking=masking,
         )  # fmt: skip
 
 
-def _validated(arguments: dict) -> tuple[CombineConfig, Calibration]:
-    """The combination's and the calibration's options from a call's arguments
-    (``locals()`` at the top of :func:`combine` / :func:`combine_mosaic`), validated once."""
+def _validated(arguments: dict) -> tuple[CombineConfig, Calibration, Masking]:
+    """The combination's, the calibration's and the mask pass's options from a call's
+    arguments (``locals()`` at the top of :func:`combine` / :func:`combine_mosaic`),
+    validated once."""
     fields = {f.name for f in dataclasses.fields(CombineConfig)}
     options = {k: v for k, v in arguments.items() if k in fields}
     weights = options.get("weights")
     options["weights"] = None if weights is None else tuple(np.asarray(weights, float).ravel())
     calibration = {f.name: arguments[f.name] for f in dataclasses.fields(Calibration) if f.init}
-    return CombineConfig(**options), Calibration(**calibration)
+    masking = {f.name: arguments[f.name] for f in dataclasses.fields(Masking)}
+    return CombineConfig(**options), Calibration(**calibration), Masking(**masking)
 
 
 def _inputs(inputs):
@@ -249,6 +275,12 @@ def combine_mosaic(
     exposure_key: str = "EXPTIME",
     gain: float | str | None = None,
     device_mem_limit: float | None = None,
+    mask_sources: bool = False,
+    source_sigma: float = 3.0,
+    source_grow: float = 2.0,
+    source_iters: int = 1,
+    source_npixels: int = 3,
+    saturation: float | str | None = None,
 ) -> MosaicResult:
     """Combine multi-extension (mosaic) flats: every image extension on its own.
 
@@ -290,6 +322,8 @@ device_mem_limit
         from each extension's header (or the primary's), and a multi-extension master
         gives each extension its HDU of the same EXTNAME/EXTVER (a single-image master
         applies to every extension).
+    mask_sources, source_sigma, source_grow, source_iters, source_npixels, saturation
+        As in :func:`combine`, extension by extension.
 
     Returns
     -------
@@ -298,7 +332,7 @@ device_mem_limit
         :class:`CombineResult`; ``scales``/``levels`` per exposure with
         ``scale_per='exposure'``; ``write(path, overwrite=False, compress=False)``.
     """
-    config, calibration = _validated(locals())
+    config, calibration, masking = _validated(locals())
     specs = parse_ext_list(ext)
     check_scale_per(scale_per)
     paths = _inputs(paths)
@@ -311,5 +345,5 @@ device_mem_limit
     masks = mosaic_mask(mask)
     return combine_mosaic_files(
         list(paths), config, get_backend(config.backend), ext=specs, scale_per=scale_per,
-        mask=masks, progress=progress, calibration=calibration,
+        mask=masks, progress=progress, calibration=calibration, masking=masking,
     )  # fmt: skip

@@ -31,7 +31,7 @@ from . import farm
 from ._cli_parser import build_parser
 from ._version import __version__
 from .errors import GpuflatError
-from .farm import OptionError
+from .farm import OptionError, tools
 
 log = logging.getLogger("gpuflat")
 
@@ -86,7 +86,12 @@ def _command(args, argv, caught) -> int:
         _setup_logging(args.verbose, args.quiet)
         if command in ("warmup", "mask"):  # gpuflat mask: the batch job in farm/mask.py
             return _warmup(args.quiet) if command == "warmup" else farm.mask.main(args)
-        return _info() if command == "info" else _simulate(args)
+        if command in ("simulate", "compare"):  # their logic in farm.tools
+            verb = tools.simulate if command == "simulate" else tools.compare
+            for line in verb(args):
+                print(line)
+            return 0
+        return _info()
     except OptionError as exc:
         print(f"gpuflat {command}: error: {exc}", file=sys.stderr)
         return 2
@@ -373,26 +378,6 @@ def _warmup(quiet) -> int:
         for note in notes:
             print(f"gpuflat warmup: {note}", file=sys.stderr)
         print(f"gpuflat warmup: done in {time.perf_counter() - t0:.1f} s")
-    return 0
-
-
-def _simulate(args) -> int:
-    from ._simulate import simulate_night
-
-    try:
-        rows, cols = (int(v) for v in args.size.lower().split("x"))
-    except ValueError:
-        raise OptionError(f"--size {args.size!r}: expected ROWSxCOLS, e.g. 512x768") from None
-    if rows < 16 or cols < 16:
-        raise OptionError(f"--size {args.size}: at least 16x16")
-    if args.mef < 0:
-        raise OptionError(f"--mef {args.mef}: expected a number of extensions >= 0")
-    paths = simulate_night(
-        args.outdir, shape=(rows, cols), n_dome=args.n_dome, n_twilight=args.n_twilight,
-        dtype=args.dtype, seed=args.seed, overwrite=args.overwrite, mef=args.mef, raw=args.raw,
-    )  # fmt: skip
-    if not args.quiet:
-        print(f"wrote {len(paths)} files to {args.outdir}")
     return 0
 
 

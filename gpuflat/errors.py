@@ -31,6 +31,11 @@ class BackendUnavailableError(GpuflatError):
     """The requested backend cannot run on this machine."""
 
 
+class MissingDependencyError(GpuflatError):
+    """An option needs an optional package that is not installed (the message says which
+    and how to install it)."""
+
+
 class CalibrationError(GpuflatError):
     """Raw frames cannot be calibrated as asked: a section outside the frame, a master of
     another shape, a missing exposure time or gain keyword."""

@@ -22,6 +22,7 @@ from .._calibrate import Calibration
 from .._config import CombineConfig
 from .._extensions import parse_ext_list
 from .._qa import QAConfig
+from .._sources import Masking
 
 
 class OptionError(Exception):
@@ -96,7 +97,9 @@ _KINDS = {
     "overscan_axis": overscan_axis, "overscan_model": "str", "trim": "str", "bias": "str",
     "dark": "str", "exposure_key": "str", "gain": number_or_keyword,
     "rdnoise": number_or_keyword, "noise_gain": number_or_keyword, "snoise": number_or_keyword,
-    "nkeep": int,
+    "nkeep": int, "mask_sources": "bool", "source_sigma": float, "source_grow": float,
+    "source_iters": positive_int, "source_npixels": positive_int, "saturation": "str",
+    "max_saturated": float,
 }  # fmt: skip
 _EXPECTED = {
     float: "a number",
@@ -169,10 +172,18 @@ class RunOptions:
     dark: str | None = None
     exposure_key: str = "EXPTIME"
     gain: str | None = None
+    mask_sources: bool = False
+    source_sigma: float = 3.0
+    source_grow: float = 2.0
+    source_iters: int = 1
+    source_npixels: int = 3
+    saturation: str | None = None
+    max_saturated: float = 0.01
     # derived, validated values
     combine: CombineConfig = field(init=False, repr=False, compare=False)
     calibration: Calibration = field(init=False, repr=False, compare=False)
     qa: QAConfig = field(init=False, repr=False, compare=False)
+    masking: Masking = field(init=False, repr=False, compare=False)
     where_pairs: tuple = field(init=False, repr=False, compare=False)
     group_keys: tuple = field(init=False, repr=False, compare=False)
     ext_specs: tuple | None = field(init=False, repr=False, compare=False)
@@ -192,7 +203,13 @@ class RunOptions:
                 mem_limit=self.mem_limit, backend=self.device,
                 device_mem_limit=self.device_mem_limit,
             )  # fmt: skip
-            qa = QAConfig(level_range=self.level_range, reject_factor=self.qa_reject_factor)
+            qa = QAConfig(level_range=self.level_range, reject_factor=self.qa_reject_factor,
+                          max_saturated=self.max_saturated)  # fmt: skip
+            masking = Masking(
+                mask_sources=self.mask_sources, source_sigma=self.source_sigma,
+                source_grow=self.source_grow, source_iters=self.source_iters,
+                source_npixels=self.source_npixels, saturation=self.saturation,
+            )  # fmt: skip
             calibration = Calibration(
                 overscan=self.overscan, overscan_axis=self.overscan_axis,
                 overscan_model=self.overscan_model, trim=self.trim, bias=self.bias,
@@ -202,6 +219,7 @@ class RunOptions:
             text = str(exc).replace("level_range", "--level-range")
             text = _NOISE_PARAM.sub(lambda m: "--" + m[1].replace("_", "-"), text)
             text = _CALIBRATION_PARAM.sub(lambda m: "--" + m[1].replace("_", "-"), text)
+            text = _MASK_PARAM.sub(lambda m: "--" + m[1].replace("_", "-"), text)
             raise OptionError(text.replace("reject_factor", "--qa-reject-factor")) from None
         where = []
         for item in self.where:
@@ -231,7 +249,7 @@ class RunOptions:
         if self.workers is not None and self.scheduler:
             raise OptionError("--workers and --scheduler exclude each other: give one")
         for name, value in (
-            ("combine", combine), ("calibration", calibration), ("qa", qa),
+            ("combine", combine), ("calibration", calibration), ("qa", qa), ("masking", masking),
             ("where_pairs", tuple(where)),
             ("group_keys", keys), ("ext_specs", specs),
         ):  # fmt: skip
@@ -261,6 +279,11 @@ _CALIBRATION_PARAM = re.compile(
 )
 #: the noise model's parameter names at the start of their messages, said as flags
 _NOISE_PARAM = re.compile(r"^(rdnoise|noise_gain|snoise|nkeep)\b")
+#: the mask pass's and the saturation rule's parameter names in their messages, as flags
+_MASK_PARAM = re.compile(
+    r"^(mask_sources|source_sigma|source_grow|source_iters|source_npixels|saturation|"
+    r"max_saturated)\b"
+)
 #: options that choose where the work runs; giving one as a flag drops the file's other
 #: (a farm.toml with ``workers = 8`` still runs with ``--scheduler ADDR``)
 _EXCLUSIVE = ("workers", "scheduler")

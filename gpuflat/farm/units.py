@@ -252,8 +252,8 @@ def combine_group(
     def header(result):
         return header_fn(
             result.header, names=result.names, scales=result.scales,
-            params={**config.describe(), **(result.calibration or {})}, backend=result.backend,
-            version=__version__,
+            params={**config.describe(), **(result.calibration or {}), **(result.masking or {})},
+            backend=result.backend, version=__version__, masked=result.masked_pixels,
         )  # fmt: skip
 
     def stream(result, shape):
@@ -300,13 +300,14 @@ def _combine_group(options, group, backend, bad_pixels, target, header, results,
         result = combine_frames(
             frames, config, backend, bad_pixel_mask=bad_pixels, want_levels=want,
             progress=_progress(on_event, group), calibrator=calibrator(), workspace=workspace,
-            results=results,
+            results=results, masking=options.masking,
         )  # fmt: skip
         timings = dict(result.timings)
         qa_entries = frame_entries(result)
         left_out = {} if options.no_qa else _qa.outliers(
             result.levels["median"], result.rejected_fraction, options.qa,
             limits=saturation_limits(options, group, result.names),
+            saturated=result.saturated_fraction,
         )  # fmt: skip
         entry["frames"] = qa_entries  # the verdicts, also of a group QA leaves too small
         if left_out:
@@ -317,6 +318,7 @@ def _combine_group(options, group, backend, bad_pixels, target, header, results,
             result = combine_frames(
                 frames, config, backend, bad_pixel_mask=bad_pixels, want_levels=want,
                 calibrator=calibrator(), workspace=workspace, results=results,
+                masking=options.masking,
             )  # fmt: skip
             timings = {k: v + result.timings[k] for k, v in timings.items()}
             final = {e["file"]: e for e in frame_entries(result)}
@@ -366,12 +368,16 @@ def _write_streamed(product, entry, frames, defer=False):
 def frame_entries(result) -> list[dict]:
     """The report's line for each frame of a combination: scale, levels, rejected fraction."""
     fractions = result.rejected_fraction
+    masks = result.source_masks  # the mask pass's pixels, when it ran
+    saturated = result.saturated_fraction
     return [
         {
             "file": name,
             "scale": float(s),
             **{f"level_{k}": float(v[i]) for k, v in result.levels.items()},
             "rejected_fraction": None if fractions is None else float(fractions[i]),
+            **({} if masks is None else {"masked_pixels": int(masks.masked[i])}),
+            **({} if saturated is None else {"saturated_pixels": int(masks.saturated[i])}),
             "qa": "kept",
         }
         for i, (name, s) in enumerate(zip(result.names, result.scales, strict=True))
@@ -450,6 +456,7 @@ def mosaic_result(options, group, backend, specs=None, only=None, on_event=None)
         scale_per=options.scale_per, mask=mosaic_mask(options.mask),
         extension_lists=[i.extensions for i in infos], want_levels=("median",),
         progress=_progress(on_event, group), calibration=options.calibration,
+        masking=options.masking,
     )  # fmt: skip
 
 
@@ -552,4 +559,8 @@ def _plots(target, group, result, verdicts):
     _plots.plot_scaling(
         paths["scaling"], result.levels["median"], result.scales, title=f"scaling, {title}"
     )
+    if result.source_masks is not None:  # the first frame's mask over the frame
+        paths["mask"] = f"{stem}_mask.png"
+        _plots.plot_frame_mask(paths["mask"], result.names[0], result.source_masks.mask(0),
+                               title=f"{Path(result.names[0]).name}, {title}")  # fmt: skip
     return paths
