@@ -5,6 +5,7 @@
 >>> result.image, result.uncertainty, result.count, result.mask, result.scales  # doctest: +SKIP
 """
 
+from ._badpix import MaskParams, ccdmask, hot_pixels
 from ._calibrate import Calibration
 from ._compare import compare_flats
 from ._config import CombineConfig
@@ -31,11 +32,14 @@ __all__ = [
     "CombineResult",
     "FrameReadError",
     "GpuflatError",
+    "MaskParams",
     "MosaicResult",
     "NoFramesError",
     "ShapeMismatchError",
     "__version__",
+    "ccdmask",
     "combine",
     "combine_mosaic",
     "compare_flats",
+    "hot_pixels",
 ]

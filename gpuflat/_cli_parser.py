@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import difflib
 
+from ._cli_mask import mask_parser
 from ._version import __version__
 from .farm import options
 
@@ -20,6 +21,8 @@ EXAMPLES = """examples:
   gpuflat simulate demo/night                a realistic night to try it on
   gpuflat simulate demo/sky --sky            dithered sky frames with stars, and the true flat
   gpuflat compare masters/combined_flat_filter_V.fits demo/sky/trueflat-V.fits
+  gpuflat mask --low 'low/*.fits' --high 'high/*.fits' -o bpm.fits --dark mdark.fits
+                                             a bad-pixel mask (ccdmask) from flats
   gpuflat run raw/ --overscan BIASSEC --trim TRIMSEC --bias mbias.fits --dark mdark.fits
                                              raw frames, calibrated in the stream
 """
@@ -358,6 +361,8 @@ def build_parser() -> argparse.ArgumentParser:
         "nothing. Idempotent: a second call takes about a second.",
     )
     common(warm)
+
+    mask_parser(sub, common, _flag)  # gpuflat mask: _cli_mask.py
 
     sim = sub.add_parser("simulate", help="write a realistic simulated night")
     sim.add_argument("outdir")

@@ -13,12 +13,13 @@ import numpy as np
 
 from ._atomic import commit
 
-__all__ = ["plot_flat", "plot_frame_mask", "plot_levels", "plot_scaling"]
+__all__ = ["plot_flat", "plot_frame_mask", "plot_levels", "plot_mask", "plot_scaling"]
 
 #: Figure sizes in inches and resolution; the PNGs are exactly ``size * DPI`` pixels.
 DPI = 100
 LEVELS_SIZE = (8.0, 4.5)
 FLAT_SIZE = (7.0, 5.5)
+MASK_SIZE = (13.0, 5.5)  # gpuflat mask: the ratio and its histogram side by side
 
 _MAX_DISPLAY = 800  # larger images are subsampled by a stride for display (the axes are
 # about 500 pixels wide: more only costs resampling)
@@ -281,4 +282,48 @@ def plot_frame_mask(path, frame, mask, *, title) -> None:
     overlay[view] = (1.0, 0.0, 0.0, 0.45)
     ax.imshow(overlay, origin="lower", extent=extent, interpolation="nearest")
     ax.set_title(f"{title}\nmasked (red): {100 * m.mean():.3g}% of the pixels", fontsize="medium")
+    _save_atomic(fig, path)
+
+
+def plot_mask(path, ratio, mask, *, lsigma, hsigma, title) -> None:
+    """The ratio with its masked pixels marked, beside a histogram of the ratio with the
+    clipping bounds, and write a PNG (``MASK_SIZE * DPI`` pixels, replaced atomically).
+
+    ccdmask's sigma is local (half the spread between the 30.9th and 69.1st percentiles of
+    the median-subtracted ratio around each pixel); the histogram shows the bounds
+    ``median - lsigma * sigma`` and ``median + hsigma * sigma`` with that sigma taken over
+    the whole image, the typical bounds."""
+    arr = _as_image(ratio)
+    bad = np.asarray(mask).astype(bool)
+    vmin, vmax = _zscale_limits(arr)
+    vals = _finite(arr)
+    med = float(np.median(vals)) if vals.size else float("nan")
+    lo_p, hi_p = np.percentile(vals, [30.9, 69.1]) if vals.size else (np.nan, np.nan)
+    sigma = (hi_p - lo_p) / 2.0
+    low, high = med - lsigma * sigma, med + hsigma * sigma
+
+    fig = _new_figure(MASK_SIZE)
+    fig.suptitle(f"{title}: {int(bad.sum())} of {bad.size} pixels masked "
+                 f"({100.0 * bad.mean():.3g}%)")  # fmt: skip
+    ax = fig.add_subplot(1, 2, 1)
+    _show(fig, ax, arr, vmin, vmax, label="ratio (ZScale, linear)")
+    rows, cols = np.nonzero(bad)
+    if rows.size:
+        ax.scatter(cols, rows, s=4, marker="s", facecolors="none", edgecolors="red",
+                   linewidths=0.6, label="masked")  # fmt: skip
+        ax.legend(loc="upper right", fontsize="small")
+    ax.set_title("ratio, masked pixels in red", fontsize="medium")
+    ax = fig.add_subplot(1, 2, 2)
+    if vals.size:
+        span = max(high - low, 1e-12)
+        edges = np.linspace(low - span, high + span, 201)
+        ax.hist(np.clip(vals, edges[0], edges[-1]), bins=edges, color="0.4", log=True)
+        for x, name in ((low, f"-{lsigma:g} sigma"), (high, f"+{hsigma:g} sigma")):
+            ax.axvline(x, color="red", linestyle="--", label=f"{name}: {x:.5g}")
+        ax.axvline(med, color="black", linewidth=0.8, label=f"median {med:.5g}")
+        ax.legend(fontsize="small")
+    ax.set_xlabel("ratio (values outside the axis piled at its ends)")
+    ax.set_ylabel("pixels")
+    ax.set_title(f"histogram; sigma {sigma:.3g} from the 30.9/69.1 percentiles",
+                 fontsize="medium")  # fmt: skip
     _save_atomic(fig, path)

@@ -66,7 +66,7 @@ def main(argv=None) -> int:
     command = args.command
     if command == "run":
         _return_freed_frames()
-    if command in ("run", "inspect"):
+    if command in ("run", "inspect", "mask"):
         _skip_blas_probe()
     with _signals() as caught:
         return _command(args, argv, caught)
@@ -84,8 +84,8 @@ def _command(args, argv, caught) -> int:
                 return _run(opts, ["gpuflat", *argv])
             return _inspect(opts, getattr(args, "all", False))
         _setup_logging(args.verbose, args.quiet)
-        if command == "warmup":
-            return _warmup(args.quiet)
+        if command in ("warmup", "mask"):  # gpuflat mask: the batch job in farm/mask.py
+            return _warmup(args.quiet) if command == "warmup" else farm.mask.main(args)
         if command in ("simulate", "compare"):  # their logic in farm.tools
             verb = tools.simulate if command == "simulate" else tools.compare
             for line in verb(args):

@@ -22,6 +22,9 @@ ENTRY_POINTS = (
     ("_numba", "_median_hist_part"),
     ("_numba_median", "_bracket_part"),
     ("_numba_median", "_raw_hist_part"),
+    ("_numba_ccdmask", "_medsub_net_rows"),  # gpuflat mask
+    ("_numba_ccdmask", "_mask_rows"),
+    ("_numba_ccdmask", "fill_short_gaps"),
 )
 
 #: About how long the first compile of one run's kernels takes (the fast path of the

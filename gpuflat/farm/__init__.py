@@ -50,7 +50,7 @@ from .._select import (
 from .._version import __version__
 from ..backends import get_backend
 from ..errors import GpuflatError, NoFramesError
-from . import units
+from . import mask, units  # noqa: F401 (mask: `gpuflat mask`, which cli reaches as farm.mask)
 from .options import OptionError, RunOptions, build_options
 from .report import write_report
 

@@ -31,6 +31,7 @@ def steps() -> list[tuple[str, object]]:
         ("combine, generic path", _generic),
         ("frame levels", _levels),
         ("levels of stored integers", _raw_levels),
+        ("bad-pixel masks (ccdmask)", _ccdmask),
         ("CUDA kernels", _cuda),
     ]
     return out
@@ -59,6 +60,19 @@ def _stack(n, rows=24, cols=80, seed=0):
     data[0, 1, 3] = np.nan
     data[1, 2, 5] = 1e6
     return data
+
+
+def _ccdmask():
+    """gpuflat mask's kernels for float32 ratios (the ratio of two masters is float32, and
+    so are most ratio files): the median's networks, the sigma mask with a NaN window,
+    findbadcolumns. Float64 ratios and median windows too large for the networks (its
+    tracker) compile when first used, with the notice (each is about as long to compile
+    as all of this)."""
+    from .._badpix import ccdmask
+
+    ratio = np.random.default_rng(3).normal(1.0, 0.01, (40, 48)).astype(np.float32)
+    ratio[5, 7] = np.nan
+    ccdmask(ratio, findbadcolumns=True)
 
 
 def _library(n):
