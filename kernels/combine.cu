@@ -620,7 +620,51 @@ extern "C" __global__ void gpuflat_combine_xn(GF_COMBINE_ARGS) {
 }
 #endif
 
+// The general list of the fast kernels (kernels/fast.cu): the pixels they could not vouch
+// for, combined here as gpuflat_combine_16/32/64 would. The combine kernels' arguments
+// (nthreads unused: the list says how many), then
+//   const unsigned int *list     pixel offsets from p0, the first counts[0] of them
+//   const unsigned int *counts   counts[0]: the length of the list (set on the device)
+// Any grid: grid-stride over the list.
+template <int CAP>
+__device__ __forceinline__ void combine_listed(GF_COMBINE_ARGS,
+                                               const unsigned int *__restrict__ list,
+                                               const unsigned int *__restrict__ counts) {
+  (void)scratch;
+  (void)nthreads;
+  Params pr{clip_scaled, min_value, max_value, nlow, nhigh, sigma,
+            center,      dev,       sigma_low, sigma_high, maxiters, method,
+            ccdclip,     nkeep};
+  const long long len = counts[0];
+  const long long step = (long long)gridDim.x * blockDim.x;
+  for (long long j = (long long)blockIdx.x * blockDim.x + threadIdx.x; j < len; j += step) {
+    Pixel px{data, scale, npix, p0 + list[j], clip_scaled};
+    LocalStore<CAP> w;
+    combine_pixel<false>(w, px, mask, weight, n, pr, image, uncert, count, rejected, noise);
+  }
+}
+
+#define GF_LISTED_ARGS \
+  GF_COMBINE_ARGS, const unsigned int *__restrict__ list, const unsigned int *__restrict__ counts
+#define GF_LISTED_CALL                                                                     \
+  (data, mask, scale, weight, n, npix, p0, nthreads, scratch, clip_scaled, min_value,       \
+   max_value, nlow, nhigh, sigma, center, dev, sigma_low, sigma_high, maxiters, method,      \
+   ccdclip, nkeep, noise, image, uncert, count, rejected, list, counts)
+
+#if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_listed_16)
+extern "C" __global__ void gpuflat_listed_16(GF_LISTED_ARGS) { combine_listed<16> GF_LISTED_CALL; }
+#endif
+#if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_listed_32)
+extern "C" __global__ void gpuflat_listed_32(GF_LISTED_ARGS) { combine_listed<32> GF_LISTED_CALL; }
+#endif
+#if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_listed_64)
+extern "C" __global__ void gpuflat_listed_64(GF_LISTED_ARGS) { combine_listed<64> GF_LISTED_CALL; }
+#endif
+
 #ifdef GPUFLAT_HOST_SHIM
+GPUFLAT_HOST_ENTRY(gpuflat_listed_16)
+GPUFLAT_HOST_ENTRY(gpuflat_listed_32)
+GPUFLAT_HOST_ENTRY(gpuflat_listed_64)
 GPUFLAT_HOST_ENTRY(gpuflat_combine_16)
 GPUFLAT_HOST_ENTRY(gpuflat_combine_32)
 GPUFLAT_HOST_ENTRY(gpuflat_combine_64)

@@ -22,12 +22,13 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 KERNELS = ROOT / "kernels"
-SOURCES = ("combine.cu", "level.cu", "convert.cu")
+SOURCES = ("combine.cu", "level.cu", "convert.cu", "fast.cu")
 BLOCK = 128
 
 BASE_FLAGS = (
@@ -63,6 +64,9 @@ SIGNATURES = {
     "gpuflat_combine_x32": _COMBINE,
     "gpuflat_combine_x64": _COMBINE,
     "gpuflat_combine_xn": _COMBINE,
+    **{f"gpuflat_listed_{c}": _COMBINE + "PP" for c in (16, 32, 64)},
+    **{f"gpuflat_fast_{n}": "PPPPqqqddddiiPPPPP" for n in range(1, 49)},
+    "gpuflat_fast_clip": "PPPiqqqiPPPPPP",
     "gpuflat_level_hist": "PPqiPP",
     "gpuflat_level_select": "PPi",
     "gpuflat_level_rowsum": "PPqqPP",
@@ -70,7 +74,17 @@ SIGNATURES = {
 }
 _CTYPES = {"P": ctypes.c_void_p, "i": ctypes.c_int32, "q": ctypes.c_int64, "d": ctypes.c_double}
 # Positions of the pointer arguments a kernel writes (the rest it only reads).
-WRITES = {name: (8, 24, 25, 26, 27) for name in SIGNATURES if name.startswith("gpuflat_combine")}
+WRITES = {
+    name: (8, 24, 25, 26, 27)
+    for name in SIGNATURES
+    if name.startswith(("gpuflat_combine", "gpuflat_listed"))
+}
+WRITES |= {
+    name: (13, 14, 15, 16, 17)
+    for name in SIGNATURES
+    if name.startswith("gpuflat_fast_") and name != "gpuflat_fast_clip"
+}
+WRITES["gpuflat_fast_clip"] = (10, 11, 12, 13)
 WRITES |= {
     "gpuflat_level_hist": (5,),
     "gpuflat_level_select": (0, 1),
@@ -106,18 +120,21 @@ def build(flavour: str = "release") -> Path:
     for name in (*SOURCES, "cuda_shim.h"):
         digest.update((KERNELS / name).read_bytes())
     out = _tmpdir() / f"gpuflat_kernels_{flavour}_{digest.hexdigest()[:12]}.so"
-    cmd = [
-        cxx,
-        *BASE_FLAGS,
-        *FLAVOURS[flavour],
-        "-include",
-        str(KERNELS / "cuda_shim.h"),
-        "-x",
-        "c++",
-        *(str(KERNELS / s) for s in SOURCES),
-        "-o",
-        str(out),
-    ]
+    # each source compiled on its own, at the same time (fast.cu's 49 straight-line kernels
+    # take the longest), then linked
+    common = [cxx, *BASE_FLAGS, *FLAVOURS[flavour], "-include", str(KERNELS / "cuda_shim.h")]
+    objects, procs = [], []
+    for s in SOURCES:
+        obj = out.with_name(f"{out.stem}_{s}.o")
+        cmd = [*common, "-c", "-x", "c++", str(KERNELS / s), "-o", str(obj)]
+        objects.append(obj)
+        procs.append((cmd, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                            text=True)))  # fmt: skip
+    for cmd, proc in procs:
+        _, err = proc.communicate()
+        if proc.returncode != 0:
+            raise RuntimeError(f"shim build failed:\n{' '.join(cmd)}\n{err}")
+    cmd = [*common, *(str(o) for o in objects), "-o", str(out)]
     res = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if res.returncode != 0:
         raise RuntimeError(f"shim build failed:\n{' '.join(cmd)}\n{res.stderr}")
@@ -209,12 +226,17 @@ def combine_band(
     """The combine kernel on the CPU, with the CUDA backend's signature (``rejected``: a
     uint64 array of n counters the kernel adds the rejected samples to).
 
-    ``kernel`` forces one of the combine kernels (default: the one the backend picks);
+    ``kernel`` forces one of the combine kernels (default: the general kernel the backend
+    picks; ``"fast"``: the fast kernels and their lists, see :func:`fast_combine_band`);
     ``pieces`` splits the pixels over that many launches (exercises ``p0``).
     """
     from gpuflat.backends._kernels import combine_kernel
     from gpuflat.backends._params import KernelParams, noise_table
 
+    if kernel == "fast":
+        return fast_combine_band(
+            data, mask, scale, weight, params, pieces=pieces, flavour=flavour, rejected=rejected
+        )
     data = np.ascontiguousarray(data, np.float32)
     n, npix = data.shape
     noise = noise_table(KernelParams(*params), n)  # kept alive over the launches
@@ -248,6 +270,87 @@ def combine_band(
             noise if noise.size else None,
         )
         launch(kernel, _blocks(w), BLOCK, args, flavour)
+    return image, uncert, count
+
+
+class DirectDevice:
+    """The device interface of ``gpuflat.backends._cuda.CupyDevice`` where every launch
+    runs at once through the CPU build (host arrays are the device's): enough for
+    ``_cuda_fast.queue_combine``, so that the fast path's launches are the backend's."""
+
+    _TYPES: ClassVar[dict] = {"i": np.int32, "q": np.int64, "d": np.float64}
+
+    def __init__(self, flavour=None):
+        self.flavour = flavour
+        self.launches: list[tuple[str, int]] = []
+
+    def empty(self, shape, dtype):
+        a = np.empty(shape, dtype)
+        a.reshape(-1).view(np.uint8)[...] = 0xA5  # garbage, as fresh device memory
+        return a
+
+    def zeros(self, shape, dtype, stream):
+        return np.zeros(shape, dtype)
+
+    def launch(self, source, name, grid, block, args, stream):
+        assert name in (KERNELS / source).read_text(), (source, name)
+        sig = SIGNATURES[name]
+        assert len(args) == len(sig), (name, len(args))
+        cargs = []
+        for pos, (code, a) in enumerate(zip(sig, args, strict=True)):
+            if code == "P":
+                assert a is None or (isinstance(a, np.ndarray) and a.flags.c_contiguous), pos
+                cargs.append(ptr(a))
+            else:
+                assert type(a) is self._TYPES[code], (name, pos, type(a))
+                cargs.append(_CTYPES[code](a.item()))
+        self.launches.append((name, grid))
+        launch(name, grid, block, cargs, self.flavour)
+
+
+def fast_combine_band(data, mask, scale, weight, params, *, pieces=1, flavour=None,
+                      rejected=None, lists=None):  # fmt: skip
+    """The fast kernels on the CPU, launched as the CUDA backend launches them
+    (``_cuda_fast.queue_combine``: counters zeroed, ``gpuflat_fast_<n>``, the clip list,
+    the general list), over ``pieces`` chunks; ``lists``: a list that gets, per chunk, the
+    pixels of its general list and of its clip list (sorted)."""
+    from gpuflat.backends._cuda_fast import fast_kernel, queue_combine
+    from gpuflat.backends._params import KernelParams
+
+    data = np.ascontiguousarray(data, np.float32)
+    n, npix = data.shape
+    prm = KernelParams(*params)
+    assert fast_kernel(n, prm), "the fast kernels do not take these parameters"
+    mask = None if mask is None else np.ascontiguousarray(mask, np.uint8)
+    scale = np.ascontiguousarray(scale, np.float64)
+    weight = None if weight is None else np.ascontiguousarray(weight, np.float64)
+    rej = None if rejected is None else np.zeros(n, np.uint64)
+    image = np.full(npix, -1.0)
+    uncert = np.full(npix, -1.0)
+    count = np.full(npix, -1, np.int32)
+    dev = DirectDevice(flavour)
+    for p0, p1 in itertools.pairwise(np.linspace(0, npix, pieces + 1).astype(int)):
+        w = int(p1 - p0)
+        if w == 0:
+            continue
+        # the chunk as the backend stages it: a [n, w] array of its own
+        chunk = (
+            np.ascontiguousarray(data[:, p0:p1]),
+            None if mask is None else np.ascontiguousarray(mask[:, p0:p1]),
+            w,
+            image[p0:p1],
+            uncert[p0:p1],
+            count[p0:p1],
+        )
+        d_list, d_counts = queue_combine(
+            dev, None, [chunk], n=n, stride=w, scale=scale, weight=weight, params=prm,
+            noise=None, scratch=None, rejected=rej,
+        )  # fmt: skip
+        if lists is not None:
+            g, c = int(d_counts[0]), int(d_counts[1])
+            lists.append((np.sort(d_list[:g]) + p0, np.sort(d_list[w - c : w]) + p0))
+    if rejected is not None:
+        rejected += rej
     return image, uncert, count
 
 

@@ -23,7 +23,8 @@ import math
 
 import numpy as np
 
-from ._kernels import combine_kernel, median_from_state
+from ._cuda_fast import FAST_MAX, fast_kernel, queue_combine
+from ._kernels import median_from_state
 from ._params import KernelParams, noise_table
 
 #: the share of the free device memory a combination may use unless told otherwise
@@ -33,16 +34,6 @@ SCRATCH_BYTES = 64 << 20  # gpuflat_combine_n's scratch per slot
 
 def _blocks(threads: int, block: int) -> int:
     return max(1, (threads + block - 1) // block)
-
-
-def _kernel_params(params) -> tuple:
-    p = KernelParams(*params)
-    return (
-        np.int32(p.clip_scaled), np.float64(p.min_value), np.float64(p.max_value),
-        np.int32(p.nlow), np.int32(p.nhigh), np.int32(p.sigma), np.int32(p.center),
-        np.int32(p.dev), np.float64(p.sigma_low), np.float64(p.sigma_high),
-        np.int32(p.maxiters), np.int32(p.method), np.int32(p.ccdclip), np.int32(p.nkeep),
-    )  # fmt: skip
 
 
 class _FeedSlot:
@@ -64,6 +55,7 @@ class _FeedSlot:
         self.d_scratch = dev.empty(scratch_bytes, np.uint8) if scratch_bytes else None
         self.d_rejected = dev.zeros(n, np.uint64, self.stream) if counters else None
         self.d_scale = self.d_weight = self.d_noise = None
+        self.d_list = self.d_lists = None  # the fast kernels' lists (``_cuda_fast``)
         if level_rows:
             self.h_zero = dev.pinned(8, np.uint32)
             self.h_zero[...] = 0
@@ -119,6 +111,7 @@ class Feed:
                 stage * (self.itemsize + per_mask)  # raw bytes, masks
                 + work * (4 + per_mask)  # float32 values, masks
                 + band_pixels * 20  # outputs
+                + (band_pixels * 4 if n <= FAST_MAX else 0)  # the fast kernels' lists
                 + 9 * n * scratch_width(rows)
                 + (nrows * 16 if pass1 else 0)
             )
@@ -356,21 +349,21 @@ class Feed:
             stride, offset = self.shape[0] * cols, r0 * cols
         else:
             data, masks, stride, offset = slot.d_work, slot.d_mask, width, 0
-        prm = _kernel_params(params)
         p = KernelParams(*params)
-        kernel = combine_kernel(n, extended=bool(p.ccdclip or p.nkeep))
+        if slot.d_list is None and fast_kernel(n, p):  # the fast kernels' lists, per slot
+            slot.d_list = dev.empty(self.chunk, np.uint32)
+        chunks = []
         for p0 in range(0, width, self.chunk):
             w = min(self.chunk, width - p0)
             # the chunk's frames: base + offset + p0 + i * stride, for i < n
             lo, hi = offset + p0, offset + p0 + (n - 1) * stride + w
-            args = (
-                data[lo:hi], None if masks is None else masks[lo:hi], slot.d_scale,
-                slot.d_weight, np.int32(n), np.int64(stride), np.int64(0), np.int64(w),
-                slot.d_scratch, *prm, slot.d_noise, *(d[p0 : p0 + w] for d in slot.d_out),
-                slot.d_rejected,
-            )  # fmt: skip
-            dev.launch("combine.cu", kernel, _blocks(w, self.block), self.block, args,
-                       stream)  # fmt: skip
+            chunks.append((data[lo:hi], None if masks is None else masks[lo:hi], w,
+                           *(d[p0 : p0 + w] for d in slot.d_out)))  # fmt: skip
+        slot.d_lists = queue_combine(
+            dev, stream, chunks, n=n, stride=stride, scale=slot.d_scale, weight=slot.d_weight,
+            params=p, noise=slot.d_noise, scratch=slot.d_scratch, rejected=slot.d_rejected,
+            d_list=slot.d_list,
+        )  # fmt: skip
         for h, d in zip(slot.h_out, slot.d_out, strict=True):
             dev.download(h[:width], d[:width], stream)
         slot.outputs = (dests, width)

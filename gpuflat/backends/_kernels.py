@@ -67,7 +67,7 @@ def cupy_nvrtc_options(arch: str) -> tuple[str, ...]:
 # -- the prebuilt kernels (kernels/*.fatbin) ---------------------------------------------------
 
 #: the kernel files; each is built into one fatbin (``kernels/<stem>.fatbin``)
-KERNEL_FILES = ("combine.cu", "level.cu", "convert.cu")
+KERNEL_FILES = ("combine.cu", "level.cu", "convert.cu", "fast.cu")
 #: the machine code every fatbin holds, and the PTX the driver can compile for later GPUs
 FATBIN_SASS = ("sm_80", "sm_86", "sm_89", "sm_90")
 FATBIN_PTX = "compute_80"
