@@ -93,18 +93,22 @@ __device__ __forceinline__ void gf_append(unsigned int *list, unsigned int *coun
   const unsigned int g = __ballot_sync(active, general);
   const unsigned int c = __ballot_sync(active, clipped);
   if (g != 0u) {
+    // gf-rare
     const int leader = __ffs(g) - 1;
     unsigned int base = 0u;
     if ((int)lane == leader) base = atomicAdd(&counts[0], (unsigned int)__popc(g));
     base = __shfl_sync(active, base, leader);
     if (general) list[base + __popc(g & below)] = value;
+    // gf-rare-end
   }
   if (c != 0u) {
+    // gf-rare
     const int leader = __ffs(c) - 1;
     unsigned int base = 0u;
     if ((int)lane == leader) base = atomicAdd(&counts[1], (unsigned int)__popc(c));
     base = __shfl_sync(active, base, leader);
     if (clipped) list[cap - 1 - (long long)(base + __popc(c & below))] = value;
+    // gf-rare-end
   }
 #else
   if (general) list[atomicAdd(&counts[0], 1u)] = value;
@@ -113,15 +117,14 @@ __device__ __forceinline__ void gf_append(unsigned int *list, unsigned int *coun
 }
 
 // The end of every fast kernel, after the sort: the bounds, then the pixel written, or
-// put on a list.
+// put on a list. rk: sqrt(n), correctly rounded (as sqrt gives it), a constant.
 __device__ __forceinline__ void gf_fast_finish(
-    int n, long long p, long long t, long long nthreads, bool ok, double smin, double smax,
-    double med, double d1, double d2, double sy, double ss, double swy, double sw,
+    int n, double rk, long long p, long long t, long long nthreads, bool ok, double smin,
+    double smax, double med, double mad, double sy, double ss, double swy, double sw,
     double mean, bool weighted, double sigma_low, double sigma_high, int maxiters,
     int method, double *__restrict__ image, double *__restrict__ uncert,
     int *__restrict__ count, unsigned int *__restrict__ list, unsigned int *counts) {
   const double inf = gf_inf();
-  const double mad = (d1 + d2) * 0.5;
   const double dd = GF_MAD_TO_STD * mad;
   const double lo = sigma_low == inf ? -inf : med - sigma_low * dd;
   const double hi = sigma_high == inf ? inf : med + sigma_high * dd;
@@ -133,23 +136,29 @@ __device__ __forceinline__ void gf_fast_finish(
   if ((!general) & (!clipped)) {
     const double k = (double)n;
     if (method == 1) {
+      // gf-rare (here and below: off the common path, which bench/kernel_stats.py counts)
       image[p] = med;
-      uncert[p] = GF_MAD_TO_STD * mad / sqrt(k);
+      uncert[p] = GF_MAD_TO_STD * mad / rk;
+      // gf-rare-end
     } else {
       const double sd = sqrt(ss / k);
       if (method == 0) {
         image[p] = weighted ? swy / sw : mean;
-        uncert[p] = sd / sqrt(k);
+        uncert[p] = sd / rk;
       } else {
+        // gf-rare
         image[p] = weighted ? swy : sy;
-        uncert[p] = sd * sqrt(k);
+        uncert[p] = sd * rk;
+        // gf-rare-end
       }
     }
     count[p] = n;
-  } else if (clipped) {  // gf-rare
+  } else if (clipped) {
+    // gf-rare
     image[p] = lo;
     uncert[p] = hi;
-  }  // gf-rare-end
+    // gf-rare-end
+  }
   gf_append(list, counts, nthreads, general, clipped, (unsigned int)t);
 }
 
@@ -227,13 +236,17 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_1(GF_FA
   GF_FAST_SETUP
   double y0 = gf_widen(d[0 * npix]) * scale[0];
   bool ok = gf_fast_ok(y0);
-  if (mask) {  // gf-rare
+  if (mask) {
+    // gf-rare
     const unsigned char *m = mask + p;
     ok = ok & (m[0 * npix] == 0);
-  }  // gf-rare-end
-  if (min_value > -gf_inf() || max_value < gf_inf()) {  // gf-rare
+    // gf-rare-end
+  }
+  if (min_value > -gf_inf() || max_value < gf_inf()) {
+    // gf-rare
     ok = ok & gf_in(d[0 * npix], min_value, max_value);
-  }  // gf-rare-end
+    // gf-rare-end
+  }
   // 6's sums in frame order, before the sort permutes the registers
   double sy = 0.0, ss = 0.0, swy = 0.0, sw = 0.0, mean = 0.0;
   if (method != 1) {
@@ -242,19 +255,21 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_1(GF_FA
     double e;
     e = y0 - mean;
     ss = ss + e * e;
-    if (weight) {  // gf-rare
+    if (weight) {
+      // gf-rare
       swy = swy + weight[0] * y0;
       sw = sw + weight[0];
-    }  // gf-rare-end
+      // gf-rare-end
+    }
   }
   // 3: sort
   // 5: the median, the MAD, the bounds
-  const double med = (y0 + y0) * 0.5;
+  const double med = y0;
   const double d1 = med - y0;
-  const double d2 = d1;
-  gf_fast_finish(1, p, t, nthreads, ok, y0, y0, med, d1, d2, sy, ss, swy, sw,
-                 mean, weight != 0, sigma_low, sigma_high, maxiters, method, image,
-                 uncert, count, list, counts);
+  const double mad = d1;
+  gf_fast_finish(1, 0x1.0000000000000p+0 /* sqrt(1) */, p, t, nthreads, ok, y0, y0,
+                 med, mad, sy, ss, swy, sw, mean, weight != 0, sigma_low, sigma_high,
+                 maxiters, method, image, uncert, count, list, counts);
 }
 #endif
 
@@ -264,13 +279,17 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_2(GF_FA
   double y0 = gf_widen(d[0 * npix]) * scale[0];
   double y1 = gf_widen(d[1 * npix]) * scale[1];
   bool ok = gf_fast_ok(y0) & gf_fast_ok(y1);
-  if (mask) {  // gf-rare
+  if (mask) {
+    // gf-rare
     const unsigned char *m = mask + p;
     ok = ok & (m[0 * npix] == 0) & (m[1 * npix] == 0);
-  }  // gf-rare-end
-  if (min_value > -gf_inf() || max_value < gf_inf()) {  // gf-rare
+    // gf-rare-end
+  }
+  if (min_value > -gf_inf() || max_value < gf_inf()) {
+    // gf-rare
     ok = ok & gf_in(d[0 * npix], min_value, max_value) & gf_in(d[1 * npix], min_value, max_value);
-  }  // gf-rare-end
+    // gf-rare-end
+  }
   // 6's sums in frame order, before the sort permutes the registers
   double sy = 0.0, ss = 0.0, swy = 0.0, sw = 0.0, mean = 0.0;
   if (method != 1) {
@@ -282,22 +301,24 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_2(GF_FA
     ss = ss + e * e;
     e = y1 - mean;
     ss = ss + e * e;
-    if (weight) {  // gf-rare
+    if (weight) {
+      // gf-rare
       swy = swy + weight[0] * y0;
       sw = sw + weight[0];
       swy = swy + weight[1] * y1;
       sw = sw + weight[1];
-    }  // gf-rare-end
+      // gf-rare-end
+    }
   }
   // 3: sort
   GF_CX(y0, y1);
   // 5: the median, the MAD, the bounds
   const double med = (y0 + y1) * 0.5;
   const double d1 = gf_dmin(med - y0, y1 - med);
-  const double d2 = gf_dmax(med - y0, y1 - med);
-  gf_fast_finish(2, p, t, nthreads, ok, y0, y1, med, d1, d2, sy, ss, swy, sw,
-                 mean, weight != 0, sigma_low, sigma_high, maxiters, method, image,
-                 uncert, count, list, counts);
+  const double mad = (d1 + (gf_dmax(med - y0, y1 - med))) * 0.5;
+  gf_fast_finish(2, 0x1.6a09e667f3bcdp+0 /* sqrt(2) */, p, t, nthreads, ok, y0, y1,
+                 med, mad, sy, ss, swy, sw, mean, weight != 0, sigma_low, sigma_high,
+                 maxiters, method, image, uncert, count, list, counts);
 }
 #endif
 
@@ -308,13 +329,17 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_3(GF_FA
   double y1 = gf_widen(d[1 * npix]) * scale[1];
   double y2 = gf_widen(d[2 * npix]) * scale[2];
   bool ok = gf_fast_ok(y0) & gf_fast_ok(y1) & gf_fast_ok(y2);
-  if (mask) {  // gf-rare
+  if (mask) {
+    // gf-rare
     const unsigned char *m = mask + p;
     ok = ok & (m[0 * npix] == 0) & (m[1 * npix] == 0) & (m[2 * npix] == 0);
-  }  // gf-rare-end
-  if (min_value > -gf_inf() || max_value < gf_inf()) {  // gf-rare
+    // gf-rare-end
+  }
+  if (min_value > -gf_inf() || max_value < gf_inf()) {
+    // gf-rare
     ok = ok & gf_in(d[0 * npix], min_value, max_value) & gf_in(d[1 * npix], min_value, max_value) & gf_in(d[2 * npix], min_value, max_value);
-  }  // gf-rare-end
+    // gf-rare-end
+  }
   // 6's sums in frame order, before the sort permutes the registers
   double sy = 0.0, ss = 0.0, swy = 0.0, sw = 0.0, mean = 0.0;
   if (method != 1) {
@@ -329,26 +354,28 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_3(GF_FA
     ss = ss + e * e;
     e = y2 - mean;
     ss = ss + e * e;
-    if (weight) {  // gf-rare
+    if (weight) {
+      // gf-rare
       swy = swy + weight[0] * y0;
       sw = sw + weight[0];
       swy = swy + weight[1] * y1;
       sw = sw + weight[1];
       swy = swy + weight[2] * y2;
       sw = sw + weight[2];
-    }  // gf-rare-end
+      // gf-rare-end
+    }
   }
   // 3: sort
   GF_CX(y0, y2);
   GF_CX(y0, y1);
   GF_CX(y1, y2);
   // 5: the median, the MAD, the bounds
-  const double med = (y1 + y1) * 0.5;
+  const double med = y1;
   const double d1 = gf_dmin(med - y0, gf_dmax(med - y1, y2 - med));
-  const double d2 = d1;
-  gf_fast_finish(3, p, t, nthreads, ok, y0, y2, med, d1, d2, sy, ss, swy, sw,
-                 mean, weight != 0, sigma_low, sigma_high, maxiters, method, image,
-                 uncert, count, list, counts);
+  const double mad = d1;
+  gf_fast_finish(3, 0x1.bb67ae8584caap+0 /* sqrt(3) */, p, t, nthreads, ok, y0, y2,
+                 med, mad, sy, ss, swy, sw, mean, weight != 0, sigma_low, sigma_high,
+                 maxiters, method, image, uncert, count, list, counts);
 }
 #endif
 
@@ -360,13 +387,17 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_4(GF_FA
   double y2 = gf_widen(d[2 * npix]) * scale[2];
   double y3 = gf_widen(d[3 * npix]) * scale[3];
   bool ok = gf_fast_ok(y0) & gf_fast_ok(y1) & gf_fast_ok(y2) & gf_fast_ok(y3);
-  if (mask) {  // gf-rare
+  if (mask) {
+    // gf-rare
     const unsigned char *m = mask + p;
     ok = ok & (m[0 * npix] == 0) & (m[1 * npix] == 0) & (m[2 * npix] == 0) & (m[3 * npix] == 0);
-  }  // gf-rare-end
-  if (min_value > -gf_inf() || max_value < gf_inf()) {  // gf-rare
+    // gf-rare-end
+  }
+  if (min_value > -gf_inf() || max_value < gf_inf()) {
+    // gf-rare
     ok = ok & gf_in(d[0 * npix], min_value, max_value) & gf_in(d[1 * npix], min_value, max_value) & gf_in(d[2 * npix], min_value, max_value) & gf_in(d[3 * npix], min_value, max_value);
-  }  // gf-rare-end
+    // gf-rare-end
+  }
   // 6's sums in frame order, before the sort permutes the registers
   double sy = 0.0, ss = 0.0, swy = 0.0, sw = 0.0, mean = 0.0;
   if (method != 1) {
@@ -384,7 +415,8 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_4(GF_FA
     ss = ss + e * e;
     e = y3 - mean;
     ss = ss + e * e;
-    if (weight) {  // gf-rare
+    if (weight) {
+      // gf-rare
       swy = swy + weight[0] * y0;
       sw = sw + weight[0];
       swy = swy + weight[1] * y1;
@@ -393,7 +425,8 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_4(GF_FA
       sw = sw + weight[2];
       swy = swy + weight[3] * y3;
       sw = sw + weight[3];
-    }  // gf-rare-end
+      // gf-rare-end
+    }
   }
   // 3: sort
   GF_CX(y0, y2);
@@ -404,10 +437,10 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_4(GF_FA
   // 5: the median, the MAD, the bounds
   const double med = (y1 + y2) * 0.5;
   const double d1 = gf_dmin(med - y0, gf_dmin(gf_dmax(med - y1, y2 - med), y3 - med));
-  const double d2 = gf_dmin(gf_dmax(med - y0, y2 - med), gf_dmax(med - y1, y3 - med));
-  gf_fast_finish(4, p, t, nthreads, ok, y0, y3, med, d1, d2, sy, ss, swy, sw,
-                 mean, weight != 0, sigma_low, sigma_high, maxiters, method, image,
-                 uncert, count, list, counts);
+  const double mad = (d1 + (gf_dmin(gf_dmax(med - y0, y2 - med), gf_dmax(med - y1, y3 - med)))) * 0.5;
+  gf_fast_finish(4, 0x1.0000000000000p+1 /* sqrt(4) */, p, t, nthreads, ok, y0, y3,
+                 med, mad, sy, ss, swy, sw, mean, weight != 0, sigma_low, sigma_high,
+                 maxiters, method, image, uncert, count, list, counts);
 }
 #endif
 
@@ -420,13 +453,17 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_5(GF_FA
   double y3 = gf_widen(d[3 * npix]) * scale[3];
   double y4 = gf_widen(d[4 * npix]) * scale[4];
   bool ok = gf_fast_ok(y0) & gf_fast_ok(y1) & gf_fast_ok(y2) & gf_fast_ok(y3) & gf_fast_ok(y4);
-  if (mask) {  // gf-rare
+  if (mask) {
+    // gf-rare
     const unsigned char *m = mask + p;
     ok = ok & (m[0 * npix] == 0) & (m[1 * npix] == 0) & (m[2 * npix] == 0) & (m[3 * npix] == 0) & (m[4 * npix] == 0);
-  }  // gf-rare-end
-  if (min_value > -gf_inf() || max_value < gf_inf()) {  // gf-rare
+    // gf-rare-end
+  }
+  if (min_value > -gf_inf() || max_value < gf_inf()) {
+    // gf-rare
     ok = ok & gf_in(d[0 * npix], min_value, max_value) & gf_in(d[1 * npix], min_value, max_value) & gf_in(d[2 * npix], min_value, max_value) & gf_in(d[3 * npix], min_value, max_value) & gf_in(d[4 * npix], min_value, max_value);
-  }  // gf-rare-end
+    // gf-rare-end
+  }
   // 6's sums in frame order, before the sort permutes the registers
   double sy = 0.0, ss = 0.0, swy = 0.0, sw = 0.0, mean = 0.0;
   if (method != 1) {
@@ -447,7 +484,8 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_5(GF_FA
     ss = ss + e * e;
     e = y4 - mean;
     ss = ss + e * e;
-    if (weight) {  // gf-rare
+    if (weight) {
+      // gf-rare
       swy = swy + weight[0] * y0;
       sw = sw + weight[0];
       swy = swy + weight[1] * y1;
@@ -458,7 +496,8 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_5(GF_FA
       sw = sw + weight[3];
       swy = swy + weight[4] * y4;
       sw = sw + weight[4];
-    }  // gf-rare-end
+      // gf-rare-end
+    }
   }
   // 3: sort
   GF_CX(y0, y2);
@@ -471,12 +510,12 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_5(GF_FA
   GF_CX(y1, y2);
   GF_CX(y3, y4);
   // 5: the median, the MAD, the bounds
-  const double med = (y2 + y2) * 0.5;
+  const double med = y2;
   const double d1 = gf_dmin(med - y0, gf_dmin(gf_dmax(med - y1, y3 - med), gf_dmax(med - y2, y4 - med)));
-  const double d2 = d1;
-  gf_fast_finish(5, p, t, nthreads, ok, y0, y4, med, d1, d2, sy, ss, swy, sw,
-                 mean, weight != 0, sigma_low, sigma_high, maxiters, method, image,
-                 uncert, count, list, counts);
+  const double mad = d1;
+  gf_fast_finish(5, 0x1.1e3779b97f4a8p+1 /* sqrt(5) */, p, t, nthreads, ok, y0, y4,
+                 med, mad, sy, ss, swy, sw, mean, weight != 0, sigma_low, sigma_high,
+                 maxiters, method, image, uncert, count, list, counts);
 }
 #endif
 
@@ -490,13 +529,17 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_6(GF_FA
   double y4 = gf_widen(d[4 * npix]) * scale[4];
   double y5 = gf_widen(d[5 * npix]) * scale[5];
   bool ok = gf_fast_ok(y0) & gf_fast_ok(y1) & gf_fast_ok(y2) & gf_fast_ok(y3) & gf_fast_ok(y4) & gf_fast_ok(y5);
-  if (mask) {  // gf-rare
+  if (mask) {
+    // gf-rare
     const unsigned char *m = mask + p;
     ok = ok & (m[0 * npix] == 0) & (m[1 * npix] == 0) & (m[2 * npix] == 0) & (m[3 * npix] == 0) & (m[4 * npix] == 0) & (m[5 * npix] == 0);
-  }  // gf-rare-end
-  if (min_value > -gf_inf() || max_value < gf_inf()) {  // gf-rare
+    // gf-rare-end
+  }
+  if (min_value > -gf_inf() || max_value < gf_inf()) {
+    // gf-rare
     ok = ok & gf_in(d[0 * npix], min_value, max_value) & gf_in(d[1 * npix], min_value, max_value) & gf_in(d[2 * npix], min_value, max_value) & gf_in(d[3 * npix], min_value, max_value) & gf_in(d[4 * npix], min_value, max_value) & gf_in(d[5 * npix], min_value, max_value);
-  }  // gf-rare-end
+    // gf-rare-end
+  }
   // 6's sums in frame order, before the sort permutes the registers
   double sy = 0.0, ss = 0.0, swy = 0.0, sw = 0.0, mean = 0.0;
   if (method != 1) {
@@ -520,7 +563,8 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_6(GF_FA
     ss = ss + e * e;
     e = y5 - mean;
     ss = ss + e * e;
-    if (weight) {  // gf-rare
+    if (weight) {
+      // gf-rare
       swy = swy + weight[0] * y0;
       sw = sw + weight[0];
       swy = swy + weight[1] * y1;
@@ -533,7 +577,8 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_6(GF_FA
       sw = sw + weight[4];
       swy = swy + weight[5] * y5;
       sw = sw + weight[5];
-    }  // gf-rare-end
+      // gf-rare-end
+    }
   }
   // 3: sort
   GF_CX(y0, y2);
@@ -551,10 +596,10 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_6(GF_FA
   // 5: the median, the MAD, the bounds
   const double med = (y2 + y3) * 0.5;
   const double d1 = gf_dmin(med - y0, gf_dmin(gf_dmax(med - y1, y3 - med), gf_dmin(gf_dmax(med - y2, y4 - med), y5 - med)));
-  const double d2 = gf_dmin(gf_dmax(med - y0, y3 - med), gf_dmin(gf_dmax(med - y1, y4 - med), gf_dmax(med - y2, y5 - med)));
-  gf_fast_finish(6, p, t, nthreads, ok, y0, y5, med, d1, d2, sy, ss, swy, sw,
-                 mean, weight != 0, sigma_low, sigma_high, maxiters, method, image,
-                 uncert, count, list, counts);
+  const double mad = (d1 + (gf_dmin(gf_dmax(med - y0, y3 - med), gf_dmin(gf_dmax(med - y1, y4 - med), gf_dmax(med - y2, y5 - med))))) * 0.5;
+  gf_fast_finish(6, 0x1.3988e1409212ep+1 /* sqrt(6) */, p, t, nthreads, ok, y0, y5,
+                 med, mad, sy, ss, swy, sw, mean, weight != 0, sigma_low, sigma_high,
+                 maxiters, method, image, uncert, count, list, counts);
 }
 #endif
 
@@ -569,13 +614,17 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_7(GF_FA
   double y5 = gf_widen(d[5 * npix]) * scale[5];
   double y6 = gf_widen(d[6 * npix]) * scale[6];
   bool ok = gf_fast_ok(y0) & gf_fast_ok(y1) & gf_fast_ok(y2) & gf_fast_ok(y3) & gf_fast_ok(y4) & gf_fast_ok(y5) & gf_fast_ok(y6);
-  if (mask) {  // gf-rare
+  if (mask) {
+    // gf-rare
     const unsigned char *m = mask + p;
     ok = ok & (m[0 * npix] == 0) & (m[1 * npix] == 0) & (m[2 * npix] == 0) & (m[3 * npix] == 0) & (m[4 * npix] == 0) & (m[5 * npix] == 0) & (m[6 * npix] == 0);
-  }  // gf-rare-end
-  if (min_value > -gf_inf() || max_value < gf_inf()) {  // gf-rare
+    // gf-rare-end
+  }
+  if (min_value > -gf_inf() || max_value < gf_inf()) {
+    // gf-rare
     ok = ok & gf_in(d[0 * npix], min_value, max_value) & gf_in(d[1 * npix], min_value, max_value) & gf_in(d[2 * npix], min_value, max_value) & gf_in(d[3 * npix], min_value, max_value) & gf_in(d[4 * npix], min_value, max_value) & gf_in(d[5 * npix], min_value, max_value) & gf_in(d[6 * npix], min_value, max_value);
-  }  // gf-rare-end
+    // gf-rare-end
+  }
   // 6's sums in frame order, before the sort permutes the registers
   double sy = 0.0, ss = 0.0, swy = 0.0, sw = 0.0, mean = 0.0;
   if (method != 1) {
@@ -602,7 +651,8 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_7(GF_FA
     ss = ss + e * e;
     e = y6 - mean;
     ss = ss + e * e;
-    if (weight) {  // gf-rare
+    if (weight) {
+      // gf-rare
       swy = swy + weight[0] * y0;
       sw = sw + weight[0];
       swy = swy + weight[1] * y1;
@@ -617,7 +667,8 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_7(GF_FA
       sw = sw + weight[5];
       swy = swy + weight[6] * y6;
       sw = sw + weight[6];
-    }  // gf-rare-end
+      // gf-rare-end
+    }
   }
   // 3: sort
   GF_CX(y0, y2);
@@ -637,12 +688,12 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_7(GF_FA
   GF_CX(y3, y4);
   GF_CX(y5, y6);
   // 5: the median, the MAD, the bounds
-  const double med = (y3 + y3) * 0.5;
+  const double med = y3;
   const double d1 = gf_dmin(med - y0, gf_dmin(gf_dmax(med - y1, y4 - med), gf_dmin(gf_dmax(med - y2, y5 - med), gf_dmax(med - y3, y6 - med))));
-  const double d2 = d1;
-  gf_fast_finish(7, p, t, nthreads, ok, y0, y6, med, d1, d2, sy, ss, swy, sw,
-                 mean, weight != 0, sigma_low, sigma_high, maxiters, method, image,
-                 uncert, count, list, counts);
+  const double mad = d1;
+  gf_fast_finish(7, 0x1.52a7fa9d2f8eap+1 /* sqrt(7) */, p, t, nthreads, ok, y0, y6,
+                 med, mad, sy, ss, swy, sw, mean, weight != 0, sigma_low, sigma_high,
+                 maxiters, method, image, uncert, count, list, counts);
 }
 #endif
 
@@ -658,13 +709,17 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_8(GF_FA
   double y6 = gf_widen(d[6 * npix]) * scale[6];
   double y7 = gf_widen(d[7 * npix]) * scale[7];
   bool ok = gf_fast_ok(y0) & gf_fast_ok(y1) & gf_fast_ok(y2) & gf_fast_ok(y3) & gf_fast_ok(y4) & gf_fast_ok(y5) & gf_fast_ok(y6) & gf_fast_ok(y7);
-  if (mask) {  // gf-rare
+  if (mask) {
+    // gf-rare
     const unsigned char *m = mask + p;
     ok = ok & (m[0 * npix] == 0) & (m[1 * npix] == 0) & (m[2 * npix] == 0) & (m[3 * npix] == 0) & (m[4 * npix] == 0) & (m[5 * npix] == 0) & (m[6 * npix] == 0) & (m[7 * npix] == 0);
-  }  // gf-rare-end
-  if (min_value > -gf_inf() || max_value < gf_inf()) {  // gf-rare
+    // gf-rare-end
+  }
+  if (min_value > -gf_inf() || max_value < gf_inf()) {
+    // gf-rare
     ok = ok & gf_in(d[0 * npix], min_value, max_value) & gf_in(d[1 * npix], min_value, max_value) & gf_in(d[2 * npix], min_value, max_value) & gf_in(d[3 * npix], min_value, max_value) & gf_in(d[4 * npix], min_value, max_value) & gf_in(d[5 * npix], min_value, max_value) & gf_in(d[6 * npix], min_value, max_value) & gf_in(d[7 * npix], min_value, max_value);
-  }  // gf-rare-end
+    // gf-rare-end
+  }
   // 6's sums in frame order, before the sort permutes the registers
   double sy = 0.0, ss = 0.0, swy = 0.0, sw = 0.0, mean = 0.0;
   if (method != 1) {
@@ -694,7 +749,8 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_8(GF_FA
     ss = ss + e * e;
     e = y7 - mean;
     ss = ss + e * e;
-    if (weight) {  // gf-rare
+    if (weight) {
+      // gf-rare
       swy = swy + weight[0] * y0;
       sw = sw + weight[0];
       swy = swy + weight[1] * y1;
@@ -711,7 +767,8 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_8(GF_FA
       sw = sw + weight[6];
       swy = swy + weight[7] * y7;
       sw = sw + weight[7];
-    }  // gf-rare-end
+      // gf-rare-end
+    }
   }
   // 3: sort
   GF_CX(y0, y2);
@@ -736,10 +793,10 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_8(GF_FA
   // 5: the median, the MAD, the bounds
   const double med = (y3 + y4) * 0.5;
   const double d1 = gf_dmin(med - y0, gf_dmin(gf_dmax(med - y1, y4 - med), gf_dmin(gf_dmax(med - y2, y5 - med), gf_dmin(gf_dmax(med - y3, y6 - med), y7 - med))));
-  const double d2 = gf_dmin(gf_dmax(med - y0, y4 - med), gf_dmin(gf_dmax(med - y1, y5 - med), gf_dmin(gf_dmax(med - y2, y6 - med), gf_dmax(med - y3, y7 - med))));
-  gf_fast_finish(8, p, t, nthreads, ok, y0, y7, med, d1, d2, sy, ss, swy, sw,
-                 mean, weight != 0, sigma_low, sigma_high, maxiters, method, image,
-                 uncert, count, list, counts);
+  const double mad = (d1 + (gf_dmin(gf_dmax(med - y0, y4 - med), gf_dmin(gf_dmax(med - y1, y5 - med), gf_dmin(gf_dmax(med - y2, y6 - med), gf_dmax(med - y3, y7 - med)))))) * 0.5;
+  gf_fast_finish(8, 0x1.6a09e667f3bcdp+1 /* sqrt(8) */, p, t, nthreads, ok, y0, y7,
+                 med, mad, sy, ss, swy, sw, mean, weight != 0, sigma_low, sigma_high,
+                 maxiters, method, image, uncert, count, list, counts);
 }
 #endif
 
@@ -756,13 +813,17 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_9(GF_FA
   double y7 = gf_widen(d[7 * npix]) * scale[7];
   double y8 = gf_widen(d[8 * npix]) * scale[8];
   bool ok = gf_fast_ok(y0) & gf_fast_ok(y1) & gf_fast_ok(y2) & gf_fast_ok(y3) & gf_fast_ok(y4) & gf_fast_ok(y5) & gf_fast_ok(y6) & gf_fast_ok(y7) & gf_fast_ok(y8);
-  if (mask) {  // gf-rare
+  if (mask) {
+    // gf-rare
     const unsigned char *m = mask + p;
     ok = ok & (m[0 * npix] == 0) & (m[1 * npix] == 0) & (m[2 * npix] == 0) & (m[3 * npix] == 0) & (m[4 * npix] == 0) & (m[5 * npix] == 0) & (m[6 * npix] == 0) & (m[7 * npix] == 0) & (m[8 * npix] == 0);
-  }  // gf-rare-end
-  if (min_value > -gf_inf() || max_value < gf_inf()) {  // gf-rare
+    // gf-rare-end
+  }
+  if (min_value > -gf_inf() || max_value < gf_inf()) {
+    // gf-rare
     ok = ok & gf_in(d[0 * npix], min_value, max_value) & gf_in(d[1 * npix], min_value, max_value) & gf_in(d[2 * npix], min_value, max_value) & gf_in(d[3 * npix], min_value, max_value) & gf_in(d[4 * npix], min_value, max_value) & gf_in(d[5 * npix], min_value, max_value) & gf_in(d[6 * npix], min_value, max_value) & gf_in(d[7 * npix], min_value, max_value) & gf_in(d[8 * npix], min_value, max_value);
-  }  // gf-rare-end
+    // gf-rare-end
+  }
   // 6's sums in frame order, before the sort permutes the registers
   double sy = 0.0, ss = 0.0, swy = 0.0, sw = 0.0, mean = 0.0;
   if (method != 1) {
@@ -795,7 +856,8 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_9(GF_FA
     ss = ss + e * e;
     e = y8 - mean;
     ss = ss + e * e;
-    if (weight) {  // gf-rare
+    if (weight) {
+      // gf-rare
       swy = swy + weight[0] * y0;
       sw = sw + weight[0];
       swy = swy + weight[1] * y1;
@@ -814,7 +876,8 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_9(GF_FA
       sw = sw + weight[7];
       swy = swy + weight[8] * y8;
       sw = sw + weight[8];
-    }  // gf-rare-end
+      // gf-rare-end
+    }
   }
   // 3: sort
   GF_CX(y4, y8);
@@ -844,12 +907,12 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_9(GF_FA
   GF_CX(y7, y8);
   GF_CX(y6, y7);
   // 5: the median, the MAD, the bounds
-  const double med = (y4 + y4) * 0.5;
+  const double med = y4;
   const double d1 = gf_dmin(med - y0, gf_dmin(gf_dmax(med - y1, y5 - med), gf_dmin(gf_dmax(med - y2, y6 - med), gf_dmin(gf_dmax(med - y3, y7 - med), gf_dmax(med - y4, y8 - med)))));
-  const double d2 = d1;
-  gf_fast_finish(9, p, t, nthreads, ok, y0, y8, med, d1, d2, sy, ss, swy, sw,
-                 mean, weight != 0, sigma_low, sigma_high, maxiters, method, image,
-                 uncert, count, list, counts);
+  const double mad = d1;
+  gf_fast_finish(9, 0x1.8000000000000p+1 /* sqrt(9) */, p, t, nthreads, ok, y0, y8,
+                 med, mad, sy, ss, swy, sw, mean, weight != 0, sigma_low, sigma_high,
+                 maxiters, method, image, uncert, count, list, counts);
 }
 #endif
 
@@ -867,13 +930,17 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_10(GF_F
   double y8 = gf_widen(d[8 * npix]) * scale[8];
   double y9 = gf_widen(d[9 * npix]) * scale[9];
   bool ok = gf_fast_ok(y0) & gf_fast_ok(y1) & gf_fast_ok(y2) & gf_fast_ok(y3) & gf_fast_ok(y4) & gf_fast_ok(y5) & gf_fast_ok(y6) & gf_fast_ok(y7) & gf_fast_ok(y8) & gf_fast_ok(y9);
-  if (mask) {  // gf-rare
+  if (mask) {
+    // gf-rare
     const unsigned char *m = mask + p;
     ok = ok & (m[0 * npix] == 0) & (m[1 * npix] == 0) & (m[2 * npix] == 0) & (m[3 * npix] == 0) & (m[4 * npix] == 0) & (m[5 * npix] == 0) & (m[6 * npix] == 0) & (m[7 * npix] == 0) & (m[8 * npix] == 0) & (m[9 * npix] == 0);
-  }  // gf-rare-end
-  if (min_value > -gf_inf() || max_value < gf_inf()) {  // gf-rare
+    // gf-rare-end
+  }
+  if (min_value > -gf_inf() || max_value < gf_inf()) {
+    // gf-rare
     ok = ok & gf_in(d[0 * npix], min_value, max_value) & gf_in(d[1 * npix], min_value, max_value) & gf_in(d[2 * npix], min_value, max_value) & gf_in(d[3 * npix], min_value, max_value) & gf_in(d[4 * npix], min_value, max_value) & gf_in(d[5 * npix], min_value, max_value) & gf_in(d[6 * npix], min_value, max_value) & gf_in(d[7 * npix], min_value, max_value) & gf_in(d[8 * npix], min_value, max_value) & gf_in(d[9 * npix], min_value, max_value);
-  }  // gf-rare-end
+    // gf-rare-end
+  }
   // 6's sums in frame order, before the sort permutes the registers
   double sy = 0.0, ss = 0.0, swy = 0.0, sw = 0.0, mean = 0.0;
   if (method != 1) {
@@ -909,7 +976,8 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_10(GF_F
     ss = ss + e * e;
     e = y9 - mean;
     ss = ss + e * e;
-    if (weight) {  // gf-rare
+    if (weight) {
+      // gf-rare
       swy = swy + weight[0] * y0;
       sw = sw + weight[0];
       swy = swy + weight[1] * y1;
@@ -930,7 +998,8 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_10(GF_F
       sw = sw + weight[8];
       swy = swy + weight[9] * y9;
       sw = sw + weight[9];
-    }  // gf-rare-end
+      // gf-rare-end
+    }
   }
   // 3: sort
   GF_CX(y4, y8);
@@ -967,10 +1036,10 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_10(GF_F
   // 5: the median, the MAD, the bounds
   const double med = (y4 + y5) * 0.5;
   const double d1 = gf_dmin(med - y0, gf_dmin(gf_dmax(med - y1, y5 - med), gf_dmin(gf_dmax(med - y2, y6 - med), gf_dmin(gf_dmax(med - y3, y7 - med), gf_dmin(gf_dmax(med - y4, y8 - med), y9 - med)))));
-  const double d2 = gf_dmin(gf_dmax(med - y0, y5 - med), gf_dmin(gf_dmax(med - y1, y6 - med), gf_dmin(gf_dmax(med - y2, y7 - med), gf_dmin(gf_dmax(med - y3, y8 - med), gf_dmax(med - y4, y9 - med)))));
-  gf_fast_finish(10, p, t, nthreads, ok, y0, y9, med, d1, d2, sy, ss, swy, sw,
-                 mean, weight != 0, sigma_low, sigma_high, maxiters, method, image,
-                 uncert, count, list, counts);
+  const double mad = (d1 + (gf_dmin(gf_dmax(med - y0, y5 - med), gf_dmin(gf_dmax(med - y1, y6 - med), gf_dmin(gf_dmax(med - y2, y7 - med), gf_dmin(gf_dmax(med - y3, y8 - med), gf_dmax(med - y4, y9 - med))))))) * 0.5;
+  gf_fast_finish(10, 0x1.94c583ada5b53p+1 /* sqrt(10) */, p, t, nthreads, ok, y0, y9,
+                 med, mad, sy, ss, swy, sw, mean, weight != 0, sigma_low, sigma_high,
+                 maxiters, method, image, uncert, count, list, counts);
 }
 #endif
 
@@ -989,13 +1058,17 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_11(GF_F
   double y9 = gf_widen(d[9 * npix]) * scale[9];
   double y10 = gf_widen(d[10 * npix]) * scale[10];
   bool ok = gf_fast_ok(y0) & gf_fast_ok(y1) & gf_fast_ok(y2) & gf_fast_ok(y3) & gf_fast_ok(y4) & gf_fast_ok(y5) & gf_fast_ok(y6) & gf_fast_ok(y7) & gf_fast_ok(y8) & gf_fast_ok(y9) & gf_fast_ok(y10);
-  if (mask) {  // gf-rare
+  if (mask) {
+    // gf-rare
     const unsigned char *m = mask + p;
     ok = ok & (m[0 * npix] == 0) & (m[1 * npix] == 0) & (m[2 * npix] == 0) & (m[3 * npix] == 0) & (m[4 * npix] == 0) & (m[5 * npix] == 0) & (m[6 * npix] == 0) & (m[7 * npix] == 0) & (m[8 * npix] == 0) & (m[9 * npix] == 0) & (m[10 * npix] == 0);
-  }  // gf-rare-end
-  if (min_value > -gf_inf() || max_value < gf_inf()) {  // gf-rare
+    // gf-rare-end
+  }
+  if (min_value > -gf_inf() || max_value < gf_inf()) {
+    // gf-rare
     ok = ok & gf_in(d[0 * npix], min_value, max_value) & gf_in(d[1 * npix], min_value, max_value) & gf_in(d[2 * npix], min_value, max_value) & gf_in(d[3 * npix], min_value, max_value) & gf_in(d[4 * npix], min_value, max_value) & gf_in(d[5 * npix], min_value, max_value) & gf_in(d[6 * npix], min_value, max_value) & gf_in(d[7 * npix], min_value, max_value) & gf_in(d[8 * npix], min_value, max_value) & gf_in(d[9 * npix], min_value, max_value) & gf_in(d[10 * npix], min_value, max_value);
-  }  // gf-rare-end
+    // gf-rare-end
+  }
   // 6's sums in frame order, before the sort permutes the registers
   double sy = 0.0, ss = 0.0, swy = 0.0, sw = 0.0, mean = 0.0;
   if (method != 1) {
@@ -1034,7 +1107,8 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_11(GF_F
     ss = ss + e * e;
     e = y10 - mean;
     ss = ss + e * e;
-    if (weight) {  // gf-rare
+    if (weight) {
+      // gf-rare
       swy = swy + weight[0] * y0;
       sw = sw + weight[0];
       swy = swy + weight[1] * y1;
@@ -1057,7 +1131,8 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_11(GF_F
       sw = sw + weight[9];
       swy = swy + weight[10] * y10;
       sw = sw + weight[10];
-    }  // gf-rare-end
+      // gf-rare-end
+    }
   }
   // 3: sort
   GF_CX(y4, y8);
@@ -1097,12 +1172,12 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_11(GF_F
   GF_CX(y6, y7);
   GF_CX(y8, y9);
   // 5: the median, the MAD, the bounds
-  const double med = (y5 + y5) * 0.5;
+  const double med = y5;
   const double d1 = gf_dmin(med - y0, gf_dmin(gf_dmax(med - y1, y6 - med), gf_dmin(gf_dmax(med - y2, y7 - med), gf_dmin(gf_dmax(med - y3, y8 - med), gf_dmin(gf_dmax(med - y4, y9 - med), gf_dmax(med - y5, y10 - med))))));
-  const double d2 = d1;
-  gf_fast_finish(11, p, t, nthreads, ok, y0, y10, med, d1, d2, sy, ss, swy, sw,
-                 mean, weight != 0, sigma_low, sigma_high, maxiters, method, image,
-                 uncert, count, list, counts);
+  const double mad = d1;
+  gf_fast_finish(11, 0x1.a887293fd6f34p+1 /* sqrt(11) */, p, t, nthreads, ok, y0, y10,
+                 med, mad, sy, ss, swy, sw, mean, weight != 0, sigma_low, sigma_high,
+                 maxiters, method, image, uncert, count, list, counts);
 }
 #endif
 
@@ -1122,13 +1197,17 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_12(GF_F
   double y10 = gf_widen(d[10 * npix]) * scale[10];
   double y11 = gf_widen(d[11 * npix]) * scale[11];
   bool ok = gf_fast_ok(y0) & gf_fast_ok(y1) & gf_fast_ok(y2) & gf_fast_ok(y3) & gf_fast_ok(y4) & gf_fast_ok(y5) & gf_fast_ok(y6) & gf_fast_ok(y7) & gf_fast_ok(y8) & gf_fast_ok(y9) & gf_fast_ok(y10) & gf_fast_ok(y11);
-  if (mask) {  // gf-rare
+  if (mask) {
+    // gf-rare
     const unsigned char *m = mask + p;
     ok = ok & (m[0 * npix] == 0) & (m[1 * npix] == 0) & (m[2 * npix] == 0) & (m[3 * npix] == 0) & (m[4 * npix] == 0) & (m[5 * npix] == 0) & (m[6 * npix] == 0) & (m[7 * npix] == 0) & (m[8 * npix] == 0) & (m[9 * npix] == 0) & (m[10 * npix] == 0) & (m[11 * npix] == 0);
-  }  // gf-rare-end
-  if (min_value > -gf_inf() || max_value < gf_inf()) {  // gf-rare
+    // gf-rare-end
+  }
+  if (min_value > -gf_inf() || max_value < gf_inf()) {
+    // gf-rare
     ok = ok & gf_in(d[0 * npix], min_value, max_value) & gf_in(d[1 * npix], min_value, max_value) & gf_in(d[2 * npix], min_value, max_value) & gf_in(d[3 * npix], min_value, max_value) & gf_in(d[4 * npix], min_value, max_value) & gf_in(d[5 * npix], min_value, max_value) & gf_in(d[6 * npix], min_value, max_value) & gf_in(d[7 * npix], min_value, max_value) & gf_in(d[8 * npix], min_value, max_value) & gf_in(d[9 * npix], min_value, max_value) & gf_in(d[10 * npix], min_value, max_value) & gf_in(d[11 * npix], min_value, max_value);
-  }  // gf-rare-end
+    // gf-rare-end
+  }
   // 6's sums in frame order, before the sort permutes the registers
   double sy = 0.0, ss = 0.0, swy = 0.0, sw = 0.0, mean = 0.0;
   if (method != 1) {
@@ -1170,7 +1249,8 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_12(GF_F
     ss = ss + e * e;
     e = y11 - mean;
     ss = ss + e * e;
-    if (weight) {  // gf-rare
+    if (weight) {
+      // gf-rare
       swy = swy + weight[0] * y0;
       sw = sw + weight[0];
       swy = swy + weight[1] * y1;
@@ -1195,7 +1275,8 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_12(GF_F
       sw = sw + weight[10];
       swy = swy + weight[11] * y11;
       sw = sw + weight[11];
-    }  // gf-rare-end
+      // gf-rare-end
+    }
   }
   // 3: sort
   GF_CX(y4, y8);
@@ -1241,10 +1322,10 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_12(GF_F
   // 5: the median, the MAD, the bounds
   const double med = (y5 + y6) * 0.5;
   const double d1 = gf_dmin(med - y0, gf_dmin(gf_dmax(med - y1, y6 - med), gf_dmin(gf_dmax(med - y2, y7 - med), gf_dmin(gf_dmax(med - y3, y8 - med), gf_dmin(gf_dmax(med - y4, y9 - med), gf_dmin(gf_dmax(med - y5, y10 - med), y11 - med))))));
-  const double d2 = gf_dmin(gf_dmax(med - y0, y6 - med), gf_dmin(gf_dmax(med - y1, y7 - med), gf_dmin(gf_dmax(med - y2, y8 - med), gf_dmin(gf_dmax(med - y3, y9 - med), gf_dmin(gf_dmax(med - y4, y10 - med), gf_dmax(med - y5, y11 - med))))));
-  gf_fast_finish(12, p, t, nthreads, ok, y0, y11, med, d1, d2, sy, ss, swy, sw,
-                 mean, weight != 0, sigma_low, sigma_high, maxiters, method, image,
-                 uncert, count, list, counts);
+  const double mad = (d1 + (gf_dmin(gf_dmax(med - y0, y6 - med), gf_dmin(gf_dmax(med - y1, y7 - med), gf_dmin(gf_dmax(med - y2, y8 - med), gf_dmin(gf_dmax(med - y3, y9 - med), gf_dmin(gf_dmax(med - y4, y10 - med), gf_dmax(med - y5, y11 - med)))))))) * 0.5;
+  gf_fast_finish(12, 0x1.bb67ae8584caap+1 /* sqrt(12) */, p, t, nthreads, ok, y0, y11,
+                 med, mad, sy, ss, swy, sw, mean, weight != 0, sigma_low, sigma_high,
+                 maxiters, method, image, uncert, count, list, counts);
 }
 #endif
 
@@ -1265,13 +1346,17 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_13(GF_F
   double y11 = gf_widen(d[11 * npix]) * scale[11];
   double y12 = gf_widen(d[12 * npix]) * scale[12];
   bool ok = gf_fast_ok(y0) & gf_fast_ok(y1) & gf_fast_ok(y2) & gf_fast_ok(y3) & gf_fast_ok(y4) & gf_fast_ok(y5) & gf_fast_ok(y6) & gf_fast_ok(y7) & gf_fast_ok(y8) & gf_fast_ok(y9) & gf_fast_ok(y10) & gf_fast_ok(y11) & gf_fast_ok(y12);
-  if (mask) {  // gf-rare
+  if (mask) {
+    // gf-rare
     const unsigned char *m = mask + p;
     ok = ok & (m[0 * npix] == 0) & (m[1 * npix] == 0) & (m[2 * npix] == 0) & (m[3 * npix] == 0) & (m[4 * npix] == 0) & (m[5 * npix] == 0) & (m[6 * npix] == 0) & (m[7 * npix] == 0) & (m[8 * npix] == 0) & (m[9 * npix] == 0) & (m[10 * npix] == 0) & (m[11 * npix] == 0) & (m[12 * npix] == 0);
-  }  // gf-rare-end
-  if (min_value > -gf_inf() || max_value < gf_inf()) {  // gf-rare
+    // gf-rare-end
+  }
+  if (min_value > -gf_inf() || max_value < gf_inf()) {
+    // gf-rare
     ok = ok & gf_in(d[0 * npix], min_value, max_value) & gf_in(d[1 * npix], min_value, max_value) & gf_in(d[2 * npix], min_value, max_value) & gf_in(d[3 * npix], min_value, max_value) & gf_in(d[4 * npix], min_value, max_value) & gf_in(d[5 * npix], min_value, max_value) & gf_in(d[6 * npix], min_value, max_value) & gf_in(d[7 * npix], min_value, max_value) & gf_in(d[8 * npix], min_value, max_value) & gf_in(d[9 * npix], min_value, max_value) & gf_in(d[10 * npix], min_value, max_value) & gf_in(d[11 * npix], min_value, max_value) & gf_in(d[12 * npix], min_value, max_value);
-  }  // gf-rare-end
+    // gf-rare-end
+  }
   // 6's sums in frame order, before the sort permutes the registers
   double sy = 0.0, ss = 0.0, swy = 0.0, sw = 0.0, mean = 0.0;
   if (method != 1) {
@@ -1316,7 +1401,8 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_13(GF_F
     ss = ss + e * e;
     e = y12 - mean;
     ss = ss + e * e;
-    if (weight) {  // gf-rare
+    if (weight) {
+      // gf-rare
       swy = swy + weight[0] * y0;
       sw = sw + weight[0];
       swy = swy + weight[1] * y1;
@@ -1343,7 +1429,8 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_13(GF_F
       sw = sw + weight[11];
       swy = swy + weight[12] * y12;
       sw = sw + weight[12];
-    }  // gf-rare-end
+      // gf-rare-end
+    }
   }
   // 3: sort
   GF_CX(y1, y12);
@@ -1393,12 +1480,12 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_13(GF_F
   GF_CX(y6, y7);
   GF_CX(y8, y9);
   // 5: the median, the MAD, the bounds
-  const double med = (y6 + y6) * 0.5;
+  const double med = y6;
   const double d1 = gf_dmin(med - y0, gf_dmin(gf_dmax(med - y1, y7 - med), gf_dmin(gf_dmax(med - y2, y8 - med), gf_dmin(gf_dmax(med - y3, y9 - med), gf_dmin(gf_dmax(med - y4, y10 - med), gf_dmin(gf_dmax(med - y5, y11 - med), gf_dmax(med - y6, y12 - med)))))));
-  const double d2 = d1;
-  gf_fast_finish(13, p, t, nthreads, ok, y0, y12, med, d1, d2, sy, ss, swy, sw,
-                 mean, weight != 0, sigma_low, sigma_high, maxiters, method, image,
-                 uncert, count, list, counts);
+  const double mad = d1;
+  gf_fast_finish(13, 0x1.cd82b446159f3p+1 /* sqrt(13) */, p, t, nthreads, ok, y0, y12,
+                 med, mad, sy, ss, swy, sw, mean, weight != 0, sigma_low, sigma_high,
+                 maxiters, method, image, uncert, count, list, counts);
 }
 #endif
 
@@ -1420,13 +1507,17 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_14(GF_F
   double y12 = gf_widen(d[12 * npix]) * scale[12];
   double y13 = gf_widen(d[13 * npix]) * scale[13];
   bool ok = gf_fast_ok(y0) & gf_fast_ok(y1) & gf_fast_ok(y2) & gf_fast_ok(y3) & gf_fast_ok(y4) & gf_fast_ok(y5) & gf_fast_ok(y6) & gf_fast_ok(y7) & gf_fast_ok(y8) & gf_fast_ok(y9) & gf_fast_ok(y10) & gf_fast_ok(y11) & gf_fast_ok(y12) & gf_fast_ok(y13);
-  if (mask) {  // gf-rare
+  if (mask) {
+    // gf-rare
     const unsigned char *m = mask + p;
     ok = ok & (m[0 * npix] == 0) & (m[1 * npix] == 0) & (m[2 * npix] == 0) & (m[3 * npix] == 0) & (m[4 * npix] == 0) & (m[5 * npix] == 0) & (m[6 * npix] == 0) & (m[7 * npix] == 0) & (m[8 * npix] == 0) & (m[9 * npix] == 0) & (m[10 * npix] == 0) & (m[11 * npix] == 0) & (m[12 * npix] == 0) & (m[13 * npix] == 0);
-  }  // gf-rare-end
-  if (min_value > -gf_inf() || max_value < gf_inf()) {  // gf-rare
+    // gf-rare-end
+  }
+  if (min_value > -gf_inf() || max_value < gf_inf()) {
+    // gf-rare
     ok = ok & gf_in(d[0 * npix], min_value, max_value) & gf_in(d[1 * npix], min_value, max_value) & gf_in(d[2 * npix], min_value, max_value) & gf_in(d[3 * npix], min_value, max_value) & gf_in(d[4 * npix], min_value, max_value) & gf_in(d[5 * npix], min_value, max_value) & gf_in(d[6 * npix], min_value, max_value) & gf_in(d[7 * npix], min_value, max_value) & gf_in(d[8 * npix], min_value, max_value) & gf_in(d[9 * npix], min_value, max_value) & gf_in(d[10 * npix], min_value, max_value) & gf_in(d[11 * npix], min_value, max_value) & gf_in(d[12 * npix], min_value, max_value) & gf_in(d[13 * npix], min_value, max_value);
-  }  // gf-rare-end
+    // gf-rare-end
+  }
   // 6's sums in frame order, before the sort permutes the registers
   double sy = 0.0, ss = 0.0, swy = 0.0, sw = 0.0, mean = 0.0;
   if (method != 1) {
@@ -1474,7 +1565,8 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_14(GF_F
     ss = ss + e * e;
     e = y13 - mean;
     ss = ss + e * e;
-    if (weight) {  // gf-rare
+    if (weight) {
+      // gf-rare
       swy = swy + weight[0] * y0;
       sw = sw + weight[0];
       swy = swy + weight[1] * y1;
@@ -1503,7 +1595,8 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_14(GF_F
       sw = sw + weight[12];
       swy = swy + weight[13] * y13;
       sw = sw + weight[13];
-    }  // gf-rare-end
+      // gf-rare-end
+    }
   }
   // 3: sort
   GF_CX(y0, y13);
@@ -1560,10 +1653,10 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_14(GF_F
   // 5: the median, the MAD, the bounds
   const double med = (y6 + y7) * 0.5;
   const double d1 = gf_dmin(med - y0, gf_dmin(gf_dmax(med - y1, y7 - med), gf_dmin(gf_dmax(med - y2, y8 - med), gf_dmin(gf_dmax(med - y3, y9 - med), gf_dmin(gf_dmax(med - y4, y10 - med), gf_dmin(gf_dmax(med - y5, y11 - med), gf_dmin(gf_dmax(med - y6, y12 - med), y13 - med)))))));
-  const double d2 = gf_dmin(gf_dmax(med - y0, y7 - med), gf_dmin(gf_dmax(med - y1, y8 - med), gf_dmin(gf_dmax(med - y2, y9 - med), gf_dmin(gf_dmax(med - y3, y10 - med), gf_dmin(gf_dmax(med - y4, y11 - med), gf_dmin(gf_dmax(med - y5, y12 - med), gf_dmax(med - y6, y13 - med)))))));
-  gf_fast_finish(14, p, t, nthreads, ok, y0, y13, med, d1, d2, sy, ss, swy, sw,
-                 mean, weight != 0, sigma_low, sigma_high, maxiters, method, image,
-                 uncert, count, list, counts);
+  const double mad = (d1 + (gf_dmin(gf_dmax(med - y0, y7 - med), gf_dmin(gf_dmax(med - y1, y8 - med), gf_dmin(gf_dmax(med - y2, y9 - med), gf_dmin(gf_dmax(med - y3, y10 - med), gf_dmin(gf_dmax(med - y4, y11 - med), gf_dmin(gf_dmax(med - y5, y12 - med), gf_dmax(med - y6, y13 - med))))))))) * 0.5;
+  gf_fast_finish(14, 0x1.deeea11683f49p+1 /* sqrt(14) */, p, t, nthreads, ok, y0, y13,
+                 med, mad, sy, ss, swy, sw, mean, weight != 0, sigma_low, sigma_high,
+                 maxiters, method, image, uncert, count, list, counts);
 }
 #endif
 
@@ -1586,13 +1679,17 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_15(GF_F
   double y13 = gf_widen(d[13 * npix]) * scale[13];
   double y14 = gf_widen(d[14 * npix]) * scale[14];
   bool ok = gf_fast_ok(y0) & gf_fast_ok(y1) & gf_fast_ok(y2) & gf_fast_ok(y3) & gf_fast_ok(y4) & gf_fast_ok(y5) & gf_fast_ok(y6) & gf_fast_ok(y7) & gf_fast_ok(y8) & gf_fast_ok(y9) & gf_fast_ok(y10) & gf_fast_ok(y11) & gf_fast_ok(y12) & gf_fast_ok(y13) & gf_fast_ok(y14);
-  if (mask) {  // gf-rare
+  if (mask) {
+    // gf-rare
     const unsigned char *m = mask + p;
     ok = ok & (m[0 * npix] == 0) & (m[1 * npix] == 0) & (m[2 * npix] == 0) & (m[3 * npix] == 0) & (m[4 * npix] == 0) & (m[5 * npix] == 0) & (m[6 * npix] == 0) & (m[7 * npix] == 0) & (m[8 * npix] == 0) & (m[9 * npix] == 0) & (m[10 * npix] == 0) & (m[11 * npix] == 0) & (m[12 * npix] == 0) & (m[13 * npix] == 0) & (m[14 * npix] == 0);
-  }  // gf-rare-end
-  if (min_value > -gf_inf() || max_value < gf_inf()) {  // gf-rare
+    // gf-rare-end
+  }
+  if (min_value > -gf_inf() || max_value < gf_inf()) {
+    // gf-rare
     ok = ok & gf_in(d[0 * npix], min_value, max_value) & gf_in(d[1 * npix], min_value, max_value) & gf_in(d[2 * npix], min_value, max_value) & gf_in(d[3 * npix], min_value, max_value) & gf_in(d[4 * npix], min_value, max_value) & gf_in(d[5 * npix], min_value, max_value) & gf_in(d[6 * npix], min_value, max_value) & gf_in(d[7 * npix], min_value, max_value) & gf_in(d[8 * npix], min_value, max_value) & gf_in(d[9 * npix], min_value, max_value) & gf_in(d[10 * npix], min_value, max_value) & gf_in(d[11 * npix], min_value, max_value) & gf_in(d[12 * npix], min_value, max_value) & gf_in(d[13 * npix], min_value, max_value) & gf_in(d[14 * npix], min_value, max_value);
-  }  // gf-rare-end
+    // gf-rare-end
+  }
   // 6's sums in frame order, before the sort permutes the registers
   double sy = 0.0, ss = 0.0, swy = 0.0, sw = 0.0, mean = 0.0;
   if (method != 1) {
@@ -1643,7 +1740,8 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_15(GF_F
     ss = ss + e * e;
     e = y14 - mean;
     ss = ss + e * e;
-    if (weight) {  // gf-rare
+    if (weight) {
+      // gf-rare
       swy = swy + weight[0] * y0;
       sw = sw + weight[0];
       swy = swy + weight[1] * y1;
@@ -1674,7 +1772,8 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_15(GF_F
       sw = sw + weight[13];
       swy = swy + weight[14] * y14;
       sw = sw + weight[14];
-    }  // gf-rare-end
+      // gf-rare-end
+    }
   }
   // 3: sort
   GF_CX(y0, y13);
@@ -1734,12 +1833,12 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_15(GF_F
   GF_CX(y6, y7);
   GF_CX(y8, y9);
   // 5: the median, the MAD, the bounds
-  const double med = (y7 + y7) * 0.5;
+  const double med = y7;
   const double d1 = gf_dmin(med - y0, gf_dmin(gf_dmax(med - y1, y8 - med), gf_dmin(gf_dmax(med - y2, y9 - med), gf_dmin(gf_dmax(med - y3, y10 - med), gf_dmin(gf_dmax(med - y4, y11 - med), gf_dmin(gf_dmax(med - y5, y12 - med), gf_dmin(gf_dmax(med - y6, y13 - med), gf_dmax(med - y7, y14 - med))))))));
-  const double d2 = d1;
-  gf_fast_finish(15, p, t, nthreads, ok, y0, y14, med, d1, d2, sy, ss, swy, sw,
-                 mean, weight != 0, sigma_low, sigma_high, maxiters, method, image,
-                 uncert, count, list, counts);
+  const double mad = d1;
+  gf_fast_finish(15, 0x1.efbdeb14f4edap+1 /* sqrt(15) */, p, t, nthreads, ok, y0, y14,
+                 med, mad, sy, ss, swy, sw, mean, weight != 0, sigma_low, sigma_high,
+                 maxiters, method, image, uncert, count, list, counts);
 }
 #endif
 
@@ -1763,13 +1862,17 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_16(GF_F
   double y14 = gf_widen(d[14 * npix]) * scale[14];
   double y15 = gf_widen(d[15 * npix]) * scale[15];
   bool ok = gf_fast_ok(y0) & gf_fast_ok(y1) & gf_fast_ok(y2) & gf_fast_ok(y3) & gf_fast_ok(y4) & gf_fast_ok(y5) & gf_fast_ok(y6) & gf_fast_ok(y7) & gf_fast_ok(y8) & gf_fast_ok(y9) & gf_fast_ok(y10) & gf_fast_ok(y11) & gf_fast_ok(y12) & gf_fast_ok(y13) & gf_fast_ok(y14) & gf_fast_ok(y15);
-  if (mask) {  // gf-rare
+  if (mask) {
+    // gf-rare
     const unsigned char *m = mask + p;
     ok = ok & (m[0 * npix] == 0) & (m[1 * npix] == 0) & (m[2 * npix] == 0) & (m[3 * npix] == 0) & (m[4 * npix] == 0) & (m[5 * npix] == 0) & (m[6 * npix] == 0) & (m[7 * npix] == 0) & (m[8 * npix] == 0) & (m[9 * npix] == 0) & (m[10 * npix] == 0) & (m[11 * npix] == 0) & (m[12 * npix] == 0) & (m[13 * npix] == 0) & (m[14 * npix] == 0) & (m[15 * npix] == 0);
-  }  // gf-rare-end
-  if (min_value > -gf_inf() || max_value < gf_inf()) {  // gf-rare
+    // gf-rare-end
+  }
+  if (min_value > -gf_inf() || max_value < gf_inf()) {
+    // gf-rare
     ok = ok & gf_in(d[0 * npix], min_value, max_value) & gf_in(d[1 * npix], min_value, max_value) & gf_in(d[2 * npix], min_value, max_value) & gf_in(d[3 * npix], min_value, max_value) & gf_in(d[4 * npix], min_value, max_value) & gf_in(d[5 * npix], min_value, max_value) & gf_in(d[6 * npix], min_value, max_value) & gf_in(d[7 * npix], min_value, max_value) & gf_in(d[8 * npix], min_value, max_value) & gf_in(d[9 * npix], min_value, max_value) & gf_in(d[10 * npix], min_value, max_value) & gf_in(d[11 * npix], min_value, max_value) & gf_in(d[12 * npix], min_value, max_value) & gf_in(d[13 * npix], min_value, max_value) & gf_in(d[14 * npix], min_value, max_value) & gf_in(d[15 * npix], min_value, max_value);
-  }  // gf-rare-end
+    // gf-rare-end
+  }
   // 6's sums in frame order, before the sort permutes the registers
   double sy = 0.0, ss = 0.0, swy = 0.0, sw = 0.0, mean = 0.0;
   if (method != 1) {
@@ -1823,7 +1926,8 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_16(GF_F
     ss = ss + e * e;
     e = y15 - mean;
     ss = ss + e * e;
-    if (weight) {  // gf-rare
+    if (weight) {
+      // gf-rare
       swy = swy + weight[0] * y0;
       sw = sw + weight[0];
       swy = swy + weight[1] * y1;
@@ -1856,7 +1960,8 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_16(GF_F
       sw = sw + weight[14];
       swy = swy + weight[15] * y15;
       sw = sw + weight[15];
-    }  // gf-rare-end
+      // gf-rare-end
+    }
   }
   // 3: sort
   GF_CX(y0, y13);
@@ -1922,10 +2027,10 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_16(GF_F
   // 5: the median, the MAD, the bounds
   const double med = (y7 + y8) * 0.5;
   const double d1 = gf_dmin(med - y0, gf_dmin(gf_dmax(med - y1, y8 - med), gf_dmin(gf_dmax(med - y2, y9 - med), gf_dmin(gf_dmax(med - y3, y10 - med), gf_dmin(gf_dmax(med - y4, y11 - med), gf_dmin(gf_dmax(med - y5, y12 - med), gf_dmin(gf_dmax(med - y6, y13 - med), gf_dmin(gf_dmax(med - y7, y14 - med), y15 - med))))))));
-  const double d2 = gf_dmin(gf_dmax(med - y0, y8 - med), gf_dmin(gf_dmax(med - y1, y9 - med), gf_dmin(gf_dmax(med - y2, y10 - med), gf_dmin(gf_dmax(med - y3, y11 - med), gf_dmin(gf_dmax(med - y4, y12 - med), gf_dmin(gf_dmax(med - y5, y13 - med), gf_dmin(gf_dmax(med - y6, y14 - med), gf_dmax(med - y7, y15 - med))))))));
-  gf_fast_finish(16, p, t, nthreads, ok, y0, y15, med, d1, d2, sy, ss, swy, sw,
-                 mean, weight != 0, sigma_low, sigma_high, maxiters, method, image,
-                 uncert, count, list, counts);
+  const double mad = (d1 + (gf_dmin(gf_dmax(med - y0, y8 - med), gf_dmin(gf_dmax(med - y1, y9 - med), gf_dmin(gf_dmax(med - y2, y10 - med), gf_dmin(gf_dmax(med - y3, y11 - med), gf_dmin(gf_dmax(med - y4, y12 - med), gf_dmin(gf_dmax(med - y5, y13 - med), gf_dmin(gf_dmax(med - y6, y14 - med), gf_dmax(med - y7, y15 - med)))))))))) * 0.5;
+  gf_fast_finish(16, 0x1.0000000000000p+2 /* sqrt(16) */, p, t, nthreads, ok, y0, y15,
+                 med, mad, sy, ss, swy, sw, mean, weight != 0, sigma_low, sigma_high,
+                 maxiters, method, image, uncert, count, list, counts);
 }
 #endif
 
@@ -1950,13 +2055,17 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_17(GF_F
   double y15 = gf_widen(d[15 * npix]) * scale[15];
   double y16 = gf_widen(d[16 * npix]) * scale[16];
   bool ok = gf_fast_ok(y0) & gf_fast_ok(y1) & gf_fast_ok(y2) & gf_fast_ok(y3) & gf_fast_ok(y4) & gf_fast_ok(y5) & gf_fast_ok(y6) & gf_fast_ok(y7) & gf_fast_ok(y8) & gf_fast_ok(y9) & gf_fast_ok(y10) & gf_fast_ok(y11) & gf_fast_ok(y12) & gf_fast_ok(y13) & gf_fast_ok(y14) & gf_fast_ok(y15) & gf_fast_ok(y16);
-  if (mask) {  // gf-rare
+  if (mask) {
+    // gf-rare
     const unsigned char *m = mask + p;
     ok = ok & (m[0 * npix] == 0) & (m[1 * npix] == 0) & (m[2 * npix] == 0) & (m[3 * npix] == 0) & (m[4 * npix] == 0) & (m[5 * npix] == 0) & (m[6 * npix] == 0) & (m[7 * npix] == 0) & (m[8 * npix] == 0) & (m[9 * npix] == 0) & (m[10 * npix] == 0) & (m[11 * npix] == 0) & (m[12 * npix] == 0) & (m[13 * npix] == 0) & (m[14 * npix] == 0) & (m[15 * npix] == 0) & (m[16 * npix] == 0);
-  }  // gf-rare-end
-  if (min_value > -gf_inf() || max_value < gf_inf()) {  // gf-rare
+    // gf-rare-end
+  }
+  if (min_value > -gf_inf() || max_value < gf_inf()) {
+    // gf-rare
     ok = ok & gf_in(d[0 * npix], min_value, max_value) & gf_in(d[1 * npix], min_value, max_value) & gf_in(d[2 * npix], min_value, max_value) & gf_in(d[3 * npix], min_value, max_value) & gf_in(d[4 * npix], min_value, max_value) & gf_in(d[5 * npix], min_value, max_value) & gf_in(d[6 * npix], min_value, max_value) & gf_in(d[7 * npix], min_value, max_value) & gf_in(d[8 * npix], min_value, max_value) & gf_in(d[9 * npix], min_value, max_value) & gf_in(d[10 * npix], min_value, max_value) & gf_in(d[11 * npix], min_value, max_value) & gf_in(d[12 * npix], min_value, max_value) & gf_in(d[13 * npix], min_value, max_value) & gf_in(d[14 * npix], min_value, max_value) & gf_in(d[15 * npix], min_value, max_value) & gf_in(d[16 * npix], min_value, max_value);
-  }  // gf-rare-end
+    // gf-rare-end
+  }
   // 6's sums in frame order, before the sort permutes the registers
   double sy = 0.0, ss = 0.0, swy = 0.0, sw = 0.0, mean = 0.0;
   if (method != 1) {
@@ -2013,7 +2122,8 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_17(GF_F
     ss = ss + e * e;
     e = y16 - mean;
     ss = ss + e * e;
-    if (weight) {  // gf-rare
+    if (weight) {
+      // gf-rare
       swy = swy + weight[0] * y0;
       sw = sw + weight[0];
       swy = swy + weight[1] * y1;
@@ -2048,7 +2158,8 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_17(GF_F
       sw = sw + weight[15];
       swy = swy + weight[16] * y16;
       sw = sw + weight[16];
-    }  // gf-rare-end
+      // gf-rare-end
+    }
   }
   // 3: sort
   GF_CX(y0, y13);
@@ -2134,12 +2245,12 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_17(GF_F
   GF_CX(y13, y14);
   GF_CX(y15, y16);
   // 5: the median, the MAD, the bounds
-  const double med = (y8 + y8) * 0.5;
+  const double med = y8;
   const double d1 = gf_dmin(med - y0, gf_dmin(gf_dmax(med - y1, y9 - med), gf_dmin(gf_dmax(med - y2, y10 - med), gf_dmin(gf_dmax(med - y3, y11 - med), gf_dmin(gf_dmax(med - y4, y12 - med), gf_dmin(gf_dmax(med - y5, y13 - med), gf_dmin(gf_dmax(med - y6, y14 - med), gf_dmin(gf_dmax(med - y7, y15 - med), gf_dmax(med - y8, y16 - med)))))))));
-  const double d2 = d1;
-  gf_fast_finish(17, p, t, nthreads, ok, y0, y16, med, d1, d2, sy, ss, swy, sw,
-                 mean, weight != 0, sigma_low, sigma_high, maxiters, method, image,
-                 uncert, count, list, counts);
+  const double mad = d1;
+  gf_fast_finish(17, 0x1.07e0f66afed07p+2 /* sqrt(17) */, p, t, nthreads, ok, y0, y16,
+                 med, mad, sy, ss, swy, sw, mean, weight != 0, sigma_low, sigma_high,
+                 maxiters, method, image, uncert, count, list, counts);
 }
 #endif
 
@@ -2165,13 +2276,17 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_18(GF_F
   double y16 = gf_widen(d[16 * npix]) * scale[16];
   double y17 = gf_widen(d[17 * npix]) * scale[17];
   bool ok = gf_fast_ok(y0) & gf_fast_ok(y1) & gf_fast_ok(y2) & gf_fast_ok(y3) & gf_fast_ok(y4) & gf_fast_ok(y5) & gf_fast_ok(y6) & gf_fast_ok(y7) & gf_fast_ok(y8) & gf_fast_ok(y9) & gf_fast_ok(y10) & gf_fast_ok(y11) & gf_fast_ok(y12) & gf_fast_ok(y13) & gf_fast_ok(y14) & gf_fast_ok(y15) & gf_fast_ok(y16) & gf_fast_ok(y17);
-  if (mask) {  // gf-rare
+  if (mask) {
+    // gf-rare
     const unsigned char *m = mask + p;
     ok = ok & (m[0 * npix] == 0) & (m[1 * npix] == 0) & (m[2 * npix] == 0) & (m[3 * npix] == 0) & (m[4 * npix] == 0) & (m[5 * npix] == 0) & (m[6 * npix] == 0) & (m[7 * npix] == 0) & (m[8 * npix] == 0) & (m[9 * npix] == 0) & (m[10 * npix] == 0) & (m[11 * npix] == 0) & (m[12 * npix] == 0) & (m[13 * npix] == 0) & (m[14 * npix] == 0) & (m[15 * npix] == 0) & (m[16 * npix] == 0) & (m[17 * npix] == 0);
-  }  // gf-rare-end
-  if (min_value > -gf_inf() || max_value < gf_inf()) {  // gf-rare
+    // gf-rare-end
+  }
+  if (min_value > -gf_inf() || max_value < gf_inf()) {
+    // gf-rare
     ok = ok & gf_in(d[0 * npix], min_value, max_value) & gf_in(d[1 * npix], min_value, max_value) & gf_in(d[2 * npix], min_value, max_value) & gf_in(d[3 * npix], min_value, max_value) & gf_in(d[4 * npix], min_value, max_value) & gf_in(d[5 * npix], min_value, max_value) & gf_in(d[6 * npix], min_value, max_value) & gf_in(d[7 * npix], min_value, max_value) & gf_in(d[8 * npix], min_value, max_value) & gf_in(d[9 * npix], min_value, max_value) & gf_in(d[10 * npix], min_value, max_value) & gf_in(d[11 * npix], min_value, max_value) & gf_in(d[12 * npix], min_value, max_value) & gf_in(d[13 * npix], min_value, max_value) & gf_in(d[14 * npix], min_value, max_value) & gf_in(d[15 * npix], min_value, max_value) & gf_in(d[16 * npix], min_value, max_value) & gf_in(d[17 * npix], min_value, max_value);
-  }  // gf-rare-end
+    // gf-rare-end
+  }
   // 6's sums in frame order, before the sort permutes the registers
   double sy = 0.0, ss = 0.0, swy = 0.0, sw = 0.0, mean = 0.0;
   if (method != 1) {
@@ -2231,7 +2346,8 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_18(GF_F
     ss = ss + e * e;
     e = y17 - mean;
     ss = ss + e * e;
-    if (weight) {  // gf-rare
+    if (weight) {
+      // gf-rare
       swy = swy + weight[0] * y0;
       sw = sw + weight[0];
       swy = swy + weight[1] * y1;
@@ -2268,7 +2384,8 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_18(GF_F
       sw = sw + weight[16];
       swy = swy + weight[17] * y17;
       sw = sw + weight[17];
-    }  // gf-rare-end
+      // gf-rare-end
+    }
   }
   // 3: sort
   GF_CX(y0, y13);
@@ -2361,10 +2478,10 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_18(GF_F
   // 5: the median, the MAD, the bounds
   const double med = (y8 + y9) * 0.5;
   const double d1 = gf_dmin(med - y0, gf_dmin(gf_dmax(med - y1, y9 - med), gf_dmin(gf_dmax(med - y2, y10 - med), gf_dmin(gf_dmax(med - y3, y11 - med), gf_dmin(gf_dmax(med - y4, y12 - med), gf_dmin(gf_dmax(med - y5, y13 - med), gf_dmin(gf_dmax(med - y6, y14 - med), gf_dmin(gf_dmax(med - y7, y15 - med), gf_dmin(gf_dmax(med - y8, y16 - med), y17 - med)))))))));
-  const double d2 = gf_dmin(gf_dmax(med - y0, y9 - med), gf_dmin(gf_dmax(med - y1, y10 - med), gf_dmin(gf_dmax(med - y2, y11 - med), gf_dmin(gf_dmax(med - y3, y12 - med), gf_dmin(gf_dmax(med - y4, y13 - med), gf_dmin(gf_dmax(med - y5, y14 - med), gf_dmin(gf_dmax(med - y6, y15 - med), gf_dmin(gf_dmax(med - y7, y16 - med), gf_dmax(med - y8, y17 - med)))))))));
-  gf_fast_finish(18, p, t, nthreads, ok, y0, y17, med, d1, d2, sy, ss, swy, sw,
-                 mean, weight != 0, sigma_low, sigma_high, maxiters, method, image,
-                 uncert, count, list, counts);
+  const double mad = (d1 + (gf_dmin(gf_dmax(med - y0, y9 - med), gf_dmin(gf_dmax(med - y1, y10 - med), gf_dmin(gf_dmax(med - y2, y11 - med), gf_dmin(gf_dmax(med - y3, y12 - med), gf_dmin(gf_dmax(med - y4, y13 - med), gf_dmin(gf_dmax(med - y5, y14 - med), gf_dmin(gf_dmax(med - y6, y15 - med), gf_dmin(gf_dmax(med - y7, y16 - med), gf_dmax(med - y8, y17 - med))))))))))) * 0.5;
+  gf_fast_finish(18, 0x1.0f876ccdf6cd9p+2 /* sqrt(18) */, p, t, nthreads, ok, y0, y17,
+                 med, mad, sy, ss, swy, sw, mean, weight != 0, sigma_low, sigma_high,
+                 maxiters, method, image, uncert, count, list, counts);
 }
 #endif
 
@@ -2391,13 +2508,17 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_19(GF_F
   double y17 = gf_widen(d[17 * npix]) * scale[17];
   double y18 = gf_widen(d[18 * npix]) * scale[18];
   bool ok = gf_fast_ok(y0) & gf_fast_ok(y1) & gf_fast_ok(y2) & gf_fast_ok(y3) & gf_fast_ok(y4) & gf_fast_ok(y5) & gf_fast_ok(y6) & gf_fast_ok(y7) & gf_fast_ok(y8) & gf_fast_ok(y9) & gf_fast_ok(y10) & gf_fast_ok(y11) & gf_fast_ok(y12) & gf_fast_ok(y13) & gf_fast_ok(y14) & gf_fast_ok(y15) & gf_fast_ok(y16) & gf_fast_ok(y17) & gf_fast_ok(y18);
-  if (mask) {  // gf-rare
+  if (mask) {
+    // gf-rare
     const unsigned char *m = mask + p;
     ok = ok & (m[0 * npix] == 0) & (m[1 * npix] == 0) & (m[2 * npix] == 0) & (m[3 * npix] == 0) & (m[4 * npix] == 0) & (m[5 * npix] == 0) & (m[6 * npix] == 0) & (m[7 * npix] == 0) & (m[8 * npix] == 0) & (m[9 * npix] == 0) & (m[10 * npix] == 0) & (m[11 * npix] == 0) & (m[12 * npix] == 0) & (m[13 * npix] == 0) & (m[14 * npix] == 0) & (m[15 * npix] == 0) & (m[16 * npix] == 0) & (m[17 * npix] == 0) & (m[18 * npix] == 0);
-  }  // gf-rare-end
-  if (min_value > -gf_inf() || max_value < gf_inf()) {  // gf-rare
+    // gf-rare-end
+  }
+  if (min_value > -gf_inf() || max_value < gf_inf()) {
+    // gf-rare
     ok = ok & gf_in(d[0 * npix], min_value, max_value) & gf_in(d[1 * npix], min_value, max_value) & gf_in(d[2 * npix], min_value, max_value) & gf_in(d[3 * npix], min_value, max_value) & gf_in(d[4 * npix], min_value, max_value) & gf_in(d[5 * npix], min_value, max_value) & gf_in(d[6 * npix], min_value, max_value) & gf_in(d[7 * npix], min_value, max_value) & gf_in(d[8 * npix], min_value, max_value) & gf_in(d[9 * npix], min_value, max_value) & gf_in(d[10 * npix], min_value, max_value) & gf_in(d[11 * npix], min_value, max_value) & gf_in(d[12 * npix], min_value, max_value) & gf_in(d[13 * npix], min_value, max_value) & gf_in(d[14 * npix], min_value, max_value) & gf_in(d[15 * npix], min_value, max_value) & gf_in(d[16 * npix], min_value, max_value) & gf_in(d[17 * npix], min_value, max_value) & gf_in(d[18 * npix], min_value, max_value);
-  }  // gf-rare-end
+    // gf-rare-end
+  }
   // 6's sums in frame order, before the sort permutes the registers
   double sy = 0.0, ss = 0.0, swy = 0.0, sw = 0.0, mean = 0.0;
   if (method != 1) {
@@ -2460,7 +2581,8 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_19(GF_F
     ss = ss + e * e;
     e = y18 - mean;
     ss = ss + e * e;
-    if (weight) {  // gf-rare
+    if (weight) {
+      // gf-rare
       swy = swy + weight[0] * y0;
       sw = sw + weight[0];
       swy = swy + weight[1] * y1;
@@ -2499,7 +2621,8 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_19(GF_F
       sw = sw + weight[17];
       swy = swy + weight[18] * y18;
       sw = sw + weight[18];
-    }  // gf-rare-end
+      // gf-rare-end
+    }
   }
   // 3: sort
   GF_CX(y0, y13);
@@ -2596,12 +2719,12 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_19(GF_F
   GF_CX(y15, y16);
   GF_CX(y17, y18);
   // 5: the median, the MAD, the bounds
-  const double med = (y9 + y9) * 0.5;
+  const double med = y9;
   const double d1 = gf_dmin(med - y0, gf_dmin(gf_dmax(med - y1, y10 - med), gf_dmin(gf_dmax(med - y2, y11 - med), gf_dmin(gf_dmax(med - y3, y12 - med), gf_dmin(gf_dmax(med - y4, y13 - med), gf_dmin(gf_dmax(med - y5, y14 - med), gf_dmin(gf_dmax(med - y6, y15 - med), gf_dmin(gf_dmax(med - y7, y16 - med), gf_dmin(gf_dmax(med - y8, y17 - med), gf_dmax(med - y9, y18 - med))))))))));
-  const double d2 = d1;
-  gf_fast_finish(19, p, t, nthreads, ok, y0, y18, med, d1, d2, sy, ss, swy, sw,
-                 mean, weight != 0, sigma_low, sigma_high, maxiters, method, image,
-                 uncert, count, list, counts);
+  const double mad = d1;
+  gf_fast_finish(19, 0x1.16f8334644df9p+2 /* sqrt(19) */, p, t, nthreads, ok, y0, y18,
+                 med, mad, sy, ss, swy, sw, mean, weight != 0, sigma_low, sigma_high,
+                 maxiters, method, image, uncert, count, list, counts);
 }
 #endif
 
@@ -2629,13 +2752,17 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_20(GF_F
   double y18 = gf_widen(d[18 * npix]) * scale[18];
   double y19 = gf_widen(d[19 * npix]) * scale[19];
   bool ok = gf_fast_ok(y0) & gf_fast_ok(y1) & gf_fast_ok(y2) & gf_fast_ok(y3) & gf_fast_ok(y4) & gf_fast_ok(y5) & gf_fast_ok(y6) & gf_fast_ok(y7) & gf_fast_ok(y8) & gf_fast_ok(y9) & gf_fast_ok(y10) & gf_fast_ok(y11) & gf_fast_ok(y12) & gf_fast_ok(y13) & gf_fast_ok(y14) & gf_fast_ok(y15) & gf_fast_ok(y16) & gf_fast_ok(y17) & gf_fast_ok(y18) & gf_fast_ok(y19);
-  if (mask) {  // gf-rare
+  if (mask) {
+    // gf-rare
     const unsigned char *m = mask + p;
     ok = ok & (m[0 * npix] == 0) & (m[1 * npix] == 0) & (m[2 * npix] == 0) & (m[3 * npix] == 0) & (m[4 * npix] == 0) & (m[5 * npix] == 0) & (m[6 * npix] == 0) & (m[7 * npix] == 0) & (m[8 * npix] == 0) & (m[9 * npix] == 0) & (m[10 * npix] == 0) & (m[11 * npix] == 0) & (m[12 * npix] == 0) & (m[13 * npix] == 0) & (m[14 * npix] == 0) & (m[15 * npix] == 0) & (m[16 * npix] == 0) & (m[17 * npix] == 0) & (m[18 * npix] == 0) & (m[19 * npix] == 0);
-  }  // gf-rare-end
-  if (min_value > -gf_inf() || max_value < gf_inf()) {  // gf-rare
+    // gf-rare-end
+  }
+  if (min_value > -gf_inf() || max_value < gf_inf()) {
+    // gf-rare
     ok = ok & gf_in(d[0 * npix], min_value, max_value) & gf_in(d[1 * npix], min_value, max_value) & gf_in(d[2 * npix], min_value, max_value) & gf_in(d[3 * npix], min_value, max_value) & gf_in(d[4 * npix], min_value, max_value) & gf_in(d[5 * npix], min_value, max_value) & gf_in(d[6 * npix], min_value, max_value) & gf_in(d[7 * npix], min_value, max_value) & gf_in(d[8 * npix], min_value, max_value) & gf_in(d[9 * npix], min_value, max_value) & gf_in(d[10 * npix], min_value, max_value) & gf_in(d[11 * npix], min_value, max_value) & gf_in(d[12 * npix], min_value, max_value) & gf_in(d[13 * npix], min_value, max_value) & gf_in(d[14 * npix], min_value, max_value) & gf_in(d[15 * npix], min_value, max_value) & gf_in(d[16 * npix], min_value, max_value) & gf_in(d[17 * npix], min_value, max_value) & gf_in(d[18 * npix], min_value, max_value) & gf_in(d[19 * npix], min_value, max_value);
-  }  // gf-rare-end
+    // gf-rare-end
+  }
   // 6's sums in frame order, before the sort permutes the registers
   double sy = 0.0, ss = 0.0, swy = 0.0, sw = 0.0, mean = 0.0;
   if (method != 1) {
@@ -2701,7 +2828,8 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_20(GF_F
     ss = ss + e * e;
     e = y19 - mean;
     ss = ss + e * e;
-    if (weight) {  // gf-rare
+    if (weight) {
+      // gf-rare
       swy = swy + weight[0] * y0;
       sw = sw + weight[0];
       swy = swy + weight[1] * y1;
@@ -2742,7 +2870,8 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_20(GF_F
       sw = sw + weight[18];
       swy = swy + weight[19] * y19;
       sw = sw + weight[19];
-    }  // gf-rare-end
+      // gf-rare-end
+    }
   }
   // 3: sort
   GF_CX(y0, y13);
@@ -2846,10 +2975,10 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_20(GF_F
   // 5: the median, the MAD, the bounds
   const double med = (y9 + y10) * 0.5;
   const double d1 = gf_dmin(med - y0, gf_dmin(gf_dmax(med - y1, y10 - med), gf_dmin(gf_dmax(med - y2, y11 - med), gf_dmin(gf_dmax(med - y3, y12 - med), gf_dmin(gf_dmax(med - y4, y13 - med), gf_dmin(gf_dmax(med - y5, y14 - med), gf_dmin(gf_dmax(med - y6, y15 - med), gf_dmin(gf_dmax(med - y7, y16 - med), gf_dmin(gf_dmax(med - y8, y17 - med), gf_dmin(gf_dmax(med - y9, y18 - med), y19 - med))))))))));
-  const double d2 = gf_dmin(gf_dmax(med - y0, y10 - med), gf_dmin(gf_dmax(med - y1, y11 - med), gf_dmin(gf_dmax(med - y2, y12 - med), gf_dmin(gf_dmax(med - y3, y13 - med), gf_dmin(gf_dmax(med - y4, y14 - med), gf_dmin(gf_dmax(med - y5, y15 - med), gf_dmin(gf_dmax(med - y6, y16 - med), gf_dmin(gf_dmax(med - y7, y17 - med), gf_dmin(gf_dmax(med - y8, y18 - med), gf_dmax(med - y9, y19 - med))))))))));
-  gf_fast_finish(20, p, t, nthreads, ok, y0, y19, med, d1, d2, sy, ss, swy, sw,
-                 mean, weight != 0, sigma_low, sigma_high, maxiters, method, image,
-                 uncert, count, list, counts);
+  const double mad = (d1 + (gf_dmin(gf_dmax(med - y0, y10 - med), gf_dmin(gf_dmax(med - y1, y11 - med), gf_dmin(gf_dmax(med - y2, y12 - med), gf_dmin(gf_dmax(med - y3, y13 - med), gf_dmin(gf_dmax(med - y4, y14 - med), gf_dmin(gf_dmax(med - y5, y15 - med), gf_dmin(gf_dmax(med - y6, y16 - med), gf_dmin(gf_dmax(med - y7, y17 - med), gf_dmin(gf_dmax(med - y8, y18 - med), gf_dmax(med - y9, y19 - med)))))))))))) * 0.5;
+  gf_fast_finish(20, 0x1.1e3779b97f4a8p+2 /* sqrt(20) */, p, t, nthreads, ok, y0, y19,
+                 med, mad, sy, ss, swy, sw, mean, weight != 0, sigma_low, sigma_high,
+                 maxiters, method, image, uncert, count, list, counts);
 }
 #endif
 
@@ -2878,13 +3007,17 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_21(GF_F
   double y19 = gf_widen(d[19 * npix]) * scale[19];
   double y20 = gf_widen(d[20 * npix]) * scale[20];
   bool ok = gf_fast_ok(y0) & gf_fast_ok(y1) & gf_fast_ok(y2) & gf_fast_ok(y3) & gf_fast_ok(y4) & gf_fast_ok(y5) & gf_fast_ok(y6) & gf_fast_ok(y7) & gf_fast_ok(y8) & gf_fast_ok(y9) & gf_fast_ok(y10) & gf_fast_ok(y11) & gf_fast_ok(y12) & gf_fast_ok(y13) & gf_fast_ok(y14) & gf_fast_ok(y15) & gf_fast_ok(y16) & gf_fast_ok(y17) & gf_fast_ok(y18) & gf_fast_ok(y19) & gf_fast_ok(y20);
-  if (mask) {  // gf-rare
+  if (mask) {
+    // gf-rare
     const unsigned char *m = mask + p;
     ok = ok & (m[0 * npix] == 0) & (m[1 * npix] == 0) & (m[2 * npix] == 0) & (m[3 * npix] == 0) & (m[4 * npix] == 0) & (m[5 * npix] == 0) & (m[6 * npix] == 0) & (m[7 * npix] == 0) & (m[8 * npix] == 0) & (m[9 * npix] == 0) & (m[10 * npix] == 0) & (m[11 * npix] == 0) & (m[12 * npix] == 0) & (m[13 * npix] == 0) & (m[14 * npix] == 0) & (m[15 * npix] == 0) & (m[16 * npix] == 0) & (m[17 * npix] == 0) & (m[18 * npix] == 0) & (m[19 * npix] == 0) & (m[20 * npix] == 0);
-  }  // gf-rare-end
-  if (min_value > -gf_inf() || max_value < gf_inf()) {  // gf-rare
+    // gf-rare-end
+  }
+  if (min_value > -gf_inf() || max_value < gf_inf()) {
+    // gf-rare
     ok = ok & gf_in(d[0 * npix], min_value, max_value) & gf_in(d[1 * npix], min_value, max_value) & gf_in(d[2 * npix], min_value, max_value) & gf_in(d[3 * npix], min_value, max_value) & gf_in(d[4 * npix], min_value, max_value) & gf_in(d[5 * npix], min_value, max_value) & gf_in(d[6 * npix], min_value, max_value) & gf_in(d[7 * npix], min_value, max_value) & gf_in(d[8 * npix], min_value, max_value) & gf_in(d[9 * npix], min_value, max_value) & gf_in(d[10 * npix], min_value, max_value) & gf_in(d[11 * npix], min_value, max_value) & gf_in(d[12 * npix], min_value, max_value) & gf_in(d[13 * npix], min_value, max_value) & gf_in(d[14 * npix], min_value, max_value) & gf_in(d[15 * npix], min_value, max_value) & gf_in(d[16 * npix], min_value, max_value) & gf_in(d[17 * npix], min_value, max_value) & gf_in(d[18 * npix], min_value, max_value) & gf_in(d[19 * npix], min_value, max_value) & gf_in(d[20 * npix], min_value, max_value);
-  }  // gf-rare-end
+    // gf-rare-end
+  }
   // 6's sums in frame order, before the sort permutes the registers
   double sy = 0.0, ss = 0.0, swy = 0.0, sw = 0.0, mean = 0.0;
   if (method != 1) {
@@ -2953,7 +3086,8 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_21(GF_F
     ss = ss + e * e;
     e = y20 - mean;
     ss = ss + e * e;
-    if (weight) {  // gf-rare
+    if (weight) {
+      // gf-rare
       swy = swy + weight[0] * y0;
       sw = sw + weight[0];
       swy = swy + weight[1] * y1;
@@ -2996,7 +3130,8 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_21(GF_F
       sw = sw + weight[19];
       swy = swy + weight[20] * y20;
       sw = sw + weight[20];
-    }  // gf-rare-end
+      // gf-rare-end
+    }
   }
   // 3: sort
   GF_CX(y0, y13);
@@ -3106,12 +3241,12 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_21(GF_F
   GF_CX(y17, y18);
   GF_CX(y19, y20);
   // 5: the median, the MAD, the bounds
-  const double med = (y10 + y10) * 0.5;
+  const double med = y10;
   const double d1 = gf_dmin(med - y0, gf_dmin(gf_dmax(med - y1, y11 - med), gf_dmin(gf_dmax(med - y2, y12 - med), gf_dmin(gf_dmax(med - y3, y13 - med), gf_dmin(gf_dmax(med - y4, y14 - med), gf_dmin(gf_dmax(med - y5, y15 - med), gf_dmin(gf_dmax(med - y6, y16 - med), gf_dmin(gf_dmax(med - y7, y17 - med), gf_dmin(gf_dmax(med - y8, y18 - med), gf_dmin(gf_dmax(med - y9, y19 - med), gf_dmax(med - y10, y20 - med)))))))))));
-  const double d2 = d1;
-  gf_fast_finish(21, p, t, nthreads, ok, y0, y20, med, d1, d2, sy, ss, swy, sw,
-                 mean, weight != 0, sigma_low, sigma_high, maxiters, method, image,
-                 uncert, count, list, counts);
+  const double mad = d1;
+  gf_fast_finish(21, 0x1.2548eb9151e85p+2 /* sqrt(21) */, p, t, nthreads, ok, y0, y20,
+                 med, mad, sy, ss, swy, sw, mean, weight != 0, sigma_low, sigma_high,
+                 maxiters, method, image, uncert, count, list, counts);
 }
 #endif
 
@@ -3141,13 +3276,17 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_22(GF_F
   double y20 = gf_widen(d[20 * npix]) * scale[20];
   double y21 = gf_widen(d[21 * npix]) * scale[21];
   bool ok = gf_fast_ok(y0) & gf_fast_ok(y1) & gf_fast_ok(y2) & gf_fast_ok(y3) & gf_fast_ok(y4) & gf_fast_ok(y5) & gf_fast_ok(y6) & gf_fast_ok(y7) & gf_fast_ok(y8) & gf_fast_ok(y9) & gf_fast_ok(y10) & gf_fast_ok(y11) & gf_fast_ok(y12) & gf_fast_ok(y13) & gf_fast_ok(y14) & gf_fast_ok(y15) & gf_fast_ok(y16) & gf_fast_ok(y17) & gf_fast_ok(y18) & gf_fast_ok(y19) & gf_fast_ok(y20) & gf_fast_ok(y21);
-  if (mask) {  // gf-rare
+  if (mask) {
+    // gf-rare
     const unsigned char *m = mask + p;
     ok = ok & (m[0 * npix] == 0) & (m[1 * npix] == 0) & (m[2 * npix] == 0) & (m[3 * npix] == 0) & (m[4 * npix] == 0) & (m[5 * npix] == 0) & (m[6 * npix] == 0) & (m[7 * npix] == 0) & (m[8 * npix] == 0) & (m[9 * npix] == 0) & (m[10 * npix] == 0) & (m[11 * npix] == 0) & (m[12 * npix] == 0) & (m[13 * npix] == 0) & (m[14 * npix] == 0) & (m[15 * npix] == 0) & (m[16 * npix] == 0) & (m[17 * npix] == 0) & (m[18 * npix] == 0) & (m[19 * npix] == 0) & (m[20 * npix] == 0) & (m[21 * npix] == 0);
-  }  // gf-rare-end
-  if (min_value > -gf_inf() || max_value < gf_inf()) {  // gf-rare
+    // gf-rare-end
+  }
+  if (min_value > -gf_inf() || max_value < gf_inf()) {
+    // gf-rare
     ok = ok & gf_in(d[0 * npix], min_value, max_value) & gf_in(d[1 * npix], min_value, max_value) & gf_in(d[2 * npix], min_value, max_value) & gf_in(d[3 * npix], min_value, max_value) & gf_in(d[4 * npix], min_value, max_value) & gf_in(d[5 * npix], min_value, max_value) & gf_in(d[6 * npix], min_value, max_value) & gf_in(d[7 * npix], min_value, max_value) & gf_in(d[8 * npix], min_value, max_value) & gf_in(d[9 * npix], min_value, max_value) & gf_in(d[10 * npix], min_value, max_value) & gf_in(d[11 * npix], min_value, max_value) & gf_in(d[12 * npix], min_value, max_value) & gf_in(d[13 * npix], min_value, max_value) & gf_in(d[14 * npix], min_value, max_value) & gf_in(d[15 * npix], min_value, max_value) & gf_in(d[16 * npix], min_value, max_value) & gf_in(d[17 * npix], min_value, max_value) & gf_in(d[18 * npix], min_value, max_value) & gf_in(d[19 * npix], min_value, max_value) & gf_in(d[20 * npix], min_value, max_value) & gf_in(d[21 * npix], min_value, max_value);
-  }  // gf-rare-end
+    // gf-rare-end
+  }
   // 6's sums in frame order, before the sort permutes the registers
   double sy = 0.0, ss = 0.0, swy = 0.0, sw = 0.0, mean = 0.0;
   if (method != 1) {
@@ -3219,7 +3358,8 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_22(GF_F
     ss = ss + e * e;
     e = y21 - mean;
     ss = ss + e * e;
-    if (weight) {  // gf-rare
+    if (weight) {
+      // gf-rare
       swy = swy + weight[0] * y0;
       sw = sw + weight[0];
       swy = swy + weight[1] * y1;
@@ -3264,7 +3404,8 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_22(GF_F
       sw = sw + weight[20];
       swy = swy + weight[21] * y21;
       sw = sw + weight[21];
-    }  // gf-rare-end
+      // gf-rare-end
+    }
   }
   // 3: sort
   GF_CX(y0, y13);
@@ -3382,10 +3523,10 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_22(GF_F
   // 5: the median, the MAD, the bounds
   const double med = (y10 + y11) * 0.5;
   const double d1 = gf_dmin(med - y0, gf_dmin(gf_dmax(med - y1, y11 - med), gf_dmin(gf_dmax(med - y2, y12 - med), gf_dmin(gf_dmax(med - y3, y13 - med), gf_dmin(gf_dmax(med - y4, y14 - med), gf_dmin(gf_dmax(med - y5, y15 - med), gf_dmin(gf_dmax(med - y6, y16 - med), gf_dmin(gf_dmax(med - y7, y17 - med), gf_dmin(gf_dmax(med - y8, y18 - med), gf_dmin(gf_dmax(med - y9, y19 - med), gf_dmin(gf_dmax(med - y10, y20 - med), y21 - med)))))))))));
-  const double d2 = gf_dmin(gf_dmax(med - y0, y11 - med), gf_dmin(gf_dmax(med - y1, y12 - med), gf_dmin(gf_dmax(med - y2, y13 - med), gf_dmin(gf_dmax(med - y3, y14 - med), gf_dmin(gf_dmax(med - y4, y15 - med), gf_dmin(gf_dmax(med - y5, y16 - med), gf_dmin(gf_dmax(med - y6, y17 - med), gf_dmin(gf_dmax(med - y7, y18 - med), gf_dmin(gf_dmax(med - y8, y19 - med), gf_dmin(gf_dmax(med - y9, y20 - med), gf_dmax(med - y10, y21 - med)))))))))));
-  gf_fast_finish(22, p, t, nthreads, ok, y0, y21, med, d1, d2, sy, ss, swy, sw,
-                 mean, weight != 0, sigma_low, sigma_high, maxiters, method, image,
-                 uncert, count, list, counts);
+  const double mad = (d1 + (gf_dmin(gf_dmax(med - y0, y11 - med), gf_dmin(gf_dmax(med - y1, y12 - med), gf_dmin(gf_dmax(med - y2, y13 - med), gf_dmin(gf_dmax(med - y3, y14 - med), gf_dmin(gf_dmax(med - y4, y15 - med), gf_dmin(gf_dmax(med - y5, y16 - med), gf_dmin(gf_dmax(med - y6, y17 - med), gf_dmin(gf_dmax(med - y7, y18 - med), gf_dmin(gf_dmax(med - y8, y19 - med), gf_dmin(gf_dmax(med - y9, y20 - med), gf_dmax(med - y10, y21 - med))))))))))))) * 0.5;
+  gf_fast_finish(22, 0x1.2c2fc595456a7p+2 /* sqrt(22) */, p, t, nthreads, ok, y0, y21,
+                 med, mad, sy, ss, swy, sw, mean, weight != 0, sigma_low, sigma_high,
+                 maxiters, method, image, uncert, count, list, counts);
 }
 #endif
 
@@ -3416,13 +3557,17 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_23(GF_F
   double y21 = gf_widen(d[21 * npix]) * scale[21];
   double y22 = gf_widen(d[22 * npix]) * scale[22];
   bool ok = gf_fast_ok(y0) & gf_fast_ok(y1) & gf_fast_ok(y2) & gf_fast_ok(y3) & gf_fast_ok(y4) & gf_fast_ok(y5) & gf_fast_ok(y6) & gf_fast_ok(y7) & gf_fast_ok(y8) & gf_fast_ok(y9) & gf_fast_ok(y10) & gf_fast_ok(y11) & gf_fast_ok(y12) & gf_fast_ok(y13) & gf_fast_ok(y14) & gf_fast_ok(y15) & gf_fast_ok(y16) & gf_fast_ok(y17) & gf_fast_ok(y18) & gf_fast_ok(y19) & gf_fast_ok(y20) & gf_fast_ok(y21) & gf_fast_ok(y22);
-  if (mask) {  // gf-rare
+  if (mask) {
+    // gf-rare
     const unsigned char *m = mask + p;
     ok = ok & (m[0 * npix] == 0) & (m[1 * npix] == 0) & (m[2 * npix] == 0) & (m[3 * npix] == 0) & (m[4 * npix] == 0) & (m[5 * npix] == 0) & (m[6 * npix] == 0) & (m[7 * npix] == 0) & (m[8 * npix] == 0) & (m[9 * npix] == 0) & (m[10 * npix] == 0) & (m[11 * npix] == 0) & (m[12 * npix] == 0) & (m[13 * npix] == 0) & (m[14 * npix] == 0) & (m[15 * npix] == 0) & (m[16 * npix] == 0) & (m[17 * npix] == 0) & (m[18 * npix] == 0) & (m[19 * npix] == 0) & (m[20 * npix] == 0) & (m[21 * npix] == 0) & (m[22 * npix] == 0);
-  }  // gf-rare-end
-  if (min_value > -gf_inf() || max_value < gf_inf()) {  // gf-rare
+    // gf-rare-end
+  }
+  if (min_value > -gf_inf() || max_value < gf_inf()) {
+    // gf-rare
     ok = ok & gf_in(d[0 * npix], min_value, max_value) & gf_in(d[1 * npix], min_value, max_value) & gf_in(d[2 * npix], min_value, max_value) & gf_in(d[3 * npix], min_value, max_value) & gf_in(d[4 * npix], min_value, max_value) & gf_in(d[5 * npix], min_value, max_value) & gf_in(d[6 * npix], min_value, max_value) & gf_in(d[7 * npix], min_value, max_value) & gf_in(d[8 * npix], min_value, max_value) & gf_in(d[9 * npix], min_value, max_value) & gf_in(d[10 * npix], min_value, max_value) & gf_in(d[11 * npix], min_value, max_value) & gf_in(d[12 * npix], min_value, max_value) & gf_in(d[13 * npix], min_value, max_value) & gf_in(d[14 * npix], min_value, max_value) & gf_in(d[15 * npix], min_value, max_value) & gf_in(d[16 * npix], min_value, max_value) & gf_in(d[17 * npix], min_value, max_value) & gf_in(d[18 * npix], min_value, max_value) & gf_in(d[19 * npix], min_value, max_value) & gf_in(d[20 * npix], min_value, max_value) & gf_in(d[21 * npix], min_value, max_value) & gf_in(d[22 * npix], min_value, max_value);
-  }  // gf-rare-end
+    // gf-rare-end
+  }
   // 6's sums in frame order, before the sort permutes the registers
   double sy = 0.0, ss = 0.0, swy = 0.0, sw = 0.0, mean = 0.0;
   if (method != 1) {
@@ -3497,7 +3642,8 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_23(GF_F
     ss = ss + e * e;
     e = y22 - mean;
     ss = ss + e * e;
-    if (weight) {  // gf-rare
+    if (weight) {
+      // gf-rare
       swy = swy + weight[0] * y0;
       sw = sw + weight[0];
       swy = swy + weight[1] * y1;
@@ -3544,7 +3690,8 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_23(GF_F
       sw = sw + weight[21];
       swy = swy + weight[22] * y22;
       sw = sw + weight[22];
-    }  // gf-rare-end
+      // gf-rare-end
+    }
   }
   // 3: sort
   GF_CX(y0, y13);
@@ -3667,12 +3814,12 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_23(GF_F
   GF_CX(y19, y20);
   GF_CX(y21, y22);
   // 5: the median, the MAD, the bounds
-  const double med = (y11 + y11) * 0.5;
+  const double med = y11;
   const double d1 = gf_dmin(med - y0, gf_dmin(gf_dmax(med - y1, y12 - med), gf_dmin(gf_dmax(med - y2, y13 - med), gf_dmin(gf_dmax(med - y3, y14 - med), gf_dmin(gf_dmax(med - y4, y15 - med), gf_dmin(gf_dmax(med - y5, y16 - med), gf_dmin(gf_dmax(med - y6, y17 - med), gf_dmin(gf_dmax(med - y7, y18 - med), gf_dmin(gf_dmax(med - y8, y19 - med), gf_dmin(gf_dmax(med - y9, y20 - med), gf_dmin(gf_dmax(med - y10, y21 - med), gf_dmax(med - y11, y22 - med))))))))))));
-  const double d2 = d1;
-  gf_fast_finish(23, p, t, nthreads, ok, y0, y22, med, d1, d2, sy, ss, swy, sw,
-                 mean, weight != 0, sigma_low, sigma_high, maxiters, method, image,
-                 uncert, count, list, counts);
+  const double mad = d1;
+  gf_fast_finish(23, 0x1.32eee75770416p+2 /* sqrt(23) */, p, t, nthreads, ok, y0, y22,
+                 med, mad, sy, ss, swy, sw, mean, weight != 0, sigma_low, sigma_high,
+                 maxiters, method, image, uncert, count, list, counts);
 }
 #endif
 
@@ -3704,13 +3851,17 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_24(GF_F
   double y22 = gf_widen(d[22 * npix]) * scale[22];
   double y23 = gf_widen(d[23 * npix]) * scale[23];
   bool ok = gf_fast_ok(y0) & gf_fast_ok(y1) & gf_fast_ok(y2) & gf_fast_ok(y3) & gf_fast_ok(y4) & gf_fast_ok(y5) & gf_fast_ok(y6) & gf_fast_ok(y7) & gf_fast_ok(y8) & gf_fast_ok(y9) & gf_fast_ok(y10) & gf_fast_ok(y11) & gf_fast_ok(y12) & gf_fast_ok(y13) & gf_fast_ok(y14) & gf_fast_ok(y15) & gf_fast_ok(y16) & gf_fast_ok(y17) & gf_fast_ok(y18) & gf_fast_ok(y19) & gf_fast_ok(y20) & gf_fast_ok(y21) & gf_fast_ok(y22) & gf_fast_ok(y23);
-  if (mask) {  // gf-rare
+  if (mask) {
+    // gf-rare
     const unsigned char *m = mask + p;
     ok = ok & (m[0 * npix] == 0) & (m[1 * npix] == 0) & (m[2 * npix] == 0) & (m[3 * npix] == 0) & (m[4 * npix] == 0) & (m[5 * npix] == 0) & (m[6 * npix] == 0) & (m[7 * npix] == 0) & (m[8 * npix] == 0) & (m[9 * npix] == 0) & (m[10 * npix] == 0) & (m[11 * npix] == 0) & (m[12 * npix] == 0) & (m[13 * npix] == 0) & (m[14 * npix] == 0) & (m[15 * npix] == 0) & (m[16 * npix] == 0) & (m[17 * npix] == 0) & (m[18 * npix] == 0) & (m[19 * npix] == 0) & (m[20 * npix] == 0) & (m[21 * npix] == 0) & (m[22 * npix] == 0) & (m[23 * npix] == 0);
-  }  // gf-rare-end
-  if (min_value > -gf_inf() || max_value < gf_inf()) {  // gf-rare
+    // gf-rare-end
+  }
+  if (min_value > -gf_inf() || max_value < gf_inf()) {
+    // gf-rare
     ok = ok & gf_in(d[0 * npix], min_value, max_value) & gf_in(d[1 * npix], min_value, max_value) & gf_in(d[2 * npix], min_value, max_value) & gf_in(d[3 * npix], min_value, max_value) & gf_in(d[4 * npix], min_value, max_value) & gf_in(d[5 * npix], min_value, max_value) & gf_in(d[6 * npix], min_value, max_value) & gf_in(d[7 * npix], min_value, max_value) & gf_in(d[8 * npix], min_value, max_value) & gf_in(d[9 * npix], min_value, max_value) & gf_in(d[10 * npix], min_value, max_value) & gf_in(d[11 * npix], min_value, max_value) & gf_in(d[12 * npix], min_value, max_value) & gf_in(d[13 * npix], min_value, max_value) & gf_in(d[14 * npix], min_value, max_value) & gf_in(d[15 * npix], min_value, max_value) & gf_in(d[16 * npix], min_value, max_value) & gf_in(d[17 * npix], min_value, max_value) & gf_in(d[18 * npix], min_value, max_value) & gf_in(d[19 * npix], min_value, max_value) & gf_in(d[20 * npix], min_value, max_value) & gf_in(d[21 * npix], min_value, max_value) & gf_in(d[22 * npix], min_value, max_value) & gf_in(d[23 * npix], min_value, max_value);
-  }  // gf-rare-end
+    // gf-rare-end
+  }
   // 6's sums in frame order, before the sort permutes the registers
   double sy = 0.0, ss = 0.0, swy = 0.0, sw = 0.0, mean = 0.0;
   if (method != 1) {
@@ -3788,7 +3939,8 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_24(GF_F
     ss = ss + e * e;
     e = y23 - mean;
     ss = ss + e * e;
-    if (weight) {  // gf-rare
+    if (weight) {
+      // gf-rare
       swy = swy + weight[0] * y0;
       sw = sw + weight[0];
       swy = swy + weight[1] * y1;
@@ -3837,7 +3989,8 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_24(GF_F
       sw = sw + weight[22];
       swy = swy + weight[23] * y23;
       sw = sw + weight[23];
-    }  // gf-rare-end
+      // gf-rare-end
+    }
   }
   // 3: sort
   GF_CX(y0, y13);
@@ -3967,10 +4120,10 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_24(GF_F
   // 5: the median, the MAD, the bounds
   const double med = (y11 + y12) * 0.5;
   const double d1 = gf_dmin(med - y0, gf_dmin(gf_dmax(med - y1, y12 - med), gf_dmin(gf_dmax(med - y2, y13 - med), gf_dmin(gf_dmax(med - y3, y14 - med), gf_dmin(gf_dmax(med - y4, y15 - med), gf_dmin(gf_dmax(med - y5, y16 - med), gf_dmin(gf_dmax(med - y6, y17 - med), gf_dmin(gf_dmax(med - y7, y18 - med), gf_dmin(gf_dmax(med - y8, y19 - med), gf_dmin(gf_dmax(med - y9, y20 - med), gf_dmin(gf_dmax(med - y10, y21 - med), gf_dmin(gf_dmax(med - y11, y22 - med), y23 - med))))))))))));
-  const double d2 = gf_dmin(gf_dmax(med - y0, y12 - med), gf_dmin(gf_dmax(med - y1, y13 - med), gf_dmin(gf_dmax(med - y2, y14 - med), gf_dmin(gf_dmax(med - y3, y15 - med), gf_dmin(gf_dmax(med - y4, y16 - med), gf_dmin(gf_dmax(med - y5, y17 - med), gf_dmin(gf_dmax(med - y6, y18 - med), gf_dmin(gf_dmax(med - y7, y19 - med), gf_dmin(gf_dmax(med - y8, y20 - med), gf_dmin(gf_dmax(med - y9, y21 - med), gf_dmin(gf_dmax(med - y10, y22 - med), gf_dmax(med - y11, y23 - med))))))))))));
-  gf_fast_finish(24, p, t, nthreads, ok, y0, y23, med, d1, d2, sy, ss, swy, sw,
-                 mean, weight != 0, sigma_low, sigma_high, maxiters, method, image,
-                 uncert, count, list, counts);
+  const double mad = (d1 + (gf_dmin(gf_dmax(med - y0, y12 - med), gf_dmin(gf_dmax(med - y1, y13 - med), gf_dmin(gf_dmax(med - y2, y14 - med), gf_dmin(gf_dmax(med - y3, y15 - med), gf_dmin(gf_dmax(med - y4, y16 - med), gf_dmin(gf_dmax(med - y5, y17 - med), gf_dmin(gf_dmax(med - y6, y18 - med), gf_dmin(gf_dmax(med - y7, y19 - med), gf_dmin(gf_dmax(med - y8, y20 - med), gf_dmin(gf_dmax(med - y9, y21 - med), gf_dmin(gf_dmax(med - y10, y22 - med), gf_dmax(med - y11, y23 - med)))))))))))))) * 0.5;
+  gf_fast_finish(24, 0x1.3988e1409212ep+2 /* sqrt(24) */, p, t, nthreads, ok, y0, y23,
+                 med, mad, sy, ss, swy, sw, mean, weight != 0, sigma_low, sigma_high,
+                 maxiters, method, image, uncert, count, list, counts);
 }
 #endif
 
@@ -4003,13 +4156,17 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_25(GF_F
   double y23 = gf_widen(d[23 * npix]) * scale[23];
   double y24 = gf_widen(d[24 * npix]) * scale[24];
   bool ok = gf_fast_ok(y0) & gf_fast_ok(y1) & gf_fast_ok(y2) & gf_fast_ok(y3) & gf_fast_ok(y4) & gf_fast_ok(y5) & gf_fast_ok(y6) & gf_fast_ok(y7) & gf_fast_ok(y8) & gf_fast_ok(y9) & gf_fast_ok(y10) & gf_fast_ok(y11) & gf_fast_ok(y12) & gf_fast_ok(y13) & gf_fast_ok(y14) & gf_fast_ok(y15) & gf_fast_ok(y16) & gf_fast_ok(y17) & gf_fast_ok(y18) & gf_fast_ok(y19) & gf_fast_ok(y20) & gf_fast_ok(y21) & gf_fast_ok(y22) & gf_fast_ok(y23) & gf_fast_ok(y24);
-  if (mask) {  // gf-rare
+  if (mask) {
+    // gf-rare
     const unsigned char *m = mask + p;
     ok = ok & (m[0 * npix] == 0) & (m[1 * npix] == 0) & (m[2 * npix] == 0) & (m[3 * npix] == 0) & (m[4 * npix] == 0) & (m[5 * npix] == 0) & (m[6 * npix] == 0) & (m[7 * npix] == 0) & (m[8 * npix] == 0) & (m[9 * npix] == 0) & (m[10 * npix] == 0) & (m[11 * npix] == 0) & (m[12 * npix] == 0) & (m[13 * npix] == 0) & (m[14 * npix] == 0) & (m[15 * npix] == 0) & (m[16 * npix] == 0) & (m[17 * npix] == 0) & (m[18 * npix] == 0) & (m[19 * npix] == 0) & (m[20 * npix] == 0) & (m[21 * npix] == 0) & (m[22 * npix] == 0) & (m[23 * npix] == 0) & (m[24 * npix] == 0);
-  }  // gf-rare-end
-  if (min_value > -gf_inf() || max_value < gf_inf()) {  // gf-rare
+    // gf-rare-end
+  }
+  if (min_value > -gf_inf() || max_value < gf_inf()) {
+    // gf-rare
     ok = ok & gf_in(d[0 * npix], min_value, max_value) & gf_in(d[1 * npix], min_value, max_value) & gf_in(d[2 * npix], min_value, max_value) & gf_in(d[3 * npix], min_value, max_value) & gf_in(d[4 * npix], min_value, max_value) & gf_in(d[5 * npix], min_value, max_value) & gf_in(d[6 * npix], min_value, max_value) & gf_in(d[7 * npix], min_value, max_value) & gf_in(d[8 * npix], min_value, max_value) & gf_in(d[9 * npix], min_value, max_value) & gf_in(d[10 * npix], min_value, max_value) & gf_in(d[11 * npix], min_value, max_value) & gf_in(d[12 * npix], min_value, max_value) & gf_in(d[13 * npix], min_value, max_value) & gf_in(d[14 * npix], min_value, max_value) & gf_in(d[15 * npix], min_value, max_value) & gf_in(d[16 * npix], min_value, max_value) & gf_in(d[17 * npix], min_value, max_value) & gf_in(d[18 * npix], min_value, max_value) & gf_in(d[19 * npix], min_value, max_value) & gf_in(d[20 * npix], min_value, max_value) & gf_in(d[21 * npix], min_value, max_value) & gf_in(d[22 * npix], min_value, max_value) & gf_in(d[23 * npix], min_value, max_value) & gf_in(d[24 * npix], min_value, max_value);
-  }  // gf-rare-end
+    // gf-rare-end
+  }
   // 6's sums in frame order, before the sort permutes the registers
   double sy = 0.0, ss = 0.0, swy = 0.0, sw = 0.0, mean = 0.0;
   if (method != 1) {
@@ -4090,7 +4247,8 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_25(GF_F
     ss = ss + e * e;
     e = y24 - mean;
     ss = ss + e * e;
-    if (weight) {  // gf-rare
+    if (weight) {
+      // gf-rare
       swy = swy + weight[0] * y0;
       sw = sw + weight[0];
       swy = swy + weight[1] * y1;
@@ -4141,7 +4299,8 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_25(GF_F
       sw = sw + weight[23];
       swy = swy + weight[24] * y24;
       sw = sw + weight[24];
-    }  // gf-rare-end
+      // gf-rare-end
+    }
   }
   // 3: sort
   GF_CX(y0, y13);
@@ -4280,12 +4439,12 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_25(GF_F
   GF_CX(y21, y22);
   GF_CX(y23, y24);
   // 5: the median, the MAD, the bounds
-  const double med = (y12 + y12) * 0.5;
+  const double med = y12;
   const double d1 = gf_dmin(med - y0, gf_dmin(gf_dmax(med - y1, y13 - med), gf_dmin(gf_dmax(med - y2, y14 - med), gf_dmin(gf_dmax(med - y3, y15 - med), gf_dmin(gf_dmax(med - y4, y16 - med), gf_dmin(gf_dmax(med - y5, y17 - med), gf_dmin(gf_dmax(med - y6, y18 - med), gf_dmin(gf_dmax(med - y7, y19 - med), gf_dmin(gf_dmax(med - y8, y20 - med), gf_dmin(gf_dmax(med - y9, y21 - med), gf_dmin(gf_dmax(med - y10, y22 - med), gf_dmin(gf_dmax(med - y11, y23 - med), gf_dmax(med - y12, y24 - med)))))))))))));
-  const double d2 = d1;
-  gf_fast_finish(25, p, t, nthreads, ok, y0, y24, med, d1, d2, sy, ss, swy, sw,
-                 mean, weight != 0, sigma_low, sigma_high, maxiters, method, image,
-                 uncert, count, list, counts);
+  const double mad = d1;
+  gf_fast_finish(25, 0x1.4000000000000p+2 /* sqrt(25) */, p, t, nthreads, ok, y0, y24,
+                 med, mad, sy, ss, swy, sw, mean, weight != 0, sigma_low, sigma_high,
+                 maxiters, method, image, uncert, count, list, counts);
 }
 #endif
 
@@ -4319,13 +4478,17 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_26(GF_F
   double y24 = gf_widen(d[24 * npix]) * scale[24];
   double y25 = gf_widen(d[25 * npix]) * scale[25];
   bool ok = gf_fast_ok(y0) & gf_fast_ok(y1) & gf_fast_ok(y2) & gf_fast_ok(y3) & gf_fast_ok(y4) & gf_fast_ok(y5) & gf_fast_ok(y6) & gf_fast_ok(y7) & gf_fast_ok(y8) & gf_fast_ok(y9) & gf_fast_ok(y10) & gf_fast_ok(y11) & gf_fast_ok(y12) & gf_fast_ok(y13) & gf_fast_ok(y14) & gf_fast_ok(y15) & gf_fast_ok(y16) & gf_fast_ok(y17) & gf_fast_ok(y18) & gf_fast_ok(y19) & gf_fast_ok(y20) & gf_fast_ok(y21) & gf_fast_ok(y22) & gf_fast_ok(y23) & gf_fast_ok(y24) & gf_fast_ok(y25);
-  if (mask) {  // gf-rare
+  if (mask) {
+    // gf-rare
     const unsigned char *m = mask + p;
     ok = ok & (m[0 * npix] == 0) & (m[1 * npix] == 0) & (m[2 * npix] == 0) & (m[3 * npix] == 0) & (m[4 * npix] == 0) & (m[5 * npix] == 0) & (m[6 * npix] == 0) & (m[7 * npix] == 0) & (m[8 * npix] == 0) & (m[9 * npix] == 0) & (m[10 * npix] == 0) & (m[11 * npix] == 0) & (m[12 * npix] == 0) & (m[13 * npix] == 0) & (m[14 * npix] == 0) & (m[15 * npix] == 0) & (m[16 * npix] == 0) & (m[17 * npix] == 0) & (m[18 * npix] == 0) & (m[19 * npix] == 0) & (m[20 * npix] == 0) & (m[21 * npix] == 0) & (m[22 * npix] == 0) & (m[23 * npix] == 0) & (m[24 * npix] == 0) & (m[25 * npix] == 0);
-  }  // gf-rare-end
-  if (min_value > -gf_inf() || max_value < gf_inf()) {  // gf-rare
+    // gf-rare-end
+  }
+  if (min_value > -gf_inf() || max_value < gf_inf()) {
+    // gf-rare
     ok = ok & gf_in(d[0 * npix], min_value, max_value) & gf_in(d[1 * npix], min_value, max_value) & gf_in(d[2 * npix], min_value, max_value) & gf_in(d[3 * npix], min_value, max_value) & gf_in(d[4 * npix], min_value, max_value) & gf_in(d[5 * npix], min_value, max_value) & gf_in(d[6 * npix], min_value, max_value) & gf_in(d[7 * npix], min_value, max_value) & gf_in(d[8 * npix], min_value, max_value) & gf_in(d[9 * npix], min_value, max_value) & gf_in(d[10 * npix], min_value, max_value) & gf_in(d[11 * npix], min_value, max_value) & gf_in(d[12 * npix], min_value, max_value) & gf_in(d[13 * npix], min_value, max_value) & gf_in(d[14 * npix], min_value, max_value) & gf_in(d[15 * npix], min_value, max_value) & gf_in(d[16 * npix], min_value, max_value) & gf_in(d[17 * npix], min_value, max_value) & gf_in(d[18 * npix], min_value, max_value) & gf_in(d[19 * npix], min_value, max_value) & gf_in(d[20 * npix], min_value, max_value) & gf_in(d[21 * npix], min_value, max_value) & gf_in(d[22 * npix], min_value, max_value) & gf_in(d[23 * npix], min_value, max_value) & gf_in(d[24 * npix], min_value, max_value) & gf_in(d[25 * npix], min_value, max_value);
-  }  // gf-rare-end
+    // gf-rare-end
+  }
   // 6's sums in frame order, before the sort permutes the registers
   double sy = 0.0, ss = 0.0, swy = 0.0, sw = 0.0, mean = 0.0;
   if (method != 1) {
@@ -4409,7 +4572,8 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_26(GF_F
     ss = ss + e * e;
     e = y25 - mean;
     ss = ss + e * e;
-    if (weight) {  // gf-rare
+    if (weight) {
+      // gf-rare
       swy = swy + weight[0] * y0;
       sw = sw + weight[0];
       swy = swy + weight[1] * y1;
@@ -4462,7 +4626,8 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_26(GF_F
       sw = sw + weight[24];
       swy = swy + weight[25] * y25;
       sw = sw + weight[25];
-    }  // gf-rare-end
+      // gf-rare-end
+    }
   }
   // 3: sort
   GF_CX(y0, y13);
@@ -4611,10 +4776,10 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_26(GF_F
   // 5: the median, the MAD, the bounds
   const double med = (y12 + y13) * 0.5;
   const double d1 = gf_dmin(med - y0, gf_dmin(gf_dmax(med - y1, y13 - med), gf_dmin(gf_dmax(med - y2, y14 - med), gf_dmin(gf_dmax(med - y3, y15 - med), gf_dmin(gf_dmax(med - y4, y16 - med), gf_dmin(gf_dmax(med - y5, y17 - med), gf_dmin(gf_dmax(med - y6, y18 - med), gf_dmin(gf_dmax(med - y7, y19 - med), gf_dmin(gf_dmax(med - y8, y20 - med), gf_dmin(gf_dmax(med - y9, y21 - med), gf_dmin(gf_dmax(med - y10, y22 - med), gf_dmin(gf_dmax(med - y11, y23 - med), gf_dmin(gf_dmax(med - y12, y24 - med), y25 - med)))))))))))));
-  const double d2 = gf_dmin(gf_dmax(med - y0, y13 - med), gf_dmin(gf_dmax(med - y1, y14 - med), gf_dmin(gf_dmax(med - y2, y15 - med), gf_dmin(gf_dmax(med - y3, y16 - med), gf_dmin(gf_dmax(med - y4, y17 - med), gf_dmin(gf_dmax(med - y5, y18 - med), gf_dmin(gf_dmax(med - y6, y19 - med), gf_dmin(gf_dmax(med - y7, y20 - med), gf_dmin(gf_dmax(med - y8, y21 - med), gf_dmin(gf_dmax(med - y9, y22 - med), gf_dmin(gf_dmax(med - y10, y23 - med), gf_dmin(gf_dmax(med - y11, y24 - med), gf_dmax(med - y12, y25 - med)))))))))))));
-  gf_fast_finish(26, p, t, nthreads, ok, y0, y25, med, d1, d2, sy, ss, swy, sw,
-                 mean, weight != 0, sigma_low, sigma_high, maxiters, method, image,
-                 uncert, count, list, counts);
+  const double mad = (d1 + (gf_dmin(gf_dmax(med - y0, y13 - med), gf_dmin(gf_dmax(med - y1, y14 - med), gf_dmin(gf_dmax(med - y2, y15 - med), gf_dmin(gf_dmax(med - y3, y16 - med), gf_dmin(gf_dmax(med - y4, y17 - med), gf_dmin(gf_dmax(med - y5, y18 - med), gf_dmin(gf_dmax(med - y6, y19 - med), gf_dmin(gf_dmax(med - y7, y20 - med), gf_dmin(gf_dmax(med - y8, y21 - med), gf_dmin(gf_dmax(med - y9, y22 - med), gf_dmin(gf_dmax(med - y10, y23 - med), gf_dmin(gf_dmax(med - y11, y24 - med), gf_dmax(med - y12, y25 - med))))))))))))))) * 0.5;
+  gf_fast_finish(26, 0x1.465655f122ff6p+2 /* sqrt(26) */, p, t, nthreads, ok, y0, y25,
+                 med, mad, sy, ss, swy, sw, mean, weight != 0, sigma_low, sigma_high,
+                 maxiters, method, image, uncert, count, list, counts);
 }
 #endif
 
@@ -4649,13 +4814,17 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_27(GF_F
   double y25 = gf_widen(d[25 * npix]) * scale[25];
   double y26 = gf_widen(d[26 * npix]) * scale[26];
   bool ok = gf_fast_ok(y0) & gf_fast_ok(y1) & gf_fast_ok(y2) & gf_fast_ok(y3) & gf_fast_ok(y4) & gf_fast_ok(y5) & gf_fast_ok(y6) & gf_fast_ok(y7) & gf_fast_ok(y8) & gf_fast_ok(y9) & gf_fast_ok(y10) & gf_fast_ok(y11) & gf_fast_ok(y12) & gf_fast_ok(y13) & gf_fast_ok(y14) & gf_fast_ok(y15) & gf_fast_ok(y16) & gf_fast_ok(y17) & gf_fast_ok(y18) & gf_fast_ok(y19) & gf_fast_ok(y20) & gf_fast_ok(y21) & gf_fast_ok(y22) & gf_fast_ok(y23) & gf_fast_ok(y24) & gf_fast_ok(y25) & gf_fast_ok(y26);
-  if (mask) {  // gf-rare
+  if (mask) {
+    // gf-rare
     const unsigned char *m = mask + p;
     ok = ok & (m[0 * npix] == 0) & (m[1 * npix] == 0) & (m[2 * npix] == 0) & (m[3 * npix] == 0) & (m[4 * npix] == 0) & (m[5 * npix] == 0) & (m[6 * npix] == 0) & (m[7 * npix] == 0) & (m[8 * npix] == 0) & (m[9 * npix] == 0) & (m[10 * npix] == 0) & (m[11 * npix] == 0) & (m[12 * npix] == 0) & (m[13 * npix] == 0) & (m[14 * npix] == 0) & (m[15 * npix] == 0) & (m[16 * npix] == 0) & (m[17 * npix] == 0) & (m[18 * npix] == 0) & (m[19 * npix] == 0) & (m[20 * npix] == 0) & (m[21 * npix] == 0) & (m[22 * npix] == 0) & (m[23 * npix] == 0) & (m[24 * npix] == 0) & (m[25 * npix] == 0) & (m[26 * npix] == 0);
-  }  // gf-rare-end
-  if (min_value > -gf_inf() || max_value < gf_inf()) {  // gf-rare
+    // gf-rare-end
+  }
+  if (min_value > -gf_inf() || max_value < gf_inf()) {
+    // gf-rare
     ok = ok & gf_in(d[0 * npix], min_value, max_value) & gf_in(d[1 * npix], min_value, max_value) & gf_in(d[2 * npix], min_value, max_value) & gf_in(d[3 * npix], min_value, max_value) & gf_in(d[4 * npix], min_value, max_value) & gf_in(d[5 * npix], min_value, max_value) & gf_in(d[6 * npix], min_value, max_value) & gf_in(d[7 * npix], min_value, max_value) & gf_in(d[8 * npix], min_value, max_value) & gf_in(d[9 * npix], min_value, max_value) & gf_in(d[10 * npix], min_value, max_value) & gf_in(d[11 * npix], min_value, max_value) & gf_in(d[12 * npix], min_value, max_value) & gf_in(d[13 * npix], min_value, max_value) & gf_in(d[14 * npix], min_value, max_value) & gf_in(d[15 * npix], min_value, max_value) & gf_in(d[16 * npix], min_value, max_value) & gf_in(d[17 * npix], min_value, max_value) & gf_in(d[18 * npix], min_value, max_value) & gf_in(d[19 * npix], min_value, max_value) & gf_in(d[20 * npix], min_value, max_value) & gf_in(d[21 * npix], min_value, max_value) & gf_in(d[22 * npix], min_value, max_value) & gf_in(d[23 * npix], min_value, max_value) & gf_in(d[24 * npix], min_value, max_value) & gf_in(d[25 * npix], min_value, max_value) & gf_in(d[26 * npix], min_value, max_value);
-  }  // gf-rare-end
+    // gf-rare-end
+  }
   // 6's sums in frame order, before the sort permutes the registers
   double sy = 0.0, ss = 0.0, swy = 0.0, sw = 0.0, mean = 0.0;
   if (method != 1) {
@@ -4742,7 +4911,8 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_27(GF_F
     ss = ss + e * e;
     e = y26 - mean;
     ss = ss + e * e;
-    if (weight) {  // gf-rare
+    if (weight) {
+      // gf-rare
       swy = swy + weight[0] * y0;
       sw = sw + weight[0];
       swy = swy + weight[1] * y1;
@@ -4797,7 +4967,8 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_27(GF_F
       sw = sw + weight[25];
       swy = swy + weight[26] * y26;
       sw = sw + weight[26];
-    }  // gf-rare-end
+      // gf-rare-end
+    }
   }
   // 3: sort
   GF_CX(y0, y13);
@@ -4952,12 +5123,12 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_27(GF_F
   GF_CX(y23, y24);
   GF_CX(y25, y26);
   // 5: the median, the MAD, the bounds
-  const double med = (y13 + y13) * 0.5;
+  const double med = y13;
   const double d1 = gf_dmin(med - y0, gf_dmin(gf_dmax(med - y1, y14 - med), gf_dmin(gf_dmax(med - y2, y15 - med), gf_dmin(gf_dmax(med - y3, y16 - med), gf_dmin(gf_dmax(med - y4, y17 - med), gf_dmin(gf_dmax(med - y5, y18 - med), gf_dmin(gf_dmax(med - y6, y19 - med), gf_dmin(gf_dmax(med - y7, y20 - med), gf_dmin(gf_dmax(med - y8, y21 - med), gf_dmin(gf_dmax(med - y9, y22 - med), gf_dmin(gf_dmax(med - y10, y23 - med), gf_dmin(gf_dmax(med - y11, y24 - med), gf_dmin(gf_dmax(med - y12, y25 - med), gf_dmax(med - y13, y26 - med))))))))))))));
-  const double d2 = d1;
-  gf_fast_finish(27, p, t, nthreads, ok, y0, y26, med, d1, d2, sy, ss, swy, sw,
-                 mean, weight != 0, sigma_low, sigma_high, maxiters, method, image,
-                 uncert, count, list, counts);
+  const double mad = d1;
+  gf_fast_finish(27, 0x1.4c8dc2e423980p+2 /* sqrt(27) */, p, t, nthreads, ok, y0, y26,
+                 med, mad, sy, ss, swy, sw, mean, weight != 0, sigma_low, sigma_high,
+                 maxiters, method, image, uncert, count, list, counts);
 }
 #endif
 
@@ -4993,13 +5164,17 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_28(GF_F
   double y26 = gf_widen(d[26 * npix]) * scale[26];
   double y27 = gf_widen(d[27 * npix]) * scale[27];
   bool ok = gf_fast_ok(y0) & gf_fast_ok(y1) & gf_fast_ok(y2) & gf_fast_ok(y3) & gf_fast_ok(y4) & gf_fast_ok(y5) & gf_fast_ok(y6) & gf_fast_ok(y7) & gf_fast_ok(y8) & gf_fast_ok(y9) & gf_fast_ok(y10) & gf_fast_ok(y11) & gf_fast_ok(y12) & gf_fast_ok(y13) & gf_fast_ok(y14) & gf_fast_ok(y15) & gf_fast_ok(y16) & gf_fast_ok(y17) & gf_fast_ok(y18) & gf_fast_ok(y19) & gf_fast_ok(y20) & gf_fast_ok(y21) & gf_fast_ok(y22) & gf_fast_ok(y23) & gf_fast_ok(y24) & gf_fast_ok(y25) & gf_fast_ok(y26) & gf_fast_ok(y27);
-  if (mask) {  // gf-rare
+  if (mask) {
+    // gf-rare
     const unsigned char *m = mask + p;
     ok = ok & (m[0 * npix] == 0) & (m[1 * npix] == 0) & (m[2 * npix] == 0) & (m[3 * npix] == 0) & (m[4 * npix] == 0) & (m[5 * npix] == 0) & (m[6 * npix] == 0) & (m[7 * npix] == 0) & (m[8 * npix] == 0) & (m[9 * npix] == 0) & (m[10 * npix] == 0) & (m[11 * npix] == 0) & (m[12 * npix] == 0) & (m[13 * npix] == 0) & (m[14 * npix] == 0) & (m[15 * npix] == 0) & (m[16 * npix] == 0) & (m[17 * npix] == 0) & (m[18 * npix] == 0) & (m[19 * npix] == 0) & (m[20 * npix] == 0) & (m[21 * npix] == 0) & (m[22 * npix] == 0) & (m[23 * npix] == 0) & (m[24 * npix] == 0) & (m[25 * npix] == 0) & (m[26 * npix] == 0) & (m[27 * npix] == 0);
-  }  // gf-rare-end
-  if (min_value > -gf_inf() || max_value < gf_inf()) {  // gf-rare
+    // gf-rare-end
+  }
+  if (min_value > -gf_inf() || max_value < gf_inf()) {
+    // gf-rare
     ok = ok & gf_in(d[0 * npix], min_value, max_value) & gf_in(d[1 * npix], min_value, max_value) & gf_in(d[2 * npix], min_value, max_value) & gf_in(d[3 * npix], min_value, max_value) & gf_in(d[4 * npix], min_value, max_value) & gf_in(d[5 * npix], min_value, max_value) & gf_in(d[6 * npix], min_value, max_value) & gf_in(d[7 * npix], min_value, max_value) & gf_in(d[8 * npix], min_value, max_value) & gf_in(d[9 * npix], min_value, max_value) & gf_in(d[10 * npix], min_value, max_value) & gf_in(d[11 * npix], min_value, max_value) & gf_in(d[12 * npix], min_value, max_value) & gf_in(d[13 * npix], min_value, max_value) & gf_in(d[14 * npix], min_value, max_value) & gf_in(d[15 * npix], min_value, max_value) & gf_in(d[16 * npix], min_value, max_value) & gf_in(d[17 * npix], min_value, max_value) & gf_in(d[18 * npix], min_value, max_value) & gf_in(d[19 * npix], min_value, max_value) & gf_in(d[20 * npix], min_value, max_value) & gf_in(d[21 * npix], min_value, max_value) & gf_in(d[22 * npix], min_value, max_value) & gf_in(d[23 * npix], min_value, max_value) & gf_in(d[24 * npix], min_value, max_value) & gf_in(d[25 * npix], min_value, max_value) & gf_in(d[26 * npix], min_value, max_value) & gf_in(d[27 * npix], min_value, max_value);
-  }  // gf-rare-end
+    // gf-rare-end
+  }
   // 6's sums in frame order, before the sort permutes the registers
   double sy = 0.0, ss = 0.0, swy = 0.0, sw = 0.0, mean = 0.0;
   if (method != 1) {
@@ -5089,7 +5264,8 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_28(GF_F
     ss = ss + e * e;
     e = y27 - mean;
     ss = ss + e * e;
-    if (weight) {  // gf-rare
+    if (weight) {
+      // gf-rare
       swy = swy + weight[0] * y0;
       sw = sw + weight[0];
       swy = swy + weight[1] * y1;
@@ -5146,7 +5322,8 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_28(GF_F
       sw = sw + weight[26];
       swy = swy + weight[27] * y27;
       sw = sw + weight[27];
-    }  // gf-rare-end
+      // gf-rare-end
+    }
   }
   // 3: sort
   GF_CX(y0, y13);
@@ -5309,10 +5486,10 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_28(GF_F
   // 5: the median, the MAD, the bounds
   const double med = (y13 + y14) * 0.5;
   const double d1 = gf_dmin(med - y0, gf_dmin(gf_dmax(med - y1, y14 - med), gf_dmin(gf_dmax(med - y2, y15 - med), gf_dmin(gf_dmax(med - y3, y16 - med), gf_dmin(gf_dmax(med - y4, y17 - med), gf_dmin(gf_dmax(med - y5, y18 - med), gf_dmin(gf_dmax(med - y6, y19 - med), gf_dmin(gf_dmax(med - y7, y20 - med), gf_dmin(gf_dmax(med - y8, y21 - med), gf_dmin(gf_dmax(med - y9, y22 - med), gf_dmin(gf_dmax(med - y10, y23 - med), gf_dmin(gf_dmax(med - y11, y24 - med), gf_dmin(gf_dmax(med - y12, y25 - med), gf_dmin(gf_dmax(med - y13, y26 - med), y27 - med))))))))))))));
-  const double d2 = gf_dmin(gf_dmax(med - y0, y14 - med), gf_dmin(gf_dmax(med - y1, y15 - med), gf_dmin(gf_dmax(med - y2, y16 - med), gf_dmin(gf_dmax(med - y3, y17 - med), gf_dmin(gf_dmax(med - y4, y18 - med), gf_dmin(gf_dmax(med - y5, y19 - med), gf_dmin(gf_dmax(med - y6, y20 - med), gf_dmin(gf_dmax(med - y7, y21 - med), gf_dmin(gf_dmax(med - y8, y22 - med), gf_dmin(gf_dmax(med - y9, y23 - med), gf_dmin(gf_dmax(med - y10, y24 - med), gf_dmin(gf_dmax(med - y11, y25 - med), gf_dmin(gf_dmax(med - y12, y26 - med), gf_dmax(med - y13, y27 - med))))))))))))));
-  gf_fast_finish(28, p, t, nthreads, ok, y0, y27, med, d1, d2, sy, ss, swy, sw,
-                 mean, weight != 0, sigma_low, sigma_high, maxiters, method, image,
-                 uncert, count, list, counts);
+  const double mad = (d1 + (gf_dmin(gf_dmax(med - y0, y14 - med), gf_dmin(gf_dmax(med - y1, y15 - med), gf_dmin(gf_dmax(med - y2, y16 - med), gf_dmin(gf_dmax(med - y3, y17 - med), gf_dmin(gf_dmax(med - y4, y18 - med), gf_dmin(gf_dmax(med - y5, y19 - med), gf_dmin(gf_dmax(med - y6, y20 - med), gf_dmin(gf_dmax(med - y7, y21 - med), gf_dmin(gf_dmax(med - y8, y22 - med), gf_dmin(gf_dmax(med - y9, y23 - med), gf_dmin(gf_dmax(med - y10, y24 - med), gf_dmin(gf_dmax(med - y11, y25 - med), gf_dmin(gf_dmax(med - y12, y26 - med), gf_dmax(med - y13, y27 - med)))))))))))))))) * 0.5;
+  gf_fast_finish(28, 0x1.52a7fa9d2f8eap+2 /* sqrt(28) */, p, t, nthreads, ok, y0, y27,
+                 med, mad, sy, ss, swy, sw, mean, weight != 0, sigma_low, sigma_high,
+                 maxiters, method, image, uncert, count, list, counts);
 }
 #endif
 
@@ -5349,13 +5526,17 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_29(GF_F
   double y27 = gf_widen(d[27 * npix]) * scale[27];
   double y28 = gf_widen(d[28 * npix]) * scale[28];
   bool ok = gf_fast_ok(y0) & gf_fast_ok(y1) & gf_fast_ok(y2) & gf_fast_ok(y3) & gf_fast_ok(y4) & gf_fast_ok(y5) & gf_fast_ok(y6) & gf_fast_ok(y7) & gf_fast_ok(y8) & gf_fast_ok(y9) & gf_fast_ok(y10) & gf_fast_ok(y11) & gf_fast_ok(y12) & gf_fast_ok(y13) & gf_fast_ok(y14) & gf_fast_ok(y15) & gf_fast_ok(y16) & gf_fast_ok(y17) & gf_fast_ok(y18) & gf_fast_ok(y19) & gf_fast_ok(y20) & gf_fast_ok(y21) & gf_fast_ok(y22) & gf_fast_ok(y23) & gf_fast_ok(y24) & gf_fast_ok(y25) & gf_fast_ok(y26) & gf_fast_ok(y27) & gf_fast_ok(y28);
-  if (mask) {  // gf-rare
+  if (mask) {
+    // gf-rare
     const unsigned char *m = mask + p;
     ok = ok & (m[0 * npix] == 0) & (m[1 * npix] == 0) & (m[2 * npix] == 0) & (m[3 * npix] == 0) & (m[4 * npix] == 0) & (m[5 * npix] == 0) & (m[6 * npix] == 0) & (m[7 * npix] == 0) & (m[8 * npix] == 0) & (m[9 * npix] == 0) & (m[10 * npix] == 0) & (m[11 * npix] == 0) & (m[12 * npix] == 0) & (m[13 * npix] == 0) & (m[14 * npix] == 0) & (m[15 * npix] == 0) & (m[16 * npix] == 0) & (m[17 * npix] == 0) & (m[18 * npix] == 0) & (m[19 * npix] == 0) & (m[20 * npix] == 0) & (m[21 * npix] == 0) & (m[22 * npix] == 0) & (m[23 * npix] == 0) & (m[24 * npix] == 0) & (m[25 * npix] == 0) & (m[26 * npix] == 0) & (m[27 * npix] == 0) & (m[28 * npix] == 0);
-  }  // gf-rare-end
-  if (min_value > -gf_inf() || max_value < gf_inf()) {  // gf-rare
+    // gf-rare-end
+  }
+  if (min_value > -gf_inf() || max_value < gf_inf()) {
+    // gf-rare
     ok = ok & gf_in(d[0 * npix], min_value, max_value) & gf_in(d[1 * npix], min_value, max_value) & gf_in(d[2 * npix], min_value, max_value) & gf_in(d[3 * npix], min_value, max_value) & gf_in(d[4 * npix], min_value, max_value) & gf_in(d[5 * npix], min_value, max_value) & gf_in(d[6 * npix], min_value, max_value) & gf_in(d[7 * npix], min_value, max_value) & gf_in(d[8 * npix], min_value, max_value) & gf_in(d[9 * npix], min_value, max_value) & gf_in(d[10 * npix], min_value, max_value) & gf_in(d[11 * npix], min_value, max_value) & gf_in(d[12 * npix], min_value, max_value) & gf_in(d[13 * npix], min_value, max_value) & gf_in(d[14 * npix], min_value, max_value) & gf_in(d[15 * npix], min_value, max_value) & gf_in(d[16 * npix], min_value, max_value) & gf_in(d[17 * npix], min_value, max_value) & gf_in(d[18 * npix], min_value, max_value) & gf_in(d[19 * npix], min_value, max_value) & gf_in(d[20 * npix], min_value, max_value) & gf_in(d[21 * npix], min_value, max_value) & gf_in(d[22 * npix], min_value, max_value) & gf_in(d[23 * npix], min_value, max_value) & gf_in(d[24 * npix], min_value, max_value) & gf_in(d[25 * npix], min_value, max_value) & gf_in(d[26 * npix], min_value, max_value) & gf_in(d[27 * npix], min_value, max_value) & gf_in(d[28 * npix], min_value, max_value);
-  }  // gf-rare-end
+    // gf-rare-end
+  }
   // 6's sums in frame order, before the sort permutes the registers
   double sy = 0.0, ss = 0.0, swy = 0.0, sw = 0.0, mean = 0.0;
   if (method != 1) {
@@ -5448,7 +5629,8 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_29(GF_F
     ss = ss + e * e;
     e = y28 - mean;
     ss = ss + e * e;
-    if (weight) {  // gf-rare
+    if (weight) {
+      // gf-rare
       swy = swy + weight[0] * y0;
       sw = sw + weight[0];
       swy = swy + weight[1] * y1;
@@ -5507,7 +5689,8 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_29(GF_F
       sw = sw + weight[27];
       swy = swy + weight[28] * y28;
       sw = sw + weight[28];
-    }  // gf-rare-end
+      // gf-rare-end
+    }
   }
   // 3: sort
   GF_CX(y0, y13);
@@ -5677,12 +5860,12 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_29(GF_F
   GF_CX(y25, y26);
   GF_CX(y27, y28);
   // 5: the median, the MAD, the bounds
-  const double med = (y14 + y14) * 0.5;
+  const double med = y14;
   const double d1 = gf_dmin(med - y0, gf_dmin(gf_dmax(med - y1, y15 - med), gf_dmin(gf_dmax(med - y2, y16 - med), gf_dmin(gf_dmax(med - y3, y17 - med), gf_dmin(gf_dmax(med - y4, y18 - med), gf_dmin(gf_dmax(med - y5, y19 - med), gf_dmin(gf_dmax(med - y6, y20 - med), gf_dmin(gf_dmax(med - y7, y21 - med), gf_dmin(gf_dmax(med - y8, y22 - med), gf_dmin(gf_dmax(med - y9, y23 - med), gf_dmin(gf_dmax(med - y10, y24 - med), gf_dmin(gf_dmax(med - y11, y25 - med), gf_dmin(gf_dmax(med - y12, y26 - med), gf_dmin(gf_dmax(med - y13, y27 - med), gf_dmax(med - y14, y28 - med)))))))))))))));
-  const double d2 = d1;
-  gf_fast_finish(29, p, t, nthreads, ok, y0, y28, med, d1, d2, sy, ss, swy, sw,
-                 mean, weight != 0, sigma_low, sigma_high, maxiters, method, image,
-                 uncert, count, list, counts);
+  const double mad = d1;
+  gf_fast_finish(29, 0x1.58a68a4a8d9f3p+2 /* sqrt(29) */, p, t, nthreads, ok, y0, y28,
+                 med, mad, sy, ss, swy, sw, mean, weight != 0, sigma_low, sigma_high,
+                 maxiters, method, image, uncert, count, list, counts);
 }
 #endif
 
@@ -5720,13 +5903,17 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_30(GF_F
   double y28 = gf_widen(d[28 * npix]) * scale[28];
   double y29 = gf_widen(d[29 * npix]) * scale[29];
   bool ok = gf_fast_ok(y0) & gf_fast_ok(y1) & gf_fast_ok(y2) & gf_fast_ok(y3) & gf_fast_ok(y4) & gf_fast_ok(y5) & gf_fast_ok(y6) & gf_fast_ok(y7) & gf_fast_ok(y8) & gf_fast_ok(y9) & gf_fast_ok(y10) & gf_fast_ok(y11) & gf_fast_ok(y12) & gf_fast_ok(y13) & gf_fast_ok(y14) & gf_fast_ok(y15) & gf_fast_ok(y16) & gf_fast_ok(y17) & gf_fast_ok(y18) & gf_fast_ok(y19) & gf_fast_ok(y20) & gf_fast_ok(y21) & gf_fast_ok(y22) & gf_fast_ok(y23) & gf_fast_ok(y24) & gf_fast_ok(y25) & gf_fast_ok(y26) & gf_fast_ok(y27) & gf_fast_ok(y28) & gf_fast_ok(y29);
-  if (mask) {  // gf-rare
+  if (mask) {
+    // gf-rare
     const unsigned char *m = mask + p;
     ok = ok & (m[0 * npix] == 0) & (m[1 * npix] == 0) & (m[2 * npix] == 0) & (m[3 * npix] == 0) & (m[4 * npix] == 0) & (m[5 * npix] == 0) & (m[6 * npix] == 0) & (m[7 * npix] == 0) & (m[8 * npix] == 0) & (m[9 * npix] == 0) & (m[10 * npix] == 0) & (m[11 * npix] == 0) & (m[12 * npix] == 0) & (m[13 * npix] == 0) & (m[14 * npix] == 0) & (m[15 * npix] == 0) & (m[16 * npix] == 0) & (m[17 * npix] == 0) & (m[18 * npix] == 0) & (m[19 * npix] == 0) & (m[20 * npix] == 0) & (m[21 * npix] == 0) & (m[22 * npix] == 0) & (m[23 * npix] == 0) & (m[24 * npix] == 0) & (m[25 * npix] == 0) & (m[26 * npix] == 0) & (m[27 * npix] == 0) & (m[28 * npix] == 0) & (m[29 * npix] == 0);
-  }  // gf-rare-end
-  if (min_value > -gf_inf() || max_value < gf_inf()) {  // gf-rare
+    // gf-rare-end
+  }
+  if (min_value > -gf_inf() || max_value < gf_inf()) {
+    // gf-rare
     ok = ok & gf_in(d[0 * npix], min_value, max_value) & gf_in(d[1 * npix], min_value, max_value) & gf_in(d[2 * npix], min_value, max_value) & gf_in(d[3 * npix], min_value, max_value) & gf_in(d[4 * npix], min_value, max_value) & gf_in(d[5 * npix], min_value, max_value) & gf_in(d[6 * npix], min_value, max_value) & gf_in(d[7 * npix], min_value, max_value) & gf_in(d[8 * npix], min_value, max_value) & gf_in(d[9 * npix], min_value, max_value) & gf_in(d[10 * npix], min_value, max_value) & gf_in(d[11 * npix], min_value, max_value) & gf_in(d[12 * npix], min_value, max_value) & gf_in(d[13 * npix], min_value, max_value) & gf_in(d[14 * npix], min_value, max_value) & gf_in(d[15 * npix], min_value, max_value) & gf_in(d[16 * npix], min_value, max_value) & gf_in(d[17 * npix], min_value, max_value) & gf_in(d[18 * npix], min_value, max_value) & gf_in(d[19 * npix], min_value, max_value) & gf_in(d[20 * npix], min_value, max_value) & gf_in(d[21 * npix], min_value, max_value) & gf_in(d[22 * npix], min_value, max_value) & gf_in(d[23 * npix], min_value, max_value) & gf_in(d[24 * npix], min_value, max_value) & gf_in(d[25 * npix], min_value, max_value) & gf_in(d[26 * npix], min_value, max_value) & gf_in(d[27 * npix], min_value, max_value) & gf_in(d[28 * npix], min_value, max_value) & gf_in(d[29 * npix], min_value, max_value);
-  }  // gf-rare-end
+    // gf-rare-end
+  }
   // 6's sums in frame order, before the sort permutes the registers
   double sy = 0.0, ss = 0.0, swy = 0.0, sw = 0.0, mean = 0.0;
   if (method != 1) {
@@ -5822,7 +6009,8 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_30(GF_F
     ss = ss + e * e;
     e = y29 - mean;
     ss = ss + e * e;
-    if (weight) {  // gf-rare
+    if (weight) {
+      // gf-rare
       swy = swy + weight[0] * y0;
       sw = sw + weight[0];
       swy = swy + weight[1] * y1;
@@ -5883,7 +6071,8 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_30(GF_F
       sw = sw + weight[28];
       swy = swy + weight[29] * y29;
       sw = sw + weight[29];
-    }  // gf-rare-end
+      // gf-rare-end
+    }
   }
   // 3: sort
   GF_CX(y0, y13);
@@ -6062,10 +6251,10 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_30(GF_F
   // 5: the median, the MAD, the bounds
   const double med = (y14 + y15) * 0.5;
   const double d1 = gf_dmin(med - y0, gf_dmin(gf_dmax(med - y1, y15 - med), gf_dmin(gf_dmax(med - y2, y16 - med), gf_dmin(gf_dmax(med - y3, y17 - med), gf_dmin(gf_dmax(med - y4, y18 - med), gf_dmin(gf_dmax(med - y5, y19 - med), gf_dmin(gf_dmax(med - y6, y20 - med), gf_dmin(gf_dmax(med - y7, y21 - med), gf_dmin(gf_dmax(med - y8, y22 - med), gf_dmin(gf_dmax(med - y9, y23 - med), gf_dmin(gf_dmax(med - y10, y24 - med), gf_dmin(gf_dmax(med - y11, y25 - med), gf_dmin(gf_dmax(med - y12, y26 - med), gf_dmin(gf_dmax(med - y13, y27 - med), gf_dmin(gf_dmax(med - y14, y28 - med), y29 - med)))))))))))))));
-  const double d2 = gf_dmin(gf_dmax(med - y0, y15 - med), gf_dmin(gf_dmax(med - y1, y16 - med), gf_dmin(gf_dmax(med - y2, y17 - med), gf_dmin(gf_dmax(med - y3, y18 - med), gf_dmin(gf_dmax(med - y4, y19 - med), gf_dmin(gf_dmax(med - y5, y20 - med), gf_dmin(gf_dmax(med - y6, y21 - med), gf_dmin(gf_dmax(med - y7, y22 - med), gf_dmin(gf_dmax(med - y8, y23 - med), gf_dmin(gf_dmax(med - y9, y24 - med), gf_dmin(gf_dmax(med - y10, y25 - med), gf_dmin(gf_dmax(med - y11, y26 - med), gf_dmin(gf_dmax(med - y12, y27 - med), gf_dmin(gf_dmax(med - y13, y28 - med), gf_dmax(med - y14, y29 - med)))))))))))))));
-  gf_fast_finish(30, p, t, nthreads, ok, y0, y29, med, d1, d2, sy, ss, swy, sw,
-                 mean, weight != 0, sigma_low, sigma_high, maxiters, method, image,
-                 uncert, count, list, counts);
+  const double mad = (d1 + (gf_dmin(gf_dmax(med - y0, y15 - med), gf_dmin(gf_dmax(med - y1, y16 - med), gf_dmin(gf_dmax(med - y2, y17 - med), gf_dmin(gf_dmax(med - y3, y18 - med), gf_dmin(gf_dmax(med - y4, y19 - med), gf_dmin(gf_dmax(med - y5, y20 - med), gf_dmin(gf_dmax(med - y6, y21 - med), gf_dmin(gf_dmax(med - y7, y22 - med), gf_dmin(gf_dmax(med - y8, y23 - med), gf_dmin(gf_dmax(med - y9, y24 - med), gf_dmin(gf_dmax(med - y10, y25 - med), gf_dmin(gf_dmax(med - y11, y26 - med), gf_dmin(gf_dmax(med - y12, y27 - med), gf_dmin(gf_dmax(med - y13, y28 - med), gf_dmax(med - y14, y29 - med))))))))))))))))) * 0.5;
+  gf_fast_finish(30, 0x1.5e8add236a58fp+2 /* sqrt(30) */, p, t, nthreads, ok, y0, y29,
+                 med, mad, sy, ss, swy, sw, mean, weight != 0, sigma_low, sigma_high,
+                 maxiters, method, image, uncert, count, list, counts);
 }
 #endif
 
@@ -6104,13 +6293,17 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_31(GF_F
   double y29 = gf_widen(d[29 * npix]) * scale[29];
   double y30 = gf_widen(d[30 * npix]) * scale[30];
   bool ok = gf_fast_ok(y0) & gf_fast_ok(y1) & gf_fast_ok(y2) & gf_fast_ok(y3) & gf_fast_ok(y4) & gf_fast_ok(y5) & gf_fast_ok(y6) & gf_fast_ok(y7) & gf_fast_ok(y8) & gf_fast_ok(y9) & gf_fast_ok(y10) & gf_fast_ok(y11) & gf_fast_ok(y12) & gf_fast_ok(y13) & gf_fast_ok(y14) & gf_fast_ok(y15) & gf_fast_ok(y16) & gf_fast_ok(y17) & gf_fast_ok(y18) & gf_fast_ok(y19) & gf_fast_ok(y20) & gf_fast_ok(y21) & gf_fast_ok(y22) & gf_fast_ok(y23) & gf_fast_ok(y24) & gf_fast_ok(y25) & gf_fast_ok(y26) & gf_fast_ok(y27) & gf_fast_ok(y28) & gf_fast_ok(y29) & gf_fast_ok(y30);
-  if (mask) {  // gf-rare
+  if (mask) {
+    // gf-rare
     const unsigned char *m = mask + p;
     ok = ok & (m[0 * npix] == 0) & (m[1 * npix] == 0) & (m[2 * npix] == 0) & (m[3 * npix] == 0) & (m[4 * npix] == 0) & (m[5 * npix] == 0) & (m[6 * npix] == 0) & (m[7 * npix] == 0) & (m[8 * npix] == 0) & (m[9 * npix] == 0) & (m[10 * npix] == 0) & (m[11 * npix] == 0) & (m[12 * npix] == 0) & (m[13 * npix] == 0) & (m[14 * npix] == 0) & (m[15 * npix] == 0) & (m[16 * npix] == 0) & (m[17 * npix] == 0) & (m[18 * npix] == 0) & (m[19 * npix] == 0) & (m[20 * npix] == 0) & (m[21 * npix] == 0) & (m[22 * npix] == 0) & (m[23 * npix] == 0) & (m[24 * npix] == 0) & (m[25 * npix] == 0) & (m[26 * npix] == 0) & (m[27 * npix] == 0) & (m[28 * npix] == 0) & (m[29 * npix] == 0) & (m[30 * npix] == 0);
-  }  // gf-rare-end
-  if (min_value > -gf_inf() || max_value < gf_inf()) {  // gf-rare
+    // gf-rare-end
+  }
+  if (min_value > -gf_inf() || max_value < gf_inf()) {
+    // gf-rare
     ok = ok & gf_in(d[0 * npix], min_value, max_value) & gf_in(d[1 * npix], min_value, max_value) & gf_in(d[2 * npix], min_value, max_value) & gf_in(d[3 * npix], min_value, max_value) & gf_in(d[4 * npix], min_value, max_value) & gf_in(d[5 * npix], min_value, max_value) & gf_in(d[6 * npix], min_value, max_value) & gf_in(d[7 * npix], min_value, max_value) & gf_in(d[8 * npix], min_value, max_value) & gf_in(d[9 * npix], min_value, max_value) & gf_in(d[10 * npix], min_value, max_value) & gf_in(d[11 * npix], min_value, max_value) & gf_in(d[12 * npix], min_value, max_value) & gf_in(d[13 * npix], min_value, max_value) & gf_in(d[14 * npix], min_value, max_value) & gf_in(d[15 * npix], min_value, max_value) & gf_in(d[16 * npix], min_value, max_value) & gf_in(d[17 * npix], min_value, max_value) & gf_in(d[18 * npix], min_value, max_value) & gf_in(d[19 * npix], min_value, max_value) & gf_in(d[20 * npix], min_value, max_value) & gf_in(d[21 * npix], min_value, max_value) & gf_in(d[22 * npix], min_value, max_value) & gf_in(d[23 * npix], min_value, max_value) & gf_in(d[24 * npix], min_value, max_value) & gf_in(d[25 * npix], min_value, max_value) & gf_in(d[26 * npix], min_value, max_value) & gf_in(d[27 * npix], min_value, max_value) & gf_in(d[28 * npix], min_value, max_value) & gf_in(d[29 * npix], min_value, max_value) & gf_in(d[30 * npix], min_value, max_value);
-  }  // gf-rare-end
+    // gf-rare-end
+  }
   // 6's sums in frame order, before the sort permutes the registers
   double sy = 0.0, ss = 0.0, swy = 0.0, sw = 0.0, mean = 0.0;
   if (method != 1) {
@@ -6209,7 +6402,8 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_31(GF_F
     ss = ss + e * e;
     e = y30 - mean;
     ss = ss + e * e;
-    if (weight) {  // gf-rare
+    if (weight) {
+      // gf-rare
       swy = swy + weight[0] * y0;
       sw = sw + weight[0];
       swy = swy + weight[1] * y1;
@@ -6272,7 +6466,8 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_31(GF_F
       sw = sw + weight[29];
       swy = swy + weight[30] * y30;
       sw = sw + weight[30];
-    }  // gf-rare-end
+      // gf-rare-end
+    }
   }
   // 3: sort
   GF_CX(y0, y13);
@@ -6456,12 +6651,12 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_31(GF_F
   GF_CX(y27, y28);
   GF_CX(y29, y30);
   // 5: the median, the MAD, the bounds
-  const double med = (y15 + y15) * 0.5;
+  const double med = y15;
   const double d1 = gf_dmin(med - y0, gf_dmin(gf_dmax(med - y1, y16 - med), gf_dmin(gf_dmax(med - y2, y17 - med), gf_dmin(gf_dmax(med - y3, y18 - med), gf_dmin(gf_dmax(med - y4, y19 - med), gf_dmin(gf_dmax(med - y5, y20 - med), gf_dmin(gf_dmax(med - y6, y21 - med), gf_dmin(gf_dmax(med - y7, y22 - med), gf_dmin(gf_dmax(med - y8, y23 - med), gf_dmin(gf_dmax(med - y9, y24 - med), gf_dmin(gf_dmax(med - y10, y25 - med), gf_dmin(gf_dmax(med - y11, y26 - med), gf_dmin(gf_dmax(med - y12, y27 - med), gf_dmin(gf_dmax(med - y13, y28 - med), gf_dmin(gf_dmax(med - y14, y29 - med), gf_dmax(med - y15, y30 - med))))))))))))))));
-  const double d2 = d1;
-  gf_fast_finish(31, p, t, nthreads, ok, y0, y30, med, d1, d2, sy, ss, swy, sw,
-                 mean, weight != 0, sigma_low, sigma_high, maxiters, method, image,
-                 uncert, count, list, counts);
+  const double mad = d1;
+  gf_fast_finish(31, 0x1.645640568c1c3p+2 /* sqrt(31) */, p, t, nthreads, ok, y0, y30,
+                 med, mad, sy, ss, swy, sw, mean, weight != 0, sigma_low, sigma_high,
+                 maxiters, method, image, uncert, count, list, counts);
 }
 #endif
 
@@ -6501,13 +6696,17 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_32(GF_F
   double y30 = gf_widen(d[30 * npix]) * scale[30];
   double y31 = gf_widen(d[31 * npix]) * scale[31];
   bool ok = gf_fast_ok(y0) & gf_fast_ok(y1) & gf_fast_ok(y2) & gf_fast_ok(y3) & gf_fast_ok(y4) & gf_fast_ok(y5) & gf_fast_ok(y6) & gf_fast_ok(y7) & gf_fast_ok(y8) & gf_fast_ok(y9) & gf_fast_ok(y10) & gf_fast_ok(y11) & gf_fast_ok(y12) & gf_fast_ok(y13) & gf_fast_ok(y14) & gf_fast_ok(y15) & gf_fast_ok(y16) & gf_fast_ok(y17) & gf_fast_ok(y18) & gf_fast_ok(y19) & gf_fast_ok(y20) & gf_fast_ok(y21) & gf_fast_ok(y22) & gf_fast_ok(y23) & gf_fast_ok(y24) & gf_fast_ok(y25) & gf_fast_ok(y26) & gf_fast_ok(y27) & gf_fast_ok(y28) & gf_fast_ok(y29) & gf_fast_ok(y30) & gf_fast_ok(y31);
-  if (mask) {  // gf-rare
+  if (mask) {
+    // gf-rare
     const unsigned char *m = mask + p;
     ok = ok & (m[0 * npix] == 0) & (m[1 * npix] == 0) & (m[2 * npix] == 0) & (m[3 * npix] == 0) & (m[4 * npix] == 0) & (m[5 * npix] == 0) & (m[6 * npix] == 0) & (m[7 * npix] == 0) & (m[8 * npix] == 0) & (m[9 * npix] == 0) & (m[10 * npix] == 0) & (m[11 * npix] == 0) & (m[12 * npix] == 0) & (m[13 * npix] == 0) & (m[14 * npix] == 0) & (m[15 * npix] == 0) & (m[16 * npix] == 0) & (m[17 * npix] == 0) & (m[18 * npix] == 0) & (m[19 * npix] == 0) & (m[20 * npix] == 0) & (m[21 * npix] == 0) & (m[22 * npix] == 0) & (m[23 * npix] == 0) & (m[24 * npix] == 0) & (m[25 * npix] == 0) & (m[26 * npix] == 0) & (m[27 * npix] == 0) & (m[28 * npix] == 0) & (m[29 * npix] == 0) & (m[30 * npix] == 0) & (m[31 * npix] == 0);
-  }  // gf-rare-end
-  if (min_value > -gf_inf() || max_value < gf_inf()) {  // gf-rare
+    // gf-rare-end
+  }
+  if (min_value > -gf_inf() || max_value < gf_inf()) {
+    // gf-rare
     ok = ok & gf_in(d[0 * npix], min_value, max_value) & gf_in(d[1 * npix], min_value, max_value) & gf_in(d[2 * npix], min_value, max_value) & gf_in(d[3 * npix], min_value, max_value) & gf_in(d[4 * npix], min_value, max_value) & gf_in(d[5 * npix], min_value, max_value) & gf_in(d[6 * npix], min_value, max_value) & gf_in(d[7 * npix], min_value, max_value) & gf_in(d[8 * npix], min_value, max_value) & gf_in(d[9 * npix], min_value, max_value) & gf_in(d[10 * npix], min_value, max_value) & gf_in(d[11 * npix], min_value, max_value) & gf_in(d[12 * npix], min_value, max_value) & gf_in(d[13 * npix], min_value, max_value) & gf_in(d[14 * npix], min_value, max_value) & gf_in(d[15 * npix], min_value, max_value) & gf_in(d[16 * npix], min_value, max_value) & gf_in(d[17 * npix], min_value, max_value) & gf_in(d[18 * npix], min_value, max_value) & gf_in(d[19 * npix], min_value, max_value) & gf_in(d[20 * npix], min_value, max_value) & gf_in(d[21 * npix], min_value, max_value) & gf_in(d[22 * npix], min_value, max_value) & gf_in(d[23 * npix], min_value, max_value) & gf_in(d[24 * npix], min_value, max_value) & gf_in(d[25 * npix], min_value, max_value) & gf_in(d[26 * npix], min_value, max_value) & gf_in(d[27 * npix], min_value, max_value) & gf_in(d[28 * npix], min_value, max_value) & gf_in(d[29 * npix], min_value, max_value) & gf_in(d[30 * npix], min_value, max_value) & gf_in(d[31 * npix], min_value, max_value);
-  }  // gf-rare-end
+    // gf-rare-end
+  }
   // 6's sums in frame order, before the sort permutes the registers
   double sy = 0.0, ss = 0.0, swy = 0.0, sw = 0.0, mean = 0.0;
   if (method != 1) {
@@ -6609,7 +6808,8 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_32(GF_F
     ss = ss + e * e;
     e = y31 - mean;
     ss = ss + e * e;
-    if (weight) {  // gf-rare
+    if (weight) {
+      // gf-rare
       swy = swy + weight[0] * y0;
       sw = sw + weight[0];
       swy = swy + weight[1] * y1;
@@ -6674,7 +6874,8 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_32(GF_F
       sw = sw + weight[30];
       swy = swy + weight[31] * y31;
       sw = sw + weight[31];
-    }  // gf-rare-end
+      // gf-rare-end
+    }
   }
   // 3: sort
   GF_CX(y0, y13);
@@ -6865,10 +7066,10 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_32(GF_F
   // 5: the median, the MAD, the bounds
   const double med = (y15 + y16) * 0.5;
   const double d1 = gf_dmin(med - y0, gf_dmin(gf_dmax(med - y1, y16 - med), gf_dmin(gf_dmax(med - y2, y17 - med), gf_dmin(gf_dmax(med - y3, y18 - med), gf_dmin(gf_dmax(med - y4, y19 - med), gf_dmin(gf_dmax(med - y5, y20 - med), gf_dmin(gf_dmax(med - y6, y21 - med), gf_dmin(gf_dmax(med - y7, y22 - med), gf_dmin(gf_dmax(med - y8, y23 - med), gf_dmin(gf_dmax(med - y9, y24 - med), gf_dmin(gf_dmax(med - y10, y25 - med), gf_dmin(gf_dmax(med - y11, y26 - med), gf_dmin(gf_dmax(med - y12, y27 - med), gf_dmin(gf_dmax(med - y13, y28 - med), gf_dmin(gf_dmax(med - y14, y29 - med), gf_dmin(gf_dmax(med - y15, y30 - med), y31 - med))))))))))))))));
-  const double d2 = gf_dmin(gf_dmax(med - y0, y16 - med), gf_dmin(gf_dmax(med - y1, y17 - med), gf_dmin(gf_dmax(med - y2, y18 - med), gf_dmin(gf_dmax(med - y3, y19 - med), gf_dmin(gf_dmax(med - y4, y20 - med), gf_dmin(gf_dmax(med - y5, y21 - med), gf_dmin(gf_dmax(med - y6, y22 - med), gf_dmin(gf_dmax(med - y7, y23 - med), gf_dmin(gf_dmax(med - y8, y24 - med), gf_dmin(gf_dmax(med - y9, y25 - med), gf_dmin(gf_dmax(med - y10, y26 - med), gf_dmin(gf_dmax(med - y11, y27 - med), gf_dmin(gf_dmax(med - y12, y28 - med), gf_dmin(gf_dmax(med - y13, y29 - med), gf_dmin(gf_dmax(med - y14, y30 - med), gf_dmax(med - y15, y31 - med))))))))))))))));
-  gf_fast_finish(32, p, t, nthreads, ok, y0, y31, med, d1, d2, sy, ss, swy, sw,
-                 mean, weight != 0, sigma_low, sigma_high, maxiters, method, image,
-                 uncert, count, list, counts);
+  const double mad = (d1 + (gf_dmin(gf_dmax(med - y0, y16 - med), gf_dmin(gf_dmax(med - y1, y17 - med), gf_dmin(gf_dmax(med - y2, y18 - med), gf_dmin(gf_dmax(med - y3, y19 - med), gf_dmin(gf_dmax(med - y4, y20 - med), gf_dmin(gf_dmax(med - y5, y21 - med), gf_dmin(gf_dmax(med - y6, y22 - med), gf_dmin(gf_dmax(med - y7, y23 - med), gf_dmin(gf_dmax(med - y8, y24 - med), gf_dmin(gf_dmax(med - y9, y25 - med), gf_dmin(gf_dmax(med - y10, y26 - med), gf_dmin(gf_dmax(med - y11, y27 - med), gf_dmin(gf_dmax(med - y12, y28 - med), gf_dmin(gf_dmax(med - y13, y29 - med), gf_dmin(gf_dmax(med - y14, y30 - med), gf_dmax(med - y15, y31 - med)))))))))))))))))) * 0.5;
+  gf_fast_finish(32, 0x1.6a09e667f3bcdp+2 /* sqrt(32) */, p, t, nthreads, ok, y0, y31,
+                 med, mad, sy, ss, swy, sw, mean, weight != 0, sigma_low, sigma_high,
+                 maxiters, method, image, uncert, count, list, counts);
 }
 #endif
 
@@ -6909,13 +7110,17 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_33(GF_F
   double y31 = gf_widen(d[31 * npix]) * scale[31];
   double y32 = gf_widen(d[32 * npix]) * scale[32];
   bool ok = gf_fast_ok(y0) & gf_fast_ok(y1) & gf_fast_ok(y2) & gf_fast_ok(y3) & gf_fast_ok(y4) & gf_fast_ok(y5) & gf_fast_ok(y6) & gf_fast_ok(y7) & gf_fast_ok(y8) & gf_fast_ok(y9) & gf_fast_ok(y10) & gf_fast_ok(y11) & gf_fast_ok(y12) & gf_fast_ok(y13) & gf_fast_ok(y14) & gf_fast_ok(y15) & gf_fast_ok(y16) & gf_fast_ok(y17) & gf_fast_ok(y18) & gf_fast_ok(y19) & gf_fast_ok(y20) & gf_fast_ok(y21) & gf_fast_ok(y22) & gf_fast_ok(y23) & gf_fast_ok(y24) & gf_fast_ok(y25) & gf_fast_ok(y26) & gf_fast_ok(y27) & gf_fast_ok(y28) & gf_fast_ok(y29) & gf_fast_ok(y30) & gf_fast_ok(y31) & gf_fast_ok(y32);
-  if (mask) {  // gf-rare
+  if (mask) {
+    // gf-rare
     const unsigned char *m = mask + p;
     ok = ok & (m[0 * npix] == 0) & (m[1 * npix] == 0) & (m[2 * npix] == 0) & (m[3 * npix] == 0) & (m[4 * npix] == 0) & (m[5 * npix] == 0) & (m[6 * npix] == 0) & (m[7 * npix] == 0) & (m[8 * npix] == 0) & (m[9 * npix] == 0) & (m[10 * npix] == 0) & (m[11 * npix] == 0) & (m[12 * npix] == 0) & (m[13 * npix] == 0) & (m[14 * npix] == 0) & (m[15 * npix] == 0) & (m[16 * npix] == 0) & (m[17 * npix] == 0) & (m[18 * npix] == 0) & (m[19 * npix] == 0) & (m[20 * npix] == 0) & (m[21 * npix] == 0) & (m[22 * npix] == 0) & (m[23 * npix] == 0) & (m[24 * npix] == 0) & (m[25 * npix] == 0) & (m[26 * npix] == 0) & (m[27 * npix] == 0) & (m[28 * npix] == 0) & (m[29 * npix] == 0) & (m[30 * npix] == 0) & (m[31 * npix] == 0) & (m[32 * npix] == 0);
-  }  // gf-rare-end
-  if (min_value > -gf_inf() || max_value < gf_inf()) {  // gf-rare
+    // gf-rare-end
+  }
+  if (min_value > -gf_inf() || max_value < gf_inf()) {
+    // gf-rare
     ok = ok & gf_in(d[0 * npix], min_value, max_value) & gf_in(d[1 * npix], min_value, max_value) & gf_in(d[2 * npix], min_value, max_value) & gf_in(d[3 * npix], min_value, max_value) & gf_in(d[4 * npix], min_value, max_value) & gf_in(d[5 * npix], min_value, max_value) & gf_in(d[6 * npix], min_value, max_value) & gf_in(d[7 * npix], min_value, max_value) & gf_in(d[8 * npix], min_value, max_value) & gf_in(d[9 * npix], min_value, max_value) & gf_in(d[10 * npix], min_value, max_value) & gf_in(d[11 * npix], min_value, max_value) & gf_in(d[12 * npix], min_value, max_value) & gf_in(d[13 * npix], min_value, max_value) & gf_in(d[14 * npix], min_value, max_value) & gf_in(d[15 * npix], min_value, max_value) & gf_in(d[16 * npix], min_value, max_value) & gf_in(d[17 * npix], min_value, max_value) & gf_in(d[18 * npix], min_value, max_value) & gf_in(d[19 * npix], min_value, max_value) & gf_in(d[20 * npix], min_value, max_value) & gf_in(d[21 * npix], min_value, max_value) & gf_in(d[22 * npix], min_value, max_value) & gf_in(d[23 * npix], min_value, max_value) & gf_in(d[24 * npix], min_value, max_value) & gf_in(d[25 * npix], min_value, max_value) & gf_in(d[26 * npix], min_value, max_value) & gf_in(d[27 * npix], min_value, max_value) & gf_in(d[28 * npix], min_value, max_value) & gf_in(d[29 * npix], min_value, max_value) & gf_in(d[30 * npix], min_value, max_value) & gf_in(d[31 * npix], min_value, max_value) & gf_in(d[32 * npix], min_value, max_value);
-  }  // gf-rare-end
+    // gf-rare-end
+  }
   // 6's sums in frame order, before the sort permutes the registers
   double sy = 0.0, ss = 0.0, swy = 0.0, sw = 0.0, mean = 0.0;
   if (method != 1) {
@@ -7020,7 +7225,8 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_33(GF_F
     ss = ss + e * e;
     e = y32 - mean;
     ss = ss + e * e;
-    if (weight) {  // gf-rare
+    if (weight) {
+      // gf-rare
       swy = swy + weight[0] * y0;
       sw = sw + weight[0];
       swy = swy + weight[1] * y1;
@@ -7087,7 +7293,8 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_33(GF_F
       sw = sw + weight[31];
       swy = swy + weight[32] * y32;
       sw = sw + weight[32];
-    }  // gf-rare-end
+      // gf-rare-end
+    }
   }
   // 3: sort
   GF_CX(y0, y13);
@@ -7331,12 +7538,12 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_33(GF_F
   GF_CX(y29, y30);
   GF_CX(y31, y32);
   // 5: the median, the MAD, the bounds
-  const double med = (y16 + y16) * 0.5;
+  const double med = y16;
   const double d1 = gf_dmin(med - y0, gf_dmin(gf_dmax(med - y1, y17 - med), gf_dmin(gf_dmax(med - y2, y18 - med), gf_dmin(gf_dmax(med - y3, y19 - med), gf_dmin(gf_dmax(med - y4, y20 - med), gf_dmin(gf_dmax(med - y5, y21 - med), gf_dmin(gf_dmax(med - y6, y22 - med), gf_dmin(gf_dmax(med - y7, y23 - med), gf_dmin(gf_dmax(med - y8, y24 - med), gf_dmin(gf_dmax(med - y9, y25 - med), gf_dmin(gf_dmax(med - y10, y26 - med), gf_dmin(gf_dmax(med - y11, y27 - med), gf_dmin(gf_dmax(med - y12, y28 - med), gf_dmin(gf_dmax(med - y13, y29 - med), gf_dmin(gf_dmax(med - y14, y30 - med), gf_dmin(gf_dmax(med - y15, y31 - med), gf_dmax(med - y16, y32 - med)))))))))))))))));
-  const double d2 = d1;
-  gf_fast_finish(33, p, t, nthreads, ok, y0, y32, med, d1, d2, sy, ss, swy, sw,
-                 mean, weight != 0, sigma_low, sigma_high, maxiters, method, image,
-                 uncert, count, list, counts);
+  const double mad = d1;
+  gf_fast_finish(33, 0x1.6fa6ea162d0f0p+2 /* sqrt(33) */, p, t, nthreads, ok, y0, y32,
+                 med, mad, sy, ss, swy, sw, mean, weight != 0, sigma_low, sigma_high,
+                 maxiters, method, image, uncert, count, list, counts);
 }
 #endif
 
@@ -7378,13 +7585,17 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_34(GF_F
   double y32 = gf_widen(d[32 * npix]) * scale[32];
   double y33 = gf_widen(d[33 * npix]) * scale[33];
   bool ok = gf_fast_ok(y0) & gf_fast_ok(y1) & gf_fast_ok(y2) & gf_fast_ok(y3) & gf_fast_ok(y4) & gf_fast_ok(y5) & gf_fast_ok(y6) & gf_fast_ok(y7) & gf_fast_ok(y8) & gf_fast_ok(y9) & gf_fast_ok(y10) & gf_fast_ok(y11) & gf_fast_ok(y12) & gf_fast_ok(y13) & gf_fast_ok(y14) & gf_fast_ok(y15) & gf_fast_ok(y16) & gf_fast_ok(y17) & gf_fast_ok(y18) & gf_fast_ok(y19) & gf_fast_ok(y20) & gf_fast_ok(y21) & gf_fast_ok(y22) & gf_fast_ok(y23) & gf_fast_ok(y24) & gf_fast_ok(y25) & gf_fast_ok(y26) & gf_fast_ok(y27) & gf_fast_ok(y28) & gf_fast_ok(y29) & gf_fast_ok(y30) & gf_fast_ok(y31) & gf_fast_ok(y32) & gf_fast_ok(y33);
-  if (mask) {  // gf-rare
+  if (mask) {
+    // gf-rare
     const unsigned char *m = mask + p;
     ok = ok & (m[0 * npix] == 0) & (m[1 * npix] == 0) & (m[2 * npix] == 0) & (m[3 * npix] == 0) & (m[4 * npix] == 0) & (m[5 * npix] == 0) & (m[6 * npix] == 0) & (m[7 * npix] == 0) & (m[8 * npix] == 0) & (m[9 * npix] == 0) & (m[10 * npix] == 0) & (m[11 * npix] == 0) & (m[12 * npix] == 0) & (m[13 * npix] == 0) & (m[14 * npix] == 0) & (m[15 * npix] == 0) & (m[16 * npix] == 0) & (m[17 * npix] == 0) & (m[18 * npix] == 0) & (m[19 * npix] == 0) & (m[20 * npix] == 0) & (m[21 * npix] == 0) & (m[22 * npix] == 0) & (m[23 * npix] == 0) & (m[24 * npix] == 0) & (m[25 * npix] == 0) & (m[26 * npix] == 0) & (m[27 * npix] == 0) & (m[28 * npix] == 0) & (m[29 * npix] == 0) & (m[30 * npix] == 0) & (m[31 * npix] == 0) & (m[32 * npix] == 0) & (m[33 * npix] == 0);
-  }  // gf-rare-end
-  if (min_value > -gf_inf() || max_value < gf_inf()) {  // gf-rare
+    // gf-rare-end
+  }
+  if (min_value > -gf_inf() || max_value < gf_inf()) {
+    // gf-rare
     ok = ok & gf_in(d[0 * npix], min_value, max_value) & gf_in(d[1 * npix], min_value, max_value) & gf_in(d[2 * npix], min_value, max_value) & gf_in(d[3 * npix], min_value, max_value) & gf_in(d[4 * npix], min_value, max_value) & gf_in(d[5 * npix], min_value, max_value) & gf_in(d[6 * npix], min_value, max_value) & gf_in(d[7 * npix], min_value, max_value) & gf_in(d[8 * npix], min_value, max_value) & gf_in(d[9 * npix], min_value, max_value) & gf_in(d[10 * npix], min_value, max_value) & gf_in(d[11 * npix], min_value, max_value) & gf_in(d[12 * npix], min_value, max_value) & gf_in(d[13 * npix], min_value, max_value) & gf_in(d[14 * npix], min_value, max_value) & gf_in(d[15 * npix], min_value, max_value) & gf_in(d[16 * npix], min_value, max_value) & gf_in(d[17 * npix], min_value, max_value) & gf_in(d[18 * npix], min_value, max_value) & gf_in(d[19 * npix], min_value, max_value) & gf_in(d[20 * npix], min_value, max_value) & gf_in(d[21 * npix], min_value, max_value) & gf_in(d[22 * npix], min_value, max_value) & gf_in(d[23 * npix], min_value, max_value) & gf_in(d[24 * npix], min_value, max_value) & gf_in(d[25 * npix], min_value, max_value) & gf_in(d[26 * npix], min_value, max_value) & gf_in(d[27 * npix], min_value, max_value) & gf_in(d[28 * npix], min_value, max_value) & gf_in(d[29 * npix], min_value, max_value) & gf_in(d[30 * npix], min_value, max_value) & gf_in(d[31 * npix], min_value, max_value) & gf_in(d[32 * npix], min_value, max_value) & gf_in(d[33 * npix], min_value, max_value);
-  }  // gf-rare-end
+    // gf-rare-end
+  }
   // 6's sums in frame order, before the sort permutes the registers
   double sy = 0.0, ss = 0.0, swy = 0.0, sw = 0.0, mean = 0.0;
   if (method != 1) {
@@ -7492,7 +7703,8 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_34(GF_F
     ss = ss + e * e;
     e = y33 - mean;
     ss = ss + e * e;
-    if (weight) {  // gf-rare
+    if (weight) {
+      // gf-rare
       swy = swy + weight[0] * y0;
       sw = sw + weight[0];
       swy = swy + weight[1] * y1;
@@ -7561,7 +7773,8 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_34(GF_F
       sw = sw + weight[32];
       swy = swy + weight[33] * y33;
       sw = sw + weight[33];
-    }  // gf-rare-end
+      // gf-rare-end
+    }
   }
   // 3: sort
   GF_CX(y0, y13);
@@ -7813,10 +8026,10 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_34(GF_F
   // 5: the median, the MAD, the bounds
   const double med = (y16 + y17) * 0.5;
   const double d1 = gf_dmin(med - y0, gf_dmin(gf_dmax(med - y1, y17 - med), gf_dmin(gf_dmax(med - y2, y18 - med), gf_dmin(gf_dmax(med - y3, y19 - med), gf_dmin(gf_dmax(med - y4, y20 - med), gf_dmin(gf_dmax(med - y5, y21 - med), gf_dmin(gf_dmax(med - y6, y22 - med), gf_dmin(gf_dmax(med - y7, y23 - med), gf_dmin(gf_dmax(med - y8, y24 - med), gf_dmin(gf_dmax(med - y9, y25 - med), gf_dmin(gf_dmax(med - y10, y26 - med), gf_dmin(gf_dmax(med - y11, y27 - med), gf_dmin(gf_dmax(med - y12, y28 - med), gf_dmin(gf_dmax(med - y13, y29 - med), gf_dmin(gf_dmax(med - y14, y30 - med), gf_dmin(gf_dmax(med - y15, y31 - med), gf_dmin(gf_dmax(med - y16, y32 - med), y33 - med)))))))))))))))));
-  const double d2 = gf_dmin(gf_dmax(med - y0, y17 - med), gf_dmin(gf_dmax(med - y1, y18 - med), gf_dmin(gf_dmax(med - y2, y19 - med), gf_dmin(gf_dmax(med - y3, y20 - med), gf_dmin(gf_dmax(med - y4, y21 - med), gf_dmin(gf_dmax(med - y5, y22 - med), gf_dmin(gf_dmax(med - y6, y23 - med), gf_dmin(gf_dmax(med - y7, y24 - med), gf_dmin(gf_dmax(med - y8, y25 - med), gf_dmin(gf_dmax(med - y9, y26 - med), gf_dmin(gf_dmax(med - y10, y27 - med), gf_dmin(gf_dmax(med - y11, y28 - med), gf_dmin(gf_dmax(med - y12, y29 - med), gf_dmin(gf_dmax(med - y13, y30 - med), gf_dmin(gf_dmax(med - y14, y31 - med), gf_dmin(gf_dmax(med - y15, y32 - med), gf_dmax(med - y16, y33 - med)))))))))))))))));
-  gf_fast_finish(34, p, t, nthreads, ok, y0, y33, med, d1, d2, sy, ss, swy, sw,
-                 mean, weight != 0, sigma_low, sigma_high, maxiters, method, image,
-                 uncert, count, list, counts);
+  const double mad = (d1 + (gf_dmin(gf_dmax(med - y0, y17 - med), gf_dmin(gf_dmax(med - y1, y18 - med), gf_dmin(gf_dmax(med - y2, y19 - med), gf_dmin(gf_dmax(med - y3, y20 - med), gf_dmin(gf_dmax(med - y4, y21 - med), gf_dmin(gf_dmax(med - y5, y22 - med), gf_dmin(gf_dmax(med - y6, y23 - med), gf_dmin(gf_dmax(med - y7, y24 - med), gf_dmin(gf_dmax(med - y8, y25 - med), gf_dmin(gf_dmax(med - y9, y26 - med), gf_dmin(gf_dmax(med - y10, y27 - med), gf_dmin(gf_dmax(med - y11, y28 - med), gf_dmin(gf_dmax(med - y12, y29 - med), gf_dmin(gf_dmax(med - y13, y30 - med), gf_dmin(gf_dmax(med - y14, y31 - med), gf_dmin(gf_dmax(med - y15, y32 - med), gf_dmax(med - y16, y33 - med))))))))))))))))))) * 0.5;
+  gf_fast_finish(34, 0x1.752e50db3a3a2p+2 /* sqrt(34) */, p, t, nthreads, ok, y0, y33,
+                 med, mad, sy, ss, swy, sw, mean, weight != 0, sigma_low, sigma_high,
+                 maxiters, method, image, uncert, count, list, counts);
 }
 #endif
 
@@ -7859,13 +8072,17 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_35(GF_F
   double y33 = gf_widen(d[33 * npix]) * scale[33];
   double y34 = gf_widen(d[34 * npix]) * scale[34];
   bool ok = gf_fast_ok(y0) & gf_fast_ok(y1) & gf_fast_ok(y2) & gf_fast_ok(y3) & gf_fast_ok(y4) & gf_fast_ok(y5) & gf_fast_ok(y6) & gf_fast_ok(y7) & gf_fast_ok(y8) & gf_fast_ok(y9) & gf_fast_ok(y10) & gf_fast_ok(y11) & gf_fast_ok(y12) & gf_fast_ok(y13) & gf_fast_ok(y14) & gf_fast_ok(y15) & gf_fast_ok(y16) & gf_fast_ok(y17) & gf_fast_ok(y18) & gf_fast_ok(y19) & gf_fast_ok(y20) & gf_fast_ok(y21) & gf_fast_ok(y22) & gf_fast_ok(y23) & gf_fast_ok(y24) & gf_fast_ok(y25) & gf_fast_ok(y26) & gf_fast_ok(y27) & gf_fast_ok(y28) & gf_fast_ok(y29) & gf_fast_ok(y30) & gf_fast_ok(y31) & gf_fast_ok(y32) & gf_fast_ok(y33) & gf_fast_ok(y34);
-  if (mask) {  // gf-rare
+  if (mask) {
+    // gf-rare
     const unsigned char *m = mask + p;
     ok = ok & (m[0 * npix] == 0) & (m[1 * npix] == 0) & (m[2 * npix] == 0) & (m[3 * npix] == 0) & (m[4 * npix] == 0) & (m[5 * npix] == 0) & (m[6 * npix] == 0) & (m[7 * npix] == 0) & (m[8 * npix] == 0) & (m[9 * npix] == 0) & (m[10 * npix] == 0) & (m[11 * npix] == 0) & (m[12 * npix] == 0) & (m[13 * npix] == 0) & (m[14 * npix] == 0) & (m[15 * npix] == 0) & (m[16 * npix] == 0) & (m[17 * npix] == 0) & (m[18 * npix] == 0) & (m[19 * npix] == 0) & (m[20 * npix] == 0) & (m[21 * npix] == 0) & (m[22 * npix] == 0) & (m[23 * npix] == 0) & (m[24 * npix] == 0) & (m[25 * npix] == 0) & (m[26 * npix] == 0) & (m[27 * npix] == 0) & (m[28 * npix] == 0) & (m[29 * npix] == 0) & (m[30 * npix] == 0) & (m[31 * npix] == 0) & (m[32 * npix] == 0) & (m[33 * npix] == 0) & (m[34 * npix] == 0);
-  }  // gf-rare-end
-  if (min_value > -gf_inf() || max_value < gf_inf()) {  // gf-rare
+    // gf-rare-end
+  }
+  if (min_value > -gf_inf() || max_value < gf_inf()) {
+    // gf-rare
     ok = ok & gf_in(d[0 * npix], min_value, max_value) & gf_in(d[1 * npix], min_value, max_value) & gf_in(d[2 * npix], min_value, max_value) & gf_in(d[3 * npix], min_value, max_value) & gf_in(d[4 * npix], min_value, max_value) & gf_in(d[5 * npix], min_value, max_value) & gf_in(d[6 * npix], min_value, max_value) & gf_in(d[7 * npix], min_value, max_value) & gf_in(d[8 * npix], min_value, max_value) & gf_in(d[9 * npix], min_value, max_value) & gf_in(d[10 * npix], min_value, max_value) & gf_in(d[11 * npix], min_value, max_value) & gf_in(d[12 * npix], min_value, max_value) & gf_in(d[13 * npix], min_value, max_value) & gf_in(d[14 * npix], min_value, max_value) & gf_in(d[15 * npix], min_value, max_value) & gf_in(d[16 * npix], min_value, max_value) & gf_in(d[17 * npix], min_value, max_value) & gf_in(d[18 * npix], min_value, max_value) & gf_in(d[19 * npix], min_value, max_value) & gf_in(d[20 * npix], min_value, max_value) & gf_in(d[21 * npix], min_value, max_value) & gf_in(d[22 * npix], min_value, max_value) & gf_in(d[23 * npix], min_value, max_value) & gf_in(d[24 * npix], min_value, max_value) & gf_in(d[25 * npix], min_value, max_value) & gf_in(d[26 * npix], min_value, max_value) & gf_in(d[27 * npix], min_value, max_value) & gf_in(d[28 * npix], min_value, max_value) & gf_in(d[29 * npix], min_value, max_value) & gf_in(d[30 * npix], min_value, max_value) & gf_in(d[31 * npix], min_value, max_value) & gf_in(d[32 * npix], min_value, max_value) & gf_in(d[33 * npix], min_value, max_value) & gf_in(d[34 * npix], min_value, max_value);
-  }  // gf-rare-end
+    // gf-rare-end
+  }
   // 6's sums in frame order, before the sort permutes the registers
   double sy = 0.0, ss = 0.0, swy = 0.0, sw = 0.0, mean = 0.0;
   if (method != 1) {
@@ -7976,7 +8193,8 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_35(GF_F
     ss = ss + e * e;
     e = y34 - mean;
     ss = ss + e * e;
-    if (weight) {  // gf-rare
+    if (weight) {
+      // gf-rare
       swy = swy + weight[0] * y0;
       sw = sw + weight[0];
       swy = swy + weight[1] * y1;
@@ -8047,7 +8265,8 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_35(GF_F
       sw = sw + weight[33];
       swy = swy + weight[34] * y34;
       sw = sw + weight[34];
-    }  // gf-rare-end
+      // gf-rare-end
+    }
   }
   // 3: sort
   GF_CX(y0, y13);
@@ -8305,12 +8524,12 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_35(GF_F
   GF_CX(y31, y32);
   GF_CX(y33, y34);
   // 5: the median, the MAD, the bounds
-  const double med = (y17 + y17) * 0.5;
+  const double med = y17;
   const double d1 = gf_dmin(med - y0, gf_dmin(gf_dmax(med - y1, y18 - med), gf_dmin(gf_dmax(med - y2, y19 - med), gf_dmin(gf_dmax(med - y3, y20 - med), gf_dmin(gf_dmax(med - y4, y21 - med), gf_dmin(gf_dmax(med - y5, y22 - med), gf_dmin(gf_dmax(med - y6, y23 - med), gf_dmin(gf_dmax(med - y7, y24 - med), gf_dmin(gf_dmax(med - y8, y25 - med), gf_dmin(gf_dmax(med - y9, y26 - med), gf_dmin(gf_dmax(med - y10, y27 - med), gf_dmin(gf_dmax(med - y11, y28 - med), gf_dmin(gf_dmax(med - y12, y29 - med), gf_dmin(gf_dmax(med - y13, y30 - med), gf_dmin(gf_dmax(med - y14, y31 - med), gf_dmin(gf_dmax(med - y15, y32 - med), gf_dmin(gf_dmax(med - y16, y33 - med), gf_dmax(med - y17, y34 - med))))))))))))))))));
-  const double d2 = d1;
-  gf_fast_finish(35, p, t, nthreads, ok, y0, y34, med, d1, d2, sy, ss, swy, sw,
-                 mean, weight != 0, sigma_low, sigma_high, maxiters, method, image,
-                 uncert, count, list, counts);
+  const double mad = d1;
+  gf_fast_finish(35, 0x1.7aa10d193c22dp+2 /* sqrt(35) */, p, t, nthreads, ok, y0, y34,
+                 med, mad, sy, ss, swy, sw, mean, weight != 0, sigma_low, sigma_high,
+                 maxiters, method, image, uncert, count, list, counts);
 }
 #endif
 
@@ -8354,13 +8573,17 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_36(GF_F
   double y34 = gf_widen(d[34 * npix]) * scale[34];
   double y35 = gf_widen(d[35 * npix]) * scale[35];
   bool ok = gf_fast_ok(y0) & gf_fast_ok(y1) & gf_fast_ok(y2) & gf_fast_ok(y3) & gf_fast_ok(y4) & gf_fast_ok(y5) & gf_fast_ok(y6) & gf_fast_ok(y7) & gf_fast_ok(y8) & gf_fast_ok(y9) & gf_fast_ok(y10) & gf_fast_ok(y11) & gf_fast_ok(y12) & gf_fast_ok(y13) & gf_fast_ok(y14) & gf_fast_ok(y15) & gf_fast_ok(y16) & gf_fast_ok(y17) & gf_fast_ok(y18) & gf_fast_ok(y19) & gf_fast_ok(y20) & gf_fast_ok(y21) & gf_fast_ok(y22) & gf_fast_ok(y23) & gf_fast_ok(y24) & gf_fast_ok(y25) & gf_fast_ok(y26) & gf_fast_ok(y27) & gf_fast_ok(y28) & gf_fast_ok(y29) & gf_fast_ok(y30) & gf_fast_ok(y31) & gf_fast_ok(y32) & gf_fast_ok(y33) & gf_fast_ok(y34) & gf_fast_ok(y35);
-  if (mask) {  // gf-rare
+  if (mask) {
+    // gf-rare
     const unsigned char *m = mask + p;
     ok = ok & (m[0 * npix] == 0) & (m[1 * npix] == 0) & (m[2 * npix] == 0) & (m[3 * npix] == 0) & (m[4 * npix] == 0) & (m[5 * npix] == 0) & (m[6 * npix] == 0) & (m[7 * npix] == 0) & (m[8 * npix] == 0) & (m[9 * npix] == 0) & (m[10 * npix] == 0) & (m[11 * npix] == 0) & (m[12 * npix] == 0) & (m[13 * npix] == 0) & (m[14 * npix] == 0) & (m[15 * npix] == 0) & (m[16 * npix] == 0) & (m[17 * npix] == 0) & (m[18 * npix] == 0) & (m[19 * npix] == 0) & (m[20 * npix] == 0) & (m[21 * npix] == 0) & (m[22 * npix] == 0) & (m[23 * npix] == 0) & (m[24 * npix] == 0) & (m[25 * npix] == 0) & (m[26 * npix] == 0) & (m[27 * npix] == 0) & (m[28 * npix] == 0) & (m[29 * npix] == 0) & (m[30 * npix] == 0) & (m[31 * npix] == 0) & (m[32 * npix] == 0) & (m[33 * npix] == 0) & (m[34 * npix] == 0) & (m[35 * npix] == 0);
-  }  // gf-rare-end
-  if (min_value > -gf_inf() || max_value < gf_inf()) {  // gf-rare
+    // gf-rare-end
+  }
+  if (min_value > -gf_inf() || max_value < gf_inf()) {
+    // gf-rare
     ok = ok & gf_in(d[0 * npix], min_value, max_value) & gf_in(d[1 * npix], min_value, max_value) & gf_in(d[2 * npix], min_value, max_value) & gf_in(d[3 * npix], min_value, max_value) & gf_in(d[4 * npix], min_value, max_value) & gf_in(d[5 * npix], min_value, max_value) & gf_in(d[6 * npix], min_value, max_value) & gf_in(d[7 * npix], min_value, max_value) & gf_in(d[8 * npix], min_value, max_value) & gf_in(d[9 * npix], min_value, max_value) & gf_in(d[10 * npix], min_value, max_value) & gf_in(d[11 * npix], min_value, max_value) & gf_in(d[12 * npix], min_value, max_value) & gf_in(d[13 * npix], min_value, max_value) & gf_in(d[14 * npix], min_value, max_value) & gf_in(d[15 * npix], min_value, max_value) & gf_in(d[16 * npix], min_value, max_value) & gf_in(d[17 * npix], min_value, max_value) & gf_in(d[18 * npix], min_value, max_value) & gf_in(d[19 * npix], min_value, max_value) & gf_in(d[20 * npix], min_value, max_value) & gf_in(d[21 * npix], min_value, max_value) & gf_in(d[22 * npix], min_value, max_value) & gf_in(d[23 * npix], min_value, max_value) & gf_in(d[24 * npix], min_value, max_value) & gf_in(d[25 * npix], min_value, max_value) & gf_in(d[26 * npix], min_value, max_value) & gf_in(d[27 * npix], min_value, max_value) & gf_in(d[28 * npix], min_value, max_value) & gf_in(d[29 * npix], min_value, max_value) & gf_in(d[30 * npix], min_value, max_value) & gf_in(d[31 * npix], min_value, max_value) & gf_in(d[32 * npix], min_value, max_value) & gf_in(d[33 * npix], min_value, max_value) & gf_in(d[34 * npix], min_value, max_value) & gf_in(d[35 * npix], min_value, max_value);
-  }  // gf-rare-end
+    // gf-rare-end
+  }
   // 6's sums in frame order, before the sort permutes the registers
   double sy = 0.0, ss = 0.0, swy = 0.0, sw = 0.0, mean = 0.0;
   if (method != 1) {
@@ -8474,7 +8697,8 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_36(GF_F
     ss = ss + e * e;
     e = y35 - mean;
     ss = ss + e * e;
-    if (weight) {  // gf-rare
+    if (weight) {
+      // gf-rare
       swy = swy + weight[0] * y0;
       sw = sw + weight[0];
       swy = swy + weight[1] * y1;
@@ -8547,7 +8771,8 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_36(GF_F
       sw = sw + weight[34];
       swy = swy + weight[35] * y35;
       sw = sw + weight[35];
-    }  // gf-rare-end
+      // gf-rare-end
+    }
   }
   // 3: sort
   GF_CX(y0, y13);
@@ -8813,10 +9038,10 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_36(GF_F
   // 5: the median, the MAD, the bounds
   const double med = (y17 + y18) * 0.5;
   const double d1 = gf_dmin(med - y0, gf_dmin(gf_dmax(med - y1, y18 - med), gf_dmin(gf_dmax(med - y2, y19 - med), gf_dmin(gf_dmax(med - y3, y20 - med), gf_dmin(gf_dmax(med - y4, y21 - med), gf_dmin(gf_dmax(med - y5, y22 - med), gf_dmin(gf_dmax(med - y6, y23 - med), gf_dmin(gf_dmax(med - y7, y24 - med), gf_dmin(gf_dmax(med - y8, y25 - med), gf_dmin(gf_dmax(med - y9, y26 - med), gf_dmin(gf_dmax(med - y10, y27 - med), gf_dmin(gf_dmax(med - y11, y28 - med), gf_dmin(gf_dmax(med - y12, y29 - med), gf_dmin(gf_dmax(med - y13, y30 - med), gf_dmin(gf_dmax(med - y14, y31 - med), gf_dmin(gf_dmax(med - y15, y32 - med), gf_dmin(gf_dmax(med - y16, y33 - med), gf_dmin(gf_dmax(med - y17, y34 - med), y35 - med))))))))))))))))));
-  const double d2 = gf_dmin(gf_dmax(med - y0, y18 - med), gf_dmin(gf_dmax(med - y1, y19 - med), gf_dmin(gf_dmax(med - y2, y20 - med), gf_dmin(gf_dmax(med - y3, y21 - med), gf_dmin(gf_dmax(med - y4, y22 - med), gf_dmin(gf_dmax(med - y5, y23 - med), gf_dmin(gf_dmax(med - y6, y24 - med), gf_dmin(gf_dmax(med - y7, y25 - med), gf_dmin(gf_dmax(med - y8, y26 - med), gf_dmin(gf_dmax(med - y9, y27 - med), gf_dmin(gf_dmax(med - y10, y28 - med), gf_dmin(gf_dmax(med - y11, y29 - med), gf_dmin(gf_dmax(med - y12, y30 - med), gf_dmin(gf_dmax(med - y13, y31 - med), gf_dmin(gf_dmax(med - y14, y32 - med), gf_dmin(gf_dmax(med - y15, y33 - med), gf_dmin(gf_dmax(med - y16, y34 - med), gf_dmax(med - y17, y35 - med))))))))))))))))));
-  gf_fast_finish(36, p, t, nthreads, ok, y0, y35, med, d1, d2, sy, ss, swy, sw,
-                 mean, weight != 0, sigma_low, sigma_high, maxiters, method, image,
-                 uncert, count, list, counts);
+  const double mad = (d1 + (gf_dmin(gf_dmax(med - y0, y18 - med), gf_dmin(gf_dmax(med - y1, y19 - med), gf_dmin(gf_dmax(med - y2, y20 - med), gf_dmin(gf_dmax(med - y3, y21 - med), gf_dmin(gf_dmax(med - y4, y22 - med), gf_dmin(gf_dmax(med - y5, y23 - med), gf_dmin(gf_dmax(med - y6, y24 - med), gf_dmin(gf_dmax(med - y7, y25 - med), gf_dmin(gf_dmax(med - y8, y26 - med), gf_dmin(gf_dmax(med - y9, y27 - med), gf_dmin(gf_dmax(med - y10, y28 - med), gf_dmin(gf_dmax(med - y11, y29 - med), gf_dmin(gf_dmax(med - y12, y30 - med), gf_dmin(gf_dmax(med - y13, y31 - med), gf_dmin(gf_dmax(med - y14, y32 - med), gf_dmin(gf_dmax(med - y15, y33 - med), gf_dmin(gf_dmax(med - y16, y34 - med), gf_dmax(med - y17, y35 - med)))))))))))))))))))) * 0.5;
+  gf_fast_finish(36, 0x1.8000000000000p+2 /* sqrt(36) */, p, t, nthreads, ok, y0, y35,
+                 med, mad, sy, ss, swy, sw, mean, weight != 0, sigma_low, sigma_high,
+                 maxiters, method, image, uncert, count, list, counts);
 }
 #endif
 
@@ -8861,13 +9086,17 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_37(GF_F
   double y35 = gf_widen(d[35 * npix]) * scale[35];
   double y36 = gf_widen(d[36 * npix]) * scale[36];
   bool ok = gf_fast_ok(y0) & gf_fast_ok(y1) & gf_fast_ok(y2) & gf_fast_ok(y3) & gf_fast_ok(y4) & gf_fast_ok(y5) & gf_fast_ok(y6) & gf_fast_ok(y7) & gf_fast_ok(y8) & gf_fast_ok(y9) & gf_fast_ok(y10) & gf_fast_ok(y11) & gf_fast_ok(y12) & gf_fast_ok(y13) & gf_fast_ok(y14) & gf_fast_ok(y15) & gf_fast_ok(y16) & gf_fast_ok(y17) & gf_fast_ok(y18) & gf_fast_ok(y19) & gf_fast_ok(y20) & gf_fast_ok(y21) & gf_fast_ok(y22) & gf_fast_ok(y23) & gf_fast_ok(y24) & gf_fast_ok(y25) & gf_fast_ok(y26) & gf_fast_ok(y27) & gf_fast_ok(y28) & gf_fast_ok(y29) & gf_fast_ok(y30) & gf_fast_ok(y31) & gf_fast_ok(y32) & gf_fast_ok(y33) & gf_fast_ok(y34) & gf_fast_ok(y35) & gf_fast_ok(y36);
-  if (mask) {  // gf-rare
+  if (mask) {
+    // gf-rare
     const unsigned char *m = mask + p;
     ok = ok & (m[0 * npix] == 0) & (m[1 * npix] == 0) & (m[2 * npix] == 0) & (m[3 * npix] == 0) & (m[4 * npix] == 0) & (m[5 * npix] == 0) & (m[6 * npix] == 0) & (m[7 * npix] == 0) & (m[8 * npix] == 0) & (m[9 * npix] == 0) & (m[10 * npix] == 0) & (m[11 * npix] == 0) & (m[12 * npix] == 0) & (m[13 * npix] == 0) & (m[14 * npix] == 0) & (m[15 * npix] == 0) & (m[16 * npix] == 0) & (m[17 * npix] == 0) & (m[18 * npix] == 0) & (m[19 * npix] == 0) & (m[20 * npix] == 0) & (m[21 * npix] == 0) & (m[22 * npix] == 0) & (m[23 * npix] == 0) & (m[24 * npix] == 0) & (m[25 * npix] == 0) & (m[26 * npix] == 0) & (m[27 * npix] == 0) & (m[28 * npix] == 0) & (m[29 * npix] == 0) & (m[30 * npix] == 0) & (m[31 * npix] == 0) & (m[32 * npix] == 0) & (m[33 * npix] == 0) & (m[34 * npix] == 0) & (m[35 * npix] == 0) & (m[36 * npix] == 0);
-  }  // gf-rare-end
-  if (min_value > -gf_inf() || max_value < gf_inf()) {  // gf-rare
+    // gf-rare-end
+  }
+  if (min_value > -gf_inf() || max_value < gf_inf()) {
+    // gf-rare
     ok = ok & gf_in(d[0 * npix], min_value, max_value) & gf_in(d[1 * npix], min_value, max_value) & gf_in(d[2 * npix], min_value, max_value) & gf_in(d[3 * npix], min_value, max_value) & gf_in(d[4 * npix], min_value, max_value) & gf_in(d[5 * npix], min_value, max_value) & gf_in(d[6 * npix], min_value, max_value) & gf_in(d[7 * npix], min_value, max_value) & gf_in(d[8 * npix], min_value, max_value) & gf_in(d[9 * npix], min_value, max_value) & gf_in(d[10 * npix], min_value, max_value) & gf_in(d[11 * npix], min_value, max_value) & gf_in(d[12 * npix], min_value, max_value) & gf_in(d[13 * npix], min_value, max_value) & gf_in(d[14 * npix], min_value, max_value) & gf_in(d[15 * npix], min_value, max_value) & gf_in(d[16 * npix], min_value, max_value) & gf_in(d[17 * npix], min_value, max_value) & gf_in(d[18 * npix], min_value, max_value) & gf_in(d[19 * npix], min_value, max_value) & gf_in(d[20 * npix], min_value, max_value) & gf_in(d[21 * npix], min_value, max_value) & gf_in(d[22 * npix], min_value, max_value) & gf_in(d[23 * npix], min_value, max_value) & gf_in(d[24 * npix], min_value, max_value) & gf_in(d[25 * npix], min_value, max_value) & gf_in(d[26 * npix], min_value, max_value) & gf_in(d[27 * npix], min_value, max_value) & gf_in(d[28 * npix], min_value, max_value) & gf_in(d[29 * npix], min_value, max_value) & gf_in(d[30 * npix], min_value, max_value) & gf_in(d[31 * npix], min_value, max_value) & gf_in(d[32 * npix], min_value, max_value) & gf_in(d[33 * npix], min_value, max_value) & gf_in(d[34 * npix], min_value, max_value) & gf_in(d[35 * npix], min_value, max_value) & gf_in(d[36 * npix], min_value, max_value);
-  }  // gf-rare-end
+    // gf-rare-end
+  }
   // 6's sums in frame order, before the sort permutes the registers
   double sy = 0.0, ss = 0.0, swy = 0.0, sw = 0.0, mean = 0.0;
   if (method != 1) {
@@ -8984,7 +9213,8 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_37(GF_F
     ss = ss + e * e;
     e = y36 - mean;
     ss = ss + e * e;
-    if (weight) {  // gf-rare
+    if (weight) {
+      // gf-rare
       swy = swy + weight[0] * y0;
       sw = sw + weight[0];
       swy = swy + weight[1] * y1;
@@ -9059,7 +9289,8 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_37(GF_F
       sw = sw + weight[35];
       swy = swy + weight[36] * y36;
       sw = sw + weight[36];
-    }  // gf-rare-end
+      // gf-rare-end
+    }
   }
   // 3: sort
   GF_CX(y0, y13);
@@ -9334,12 +9565,12 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_37(GF_F
   GF_CX(y33, y34);
   GF_CX(y35, y36);
   // 5: the median, the MAD, the bounds
-  const double med = (y18 + y18) * 0.5;
+  const double med = y18;
   const double d1 = gf_dmin(med - y0, gf_dmin(gf_dmax(med - y1, y19 - med), gf_dmin(gf_dmax(med - y2, y20 - med), gf_dmin(gf_dmax(med - y3, y21 - med), gf_dmin(gf_dmax(med - y4, y22 - med), gf_dmin(gf_dmax(med - y5, y23 - med), gf_dmin(gf_dmax(med - y6, y24 - med), gf_dmin(gf_dmax(med - y7, y25 - med), gf_dmin(gf_dmax(med - y8, y26 - med), gf_dmin(gf_dmax(med - y9, y27 - med), gf_dmin(gf_dmax(med - y10, y28 - med), gf_dmin(gf_dmax(med - y11, y29 - med), gf_dmin(gf_dmax(med - y12, y30 - med), gf_dmin(gf_dmax(med - y13, y31 - med), gf_dmin(gf_dmax(med - y14, y32 - med), gf_dmin(gf_dmax(med - y15, y33 - med), gf_dmin(gf_dmax(med - y16, y34 - med), gf_dmin(gf_dmax(med - y17, y35 - med), gf_dmax(med - y18, y36 - med)))))))))))))))))));
-  const double d2 = d1;
-  gf_fast_finish(37, p, t, nthreads, ok, y0, y36, med, d1, d2, sy, ss, swy, sw,
-                 mean, weight != 0, sigma_low, sigma_high, maxiters, method, image,
-                 uncert, count, list, counts);
+  const double mad = d1;
+  gf_fast_finish(37, 0x1.854bfb363dc39p+2 /* sqrt(37) */, p, t, nthreads, ok, y0, y36,
+                 med, mad, sy, ss, swy, sw, mean, weight != 0, sigma_low, sigma_high,
+                 maxiters, method, image, uncert, count, list, counts);
 }
 #endif
 
@@ -9385,13 +9616,17 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_38(GF_F
   double y36 = gf_widen(d[36 * npix]) * scale[36];
   double y37 = gf_widen(d[37 * npix]) * scale[37];
   bool ok = gf_fast_ok(y0) & gf_fast_ok(y1) & gf_fast_ok(y2) & gf_fast_ok(y3) & gf_fast_ok(y4) & gf_fast_ok(y5) & gf_fast_ok(y6) & gf_fast_ok(y7) & gf_fast_ok(y8) & gf_fast_ok(y9) & gf_fast_ok(y10) & gf_fast_ok(y11) & gf_fast_ok(y12) & gf_fast_ok(y13) & gf_fast_ok(y14) & gf_fast_ok(y15) & gf_fast_ok(y16) & gf_fast_ok(y17) & gf_fast_ok(y18) & gf_fast_ok(y19) & gf_fast_ok(y20) & gf_fast_ok(y21) & gf_fast_ok(y22) & gf_fast_ok(y23) & gf_fast_ok(y24) & gf_fast_ok(y25) & gf_fast_ok(y26) & gf_fast_ok(y27) & gf_fast_ok(y28) & gf_fast_ok(y29) & gf_fast_ok(y30) & gf_fast_ok(y31) & gf_fast_ok(y32) & gf_fast_ok(y33) & gf_fast_ok(y34) & gf_fast_ok(y35) & gf_fast_ok(y36) & gf_fast_ok(y37);
-  if (mask) {  // gf-rare
+  if (mask) {
+    // gf-rare
     const unsigned char *m = mask + p;
     ok = ok & (m[0 * npix] == 0) & (m[1 * npix] == 0) & (m[2 * npix] == 0) & (m[3 * npix] == 0) & (m[4 * npix] == 0) & (m[5 * npix] == 0) & (m[6 * npix] == 0) & (m[7 * npix] == 0) & (m[8 * npix] == 0) & (m[9 * npix] == 0) & (m[10 * npix] == 0) & (m[11 * npix] == 0) & (m[12 * npix] == 0) & (m[13 * npix] == 0) & (m[14 * npix] == 0) & (m[15 * npix] == 0) & (m[16 * npix] == 0) & (m[17 * npix] == 0) & (m[18 * npix] == 0) & (m[19 * npix] == 0) & (m[20 * npix] == 0) & (m[21 * npix] == 0) & (m[22 * npix] == 0) & (m[23 * npix] == 0) & (m[24 * npix] == 0) & (m[25 * npix] == 0) & (m[26 * npix] == 0) & (m[27 * npix] == 0) & (m[28 * npix] == 0) & (m[29 * npix] == 0) & (m[30 * npix] == 0) & (m[31 * npix] == 0) & (m[32 * npix] == 0) & (m[33 * npix] == 0) & (m[34 * npix] == 0) & (m[35 * npix] == 0) & (m[36 * npix] == 0) & (m[37 * npix] == 0);
-  }  // gf-rare-end
-  if (min_value > -gf_inf() || max_value < gf_inf()) {  // gf-rare
+    // gf-rare-end
+  }
+  if (min_value > -gf_inf() || max_value < gf_inf()) {
+    // gf-rare
     ok = ok & gf_in(d[0 * npix], min_value, max_value) & gf_in(d[1 * npix], min_value, max_value) & gf_in(d[2 * npix], min_value, max_value) & gf_in(d[3 * npix], min_value, max_value) & gf_in(d[4 * npix], min_value, max_value) & gf_in(d[5 * npix], min_value, max_value) & gf_in(d[6 * npix], min_value, max_value) & gf_in(d[7 * npix], min_value, max_value) & gf_in(d[8 * npix], min_value, max_value) & gf_in(d[9 * npix], min_value, max_value) & gf_in(d[10 * npix], min_value, max_value) & gf_in(d[11 * npix], min_value, max_value) & gf_in(d[12 * npix], min_value, max_value) & gf_in(d[13 * npix], min_value, max_value) & gf_in(d[14 * npix], min_value, max_value) & gf_in(d[15 * npix], min_value, max_value) & gf_in(d[16 * npix], min_value, max_value) & gf_in(d[17 * npix], min_value, max_value) & gf_in(d[18 * npix], min_value, max_value) & gf_in(d[19 * npix], min_value, max_value) & gf_in(d[20 * npix], min_value, max_value) & gf_in(d[21 * npix], min_value, max_value) & gf_in(d[22 * npix], min_value, max_value) & gf_in(d[23 * npix], min_value, max_value) & gf_in(d[24 * npix], min_value, max_value) & gf_in(d[25 * npix], min_value, max_value) & gf_in(d[26 * npix], min_value, max_value) & gf_in(d[27 * npix], min_value, max_value) & gf_in(d[28 * npix], min_value, max_value) & gf_in(d[29 * npix], min_value, max_value) & gf_in(d[30 * npix], min_value, max_value) & gf_in(d[31 * npix], min_value, max_value) & gf_in(d[32 * npix], min_value, max_value) & gf_in(d[33 * npix], min_value, max_value) & gf_in(d[34 * npix], min_value, max_value) & gf_in(d[35 * npix], min_value, max_value) & gf_in(d[36 * npix], min_value, max_value) & gf_in(d[37 * npix], min_value, max_value);
-  }  // gf-rare-end
+    // gf-rare-end
+  }
   // 6's sums in frame order, before the sort permutes the registers
   double sy = 0.0, ss = 0.0, swy = 0.0, sw = 0.0, mean = 0.0;
   if (method != 1) {
@@ -9511,7 +9746,8 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_38(GF_F
     ss = ss + e * e;
     e = y37 - mean;
     ss = ss + e * e;
-    if (weight) {  // gf-rare
+    if (weight) {
+      // gf-rare
       swy = swy + weight[0] * y0;
       sw = sw + weight[0];
       swy = swy + weight[1] * y1;
@@ -9588,7 +9824,8 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_38(GF_F
       sw = sw + weight[36];
       swy = swy + weight[37] * y37;
       sw = sw + weight[37];
-    }  // gf-rare-end
+      // gf-rare-end
+    }
   }
   // 3: sort
   GF_CX(y0, y13);
@@ -9873,10 +10110,10 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_38(GF_F
   // 5: the median, the MAD, the bounds
   const double med = (y18 + y19) * 0.5;
   const double d1 = gf_dmin(med - y0, gf_dmin(gf_dmax(med - y1, y19 - med), gf_dmin(gf_dmax(med - y2, y20 - med), gf_dmin(gf_dmax(med - y3, y21 - med), gf_dmin(gf_dmax(med - y4, y22 - med), gf_dmin(gf_dmax(med - y5, y23 - med), gf_dmin(gf_dmax(med - y6, y24 - med), gf_dmin(gf_dmax(med - y7, y25 - med), gf_dmin(gf_dmax(med - y8, y26 - med), gf_dmin(gf_dmax(med - y9, y27 - med), gf_dmin(gf_dmax(med - y10, y28 - med), gf_dmin(gf_dmax(med - y11, y29 - med), gf_dmin(gf_dmax(med - y12, y30 - med), gf_dmin(gf_dmax(med - y13, y31 - med), gf_dmin(gf_dmax(med - y14, y32 - med), gf_dmin(gf_dmax(med - y15, y33 - med), gf_dmin(gf_dmax(med - y16, y34 - med), gf_dmin(gf_dmax(med - y17, y35 - med), gf_dmin(gf_dmax(med - y18, y36 - med), y37 - med)))))))))))))))))));
-  const double d2 = gf_dmin(gf_dmax(med - y0, y19 - med), gf_dmin(gf_dmax(med - y1, y20 - med), gf_dmin(gf_dmax(med - y2, y21 - med), gf_dmin(gf_dmax(med - y3, y22 - med), gf_dmin(gf_dmax(med - y4, y23 - med), gf_dmin(gf_dmax(med - y5, y24 - med), gf_dmin(gf_dmax(med - y6, y25 - med), gf_dmin(gf_dmax(med - y7, y26 - med), gf_dmin(gf_dmax(med - y8, y27 - med), gf_dmin(gf_dmax(med - y9, y28 - med), gf_dmin(gf_dmax(med - y10, y29 - med), gf_dmin(gf_dmax(med - y11, y30 - med), gf_dmin(gf_dmax(med - y12, y31 - med), gf_dmin(gf_dmax(med - y13, y32 - med), gf_dmin(gf_dmax(med - y14, y33 - med), gf_dmin(gf_dmax(med - y15, y34 - med), gf_dmin(gf_dmax(med - y16, y35 - med), gf_dmin(gf_dmax(med - y17, y36 - med), gf_dmax(med - y18, y37 - med)))))))))))))))))));
-  gf_fast_finish(38, p, t, nthreads, ok, y0, y37, med, d1, d2, sy, ss, swy, sw,
-                 mean, weight != 0, sigma_low, sigma_high, maxiters, method, image,
-                 uncert, count, list, counts);
+  const double mad = (d1 + (gf_dmin(gf_dmax(med - y0, y19 - med), gf_dmin(gf_dmax(med - y1, y20 - med), gf_dmin(gf_dmax(med - y2, y21 - med), gf_dmin(gf_dmax(med - y3, y22 - med), gf_dmin(gf_dmax(med - y4, y23 - med), gf_dmin(gf_dmax(med - y5, y24 - med), gf_dmin(gf_dmax(med - y6, y25 - med), gf_dmin(gf_dmax(med - y7, y26 - med), gf_dmin(gf_dmax(med - y8, y27 - med), gf_dmin(gf_dmax(med - y9, y28 - med), gf_dmin(gf_dmax(med - y10, y29 - med), gf_dmin(gf_dmax(med - y11, y30 - med), gf_dmin(gf_dmax(med - y12, y31 - med), gf_dmin(gf_dmax(med - y13, y32 - med), gf_dmin(gf_dmax(med - y14, y33 - med), gf_dmin(gf_dmax(med - y15, y34 - med), gf_dmin(gf_dmax(med - y16, y35 - med), gf_dmin(gf_dmax(med - y17, y36 - med), gf_dmax(med - y18, y37 - med))))))))))))))))))))) * 0.5;
+  gf_fast_finish(38, 0x1.8a85c24f70659p+2 /* sqrt(38) */, p, t, nthreads, ok, y0, y37,
+                 med, mad, sy, ss, swy, sw, mean, weight != 0, sigma_low, sigma_high,
+                 maxiters, method, image, uncert, count, list, counts);
 }
 #endif
 
@@ -9923,13 +10160,17 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_39(GF_F
   double y37 = gf_widen(d[37 * npix]) * scale[37];
   double y38 = gf_widen(d[38 * npix]) * scale[38];
   bool ok = gf_fast_ok(y0) & gf_fast_ok(y1) & gf_fast_ok(y2) & gf_fast_ok(y3) & gf_fast_ok(y4) & gf_fast_ok(y5) & gf_fast_ok(y6) & gf_fast_ok(y7) & gf_fast_ok(y8) & gf_fast_ok(y9) & gf_fast_ok(y10) & gf_fast_ok(y11) & gf_fast_ok(y12) & gf_fast_ok(y13) & gf_fast_ok(y14) & gf_fast_ok(y15) & gf_fast_ok(y16) & gf_fast_ok(y17) & gf_fast_ok(y18) & gf_fast_ok(y19) & gf_fast_ok(y20) & gf_fast_ok(y21) & gf_fast_ok(y22) & gf_fast_ok(y23) & gf_fast_ok(y24) & gf_fast_ok(y25) & gf_fast_ok(y26) & gf_fast_ok(y27) & gf_fast_ok(y28) & gf_fast_ok(y29) & gf_fast_ok(y30) & gf_fast_ok(y31) & gf_fast_ok(y32) & gf_fast_ok(y33) & gf_fast_ok(y34) & gf_fast_ok(y35) & gf_fast_ok(y36) & gf_fast_ok(y37) & gf_fast_ok(y38);
-  if (mask) {  // gf-rare
+  if (mask) {
+    // gf-rare
     const unsigned char *m = mask + p;
     ok = ok & (m[0 * npix] == 0) & (m[1 * npix] == 0) & (m[2 * npix] == 0) & (m[3 * npix] == 0) & (m[4 * npix] == 0) & (m[5 * npix] == 0) & (m[6 * npix] == 0) & (m[7 * npix] == 0) & (m[8 * npix] == 0) & (m[9 * npix] == 0) & (m[10 * npix] == 0) & (m[11 * npix] == 0) & (m[12 * npix] == 0) & (m[13 * npix] == 0) & (m[14 * npix] == 0) & (m[15 * npix] == 0) & (m[16 * npix] == 0) & (m[17 * npix] == 0) & (m[18 * npix] == 0) & (m[19 * npix] == 0) & (m[20 * npix] == 0) & (m[21 * npix] == 0) & (m[22 * npix] == 0) & (m[23 * npix] == 0) & (m[24 * npix] == 0) & (m[25 * npix] == 0) & (m[26 * npix] == 0) & (m[27 * npix] == 0) & (m[28 * npix] == 0) & (m[29 * npix] == 0) & (m[30 * npix] == 0) & (m[31 * npix] == 0) & (m[32 * npix] == 0) & (m[33 * npix] == 0) & (m[34 * npix] == 0) & (m[35 * npix] == 0) & (m[36 * npix] == 0) & (m[37 * npix] == 0) & (m[38 * npix] == 0);
-  }  // gf-rare-end
-  if (min_value > -gf_inf() || max_value < gf_inf()) {  // gf-rare
+    // gf-rare-end
+  }
+  if (min_value > -gf_inf() || max_value < gf_inf()) {
+    // gf-rare
     ok = ok & gf_in(d[0 * npix], min_value, max_value) & gf_in(d[1 * npix], min_value, max_value) & gf_in(d[2 * npix], min_value, max_value) & gf_in(d[3 * npix], min_value, max_value) & gf_in(d[4 * npix], min_value, max_value) & gf_in(d[5 * npix], min_value, max_value) & gf_in(d[6 * npix], min_value, max_value) & gf_in(d[7 * npix], min_value, max_value) & gf_in(d[8 * npix], min_value, max_value) & gf_in(d[9 * npix], min_value, max_value) & gf_in(d[10 * npix], min_value, max_value) & gf_in(d[11 * npix], min_value, max_value) & gf_in(d[12 * npix], min_value, max_value) & gf_in(d[13 * npix], min_value, max_value) & gf_in(d[14 * npix], min_value, max_value) & gf_in(d[15 * npix], min_value, max_value) & gf_in(d[16 * npix], min_value, max_value) & gf_in(d[17 * npix], min_value, max_value) & gf_in(d[18 * npix], min_value, max_value) & gf_in(d[19 * npix], min_value, max_value) & gf_in(d[20 * npix], min_value, max_value) & gf_in(d[21 * npix], min_value, max_value) & gf_in(d[22 * npix], min_value, max_value) & gf_in(d[23 * npix], min_value, max_value) & gf_in(d[24 * npix], min_value, max_value) & gf_in(d[25 * npix], min_value, max_value) & gf_in(d[26 * npix], min_value, max_value) & gf_in(d[27 * npix], min_value, max_value) & gf_in(d[28 * npix], min_value, max_value) & gf_in(d[29 * npix], min_value, max_value) & gf_in(d[30 * npix], min_value, max_value) & gf_in(d[31 * npix], min_value, max_value) & gf_in(d[32 * npix], min_value, max_value) & gf_in(d[33 * npix], min_value, max_value) & gf_in(d[34 * npix], min_value, max_value) & gf_in(d[35 * npix], min_value, max_value) & gf_in(d[36 * npix], min_value, max_value) & gf_in(d[37 * npix], min_value, max_value) & gf_in(d[38 * npix], min_value, max_value);
-  }  // gf-rare-end
+    // gf-rare-end
+  }
   // 6's sums in frame order, before the sort permutes the registers
   double sy = 0.0, ss = 0.0, swy = 0.0, sw = 0.0, mean = 0.0;
   if (method != 1) {
@@ -10052,7 +10293,8 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_39(GF_F
     ss = ss + e * e;
     e = y38 - mean;
     ss = ss + e * e;
-    if (weight) {  // gf-rare
+    if (weight) {
+      // gf-rare
       swy = swy + weight[0] * y0;
       sw = sw + weight[0];
       swy = swy + weight[1] * y1;
@@ -10131,7 +10373,8 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_39(GF_F
       sw = sw + weight[37];
       swy = swy + weight[38] * y38;
       sw = sw + weight[38];
-    }  // gf-rare-end
+      // gf-rare-end
+    }
   }
   // 3: sort
   GF_CX(y0, y13);
@@ -10423,12 +10666,12 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_39(GF_F
   GF_CX(y35, y36);
   GF_CX(y37, y38);
   // 5: the median, the MAD, the bounds
-  const double med = (y19 + y19) * 0.5;
+  const double med = y19;
   const double d1 = gf_dmin(med - y0, gf_dmin(gf_dmax(med - y1, y20 - med), gf_dmin(gf_dmax(med - y2, y21 - med), gf_dmin(gf_dmax(med - y3, y22 - med), gf_dmin(gf_dmax(med - y4, y23 - med), gf_dmin(gf_dmax(med - y5, y24 - med), gf_dmin(gf_dmax(med - y6, y25 - med), gf_dmin(gf_dmax(med - y7, y26 - med), gf_dmin(gf_dmax(med - y8, y27 - med), gf_dmin(gf_dmax(med - y9, y28 - med), gf_dmin(gf_dmax(med - y10, y29 - med), gf_dmin(gf_dmax(med - y11, y30 - med), gf_dmin(gf_dmax(med - y12, y31 - med), gf_dmin(gf_dmax(med - y13, y32 - med), gf_dmin(gf_dmax(med - y14, y33 - med), gf_dmin(gf_dmax(med - y15, y34 - med), gf_dmin(gf_dmax(med - y16, y35 - med), gf_dmin(gf_dmax(med - y17, y36 - med), gf_dmin(gf_dmax(med - y18, y37 - med), gf_dmax(med - y19, y38 - med))))))))))))))))))));
-  const double d2 = d1;
-  gf_fast_finish(39, p, t, nthreads, ok, y0, y38, med, d1, d2, sy, ss, swy, sw,
-                 mean, weight != 0, sigma_low, sigma_high, maxiters, method, image,
-                 uncert, count, list, counts);
+  const double mad = d1;
+  gf_fast_finish(39, 0x1.8fae0c15ad38ap+2 /* sqrt(39) */, p, t, nthreads, ok, y0, y38,
+                 med, mad, sy, ss, swy, sw, mean, weight != 0, sigma_low, sigma_high,
+                 maxiters, method, image, uncert, count, list, counts);
 }
 #endif
 
@@ -10476,13 +10719,17 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_40(GF_F
   double y38 = gf_widen(d[38 * npix]) * scale[38];
   double y39 = gf_widen(d[39 * npix]) * scale[39];
   bool ok = gf_fast_ok(y0) & gf_fast_ok(y1) & gf_fast_ok(y2) & gf_fast_ok(y3) & gf_fast_ok(y4) & gf_fast_ok(y5) & gf_fast_ok(y6) & gf_fast_ok(y7) & gf_fast_ok(y8) & gf_fast_ok(y9) & gf_fast_ok(y10) & gf_fast_ok(y11) & gf_fast_ok(y12) & gf_fast_ok(y13) & gf_fast_ok(y14) & gf_fast_ok(y15) & gf_fast_ok(y16) & gf_fast_ok(y17) & gf_fast_ok(y18) & gf_fast_ok(y19) & gf_fast_ok(y20) & gf_fast_ok(y21) & gf_fast_ok(y22) & gf_fast_ok(y23) & gf_fast_ok(y24) & gf_fast_ok(y25) & gf_fast_ok(y26) & gf_fast_ok(y27) & gf_fast_ok(y28) & gf_fast_ok(y29) & gf_fast_ok(y30) & gf_fast_ok(y31) & gf_fast_ok(y32) & gf_fast_ok(y33) & gf_fast_ok(y34) & gf_fast_ok(y35) & gf_fast_ok(y36) & gf_fast_ok(y37) & gf_fast_ok(y38) & gf_fast_ok(y39);
-  if (mask) {  // gf-rare
+  if (mask) {
+    // gf-rare
     const unsigned char *m = mask + p;
     ok = ok & (m[0 * npix] == 0) & (m[1 * npix] == 0) & (m[2 * npix] == 0) & (m[3 * npix] == 0) & (m[4 * npix] == 0) & (m[5 * npix] == 0) & (m[6 * npix] == 0) & (m[7 * npix] == 0) & (m[8 * npix] == 0) & (m[9 * npix] == 0) & (m[10 * npix] == 0) & (m[11 * npix] == 0) & (m[12 * npix] == 0) & (m[13 * npix] == 0) & (m[14 * npix] == 0) & (m[15 * npix] == 0) & (m[16 * npix] == 0) & (m[17 * npix] == 0) & (m[18 * npix] == 0) & (m[19 * npix] == 0) & (m[20 * npix] == 0) & (m[21 * npix] == 0) & (m[22 * npix] == 0) & (m[23 * npix] == 0) & (m[24 * npix] == 0) & (m[25 * npix] == 0) & (m[26 * npix] == 0) & (m[27 * npix] == 0) & (m[28 * npix] == 0) & (m[29 * npix] == 0) & (m[30 * npix] == 0) & (m[31 * npix] == 0) & (m[32 * npix] == 0) & (m[33 * npix] == 0) & (m[34 * npix] == 0) & (m[35 * npix] == 0) & (m[36 * npix] == 0) & (m[37 * npix] == 0) & (m[38 * npix] == 0) & (m[39 * npix] == 0);
-  }  // gf-rare-end
-  if (min_value > -gf_inf() || max_value < gf_inf()) {  // gf-rare
+    // gf-rare-end
+  }
+  if (min_value > -gf_inf() || max_value < gf_inf()) {
+    // gf-rare
     ok = ok & gf_in(d[0 * npix], min_value, max_value) & gf_in(d[1 * npix], min_value, max_value) & gf_in(d[2 * npix], min_value, max_value) & gf_in(d[3 * npix], min_value, max_value) & gf_in(d[4 * npix], min_value, max_value) & gf_in(d[5 * npix], min_value, max_value) & gf_in(d[6 * npix], min_value, max_value) & gf_in(d[7 * npix], min_value, max_value) & gf_in(d[8 * npix], min_value, max_value) & gf_in(d[9 * npix], min_value, max_value) & gf_in(d[10 * npix], min_value, max_value) & gf_in(d[11 * npix], min_value, max_value) & gf_in(d[12 * npix], min_value, max_value) & gf_in(d[13 * npix], min_value, max_value) & gf_in(d[14 * npix], min_value, max_value) & gf_in(d[15 * npix], min_value, max_value) & gf_in(d[16 * npix], min_value, max_value) & gf_in(d[17 * npix], min_value, max_value) & gf_in(d[18 * npix], min_value, max_value) & gf_in(d[19 * npix], min_value, max_value) & gf_in(d[20 * npix], min_value, max_value) & gf_in(d[21 * npix], min_value, max_value) & gf_in(d[22 * npix], min_value, max_value) & gf_in(d[23 * npix], min_value, max_value) & gf_in(d[24 * npix], min_value, max_value) & gf_in(d[25 * npix], min_value, max_value) & gf_in(d[26 * npix], min_value, max_value) & gf_in(d[27 * npix], min_value, max_value) & gf_in(d[28 * npix], min_value, max_value) & gf_in(d[29 * npix], min_value, max_value) & gf_in(d[30 * npix], min_value, max_value) & gf_in(d[31 * npix], min_value, max_value) & gf_in(d[32 * npix], min_value, max_value) & gf_in(d[33 * npix], min_value, max_value) & gf_in(d[34 * npix], min_value, max_value) & gf_in(d[35 * npix], min_value, max_value) & gf_in(d[36 * npix], min_value, max_value) & gf_in(d[37 * npix], min_value, max_value) & gf_in(d[38 * npix], min_value, max_value) & gf_in(d[39 * npix], min_value, max_value);
-  }  // gf-rare-end
+    // gf-rare-end
+  }
   // 6's sums in frame order, before the sort permutes the registers
   double sy = 0.0, ss = 0.0, swy = 0.0, sw = 0.0, mean = 0.0;
   if (method != 1) {
@@ -10608,7 +10855,8 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_40(GF_F
     ss = ss + e * e;
     e = y39 - mean;
     ss = ss + e * e;
-    if (weight) {  // gf-rare
+    if (weight) {
+      // gf-rare
       swy = swy + weight[0] * y0;
       sw = sw + weight[0];
       swy = swy + weight[1] * y1;
@@ -10689,7 +10937,8 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_40(GF_F
       sw = sw + weight[38];
       swy = swy + weight[39] * y39;
       sw = sw + weight[39];
-    }  // gf-rare-end
+      // gf-rare-end
+    }
   }
   // 3: sort
   GF_CX(y0, y13);
@@ -10989,10 +11238,10 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_40(GF_F
   // 5: the median, the MAD, the bounds
   const double med = (y19 + y20) * 0.5;
   const double d1 = gf_dmin(med - y0, gf_dmin(gf_dmax(med - y1, y20 - med), gf_dmin(gf_dmax(med - y2, y21 - med), gf_dmin(gf_dmax(med - y3, y22 - med), gf_dmin(gf_dmax(med - y4, y23 - med), gf_dmin(gf_dmax(med - y5, y24 - med), gf_dmin(gf_dmax(med - y6, y25 - med), gf_dmin(gf_dmax(med - y7, y26 - med), gf_dmin(gf_dmax(med - y8, y27 - med), gf_dmin(gf_dmax(med - y9, y28 - med), gf_dmin(gf_dmax(med - y10, y29 - med), gf_dmin(gf_dmax(med - y11, y30 - med), gf_dmin(gf_dmax(med - y12, y31 - med), gf_dmin(gf_dmax(med - y13, y32 - med), gf_dmin(gf_dmax(med - y14, y33 - med), gf_dmin(gf_dmax(med - y15, y34 - med), gf_dmin(gf_dmax(med - y16, y35 - med), gf_dmin(gf_dmax(med - y17, y36 - med), gf_dmin(gf_dmax(med - y18, y37 - med), gf_dmin(gf_dmax(med - y19, y38 - med), y39 - med))))))))))))))))))));
-  const double d2 = gf_dmin(gf_dmax(med - y0, y20 - med), gf_dmin(gf_dmax(med - y1, y21 - med), gf_dmin(gf_dmax(med - y2, y22 - med), gf_dmin(gf_dmax(med - y3, y23 - med), gf_dmin(gf_dmax(med - y4, y24 - med), gf_dmin(gf_dmax(med - y5, y25 - med), gf_dmin(gf_dmax(med - y6, y26 - med), gf_dmin(gf_dmax(med - y7, y27 - med), gf_dmin(gf_dmax(med - y8, y28 - med), gf_dmin(gf_dmax(med - y9, y29 - med), gf_dmin(gf_dmax(med - y10, y30 - med), gf_dmin(gf_dmax(med - y11, y31 - med), gf_dmin(gf_dmax(med - y12, y32 - med), gf_dmin(gf_dmax(med - y13, y33 - med), gf_dmin(gf_dmax(med - y14, y34 - med), gf_dmin(gf_dmax(med - y15, y35 - med), gf_dmin(gf_dmax(med - y16, y36 - med), gf_dmin(gf_dmax(med - y17, y37 - med), gf_dmin(gf_dmax(med - y18, y38 - med), gf_dmax(med - y19, y39 - med))))))))))))))))))));
-  gf_fast_finish(40, p, t, nthreads, ok, y0, y39, med, d1, d2, sy, ss, swy, sw,
-                 mean, weight != 0, sigma_low, sigma_high, maxiters, method, image,
-                 uncert, count, list, counts);
+  const double mad = (d1 + (gf_dmin(gf_dmax(med - y0, y20 - med), gf_dmin(gf_dmax(med - y1, y21 - med), gf_dmin(gf_dmax(med - y2, y22 - med), gf_dmin(gf_dmax(med - y3, y23 - med), gf_dmin(gf_dmax(med - y4, y24 - med), gf_dmin(gf_dmax(med - y5, y25 - med), gf_dmin(gf_dmax(med - y6, y26 - med), gf_dmin(gf_dmax(med - y7, y27 - med), gf_dmin(gf_dmax(med - y8, y28 - med), gf_dmin(gf_dmax(med - y9, y29 - med), gf_dmin(gf_dmax(med - y10, y30 - med), gf_dmin(gf_dmax(med - y11, y31 - med), gf_dmin(gf_dmax(med - y12, y32 - med), gf_dmin(gf_dmax(med - y13, y33 - med), gf_dmin(gf_dmax(med - y14, y34 - med), gf_dmin(gf_dmax(med - y15, y35 - med), gf_dmin(gf_dmax(med - y16, y36 - med), gf_dmin(gf_dmax(med - y17, y37 - med), gf_dmin(gf_dmax(med - y18, y38 - med), gf_dmax(med - y19, y39 - med)))))))))))))))))))))) * 0.5;
+  gf_fast_finish(40, 0x1.94c583ada5b53p+2 /* sqrt(40) */, p, t, nthreads, ok, y0, y39,
+                 med, mad, sy, ss, swy, sw, mean, weight != 0, sigma_low, sigma_high,
+                 maxiters, method, image, uncert, count, list, counts);
 }
 #endif
 
@@ -11041,13 +11290,17 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_41(GF_F
   double y39 = gf_widen(d[39 * npix]) * scale[39];
   double y40 = gf_widen(d[40 * npix]) * scale[40];
   bool ok = gf_fast_ok(y0) & gf_fast_ok(y1) & gf_fast_ok(y2) & gf_fast_ok(y3) & gf_fast_ok(y4) & gf_fast_ok(y5) & gf_fast_ok(y6) & gf_fast_ok(y7) & gf_fast_ok(y8) & gf_fast_ok(y9) & gf_fast_ok(y10) & gf_fast_ok(y11) & gf_fast_ok(y12) & gf_fast_ok(y13) & gf_fast_ok(y14) & gf_fast_ok(y15) & gf_fast_ok(y16) & gf_fast_ok(y17) & gf_fast_ok(y18) & gf_fast_ok(y19) & gf_fast_ok(y20) & gf_fast_ok(y21) & gf_fast_ok(y22) & gf_fast_ok(y23) & gf_fast_ok(y24) & gf_fast_ok(y25) & gf_fast_ok(y26) & gf_fast_ok(y27) & gf_fast_ok(y28) & gf_fast_ok(y29) & gf_fast_ok(y30) & gf_fast_ok(y31) & gf_fast_ok(y32) & gf_fast_ok(y33) & gf_fast_ok(y34) & gf_fast_ok(y35) & gf_fast_ok(y36) & gf_fast_ok(y37) & gf_fast_ok(y38) & gf_fast_ok(y39) & gf_fast_ok(y40);
-  if (mask) {  // gf-rare
+  if (mask) {
+    // gf-rare
     const unsigned char *m = mask + p;
     ok = ok & (m[0 * npix] == 0) & (m[1 * npix] == 0) & (m[2 * npix] == 0) & (m[3 * npix] == 0) & (m[4 * npix] == 0) & (m[5 * npix] == 0) & (m[6 * npix] == 0) & (m[7 * npix] == 0) & (m[8 * npix] == 0) & (m[9 * npix] == 0) & (m[10 * npix] == 0) & (m[11 * npix] == 0) & (m[12 * npix] == 0) & (m[13 * npix] == 0) & (m[14 * npix] == 0) & (m[15 * npix] == 0) & (m[16 * npix] == 0) & (m[17 * npix] == 0) & (m[18 * npix] == 0) & (m[19 * npix] == 0) & (m[20 * npix] == 0) & (m[21 * npix] == 0) & (m[22 * npix] == 0) & (m[23 * npix] == 0) & (m[24 * npix] == 0) & (m[25 * npix] == 0) & (m[26 * npix] == 0) & (m[27 * npix] == 0) & (m[28 * npix] == 0) & (m[29 * npix] == 0) & (m[30 * npix] == 0) & (m[31 * npix] == 0) & (m[32 * npix] == 0) & (m[33 * npix] == 0) & (m[34 * npix] == 0) & (m[35 * npix] == 0) & (m[36 * npix] == 0) & (m[37 * npix] == 0) & (m[38 * npix] == 0) & (m[39 * npix] == 0) & (m[40 * npix] == 0);
-  }  // gf-rare-end
-  if (min_value > -gf_inf() || max_value < gf_inf()) {  // gf-rare
+    // gf-rare-end
+  }
+  if (min_value > -gf_inf() || max_value < gf_inf()) {
+    // gf-rare
     ok = ok & gf_in(d[0 * npix], min_value, max_value) & gf_in(d[1 * npix], min_value, max_value) & gf_in(d[2 * npix], min_value, max_value) & gf_in(d[3 * npix], min_value, max_value) & gf_in(d[4 * npix], min_value, max_value) & gf_in(d[5 * npix], min_value, max_value) & gf_in(d[6 * npix], min_value, max_value) & gf_in(d[7 * npix], min_value, max_value) & gf_in(d[8 * npix], min_value, max_value) & gf_in(d[9 * npix], min_value, max_value) & gf_in(d[10 * npix], min_value, max_value) & gf_in(d[11 * npix], min_value, max_value) & gf_in(d[12 * npix], min_value, max_value) & gf_in(d[13 * npix], min_value, max_value) & gf_in(d[14 * npix], min_value, max_value) & gf_in(d[15 * npix], min_value, max_value) & gf_in(d[16 * npix], min_value, max_value) & gf_in(d[17 * npix], min_value, max_value) & gf_in(d[18 * npix], min_value, max_value) & gf_in(d[19 * npix], min_value, max_value) & gf_in(d[20 * npix], min_value, max_value) & gf_in(d[21 * npix], min_value, max_value) & gf_in(d[22 * npix], min_value, max_value) & gf_in(d[23 * npix], min_value, max_value) & gf_in(d[24 * npix], min_value, max_value) & gf_in(d[25 * npix], min_value, max_value) & gf_in(d[26 * npix], min_value, max_value) & gf_in(d[27 * npix], min_value, max_value) & gf_in(d[28 * npix], min_value, max_value) & gf_in(d[29 * npix], min_value, max_value) & gf_in(d[30 * npix], min_value, max_value) & gf_in(d[31 * npix], min_value, max_value) & gf_in(d[32 * npix], min_value, max_value) & gf_in(d[33 * npix], min_value, max_value) & gf_in(d[34 * npix], min_value, max_value) & gf_in(d[35 * npix], min_value, max_value) & gf_in(d[36 * npix], min_value, max_value) & gf_in(d[37 * npix], min_value, max_value) & gf_in(d[38 * npix], min_value, max_value) & gf_in(d[39 * npix], min_value, max_value) & gf_in(d[40 * npix], min_value, max_value);
-  }  // gf-rare-end
+    // gf-rare-end
+  }
   // 6's sums in frame order, before the sort permutes the registers
   double sy = 0.0, ss = 0.0, swy = 0.0, sw = 0.0, mean = 0.0;
   if (method != 1) {
@@ -11176,7 +11429,8 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_41(GF_F
     ss = ss + e * e;
     e = y40 - mean;
     ss = ss + e * e;
-    if (weight) {  // gf-rare
+    if (weight) {
+      // gf-rare
       swy = swy + weight[0] * y0;
       sw = sw + weight[0];
       swy = swy + weight[1] * y1;
@@ -11259,7 +11513,8 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_41(GF_F
       sw = sw + weight[39];
       swy = swy + weight[40] * y40;
       sw = sw + weight[40];
-    }  // gf-rare-end
+      // gf-rare-end
+    }
   }
   // 3: sort
   GF_CX(y0, y13);
@@ -11572,12 +11827,12 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_41(GF_F
   GF_CX(y37, y38);
   GF_CX(y39, y40);
   // 5: the median, the MAD, the bounds
-  const double med = (y20 + y20) * 0.5;
+  const double med = y20;
   const double d1 = gf_dmin(med - y0, gf_dmin(gf_dmax(med - y1, y21 - med), gf_dmin(gf_dmax(med - y2, y22 - med), gf_dmin(gf_dmax(med - y3, y23 - med), gf_dmin(gf_dmax(med - y4, y24 - med), gf_dmin(gf_dmax(med - y5, y25 - med), gf_dmin(gf_dmax(med - y6, y26 - med), gf_dmin(gf_dmax(med - y7, y27 - med), gf_dmin(gf_dmax(med - y8, y28 - med), gf_dmin(gf_dmax(med - y9, y29 - med), gf_dmin(gf_dmax(med - y10, y30 - med), gf_dmin(gf_dmax(med - y11, y31 - med), gf_dmin(gf_dmax(med - y12, y32 - med), gf_dmin(gf_dmax(med - y13, y33 - med), gf_dmin(gf_dmax(med - y14, y34 - med), gf_dmin(gf_dmax(med - y15, y35 - med), gf_dmin(gf_dmax(med - y16, y36 - med), gf_dmin(gf_dmax(med - y17, y37 - med), gf_dmin(gf_dmax(med - y18, y38 - med), gf_dmin(gf_dmax(med - y19, y39 - med), gf_dmax(med - y20, y40 - med)))))))))))))))))))));
-  const double d2 = d1;
-  gf_fast_finish(41, p, t, nthreads, ok, y0, y40, med, d1, d2, sy, ss, swy, sw,
-                 mean, weight != 0, sigma_low, sigma_high, maxiters, method, image,
-                 uncert, count, list, counts);
+  const double mad = d1;
+  gf_fast_finish(41, 0x1.99ccc999fff00p+2 /* sqrt(41) */, p, t, nthreads, ok, y0, y40,
+                 med, mad, sy, ss, swy, sw, mean, weight != 0, sigma_low, sigma_high,
+                 maxiters, method, image, uncert, count, list, counts);
 }
 #endif
 
@@ -11627,13 +11882,17 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_42(GF_F
   double y40 = gf_widen(d[40 * npix]) * scale[40];
   double y41 = gf_widen(d[41 * npix]) * scale[41];
   bool ok = gf_fast_ok(y0) & gf_fast_ok(y1) & gf_fast_ok(y2) & gf_fast_ok(y3) & gf_fast_ok(y4) & gf_fast_ok(y5) & gf_fast_ok(y6) & gf_fast_ok(y7) & gf_fast_ok(y8) & gf_fast_ok(y9) & gf_fast_ok(y10) & gf_fast_ok(y11) & gf_fast_ok(y12) & gf_fast_ok(y13) & gf_fast_ok(y14) & gf_fast_ok(y15) & gf_fast_ok(y16) & gf_fast_ok(y17) & gf_fast_ok(y18) & gf_fast_ok(y19) & gf_fast_ok(y20) & gf_fast_ok(y21) & gf_fast_ok(y22) & gf_fast_ok(y23) & gf_fast_ok(y24) & gf_fast_ok(y25) & gf_fast_ok(y26) & gf_fast_ok(y27) & gf_fast_ok(y28) & gf_fast_ok(y29) & gf_fast_ok(y30) & gf_fast_ok(y31) & gf_fast_ok(y32) & gf_fast_ok(y33) & gf_fast_ok(y34) & gf_fast_ok(y35) & gf_fast_ok(y36) & gf_fast_ok(y37) & gf_fast_ok(y38) & gf_fast_ok(y39) & gf_fast_ok(y40) & gf_fast_ok(y41);
-  if (mask) {  // gf-rare
+  if (mask) {
+    // gf-rare
     const unsigned char *m = mask + p;
     ok = ok & (m[0 * npix] == 0) & (m[1 * npix] == 0) & (m[2 * npix] == 0) & (m[3 * npix] == 0) & (m[4 * npix] == 0) & (m[5 * npix] == 0) & (m[6 * npix] == 0) & (m[7 * npix] == 0) & (m[8 * npix] == 0) & (m[9 * npix] == 0) & (m[10 * npix] == 0) & (m[11 * npix] == 0) & (m[12 * npix] == 0) & (m[13 * npix] == 0) & (m[14 * npix] == 0) & (m[15 * npix] == 0) & (m[16 * npix] == 0) & (m[17 * npix] == 0) & (m[18 * npix] == 0) & (m[19 * npix] == 0) & (m[20 * npix] == 0) & (m[21 * npix] == 0) & (m[22 * npix] == 0) & (m[23 * npix] == 0) & (m[24 * npix] == 0) & (m[25 * npix] == 0) & (m[26 * npix] == 0) & (m[27 * npix] == 0) & (m[28 * npix] == 0) & (m[29 * npix] == 0) & (m[30 * npix] == 0) & (m[31 * npix] == 0) & (m[32 * npix] == 0) & (m[33 * npix] == 0) & (m[34 * npix] == 0) & (m[35 * npix] == 0) & (m[36 * npix] == 0) & (m[37 * npix] == 0) & (m[38 * npix] == 0) & (m[39 * npix] == 0) & (m[40 * npix] == 0) & (m[41 * npix] == 0);
-  }  // gf-rare-end
-  if (min_value > -gf_inf() || max_value < gf_inf()) {  // gf-rare
+    // gf-rare-end
+  }
+  if (min_value > -gf_inf() || max_value < gf_inf()) {
+    // gf-rare
     ok = ok & gf_in(d[0 * npix], min_value, max_value) & gf_in(d[1 * npix], min_value, max_value) & gf_in(d[2 * npix], min_value, max_value) & gf_in(d[3 * npix], min_value, max_value) & gf_in(d[4 * npix], min_value, max_value) & gf_in(d[5 * npix], min_value, max_value) & gf_in(d[6 * npix], min_value, max_value) & gf_in(d[7 * npix], min_value, max_value) & gf_in(d[8 * npix], min_value, max_value) & gf_in(d[9 * npix], min_value, max_value) & gf_in(d[10 * npix], min_value, max_value) & gf_in(d[11 * npix], min_value, max_value) & gf_in(d[12 * npix], min_value, max_value) & gf_in(d[13 * npix], min_value, max_value) & gf_in(d[14 * npix], min_value, max_value) & gf_in(d[15 * npix], min_value, max_value) & gf_in(d[16 * npix], min_value, max_value) & gf_in(d[17 * npix], min_value, max_value) & gf_in(d[18 * npix], min_value, max_value) & gf_in(d[19 * npix], min_value, max_value) & gf_in(d[20 * npix], min_value, max_value) & gf_in(d[21 * npix], min_value, max_value) & gf_in(d[22 * npix], min_value, max_value) & gf_in(d[23 * npix], min_value, max_value) & gf_in(d[24 * npix], min_value, max_value) & gf_in(d[25 * npix], min_value, max_value) & gf_in(d[26 * npix], min_value, max_value) & gf_in(d[27 * npix], min_value, max_value) & gf_in(d[28 * npix], min_value, max_value) & gf_in(d[29 * npix], min_value, max_value) & gf_in(d[30 * npix], min_value, max_value) & gf_in(d[31 * npix], min_value, max_value) & gf_in(d[32 * npix], min_value, max_value) & gf_in(d[33 * npix], min_value, max_value) & gf_in(d[34 * npix], min_value, max_value) & gf_in(d[35 * npix], min_value, max_value) & gf_in(d[36 * npix], min_value, max_value) & gf_in(d[37 * npix], min_value, max_value) & gf_in(d[38 * npix], min_value, max_value) & gf_in(d[39 * npix], min_value, max_value) & gf_in(d[40 * npix], min_value, max_value) & gf_in(d[41 * npix], min_value, max_value);
-  }  // gf-rare-end
+    // gf-rare-end
+  }
   // 6's sums in frame order, before the sort permutes the registers
   double sy = 0.0, ss = 0.0, swy = 0.0, sw = 0.0, mean = 0.0;
   if (method != 1) {
@@ -11765,7 +12024,8 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_42(GF_F
     ss = ss + e * e;
     e = y41 - mean;
     ss = ss + e * e;
-    if (weight) {  // gf-rare
+    if (weight) {
+      // gf-rare
       swy = swy + weight[0] * y0;
       sw = sw + weight[0];
       swy = swy + weight[1] * y1;
@@ -11850,7 +12110,8 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_42(GF_F
       sw = sw + weight[40];
       swy = swy + weight[41] * y41;
       sw = sw + weight[41];
-    }  // gf-rare-end
+      // gf-rare-end
+    }
   }
   // 3: sort
   GF_CX(y0, y13);
@@ -12176,10 +12437,10 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_42(GF_F
   // 5: the median, the MAD, the bounds
   const double med = (y20 + y21) * 0.5;
   const double d1 = gf_dmin(med - y0, gf_dmin(gf_dmax(med - y1, y21 - med), gf_dmin(gf_dmax(med - y2, y22 - med), gf_dmin(gf_dmax(med - y3, y23 - med), gf_dmin(gf_dmax(med - y4, y24 - med), gf_dmin(gf_dmax(med - y5, y25 - med), gf_dmin(gf_dmax(med - y6, y26 - med), gf_dmin(gf_dmax(med - y7, y27 - med), gf_dmin(gf_dmax(med - y8, y28 - med), gf_dmin(gf_dmax(med - y9, y29 - med), gf_dmin(gf_dmax(med - y10, y30 - med), gf_dmin(gf_dmax(med - y11, y31 - med), gf_dmin(gf_dmax(med - y12, y32 - med), gf_dmin(gf_dmax(med - y13, y33 - med), gf_dmin(gf_dmax(med - y14, y34 - med), gf_dmin(gf_dmax(med - y15, y35 - med), gf_dmin(gf_dmax(med - y16, y36 - med), gf_dmin(gf_dmax(med - y17, y37 - med), gf_dmin(gf_dmax(med - y18, y38 - med), gf_dmin(gf_dmax(med - y19, y39 - med), gf_dmin(gf_dmax(med - y20, y40 - med), y41 - med)))))))))))))))))))));
-  const double d2 = gf_dmin(gf_dmax(med - y0, y21 - med), gf_dmin(gf_dmax(med - y1, y22 - med), gf_dmin(gf_dmax(med - y2, y23 - med), gf_dmin(gf_dmax(med - y3, y24 - med), gf_dmin(gf_dmax(med - y4, y25 - med), gf_dmin(gf_dmax(med - y5, y26 - med), gf_dmin(gf_dmax(med - y6, y27 - med), gf_dmin(gf_dmax(med - y7, y28 - med), gf_dmin(gf_dmax(med - y8, y29 - med), gf_dmin(gf_dmax(med - y9, y30 - med), gf_dmin(gf_dmax(med - y10, y31 - med), gf_dmin(gf_dmax(med - y11, y32 - med), gf_dmin(gf_dmax(med - y12, y33 - med), gf_dmin(gf_dmax(med - y13, y34 - med), gf_dmin(gf_dmax(med - y14, y35 - med), gf_dmin(gf_dmax(med - y15, y36 - med), gf_dmin(gf_dmax(med - y16, y37 - med), gf_dmin(gf_dmax(med - y17, y38 - med), gf_dmin(gf_dmax(med - y18, y39 - med), gf_dmin(gf_dmax(med - y19, y40 - med), gf_dmax(med - y20, y41 - med)))))))))))))))))))));
-  gf_fast_finish(42, p, t, nthreads, ok, y0, y41, med, d1, d2, sy, ss, swy, sw,
-                 mean, weight != 0, sigma_low, sigma_high, maxiters, method, image,
-                 uncert, count, list, counts);
+  const double mad = (d1 + (gf_dmin(gf_dmax(med - y0, y21 - med), gf_dmin(gf_dmax(med - y1, y22 - med), gf_dmin(gf_dmax(med - y2, y23 - med), gf_dmin(gf_dmax(med - y3, y24 - med), gf_dmin(gf_dmax(med - y4, y25 - med), gf_dmin(gf_dmax(med - y5, y26 - med), gf_dmin(gf_dmax(med - y6, y27 - med), gf_dmin(gf_dmax(med - y7, y28 - med), gf_dmin(gf_dmax(med - y8, y29 - med), gf_dmin(gf_dmax(med - y9, y30 - med), gf_dmin(gf_dmax(med - y10, y31 - med), gf_dmin(gf_dmax(med - y11, y32 - med), gf_dmin(gf_dmax(med - y12, y33 - med), gf_dmin(gf_dmax(med - y13, y34 - med), gf_dmin(gf_dmax(med - y14, y35 - med), gf_dmin(gf_dmax(med - y15, y36 - med), gf_dmin(gf_dmax(med - y16, y37 - med), gf_dmin(gf_dmax(med - y17, y38 - med), gf_dmin(gf_dmax(med - y18, y39 - med), gf_dmin(gf_dmax(med - y19, y40 - med), gf_dmax(med - y20, y41 - med))))))))))))))))))))))) * 0.5;
+  gf_fast_finish(42, 0x1.9ec474a261264p+2 /* sqrt(42) */, p, t, nthreads, ok, y0, y41,
+                 med, mad, sy, ss, swy, sw, mean, weight != 0, sigma_low, sigma_high,
+                 maxiters, method, image, uncert, count, list, counts);
 }
 #endif
 
@@ -12230,13 +12491,17 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_43(GF_F
   double y41 = gf_widen(d[41 * npix]) * scale[41];
   double y42 = gf_widen(d[42 * npix]) * scale[42];
   bool ok = gf_fast_ok(y0) & gf_fast_ok(y1) & gf_fast_ok(y2) & gf_fast_ok(y3) & gf_fast_ok(y4) & gf_fast_ok(y5) & gf_fast_ok(y6) & gf_fast_ok(y7) & gf_fast_ok(y8) & gf_fast_ok(y9) & gf_fast_ok(y10) & gf_fast_ok(y11) & gf_fast_ok(y12) & gf_fast_ok(y13) & gf_fast_ok(y14) & gf_fast_ok(y15) & gf_fast_ok(y16) & gf_fast_ok(y17) & gf_fast_ok(y18) & gf_fast_ok(y19) & gf_fast_ok(y20) & gf_fast_ok(y21) & gf_fast_ok(y22) & gf_fast_ok(y23) & gf_fast_ok(y24) & gf_fast_ok(y25) & gf_fast_ok(y26) & gf_fast_ok(y27) & gf_fast_ok(y28) & gf_fast_ok(y29) & gf_fast_ok(y30) & gf_fast_ok(y31) & gf_fast_ok(y32) & gf_fast_ok(y33) & gf_fast_ok(y34) & gf_fast_ok(y35) & gf_fast_ok(y36) & gf_fast_ok(y37) & gf_fast_ok(y38) & gf_fast_ok(y39) & gf_fast_ok(y40) & gf_fast_ok(y41) & gf_fast_ok(y42);
-  if (mask) {  // gf-rare
+  if (mask) {
+    // gf-rare
     const unsigned char *m = mask + p;
     ok = ok & (m[0 * npix] == 0) & (m[1 * npix] == 0) & (m[2 * npix] == 0) & (m[3 * npix] == 0) & (m[4 * npix] == 0) & (m[5 * npix] == 0) & (m[6 * npix] == 0) & (m[7 * npix] == 0) & (m[8 * npix] == 0) & (m[9 * npix] == 0) & (m[10 * npix] == 0) & (m[11 * npix] == 0) & (m[12 * npix] == 0) & (m[13 * npix] == 0) & (m[14 * npix] == 0) & (m[15 * npix] == 0) & (m[16 * npix] == 0) & (m[17 * npix] == 0) & (m[18 * npix] == 0) & (m[19 * npix] == 0) & (m[20 * npix] == 0) & (m[21 * npix] == 0) & (m[22 * npix] == 0) & (m[23 * npix] == 0) & (m[24 * npix] == 0) & (m[25 * npix] == 0) & (m[26 * npix] == 0) & (m[27 * npix] == 0) & (m[28 * npix] == 0) & (m[29 * npix] == 0) & (m[30 * npix] == 0) & (m[31 * npix] == 0) & (m[32 * npix] == 0) & (m[33 * npix] == 0) & (m[34 * npix] == 0) & (m[35 * npix] == 0) & (m[36 * npix] == 0) & (m[37 * npix] == 0) & (m[38 * npix] == 0) & (m[39 * npix] == 0) & (m[40 * npix] == 0) & (m[41 * npix] == 0) & (m[42 * npix] == 0);
-  }  // gf-rare-end
-  if (min_value > -gf_inf() || max_value < gf_inf()) {  // gf-rare
+    // gf-rare-end
+  }
+  if (min_value > -gf_inf() || max_value < gf_inf()) {
+    // gf-rare
     ok = ok & gf_in(d[0 * npix], min_value, max_value) & gf_in(d[1 * npix], min_value, max_value) & gf_in(d[2 * npix], min_value, max_value) & gf_in(d[3 * npix], min_value, max_value) & gf_in(d[4 * npix], min_value, max_value) & gf_in(d[5 * npix], min_value, max_value) & gf_in(d[6 * npix], min_value, max_value) & gf_in(d[7 * npix], min_value, max_value) & gf_in(d[8 * npix], min_value, max_value) & gf_in(d[9 * npix], min_value, max_value) & gf_in(d[10 * npix], min_value, max_value) & gf_in(d[11 * npix], min_value, max_value) & gf_in(d[12 * npix], min_value, max_value) & gf_in(d[13 * npix], min_value, max_value) & gf_in(d[14 * npix], min_value, max_value) & gf_in(d[15 * npix], min_value, max_value) & gf_in(d[16 * npix], min_value, max_value) & gf_in(d[17 * npix], min_value, max_value) & gf_in(d[18 * npix], min_value, max_value) & gf_in(d[19 * npix], min_value, max_value) & gf_in(d[20 * npix], min_value, max_value) & gf_in(d[21 * npix], min_value, max_value) & gf_in(d[22 * npix], min_value, max_value) & gf_in(d[23 * npix], min_value, max_value) & gf_in(d[24 * npix], min_value, max_value) & gf_in(d[25 * npix], min_value, max_value) & gf_in(d[26 * npix], min_value, max_value) & gf_in(d[27 * npix], min_value, max_value) & gf_in(d[28 * npix], min_value, max_value) & gf_in(d[29 * npix], min_value, max_value) & gf_in(d[30 * npix], min_value, max_value) & gf_in(d[31 * npix], min_value, max_value) & gf_in(d[32 * npix], min_value, max_value) & gf_in(d[33 * npix], min_value, max_value) & gf_in(d[34 * npix], min_value, max_value) & gf_in(d[35 * npix], min_value, max_value) & gf_in(d[36 * npix], min_value, max_value) & gf_in(d[37 * npix], min_value, max_value) & gf_in(d[38 * npix], min_value, max_value) & gf_in(d[39 * npix], min_value, max_value) & gf_in(d[40 * npix], min_value, max_value) & gf_in(d[41 * npix], min_value, max_value) & gf_in(d[42 * npix], min_value, max_value);
-  }  // gf-rare-end
+    // gf-rare-end
+  }
   // 6's sums in frame order, before the sort permutes the registers
   double sy = 0.0, ss = 0.0, swy = 0.0, sw = 0.0, mean = 0.0;
   if (method != 1) {
@@ -12371,7 +12636,8 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_43(GF_F
     ss = ss + e * e;
     e = y42 - mean;
     ss = ss + e * e;
-    if (weight) {  // gf-rare
+    if (weight) {
+      // gf-rare
       swy = swy + weight[0] * y0;
       sw = sw + weight[0];
       swy = swy + weight[1] * y1;
@@ -12458,7 +12724,8 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_43(GF_F
       sw = sw + weight[41];
       swy = swy + weight[42] * y42;
       sw = sw + weight[42];
-    }  // gf-rare-end
+      // gf-rare-end
+    }
   }
   // 3: sort
   GF_CX(y0, y13);
@@ -12793,12 +13060,12 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_43(GF_F
   GF_CX(y39, y40);
   GF_CX(y41, y42);
   // 5: the median, the MAD, the bounds
-  const double med = (y21 + y21) * 0.5;
+  const double med = y21;
   const double d1 = gf_dmin(med - y0, gf_dmin(gf_dmax(med - y1, y22 - med), gf_dmin(gf_dmax(med - y2, y23 - med), gf_dmin(gf_dmax(med - y3, y24 - med), gf_dmin(gf_dmax(med - y4, y25 - med), gf_dmin(gf_dmax(med - y5, y26 - med), gf_dmin(gf_dmax(med - y6, y27 - med), gf_dmin(gf_dmax(med - y7, y28 - med), gf_dmin(gf_dmax(med - y8, y29 - med), gf_dmin(gf_dmax(med - y9, y30 - med), gf_dmin(gf_dmax(med - y10, y31 - med), gf_dmin(gf_dmax(med - y11, y32 - med), gf_dmin(gf_dmax(med - y12, y33 - med), gf_dmin(gf_dmax(med - y13, y34 - med), gf_dmin(gf_dmax(med - y14, y35 - med), gf_dmin(gf_dmax(med - y15, y36 - med), gf_dmin(gf_dmax(med - y16, y37 - med), gf_dmin(gf_dmax(med - y17, y38 - med), gf_dmin(gf_dmax(med - y18, y39 - med), gf_dmin(gf_dmax(med - y19, y40 - med), gf_dmin(gf_dmax(med - y20, y41 - med), gf_dmax(med - y21, y42 - med))))))))))))))))))))));
-  const double d2 = d1;
-  gf_fast_finish(43, p, t, nthreads, ok, y0, y42, med, d1, d2, sy, ss, swy, sw,
-                 mean, weight != 0, sigma_low, sigma_high, maxiters, method, image,
-                 uncert, count, list, counts);
+  const double mad = d1;
+  gf_fast_finish(43, 0x1.a3ad12a1da160p+2 /* sqrt(43) */, p, t, nthreads, ok, y0, y42,
+                 med, mad, sy, ss, swy, sw, mean, weight != 0, sigma_low, sigma_high,
+                 maxiters, method, image, uncert, count, list, counts);
 }
 #endif
 
@@ -12850,13 +13117,17 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_44(GF_F
   double y42 = gf_widen(d[42 * npix]) * scale[42];
   double y43 = gf_widen(d[43 * npix]) * scale[43];
   bool ok = gf_fast_ok(y0) & gf_fast_ok(y1) & gf_fast_ok(y2) & gf_fast_ok(y3) & gf_fast_ok(y4) & gf_fast_ok(y5) & gf_fast_ok(y6) & gf_fast_ok(y7) & gf_fast_ok(y8) & gf_fast_ok(y9) & gf_fast_ok(y10) & gf_fast_ok(y11) & gf_fast_ok(y12) & gf_fast_ok(y13) & gf_fast_ok(y14) & gf_fast_ok(y15) & gf_fast_ok(y16) & gf_fast_ok(y17) & gf_fast_ok(y18) & gf_fast_ok(y19) & gf_fast_ok(y20) & gf_fast_ok(y21) & gf_fast_ok(y22) & gf_fast_ok(y23) & gf_fast_ok(y24) & gf_fast_ok(y25) & gf_fast_ok(y26) & gf_fast_ok(y27) & gf_fast_ok(y28) & gf_fast_ok(y29) & gf_fast_ok(y30) & gf_fast_ok(y31) & gf_fast_ok(y32) & gf_fast_ok(y33) & gf_fast_ok(y34) & gf_fast_ok(y35) & gf_fast_ok(y36) & gf_fast_ok(y37) & gf_fast_ok(y38) & gf_fast_ok(y39) & gf_fast_ok(y40) & gf_fast_ok(y41) & gf_fast_ok(y42) & gf_fast_ok(y43);
-  if (mask) {  // gf-rare
+  if (mask) {
+    // gf-rare
     const unsigned char *m = mask + p;
     ok = ok & (m[0 * npix] == 0) & (m[1 * npix] == 0) & (m[2 * npix] == 0) & (m[3 * npix] == 0) & (m[4 * npix] == 0) & (m[5 * npix] == 0) & (m[6 * npix] == 0) & (m[7 * npix] == 0) & (m[8 * npix] == 0) & (m[9 * npix] == 0) & (m[10 * npix] == 0) & (m[11 * npix] == 0) & (m[12 * npix] == 0) & (m[13 * npix] == 0) & (m[14 * npix] == 0) & (m[15 * npix] == 0) & (m[16 * npix] == 0) & (m[17 * npix] == 0) & (m[18 * npix] == 0) & (m[19 * npix] == 0) & (m[20 * npix] == 0) & (m[21 * npix] == 0) & (m[22 * npix] == 0) & (m[23 * npix] == 0) & (m[24 * npix] == 0) & (m[25 * npix] == 0) & (m[26 * npix] == 0) & (m[27 * npix] == 0) & (m[28 * npix] == 0) & (m[29 * npix] == 0) & (m[30 * npix] == 0) & (m[31 * npix] == 0) & (m[32 * npix] == 0) & (m[33 * npix] == 0) & (m[34 * npix] == 0) & (m[35 * npix] == 0) & (m[36 * npix] == 0) & (m[37 * npix] == 0) & (m[38 * npix] == 0) & (m[39 * npix] == 0) & (m[40 * npix] == 0) & (m[41 * npix] == 0) & (m[42 * npix] == 0) & (m[43 * npix] == 0);
-  }  // gf-rare-end
-  if (min_value > -gf_inf() || max_value < gf_inf()) {  // gf-rare
+    // gf-rare-end
+  }
+  if (min_value > -gf_inf() || max_value < gf_inf()) {
+    // gf-rare
     ok = ok & gf_in(d[0 * npix], min_value, max_value) & gf_in(d[1 * npix], min_value, max_value) & gf_in(d[2 * npix], min_value, max_value) & gf_in(d[3 * npix], min_value, max_value) & gf_in(d[4 * npix], min_value, max_value) & gf_in(d[5 * npix], min_value, max_value) & gf_in(d[6 * npix], min_value, max_value) & gf_in(d[7 * npix], min_value, max_value) & gf_in(d[8 * npix], min_value, max_value) & gf_in(d[9 * npix], min_value, max_value) & gf_in(d[10 * npix], min_value, max_value) & gf_in(d[11 * npix], min_value, max_value) & gf_in(d[12 * npix], min_value, max_value) & gf_in(d[13 * npix], min_value, max_value) & gf_in(d[14 * npix], min_value, max_value) & gf_in(d[15 * npix], min_value, max_value) & gf_in(d[16 * npix], min_value, max_value) & gf_in(d[17 * npix], min_value, max_value) & gf_in(d[18 * npix], min_value, max_value) & gf_in(d[19 * npix], min_value, max_value) & gf_in(d[20 * npix], min_value, max_value) & gf_in(d[21 * npix], min_value, max_value) & gf_in(d[22 * npix], min_value, max_value) & gf_in(d[23 * npix], min_value, max_value) & gf_in(d[24 * npix], min_value, max_value) & gf_in(d[25 * npix], min_value, max_value) & gf_in(d[26 * npix], min_value, max_value) & gf_in(d[27 * npix], min_value, max_value) & gf_in(d[28 * npix], min_value, max_value) & gf_in(d[29 * npix], min_value, max_value) & gf_in(d[30 * npix], min_value, max_value) & gf_in(d[31 * npix], min_value, max_value) & gf_in(d[32 * npix], min_value, max_value) & gf_in(d[33 * npix], min_value, max_value) & gf_in(d[34 * npix], min_value, max_value) & gf_in(d[35 * npix], min_value, max_value) & gf_in(d[36 * npix], min_value, max_value) & gf_in(d[37 * npix], min_value, max_value) & gf_in(d[38 * npix], min_value, max_value) & gf_in(d[39 * npix], min_value, max_value) & gf_in(d[40 * npix], min_value, max_value) & gf_in(d[41 * npix], min_value, max_value) & gf_in(d[42 * npix], min_value, max_value) & gf_in(d[43 * npix], min_value, max_value);
-  }  // gf-rare-end
+    // gf-rare-end
+  }
   // 6's sums in frame order, before the sort permutes the registers
   double sy = 0.0, ss = 0.0, swy = 0.0, sw = 0.0, mean = 0.0;
   if (method != 1) {
@@ -12994,7 +13265,8 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_44(GF_F
     ss = ss + e * e;
     e = y43 - mean;
     ss = ss + e * e;
-    if (weight) {  // gf-rare
+    if (weight) {
+      // gf-rare
       swy = swy + weight[0] * y0;
       sw = sw + weight[0];
       swy = swy + weight[1] * y1;
@@ -13083,7 +13355,8 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_44(GF_F
       sw = sw + weight[42];
       swy = swy + weight[43] * y43;
       sw = sw + weight[43];
-    }  // gf-rare-end
+      // gf-rare-end
+    }
   }
   // 3: sort
   GF_CX(y0, y13);
@@ -13428,10 +13701,10 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_44(GF_F
   // 5: the median, the MAD, the bounds
   const double med = (y21 + y22) * 0.5;
   const double d1 = gf_dmin(med - y0, gf_dmin(gf_dmax(med - y1, y22 - med), gf_dmin(gf_dmax(med - y2, y23 - med), gf_dmin(gf_dmax(med - y3, y24 - med), gf_dmin(gf_dmax(med - y4, y25 - med), gf_dmin(gf_dmax(med - y5, y26 - med), gf_dmin(gf_dmax(med - y6, y27 - med), gf_dmin(gf_dmax(med - y7, y28 - med), gf_dmin(gf_dmax(med - y8, y29 - med), gf_dmin(gf_dmax(med - y9, y30 - med), gf_dmin(gf_dmax(med - y10, y31 - med), gf_dmin(gf_dmax(med - y11, y32 - med), gf_dmin(gf_dmax(med - y12, y33 - med), gf_dmin(gf_dmax(med - y13, y34 - med), gf_dmin(gf_dmax(med - y14, y35 - med), gf_dmin(gf_dmax(med - y15, y36 - med), gf_dmin(gf_dmax(med - y16, y37 - med), gf_dmin(gf_dmax(med - y17, y38 - med), gf_dmin(gf_dmax(med - y18, y39 - med), gf_dmin(gf_dmax(med - y19, y40 - med), gf_dmin(gf_dmax(med - y20, y41 - med), gf_dmin(gf_dmax(med - y21, y42 - med), y43 - med))))))))))))))))))))));
-  const double d2 = gf_dmin(gf_dmax(med - y0, y22 - med), gf_dmin(gf_dmax(med - y1, y23 - med), gf_dmin(gf_dmax(med - y2, y24 - med), gf_dmin(gf_dmax(med - y3, y25 - med), gf_dmin(gf_dmax(med - y4, y26 - med), gf_dmin(gf_dmax(med - y5, y27 - med), gf_dmin(gf_dmax(med - y6, y28 - med), gf_dmin(gf_dmax(med - y7, y29 - med), gf_dmin(gf_dmax(med - y8, y30 - med), gf_dmin(gf_dmax(med - y9, y31 - med), gf_dmin(gf_dmax(med - y10, y32 - med), gf_dmin(gf_dmax(med - y11, y33 - med), gf_dmin(gf_dmax(med - y12, y34 - med), gf_dmin(gf_dmax(med - y13, y35 - med), gf_dmin(gf_dmax(med - y14, y36 - med), gf_dmin(gf_dmax(med - y15, y37 - med), gf_dmin(gf_dmax(med - y16, y38 - med), gf_dmin(gf_dmax(med - y17, y39 - med), gf_dmin(gf_dmax(med - y18, y40 - med), gf_dmin(gf_dmax(med - y19, y41 - med), gf_dmin(gf_dmax(med - y20, y42 - med), gf_dmax(med - y21, y43 - med))))))))))))))))))))));
-  gf_fast_finish(44, p, t, nthreads, ok, y0, y43, med, d1, d2, sy, ss, swy, sw,
-                 mean, weight != 0, sigma_low, sigma_high, maxiters, method, image,
-                 uncert, count, list, counts);
+  const double mad = (d1 + (gf_dmin(gf_dmax(med - y0, y22 - med), gf_dmin(gf_dmax(med - y1, y23 - med), gf_dmin(gf_dmax(med - y2, y24 - med), gf_dmin(gf_dmax(med - y3, y25 - med), gf_dmin(gf_dmax(med - y4, y26 - med), gf_dmin(gf_dmax(med - y5, y27 - med), gf_dmin(gf_dmax(med - y6, y28 - med), gf_dmin(gf_dmax(med - y7, y29 - med), gf_dmin(gf_dmax(med - y8, y30 - med), gf_dmin(gf_dmax(med - y9, y31 - med), gf_dmin(gf_dmax(med - y10, y32 - med), gf_dmin(gf_dmax(med - y11, y33 - med), gf_dmin(gf_dmax(med - y12, y34 - med), gf_dmin(gf_dmax(med - y13, y35 - med), gf_dmin(gf_dmax(med - y14, y36 - med), gf_dmin(gf_dmax(med - y15, y37 - med), gf_dmin(gf_dmax(med - y16, y38 - med), gf_dmin(gf_dmax(med - y17, y39 - med), gf_dmin(gf_dmax(med - y18, y40 - med), gf_dmin(gf_dmax(med - y19, y41 - med), gf_dmin(gf_dmax(med - y20, y42 - med), gf_dmax(med - y21, y43 - med)))))))))))))))))))))))) * 0.5;
+  gf_fast_finish(44, 0x1.a887293fd6f34p+2 /* sqrt(44) */, p, t, nthreads, ok, y0, y43,
+                 med, mad, sy, ss, swy, sw, mean, weight != 0, sigma_low, sigma_high,
+                 maxiters, method, image, uncert, count, list, counts);
 }
 #endif
 
@@ -13484,13 +13757,17 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_45(GF_F
   double y43 = gf_widen(d[43 * npix]) * scale[43];
   double y44 = gf_widen(d[44 * npix]) * scale[44];
   bool ok = gf_fast_ok(y0) & gf_fast_ok(y1) & gf_fast_ok(y2) & gf_fast_ok(y3) & gf_fast_ok(y4) & gf_fast_ok(y5) & gf_fast_ok(y6) & gf_fast_ok(y7) & gf_fast_ok(y8) & gf_fast_ok(y9) & gf_fast_ok(y10) & gf_fast_ok(y11) & gf_fast_ok(y12) & gf_fast_ok(y13) & gf_fast_ok(y14) & gf_fast_ok(y15) & gf_fast_ok(y16) & gf_fast_ok(y17) & gf_fast_ok(y18) & gf_fast_ok(y19) & gf_fast_ok(y20) & gf_fast_ok(y21) & gf_fast_ok(y22) & gf_fast_ok(y23) & gf_fast_ok(y24) & gf_fast_ok(y25) & gf_fast_ok(y26) & gf_fast_ok(y27) & gf_fast_ok(y28) & gf_fast_ok(y29) & gf_fast_ok(y30) & gf_fast_ok(y31) & gf_fast_ok(y32) & gf_fast_ok(y33) & gf_fast_ok(y34) & gf_fast_ok(y35) & gf_fast_ok(y36) & gf_fast_ok(y37) & gf_fast_ok(y38) & gf_fast_ok(y39) & gf_fast_ok(y40) & gf_fast_ok(y41) & gf_fast_ok(y42) & gf_fast_ok(y43) & gf_fast_ok(y44);
-  if (mask) {  // gf-rare
+  if (mask) {
+    // gf-rare
     const unsigned char *m = mask + p;
     ok = ok & (m[0 * npix] == 0) & (m[1 * npix] == 0) & (m[2 * npix] == 0) & (m[3 * npix] == 0) & (m[4 * npix] == 0) & (m[5 * npix] == 0) & (m[6 * npix] == 0) & (m[7 * npix] == 0) & (m[8 * npix] == 0) & (m[9 * npix] == 0) & (m[10 * npix] == 0) & (m[11 * npix] == 0) & (m[12 * npix] == 0) & (m[13 * npix] == 0) & (m[14 * npix] == 0) & (m[15 * npix] == 0) & (m[16 * npix] == 0) & (m[17 * npix] == 0) & (m[18 * npix] == 0) & (m[19 * npix] == 0) & (m[20 * npix] == 0) & (m[21 * npix] == 0) & (m[22 * npix] == 0) & (m[23 * npix] == 0) & (m[24 * npix] == 0) & (m[25 * npix] == 0) & (m[26 * npix] == 0) & (m[27 * npix] == 0) & (m[28 * npix] == 0) & (m[29 * npix] == 0) & (m[30 * npix] == 0) & (m[31 * npix] == 0) & (m[32 * npix] == 0) & (m[33 * npix] == 0) & (m[34 * npix] == 0) & (m[35 * npix] == 0) & (m[36 * npix] == 0) & (m[37 * npix] == 0) & (m[38 * npix] == 0) & (m[39 * npix] == 0) & (m[40 * npix] == 0) & (m[41 * npix] == 0) & (m[42 * npix] == 0) & (m[43 * npix] == 0) & (m[44 * npix] == 0);
-  }  // gf-rare-end
-  if (min_value > -gf_inf() || max_value < gf_inf()) {  // gf-rare
+    // gf-rare-end
+  }
+  if (min_value > -gf_inf() || max_value < gf_inf()) {
+    // gf-rare
     ok = ok & gf_in(d[0 * npix], min_value, max_value) & gf_in(d[1 * npix], min_value, max_value) & gf_in(d[2 * npix], min_value, max_value) & gf_in(d[3 * npix], min_value, max_value) & gf_in(d[4 * npix], min_value, max_value) & gf_in(d[5 * npix], min_value, max_value) & gf_in(d[6 * npix], min_value, max_value) & gf_in(d[7 * npix], min_value, max_value) & gf_in(d[8 * npix], min_value, max_value) & gf_in(d[9 * npix], min_value, max_value) & gf_in(d[10 * npix], min_value, max_value) & gf_in(d[11 * npix], min_value, max_value) & gf_in(d[12 * npix], min_value, max_value) & gf_in(d[13 * npix], min_value, max_value) & gf_in(d[14 * npix], min_value, max_value) & gf_in(d[15 * npix], min_value, max_value) & gf_in(d[16 * npix], min_value, max_value) & gf_in(d[17 * npix], min_value, max_value) & gf_in(d[18 * npix], min_value, max_value) & gf_in(d[19 * npix], min_value, max_value) & gf_in(d[20 * npix], min_value, max_value) & gf_in(d[21 * npix], min_value, max_value) & gf_in(d[22 * npix], min_value, max_value) & gf_in(d[23 * npix], min_value, max_value) & gf_in(d[24 * npix], min_value, max_value) & gf_in(d[25 * npix], min_value, max_value) & gf_in(d[26 * npix], min_value, max_value) & gf_in(d[27 * npix], min_value, max_value) & gf_in(d[28 * npix], min_value, max_value) & gf_in(d[29 * npix], min_value, max_value) & gf_in(d[30 * npix], min_value, max_value) & gf_in(d[31 * npix], min_value, max_value) & gf_in(d[32 * npix], min_value, max_value) & gf_in(d[33 * npix], min_value, max_value) & gf_in(d[34 * npix], min_value, max_value) & gf_in(d[35 * npix], min_value, max_value) & gf_in(d[36 * npix], min_value, max_value) & gf_in(d[37 * npix], min_value, max_value) & gf_in(d[38 * npix], min_value, max_value) & gf_in(d[39 * npix], min_value, max_value) & gf_in(d[40 * npix], min_value, max_value) & gf_in(d[41 * npix], min_value, max_value) & gf_in(d[42 * npix], min_value, max_value) & gf_in(d[43 * npix], min_value, max_value) & gf_in(d[44 * npix], min_value, max_value);
-  }  // gf-rare-end
+    // gf-rare-end
+  }
   // 6's sums in frame order, before the sort permutes the registers
   double sy = 0.0, ss = 0.0, swy = 0.0, sw = 0.0, mean = 0.0;
   if (method != 1) {
@@ -13631,7 +13908,8 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_45(GF_F
     ss = ss + e * e;
     e = y44 - mean;
     ss = ss + e * e;
-    if (weight) {  // gf-rare
+    if (weight) {
+      // gf-rare
       swy = swy + weight[0] * y0;
       sw = sw + weight[0];
       swy = swy + weight[1] * y1;
@@ -13722,7 +14000,8 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_45(GF_F
       sw = sw + weight[43];
       swy = swy + weight[44] * y44;
       sw = sw + weight[44];
-    }  // gf-rare-end
+      // gf-rare-end
+    }
   }
   // 3: sort
   GF_CX(y0, y13);
@@ -14077,12 +14356,12 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_45(GF_F
   GF_CX(y41, y42);
   GF_CX(y43, y44);
   // 5: the median, the MAD, the bounds
-  const double med = (y22 + y22) * 0.5;
+  const double med = y22;
   const double d1 = gf_dmin(med - y0, gf_dmin(gf_dmax(med - y1, y23 - med), gf_dmin(gf_dmax(med - y2, y24 - med), gf_dmin(gf_dmax(med - y3, y25 - med), gf_dmin(gf_dmax(med - y4, y26 - med), gf_dmin(gf_dmax(med - y5, y27 - med), gf_dmin(gf_dmax(med - y6, y28 - med), gf_dmin(gf_dmax(med - y7, y29 - med), gf_dmin(gf_dmax(med - y8, y30 - med), gf_dmin(gf_dmax(med - y9, y31 - med), gf_dmin(gf_dmax(med - y10, y32 - med), gf_dmin(gf_dmax(med - y11, y33 - med), gf_dmin(gf_dmax(med - y12, y34 - med), gf_dmin(gf_dmax(med - y13, y35 - med), gf_dmin(gf_dmax(med - y14, y36 - med), gf_dmin(gf_dmax(med - y15, y37 - med), gf_dmin(gf_dmax(med - y16, y38 - med), gf_dmin(gf_dmax(med - y17, y39 - med), gf_dmin(gf_dmax(med - y18, y40 - med), gf_dmin(gf_dmax(med - y19, y41 - med), gf_dmin(gf_dmax(med - y20, y42 - med), gf_dmin(gf_dmax(med - y21, y43 - med), gf_dmax(med - y22, y44 - med)))))))))))))))))))))));
-  const double d2 = d1;
-  gf_fast_finish(45, p, t, nthreads, ok, y0, y44, med, d1, d2, sy, ss, swy, sw,
-                 mean, weight != 0, sigma_low, sigma_high, maxiters, method, image,
-                 uncert, count, list, counts);
+  const double mad = d1;
+  gf_fast_finish(45, 0x1.ad5336963eefcp+2 /* sqrt(45) */, p, t, nthreads, ok, y0, y44,
+                 med, mad, sy, ss, swy, sw, mean, weight != 0, sigma_low, sigma_high,
+                 maxiters, method, image, uncert, count, list, counts);
 }
 #endif
 
@@ -14136,13 +14415,17 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_46(GF_F
   double y44 = gf_widen(d[44 * npix]) * scale[44];
   double y45 = gf_widen(d[45 * npix]) * scale[45];
   bool ok = gf_fast_ok(y0) & gf_fast_ok(y1) & gf_fast_ok(y2) & gf_fast_ok(y3) & gf_fast_ok(y4) & gf_fast_ok(y5) & gf_fast_ok(y6) & gf_fast_ok(y7) & gf_fast_ok(y8) & gf_fast_ok(y9) & gf_fast_ok(y10) & gf_fast_ok(y11) & gf_fast_ok(y12) & gf_fast_ok(y13) & gf_fast_ok(y14) & gf_fast_ok(y15) & gf_fast_ok(y16) & gf_fast_ok(y17) & gf_fast_ok(y18) & gf_fast_ok(y19) & gf_fast_ok(y20) & gf_fast_ok(y21) & gf_fast_ok(y22) & gf_fast_ok(y23) & gf_fast_ok(y24) & gf_fast_ok(y25) & gf_fast_ok(y26) & gf_fast_ok(y27) & gf_fast_ok(y28) & gf_fast_ok(y29) & gf_fast_ok(y30) & gf_fast_ok(y31) & gf_fast_ok(y32) & gf_fast_ok(y33) & gf_fast_ok(y34) & gf_fast_ok(y35) & gf_fast_ok(y36) & gf_fast_ok(y37) & gf_fast_ok(y38) & gf_fast_ok(y39) & gf_fast_ok(y40) & gf_fast_ok(y41) & gf_fast_ok(y42) & gf_fast_ok(y43) & gf_fast_ok(y44) & gf_fast_ok(y45);
-  if (mask) {  // gf-rare
+  if (mask) {
+    // gf-rare
     const unsigned char *m = mask + p;
     ok = ok & (m[0 * npix] == 0) & (m[1 * npix] == 0) & (m[2 * npix] == 0) & (m[3 * npix] == 0) & (m[4 * npix] == 0) & (m[5 * npix] == 0) & (m[6 * npix] == 0) & (m[7 * npix] == 0) & (m[8 * npix] == 0) & (m[9 * npix] == 0) & (m[10 * npix] == 0) & (m[11 * npix] == 0) & (m[12 * npix] == 0) & (m[13 * npix] == 0) & (m[14 * npix] == 0) & (m[15 * npix] == 0) & (m[16 * npix] == 0) & (m[17 * npix] == 0) & (m[18 * npix] == 0) & (m[19 * npix] == 0) & (m[20 * npix] == 0) & (m[21 * npix] == 0) & (m[22 * npix] == 0) & (m[23 * npix] == 0) & (m[24 * npix] == 0) & (m[25 * npix] == 0) & (m[26 * npix] == 0) & (m[27 * npix] == 0) & (m[28 * npix] == 0) & (m[29 * npix] == 0) & (m[30 * npix] == 0) & (m[31 * npix] == 0) & (m[32 * npix] == 0) & (m[33 * npix] == 0) & (m[34 * npix] == 0) & (m[35 * npix] == 0) & (m[36 * npix] == 0) & (m[37 * npix] == 0) & (m[38 * npix] == 0) & (m[39 * npix] == 0) & (m[40 * npix] == 0) & (m[41 * npix] == 0) & (m[42 * npix] == 0) & (m[43 * npix] == 0) & (m[44 * npix] == 0) & (m[45 * npix] == 0);
-  }  // gf-rare-end
-  if (min_value > -gf_inf() || max_value < gf_inf()) {  // gf-rare
+    // gf-rare-end
+  }
+  if (min_value > -gf_inf() || max_value < gf_inf()) {
+    // gf-rare
     ok = ok & gf_in(d[0 * npix], min_value, max_value) & gf_in(d[1 * npix], min_value, max_value) & gf_in(d[2 * npix], min_value, max_value) & gf_in(d[3 * npix], min_value, max_value) & gf_in(d[4 * npix], min_value, max_value) & gf_in(d[5 * npix], min_value, max_value) & gf_in(d[6 * npix], min_value, max_value) & gf_in(d[7 * npix], min_value, max_value) & gf_in(d[8 * npix], min_value, max_value) & gf_in(d[9 * npix], min_value, max_value) & gf_in(d[10 * npix], min_value, max_value) & gf_in(d[11 * npix], min_value, max_value) & gf_in(d[12 * npix], min_value, max_value) & gf_in(d[13 * npix], min_value, max_value) & gf_in(d[14 * npix], min_value, max_value) & gf_in(d[15 * npix], min_value, max_value) & gf_in(d[16 * npix], min_value, max_value) & gf_in(d[17 * npix], min_value, max_value) & gf_in(d[18 * npix], min_value, max_value) & gf_in(d[19 * npix], min_value, max_value) & gf_in(d[20 * npix], min_value, max_value) & gf_in(d[21 * npix], min_value, max_value) & gf_in(d[22 * npix], min_value, max_value) & gf_in(d[23 * npix], min_value, max_value) & gf_in(d[24 * npix], min_value, max_value) & gf_in(d[25 * npix], min_value, max_value) & gf_in(d[26 * npix], min_value, max_value) & gf_in(d[27 * npix], min_value, max_value) & gf_in(d[28 * npix], min_value, max_value) & gf_in(d[29 * npix], min_value, max_value) & gf_in(d[30 * npix], min_value, max_value) & gf_in(d[31 * npix], min_value, max_value) & gf_in(d[32 * npix], min_value, max_value) & gf_in(d[33 * npix], min_value, max_value) & gf_in(d[34 * npix], min_value, max_value) & gf_in(d[35 * npix], min_value, max_value) & gf_in(d[36 * npix], min_value, max_value) & gf_in(d[37 * npix], min_value, max_value) & gf_in(d[38 * npix], min_value, max_value) & gf_in(d[39 * npix], min_value, max_value) & gf_in(d[40 * npix], min_value, max_value) & gf_in(d[41 * npix], min_value, max_value) & gf_in(d[42 * npix], min_value, max_value) & gf_in(d[43 * npix], min_value, max_value) & gf_in(d[44 * npix], min_value, max_value) & gf_in(d[45 * npix], min_value, max_value);
-  }  // gf-rare-end
+    // gf-rare-end
+  }
   // 6's sums in frame order, before the sort permutes the registers
   double sy = 0.0, ss = 0.0, swy = 0.0, sw = 0.0, mean = 0.0;
   if (method != 1) {
@@ -14286,7 +14569,8 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_46(GF_F
     ss = ss + e * e;
     e = y45 - mean;
     ss = ss + e * e;
-    if (weight) {  // gf-rare
+    if (weight) {
+      // gf-rare
       swy = swy + weight[0] * y0;
       sw = sw + weight[0];
       swy = swy + weight[1] * y1;
@@ -14379,7 +14663,8 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_46(GF_F
       sw = sw + weight[44];
       swy = swy + weight[45] * y45;
       sw = sw + weight[45];
-    }  // gf-rare-end
+      // gf-rare-end
+    }
   }
   // 3: sort
   GF_CX(y0, y13);
@@ -14745,10 +15030,10 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_46(GF_F
   // 5: the median, the MAD, the bounds
   const double med = (y22 + y23) * 0.5;
   const double d1 = gf_dmin(med - y0, gf_dmin(gf_dmax(med - y1, y23 - med), gf_dmin(gf_dmax(med - y2, y24 - med), gf_dmin(gf_dmax(med - y3, y25 - med), gf_dmin(gf_dmax(med - y4, y26 - med), gf_dmin(gf_dmax(med - y5, y27 - med), gf_dmin(gf_dmax(med - y6, y28 - med), gf_dmin(gf_dmax(med - y7, y29 - med), gf_dmin(gf_dmax(med - y8, y30 - med), gf_dmin(gf_dmax(med - y9, y31 - med), gf_dmin(gf_dmax(med - y10, y32 - med), gf_dmin(gf_dmax(med - y11, y33 - med), gf_dmin(gf_dmax(med - y12, y34 - med), gf_dmin(gf_dmax(med - y13, y35 - med), gf_dmin(gf_dmax(med - y14, y36 - med), gf_dmin(gf_dmax(med - y15, y37 - med), gf_dmin(gf_dmax(med - y16, y38 - med), gf_dmin(gf_dmax(med - y17, y39 - med), gf_dmin(gf_dmax(med - y18, y40 - med), gf_dmin(gf_dmax(med - y19, y41 - med), gf_dmin(gf_dmax(med - y20, y42 - med), gf_dmin(gf_dmax(med - y21, y43 - med), gf_dmin(gf_dmax(med - y22, y44 - med), y45 - med)))))))))))))))))))))));
-  const double d2 = gf_dmin(gf_dmax(med - y0, y23 - med), gf_dmin(gf_dmax(med - y1, y24 - med), gf_dmin(gf_dmax(med - y2, y25 - med), gf_dmin(gf_dmax(med - y3, y26 - med), gf_dmin(gf_dmax(med - y4, y27 - med), gf_dmin(gf_dmax(med - y5, y28 - med), gf_dmin(gf_dmax(med - y6, y29 - med), gf_dmin(gf_dmax(med - y7, y30 - med), gf_dmin(gf_dmax(med - y8, y31 - med), gf_dmin(gf_dmax(med - y9, y32 - med), gf_dmin(gf_dmax(med - y10, y33 - med), gf_dmin(gf_dmax(med - y11, y34 - med), gf_dmin(gf_dmax(med - y12, y35 - med), gf_dmin(gf_dmax(med - y13, y36 - med), gf_dmin(gf_dmax(med - y14, y37 - med), gf_dmin(gf_dmax(med - y15, y38 - med), gf_dmin(gf_dmax(med - y16, y39 - med), gf_dmin(gf_dmax(med - y17, y40 - med), gf_dmin(gf_dmax(med - y18, y41 - med), gf_dmin(gf_dmax(med - y19, y42 - med), gf_dmin(gf_dmax(med - y20, y43 - med), gf_dmin(gf_dmax(med - y21, y44 - med), gf_dmax(med - y22, y45 - med)))))))))))))))))))))));
-  gf_fast_finish(46, p, t, nthreads, ok, y0, y45, med, d1, d2, sy, ss, swy, sw,
-                 mean, weight != 0, sigma_low, sigma_high, maxiters, method, image,
-                 uncert, count, list, counts);
+  const double mad = (d1 + (gf_dmin(gf_dmax(med - y0, y23 - med), gf_dmin(gf_dmax(med - y1, y24 - med), gf_dmin(gf_dmax(med - y2, y25 - med), gf_dmin(gf_dmax(med - y3, y26 - med), gf_dmin(gf_dmax(med - y4, y27 - med), gf_dmin(gf_dmax(med - y5, y28 - med), gf_dmin(gf_dmax(med - y6, y29 - med), gf_dmin(gf_dmax(med - y7, y30 - med), gf_dmin(gf_dmax(med - y8, y31 - med), gf_dmin(gf_dmax(med - y9, y32 - med), gf_dmin(gf_dmax(med - y10, y33 - med), gf_dmin(gf_dmax(med - y11, y34 - med), gf_dmin(gf_dmax(med - y12, y35 - med), gf_dmin(gf_dmax(med - y13, y36 - med), gf_dmin(gf_dmax(med - y14, y37 - med), gf_dmin(gf_dmax(med - y15, y38 - med), gf_dmin(gf_dmax(med - y16, y39 - med), gf_dmin(gf_dmax(med - y17, y40 - med), gf_dmin(gf_dmax(med - y18, y41 - med), gf_dmin(gf_dmax(med - y19, y42 - med), gf_dmin(gf_dmax(med - y20, y43 - med), gf_dmin(gf_dmax(med - y21, y44 - med), gf_dmax(med - y22, y45 - med))))))))))))))))))))))))) * 0.5;
+  gf_fast_finish(46, 0x1.b211b1c70d023p+2 /* sqrt(46) */, p, t, nthreads, ok, y0, y45,
+                 med, mad, sy, ss, swy, sw, mean, weight != 0, sigma_low, sigma_high,
+                 maxiters, method, image, uncert, count, list, counts);
 }
 #endif
 
@@ -14803,13 +15088,17 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_47(GF_F
   double y45 = gf_widen(d[45 * npix]) * scale[45];
   double y46 = gf_widen(d[46 * npix]) * scale[46];
   bool ok = gf_fast_ok(y0) & gf_fast_ok(y1) & gf_fast_ok(y2) & gf_fast_ok(y3) & gf_fast_ok(y4) & gf_fast_ok(y5) & gf_fast_ok(y6) & gf_fast_ok(y7) & gf_fast_ok(y8) & gf_fast_ok(y9) & gf_fast_ok(y10) & gf_fast_ok(y11) & gf_fast_ok(y12) & gf_fast_ok(y13) & gf_fast_ok(y14) & gf_fast_ok(y15) & gf_fast_ok(y16) & gf_fast_ok(y17) & gf_fast_ok(y18) & gf_fast_ok(y19) & gf_fast_ok(y20) & gf_fast_ok(y21) & gf_fast_ok(y22) & gf_fast_ok(y23) & gf_fast_ok(y24) & gf_fast_ok(y25) & gf_fast_ok(y26) & gf_fast_ok(y27) & gf_fast_ok(y28) & gf_fast_ok(y29) & gf_fast_ok(y30) & gf_fast_ok(y31) & gf_fast_ok(y32) & gf_fast_ok(y33) & gf_fast_ok(y34) & gf_fast_ok(y35) & gf_fast_ok(y36) & gf_fast_ok(y37) & gf_fast_ok(y38) & gf_fast_ok(y39) & gf_fast_ok(y40) & gf_fast_ok(y41) & gf_fast_ok(y42) & gf_fast_ok(y43) & gf_fast_ok(y44) & gf_fast_ok(y45) & gf_fast_ok(y46);
-  if (mask) {  // gf-rare
+  if (mask) {
+    // gf-rare
     const unsigned char *m = mask + p;
     ok = ok & (m[0 * npix] == 0) & (m[1 * npix] == 0) & (m[2 * npix] == 0) & (m[3 * npix] == 0) & (m[4 * npix] == 0) & (m[5 * npix] == 0) & (m[6 * npix] == 0) & (m[7 * npix] == 0) & (m[8 * npix] == 0) & (m[9 * npix] == 0) & (m[10 * npix] == 0) & (m[11 * npix] == 0) & (m[12 * npix] == 0) & (m[13 * npix] == 0) & (m[14 * npix] == 0) & (m[15 * npix] == 0) & (m[16 * npix] == 0) & (m[17 * npix] == 0) & (m[18 * npix] == 0) & (m[19 * npix] == 0) & (m[20 * npix] == 0) & (m[21 * npix] == 0) & (m[22 * npix] == 0) & (m[23 * npix] == 0) & (m[24 * npix] == 0) & (m[25 * npix] == 0) & (m[26 * npix] == 0) & (m[27 * npix] == 0) & (m[28 * npix] == 0) & (m[29 * npix] == 0) & (m[30 * npix] == 0) & (m[31 * npix] == 0) & (m[32 * npix] == 0) & (m[33 * npix] == 0) & (m[34 * npix] == 0) & (m[35 * npix] == 0) & (m[36 * npix] == 0) & (m[37 * npix] == 0) & (m[38 * npix] == 0) & (m[39 * npix] == 0) & (m[40 * npix] == 0) & (m[41 * npix] == 0) & (m[42 * npix] == 0) & (m[43 * npix] == 0) & (m[44 * npix] == 0) & (m[45 * npix] == 0) & (m[46 * npix] == 0);
-  }  // gf-rare-end
-  if (min_value > -gf_inf() || max_value < gf_inf()) {  // gf-rare
+    // gf-rare-end
+  }
+  if (min_value > -gf_inf() || max_value < gf_inf()) {
+    // gf-rare
     ok = ok & gf_in(d[0 * npix], min_value, max_value) & gf_in(d[1 * npix], min_value, max_value) & gf_in(d[2 * npix], min_value, max_value) & gf_in(d[3 * npix], min_value, max_value) & gf_in(d[4 * npix], min_value, max_value) & gf_in(d[5 * npix], min_value, max_value) & gf_in(d[6 * npix], min_value, max_value) & gf_in(d[7 * npix], min_value, max_value) & gf_in(d[8 * npix], min_value, max_value) & gf_in(d[9 * npix], min_value, max_value) & gf_in(d[10 * npix], min_value, max_value) & gf_in(d[11 * npix], min_value, max_value) & gf_in(d[12 * npix], min_value, max_value) & gf_in(d[13 * npix], min_value, max_value) & gf_in(d[14 * npix], min_value, max_value) & gf_in(d[15 * npix], min_value, max_value) & gf_in(d[16 * npix], min_value, max_value) & gf_in(d[17 * npix], min_value, max_value) & gf_in(d[18 * npix], min_value, max_value) & gf_in(d[19 * npix], min_value, max_value) & gf_in(d[20 * npix], min_value, max_value) & gf_in(d[21 * npix], min_value, max_value) & gf_in(d[22 * npix], min_value, max_value) & gf_in(d[23 * npix], min_value, max_value) & gf_in(d[24 * npix], min_value, max_value) & gf_in(d[25 * npix], min_value, max_value) & gf_in(d[26 * npix], min_value, max_value) & gf_in(d[27 * npix], min_value, max_value) & gf_in(d[28 * npix], min_value, max_value) & gf_in(d[29 * npix], min_value, max_value) & gf_in(d[30 * npix], min_value, max_value) & gf_in(d[31 * npix], min_value, max_value) & gf_in(d[32 * npix], min_value, max_value) & gf_in(d[33 * npix], min_value, max_value) & gf_in(d[34 * npix], min_value, max_value) & gf_in(d[35 * npix], min_value, max_value) & gf_in(d[36 * npix], min_value, max_value) & gf_in(d[37 * npix], min_value, max_value) & gf_in(d[38 * npix], min_value, max_value) & gf_in(d[39 * npix], min_value, max_value) & gf_in(d[40 * npix], min_value, max_value) & gf_in(d[41 * npix], min_value, max_value) & gf_in(d[42 * npix], min_value, max_value) & gf_in(d[43 * npix], min_value, max_value) & gf_in(d[44 * npix], min_value, max_value) & gf_in(d[45 * npix], min_value, max_value) & gf_in(d[46 * npix], min_value, max_value);
-  }  // gf-rare-end
+    // gf-rare-end
+  }
   // 6's sums in frame order, before the sort permutes the registers
   double sy = 0.0, ss = 0.0, swy = 0.0, sw = 0.0, mean = 0.0;
   if (method != 1) {
@@ -14956,7 +15245,8 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_47(GF_F
     ss = ss + e * e;
     e = y46 - mean;
     ss = ss + e * e;
-    if (weight) {  // gf-rare
+    if (weight) {
+      // gf-rare
       swy = swy + weight[0] * y0;
       sw = sw + weight[0];
       swy = swy + weight[1] * y1;
@@ -15051,7 +15341,8 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_47(GF_F
       sw = sw + weight[45];
       swy = swy + weight[46] * y46;
       sw = sw + weight[46];
-    }  // gf-rare-end
+      // gf-rare-end
+    }
   }
   // 3: sort
   GF_CX(y0, y13);
@@ -15424,12 +15715,12 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_47(GF_F
   GF_CX(y43, y44);
   GF_CX(y45, y46);
   // 5: the median, the MAD, the bounds
-  const double med = (y23 + y23) * 0.5;
+  const double med = y23;
   const double d1 = gf_dmin(med - y0, gf_dmin(gf_dmax(med - y1, y24 - med), gf_dmin(gf_dmax(med - y2, y25 - med), gf_dmin(gf_dmax(med - y3, y26 - med), gf_dmin(gf_dmax(med - y4, y27 - med), gf_dmin(gf_dmax(med - y5, y28 - med), gf_dmin(gf_dmax(med - y6, y29 - med), gf_dmin(gf_dmax(med - y7, y30 - med), gf_dmin(gf_dmax(med - y8, y31 - med), gf_dmin(gf_dmax(med - y9, y32 - med), gf_dmin(gf_dmax(med - y10, y33 - med), gf_dmin(gf_dmax(med - y11, y34 - med), gf_dmin(gf_dmax(med - y12, y35 - med), gf_dmin(gf_dmax(med - y13, y36 - med), gf_dmin(gf_dmax(med - y14, y37 - med), gf_dmin(gf_dmax(med - y15, y38 - med), gf_dmin(gf_dmax(med - y16, y39 - med), gf_dmin(gf_dmax(med - y17, y40 - med), gf_dmin(gf_dmax(med - y18, y41 - med), gf_dmin(gf_dmax(med - y19, y42 - med), gf_dmin(gf_dmax(med - y20, y43 - med), gf_dmin(gf_dmax(med - y21, y44 - med), gf_dmin(gf_dmax(med - y22, y45 - med), gf_dmax(med - y23, y46 - med))))))))))))))))))))))));
-  const double d2 = d1;
-  gf_fast_finish(47, p, t, nthreads, ok, y0, y46, med, d1, d2, sy, ss, swy, sw,
-                 mean, weight != 0, sigma_low, sigma_high, maxiters, method, image,
-                 uncert, count, list, counts);
+  const double mad = d1;
+  gf_fast_finish(47, 0x1.b6c30b83593e6p+2 /* sqrt(47) */, p, t, nthreads, ok, y0, y46,
+                 med, mad, sy, ss, swy, sw, mean, weight != 0, sigma_low, sigma_high,
+                 maxiters, method, image, uncert, count, list, counts);
 }
 #endif
 
@@ -15485,13 +15776,17 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_48(GF_F
   double y46 = gf_widen(d[46 * npix]) * scale[46];
   double y47 = gf_widen(d[47 * npix]) * scale[47];
   bool ok = gf_fast_ok(y0) & gf_fast_ok(y1) & gf_fast_ok(y2) & gf_fast_ok(y3) & gf_fast_ok(y4) & gf_fast_ok(y5) & gf_fast_ok(y6) & gf_fast_ok(y7) & gf_fast_ok(y8) & gf_fast_ok(y9) & gf_fast_ok(y10) & gf_fast_ok(y11) & gf_fast_ok(y12) & gf_fast_ok(y13) & gf_fast_ok(y14) & gf_fast_ok(y15) & gf_fast_ok(y16) & gf_fast_ok(y17) & gf_fast_ok(y18) & gf_fast_ok(y19) & gf_fast_ok(y20) & gf_fast_ok(y21) & gf_fast_ok(y22) & gf_fast_ok(y23) & gf_fast_ok(y24) & gf_fast_ok(y25) & gf_fast_ok(y26) & gf_fast_ok(y27) & gf_fast_ok(y28) & gf_fast_ok(y29) & gf_fast_ok(y30) & gf_fast_ok(y31) & gf_fast_ok(y32) & gf_fast_ok(y33) & gf_fast_ok(y34) & gf_fast_ok(y35) & gf_fast_ok(y36) & gf_fast_ok(y37) & gf_fast_ok(y38) & gf_fast_ok(y39) & gf_fast_ok(y40) & gf_fast_ok(y41) & gf_fast_ok(y42) & gf_fast_ok(y43) & gf_fast_ok(y44) & gf_fast_ok(y45) & gf_fast_ok(y46) & gf_fast_ok(y47);
-  if (mask) {  // gf-rare
+  if (mask) {
+    // gf-rare
     const unsigned char *m = mask + p;
     ok = ok & (m[0 * npix] == 0) & (m[1 * npix] == 0) & (m[2 * npix] == 0) & (m[3 * npix] == 0) & (m[4 * npix] == 0) & (m[5 * npix] == 0) & (m[6 * npix] == 0) & (m[7 * npix] == 0) & (m[8 * npix] == 0) & (m[9 * npix] == 0) & (m[10 * npix] == 0) & (m[11 * npix] == 0) & (m[12 * npix] == 0) & (m[13 * npix] == 0) & (m[14 * npix] == 0) & (m[15 * npix] == 0) & (m[16 * npix] == 0) & (m[17 * npix] == 0) & (m[18 * npix] == 0) & (m[19 * npix] == 0) & (m[20 * npix] == 0) & (m[21 * npix] == 0) & (m[22 * npix] == 0) & (m[23 * npix] == 0) & (m[24 * npix] == 0) & (m[25 * npix] == 0) & (m[26 * npix] == 0) & (m[27 * npix] == 0) & (m[28 * npix] == 0) & (m[29 * npix] == 0) & (m[30 * npix] == 0) & (m[31 * npix] == 0) & (m[32 * npix] == 0) & (m[33 * npix] == 0) & (m[34 * npix] == 0) & (m[35 * npix] == 0) & (m[36 * npix] == 0) & (m[37 * npix] == 0) & (m[38 * npix] == 0) & (m[39 * npix] == 0) & (m[40 * npix] == 0) & (m[41 * npix] == 0) & (m[42 * npix] == 0) & (m[43 * npix] == 0) & (m[44 * npix] == 0) & (m[45 * npix] == 0) & (m[46 * npix] == 0) & (m[47 * npix] == 0);
-  }  // gf-rare-end
-  if (min_value > -gf_inf() || max_value < gf_inf()) {  // gf-rare
+    // gf-rare-end
+  }
+  if (min_value > -gf_inf() || max_value < gf_inf()) {
+    // gf-rare
     ok = ok & gf_in(d[0 * npix], min_value, max_value) & gf_in(d[1 * npix], min_value, max_value) & gf_in(d[2 * npix], min_value, max_value) & gf_in(d[3 * npix], min_value, max_value) & gf_in(d[4 * npix], min_value, max_value) & gf_in(d[5 * npix], min_value, max_value) & gf_in(d[6 * npix], min_value, max_value) & gf_in(d[7 * npix], min_value, max_value) & gf_in(d[8 * npix], min_value, max_value) & gf_in(d[9 * npix], min_value, max_value) & gf_in(d[10 * npix], min_value, max_value) & gf_in(d[11 * npix], min_value, max_value) & gf_in(d[12 * npix], min_value, max_value) & gf_in(d[13 * npix], min_value, max_value) & gf_in(d[14 * npix], min_value, max_value) & gf_in(d[15 * npix], min_value, max_value) & gf_in(d[16 * npix], min_value, max_value) & gf_in(d[17 * npix], min_value, max_value) & gf_in(d[18 * npix], min_value, max_value) & gf_in(d[19 * npix], min_value, max_value) & gf_in(d[20 * npix], min_value, max_value) & gf_in(d[21 * npix], min_value, max_value) & gf_in(d[22 * npix], min_value, max_value) & gf_in(d[23 * npix], min_value, max_value) & gf_in(d[24 * npix], min_value, max_value) & gf_in(d[25 * npix], min_value, max_value) & gf_in(d[26 * npix], min_value, max_value) & gf_in(d[27 * npix], min_value, max_value) & gf_in(d[28 * npix], min_value, max_value) & gf_in(d[29 * npix], min_value, max_value) & gf_in(d[30 * npix], min_value, max_value) & gf_in(d[31 * npix], min_value, max_value) & gf_in(d[32 * npix], min_value, max_value) & gf_in(d[33 * npix], min_value, max_value) & gf_in(d[34 * npix], min_value, max_value) & gf_in(d[35 * npix], min_value, max_value) & gf_in(d[36 * npix], min_value, max_value) & gf_in(d[37 * npix], min_value, max_value) & gf_in(d[38 * npix], min_value, max_value) & gf_in(d[39 * npix], min_value, max_value) & gf_in(d[40 * npix], min_value, max_value) & gf_in(d[41 * npix], min_value, max_value) & gf_in(d[42 * npix], min_value, max_value) & gf_in(d[43 * npix], min_value, max_value) & gf_in(d[44 * npix], min_value, max_value) & gf_in(d[45 * npix], min_value, max_value) & gf_in(d[46 * npix], min_value, max_value) & gf_in(d[47 * npix], min_value, max_value);
-  }  // gf-rare-end
+    // gf-rare-end
+  }
   // 6's sums in frame order, before the sort permutes the registers
   double sy = 0.0, ss = 0.0, swy = 0.0, sw = 0.0, mean = 0.0;
   if (method != 1) {
@@ -15641,7 +15936,8 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_48(GF_F
     ss = ss + e * e;
     e = y47 - mean;
     ss = ss + e * e;
-    if (weight) {  // gf-rare
+    if (weight) {
+      // gf-rare
       swy = swy + weight[0] * y0;
       sw = sw + weight[0];
       swy = swy + weight[1] * y1;
@@ -15738,7 +16034,8 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_48(GF_F
       sw = sw + weight[46];
       swy = swy + weight[47] * y47;
       sw = sw + weight[47];
-    }  // gf-rare-end
+      // gf-rare-end
+    }
   }
   // 3: sort
   GF_CX(y0, y13);
@@ -16119,10 +16416,10 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_48(GF_F
   // 5: the median, the MAD, the bounds
   const double med = (y23 + y24) * 0.5;
   const double d1 = gf_dmin(med - y0, gf_dmin(gf_dmax(med - y1, y24 - med), gf_dmin(gf_dmax(med - y2, y25 - med), gf_dmin(gf_dmax(med - y3, y26 - med), gf_dmin(gf_dmax(med - y4, y27 - med), gf_dmin(gf_dmax(med - y5, y28 - med), gf_dmin(gf_dmax(med - y6, y29 - med), gf_dmin(gf_dmax(med - y7, y30 - med), gf_dmin(gf_dmax(med - y8, y31 - med), gf_dmin(gf_dmax(med - y9, y32 - med), gf_dmin(gf_dmax(med - y10, y33 - med), gf_dmin(gf_dmax(med - y11, y34 - med), gf_dmin(gf_dmax(med - y12, y35 - med), gf_dmin(gf_dmax(med - y13, y36 - med), gf_dmin(gf_dmax(med - y14, y37 - med), gf_dmin(gf_dmax(med - y15, y38 - med), gf_dmin(gf_dmax(med - y16, y39 - med), gf_dmin(gf_dmax(med - y17, y40 - med), gf_dmin(gf_dmax(med - y18, y41 - med), gf_dmin(gf_dmax(med - y19, y42 - med), gf_dmin(gf_dmax(med - y20, y43 - med), gf_dmin(gf_dmax(med - y21, y44 - med), gf_dmin(gf_dmax(med - y22, y45 - med), gf_dmin(gf_dmax(med - y23, y46 - med), y47 - med))))))))))))))))))))))));
-  const double d2 = gf_dmin(gf_dmax(med - y0, y24 - med), gf_dmin(gf_dmax(med - y1, y25 - med), gf_dmin(gf_dmax(med - y2, y26 - med), gf_dmin(gf_dmax(med - y3, y27 - med), gf_dmin(gf_dmax(med - y4, y28 - med), gf_dmin(gf_dmax(med - y5, y29 - med), gf_dmin(gf_dmax(med - y6, y30 - med), gf_dmin(gf_dmax(med - y7, y31 - med), gf_dmin(gf_dmax(med - y8, y32 - med), gf_dmin(gf_dmax(med - y9, y33 - med), gf_dmin(gf_dmax(med - y10, y34 - med), gf_dmin(gf_dmax(med - y11, y35 - med), gf_dmin(gf_dmax(med - y12, y36 - med), gf_dmin(gf_dmax(med - y13, y37 - med), gf_dmin(gf_dmax(med - y14, y38 - med), gf_dmin(gf_dmax(med - y15, y39 - med), gf_dmin(gf_dmax(med - y16, y40 - med), gf_dmin(gf_dmax(med - y17, y41 - med), gf_dmin(gf_dmax(med - y18, y42 - med), gf_dmin(gf_dmax(med - y19, y43 - med), gf_dmin(gf_dmax(med - y20, y44 - med), gf_dmin(gf_dmax(med - y21, y45 - med), gf_dmin(gf_dmax(med - y22, y46 - med), gf_dmax(med - y23, y47 - med))))))))))))))))))))))));
-  gf_fast_finish(48, p, t, nthreads, ok, y0, y47, med, d1, d2, sy, ss, swy, sw,
-                 mean, weight != 0, sigma_low, sigma_high, maxiters, method, image,
-                 uncert, count, list, counts);
+  const double mad = (d1 + (gf_dmin(gf_dmax(med - y0, y24 - med), gf_dmin(gf_dmax(med - y1, y25 - med), gf_dmin(gf_dmax(med - y2, y26 - med), gf_dmin(gf_dmax(med - y3, y27 - med), gf_dmin(gf_dmax(med - y4, y28 - med), gf_dmin(gf_dmax(med - y5, y29 - med), gf_dmin(gf_dmax(med - y6, y30 - med), gf_dmin(gf_dmax(med - y7, y31 - med), gf_dmin(gf_dmax(med - y8, y32 - med), gf_dmin(gf_dmax(med - y9, y33 - med), gf_dmin(gf_dmax(med - y10, y34 - med), gf_dmin(gf_dmax(med - y11, y35 - med), gf_dmin(gf_dmax(med - y12, y36 - med), gf_dmin(gf_dmax(med - y13, y37 - med), gf_dmin(gf_dmax(med - y14, y38 - med), gf_dmin(gf_dmax(med - y15, y39 - med), gf_dmin(gf_dmax(med - y16, y40 - med), gf_dmin(gf_dmax(med - y17, y41 - med), gf_dmin(gf_dmax(med - y18, y42 - med), gf_dmin(gf_dmax(med - y19, y43 - med), gf_dmin(gf_dmax(med - y20, y44 - med), gf_dmin(gf_dmax(med - y21, y45 - med), gf_dmin(gf_dmax(med - y22, y46 - med), gf_dmax(med - y23, y47 - med)))))))))))))))))))))))))) * 0.5;
+  gf_fast_finish(48, 0x1.bb67ae8584caap+2 /* sqrt(48) */, p, t, nthreads, ok, y0, y47,
+                 med, mad, sy, ss, swy, sw, mean, weight != 0, sigma_low, sigma_high,
+                 maxiters, method, image, uncert, count, list, counts);
 }
 #endif
 

@@ -26,6 +26,7 @@ that it is what :func:`render` gives. Pure Python: nothing here is compiled.
 
 from __future__ import annotations
 
+import math
 import pathlib
 
 from ._networks import batcher
@@ -112,15 +113,19 @@ def _kernel(n: int) -> list[str]:
     out += [f"  double y{i} = gf_widen(d[{i} * npix]) * scale[{i}];\n" for i in range(n)]
     out += ["  bool ok = " + " & ".join(f"gf_fast_ok({y})" for y in ys) + ";\n"]
     out += [
-        "  if (mask) {  // gf-rare\n",
+        "  if (mask) {\n",
+        "    // gf-rare\n",
         "    const unsigned char *m = mask + p;\n",
         "    ok = ok & " + " & ".join(f"(m[{i} * npix] == 0)" for i in range(n)) + ";\n",
-        "  }  // gf-rare-end\n",
-        "  if (min_value > -gf_inf() || max_value < gf_inf()) {  // gf-rare\n",
+        "    // gf-rare-end\n",
+        "  }\n",
+        "  if (min_value > -gf_inf() || max_value < gf_inf()) {\n",
+        "    // gf-rare\n",
         "    ok = ok & "
         + " & ".join(f"gf_in(d[{i} * npix], min_value, max_value)" for i in range(n))
         + ";\n",
-        "  }  // gf-rare-end\n",
+        "    // gf-rare-end\n",
+        "  }\n",
         "  // 6's sums in frame order, before the sort permutes the registers\n",
         "  double sy = 0.0, ss = 0.0, swy = 0.0, sw = 0.0, mean = 0.0;\n",
         "  if (method != 1) {\n",
@@ -129,19 +134,21 @@ def _kernel(n: int) -> list[str]:
     out += [f"    mean = sy / {n}.0;\n", "    double e;\n"]
     for y in ys:
         out += [f"    e = {y} - mean;\n", "    ss = ss + e * e;\n"]
-    out += ["    if (weight) {  // gf-rare\n"]
+    out += ["    if (weight) {\n", "      // gf-rare\n"]
     for i in range(n):
         out += [f"      swy = swy + weight[{i}] * y{i};\n", f"      sw = sw + weight[{i}];\n"]
-    out += ["    }  // gf-rare-end\n", "  }\n", "  // 3: sort\n"]
+    out += ["      // gf-rare-end\n", "    }\n", "  }\n", "  // 3: sort\n"]
     out += [f"  GF_CX(y{a}, y{b});\n" for a, b in sort_network(n)]
     out += [
         "  // 5: the median, the MAD, the bounds\n",
-        f"  const double med = (y{h1} + y{h2}) * 0.5;\n",
+        # for odd n, (x + x) * 0.5 == x: no overflow below 1e300
+        f"  const double med = {f'(y{h1} + y{h2}) * 0.5' if h2 != h1 else f'y{h1}'};\n",
         f"  const double d1 = {_kth_expr(n, h1)};\n",
-        f"  const double d2 = {_kth_expr(n, h2) if h2 != h1 else 'd1'};\n",
-        f"  gf_fast_finish({n}, p, t, nthreads, ok, y0, y{n - 1}, med, d1, d2, sy, ss, swy, sw,\n"
-        "                 mean, weight != 0, sigma_low, sigma_high, maxiters, method, image,\n"
-        "                 uncert, count, list, counts);\n",
+        f"  const double mad = {f'(d1 + ({_kth_expr(n, h2)})) * 0.5' if h2 != h1 else 'd1'};\n",
+        f"  gf_fast_finish({n}, {math.sqrt(n).hex()} /* sqrt({n}) */, p, t, nthreads, ok, y0,"
+        f" y{n - 1},\n"
+        "                 med, mad, sy, ss, swy, sw, mean, weight != 0, sigma_low, sigma_high,\n"
+        "                 maxiters, method, image, uncert, count, list, counts);\n",
         "}\n",
         "#endif\n",
     ]
@@ -243,18 +250,22 @@ __device__ __forceinline__ void gf_append(unsigned int *list, unsigned int *coun
   const unsigned int g = __ballot_sync(active, general);
   const unsigned int c = __ballot_sync(active, clipped);
   if (g != 0u) {
+    // gf-rare
     const int leader = __ffs(g) - 1;
     unsigned int base = 0u;
     if ((int)lane == leader) base = atomicAdd(&counts[0], (unsigned int)__popc(g));
     base = __shfl_sync(active, base, leader);
     if (general) list[base + __popc(g & below)] = value;
+    // gf-rare-end
   }
   if (c != 0u) {
+    // gf-rare
     const int leader = __ffs(c) - 1;
     unsigned int base = 0u;
     if ((int)lane == leader) base = atomicAdd(&counts[1], (unsigned int)__popc(c));
     base = __shfl_sync(active, base, leader);
     if (clipped) list[cap - 1 - (long long)(base + __popc(c & below))] = value;
+    // gf-rare-end
   }
 #else
   if (general) list[atomicAdd(&counts[0], 1u)] = value;
@@ -263,15 +274,14 @@ __device__ __forceinline__ void gf_append(unsigned int *list, unsigned int *coun
 }
 
 // The end of every fast kernel, after the sort: the bounds, then the pixel written, or
-// put on a list.
+// put on a list. rk: sqrt(n), correctly rounded (as sqrt gives it), a constant.
 __device__ __forceinline__ void gf_fast_finish(
-    int n, long long p, long long t, long long nthreads, bool ok, double smin, double smax,
-    double med, double d1, double d2, double sy, double ss, double swy, double sw,
+    int n, double rk, long long p, long long t, long long nthreads, bool ok, double smin,
+    double smax, double med, double mad, double sy, double ss, double swy, double sw,
     double mean, bool weighted, double sigma_low, double sigma_high, int maxiters,
     int method, double *__restrict__ image, double *__restrict__ uncert,
     int *__restrict__ count, unsigned int *__restrict__ list, unsigned int *counts) {
   const double inf = gf_inf();
-  const double mad = (d1 + d2) * 0.5;
   const double dd = GF_MAD_TO_STD * mad;
   const double lo = sigma_low == inf ? -inf : med - sigma_low * dd;
   const double hi = sigma_high == inf ? inf : med + sigma_high * dd;
@@ -283,23 +293,29 @@ __device__ __forceinline__ void gf_fast_finish(
   if ((!general) & (!clipped)) {
     const double k = (double)n;
     if (method == 1) {
+      // gf-rare (here and below: off the common path, which bench/kernel_stats.py counts)
       image[p] = med;
-      uncert[p] = GF_MAD_TO_STD * mad / sqrt(k);
+      uncert[p] = GF_MAD_TO_STD * mad / rk;
+      // gf-rare-end
     } else {
       const double sd = sqrt(ss / k);
       if (method == 0) {
         image[p] = weighted ? swy / sw : mean;
-        uncert[p] = sd / sqrt(k);
+        uncert[p] = sd / rk;
       } else {
+        // gf-rare
         image[p] = weighted ? swy : sy;
-        uncert[p] = sd * sqrt(k);
+        uncert[p] = sd * rk;
+        // gf-rare-end
       }
     }
     count[p] = n;
-  } else if (clipped) {  // gf-rare
+  } else if (clipped) {
+    // gf-rare
     image[p] = lo;
     uncert[p] = hi;
-  }  // gf-rare-end
+    // gf-rare-end
+  }
   gf_append(list, counts, nthreads, general, clipped, (unsigned int)t);
 }
 

@@ -12,7 +12,9 @@ kernel is 20-36% faster for 20 to 40 frames (11% for 48, where values spill).
 
 That code is generated: ``python -m gpuflat.backends._networks`` rewrites
 ``_numba_merges.py`` from ``render``, and tests/test_numba_fast.py checks that the file is
-what ``render`` gives. Pure Python: nothing here is compiled.
+what ``render`` gives; it also rewrites the CUDA fast kernels, ``kernels/fast.cu``, from
+``_fast_cu.render`` (the same networks; tests/test_cuda_kernels.py checks it). Pure
+Python: nothing here is compiled.
 """
 
 from __future__ import annotations
@@ -129,12 +131,16 @@ def render(row, lanes) -> str:
 
 
 def main():
-    """Write ``_numba_merges.py``, then the digests of the files that depend on it."""
-    from . import _numba_fast
+    """Write ``_numba_merges.py``, then the digests of the files that depend on it, and
+    ``kernels/fast.cu`` (``_fast_cu.render``)."""
+    from . import _fast_cu, _numba_fast
 
     text = render(_numba_fast._trow.py_func, _numba_fast.FAST_L)
     MERGES.write_text(text)
     print(f"{MERGES}: {len(text.splitlines())} lines")
+    text = _fast_cu.render()  # the CUDA fast kernels, from the same networks
+    _fast_cu.FAST_CU.write_text(text)
+    print(f"{_fast_cu.FAST_CU}: {len(text.splitlines())} lines")
     for name in ("_numba_fast.py", "_numba.py"):  # each after the files it depends on
         path = MERGES.with_name(name)
         text = re.sub(
