@@ -42,7 +42,6 @@
 // on that order.
 
 #define GF_MAD_TO_STD 1.482602218505602
-#define GF_FAST_BLOCK 128
 
 // float -> double without flushing subnormals (see gf_widen in combine.cu)
 __device__ __forceinline__ double gf_widen(float x) {
@@ -232,7 +231,7 @@ extern "C" __global__ void gpuflat_fast_clip(
 #endif
 
 #if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_fast_1)
-extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_1(GF_FAST_ARGS) {
+extern "C" __global__ void gpuflat_fast_1(GF_FAST_ARGS) {
   GF_FAST_SETUP
   double y0 = gf_widen(d[0 * npix]) * scale[0];
   bool ok = gf_fast_ok(y0);
@@ -274,7 +273,7 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_1(GF_FA
 #endif
 
 #if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_fast_2)
-extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_2(GF_FAST_ARGS) {
+extern "C" __global__ void gpuflat_fast_2(GF_FAST_ARGS) {
   GF_FAST_SETUP
   double y0 = gf_widen(d[0 * npix]) * scale[0];
   double y1 = gf_widen(d[1 * npix]) * scale[1];
@@ -323,7 +322,7 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_2(GF_FA
 #endif
 
 #if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_fast_3)
-extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_3(GF_FAST_ARGS) {
+extern "C" __global__ void gpuflat_fast_3(GF_FAST_ARGS) {
   GF_FAST_SETUP
   double y0 = gf_widen(d[0 * npix]) * scale[0];
   double y1 = gf_widen(d[1 * npix]) * scale[1];
@@ -380,7 +379,7 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_3(GF_FA
 #endif
 
 #if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_fast_4)
-extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_4(GF_FAST_ARGS) {
+extern "C" __global__ void gpuflat_fast_4(GF_FAST_ARGS) {
   GF_FAST_SETUP
   double y0 = gf_widen(d[0 * npix]) * scale[0];
   double y1 = gf_widen(d[1 * npix]) * scale[1];
@@ -445,7 +444,7 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_4(GF_FA
 #endif
 
 #if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_fast_5)
-extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_5(GF_FAST_ARGS) {
+extern "C" __global__ void gpuflat_fast_5(GF_FAST_ARGS) {
   GF_FAST_SETUP
   double y0 = gf_widen(d[0 * npix]) * scale[0];
   double y1 = gf_widen(d[1 * npix]) * scale[1];
@@ -520,7 +519,7 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_5(GF_FA
 #endif
 
 #if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_fast_6)
-extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_6(GF_FAST_ARGS) {
+extern "C" __global__ void gpuflat_fast_6(GF_FAST_ARGS) {
   GF_FAST_SETUP
   double y0 = gf_widen(d[0 * npix]) * scale[0];
   double y1 = gf_widen(d[1 * npix]) * scale[1];
@@ -604,7 +603,7 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_6(GF_FA
 #endif
 
 #if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_fast_7)
-extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_7(GF_FAST_ARGS) {
+extern "C" __global__ void gpuflat_fast_7(GF_FAST_ARGS) {
   GF_FAST_SETUP
   double y0 = gf_widen(d[0 * npix]) * scale[0];
   double y1 = gf_widen(d[1 * npix]) * scale[1];
@@ -698,7 +697,7 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_7(GF_FA
 #endif
 
 #if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_fast_8)
-extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_8(GF_FAST_ARGS) {
+extern "C" __global__ void gpuflat_fast_8(GF_FAST_ARGS) {
   GF_FAST_SETUP
   double y0 = gf_widen(d[0 * npix]) * scale[0];
   double y1 = gf_widen(d[1 * npix]) * scale[1];
@@ -801,7 +800,7 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_8(GF_FA
 #endif
 
 #if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_fast_9)
-extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_9(GF_FAST_ARGS) {
+extern "C" __global__ void gpuflat_fast_9(GF_FAST_ARGS) {
   GF_FAST_SETUP
   double y0 = gf_widen(d[0 * npix]) * scale[0];
   double y1 = gf_widen(d[1 * npix]) * scale[1];
@@ -917,7 +916,7 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_9(GF_FA
 #endif
 
 #if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_fast_10)
-extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_10(GF_FAST_ARGS) {
+extern "C" __global__ void gpuflat_fast_10(GF_FAST_ARGS) {
   GF_FAST_SETUP
   double y0 = gf_widen(d[0 * npix]) * scale[0];
   double y1 = gf_widen(d[1 * npix]) * scale[1];
@@ -1044,7 +1043,7 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_10(GF_F
 #endif
 
 #if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_fast_11)
-extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_11(GF_FAST_ARGS) {
+extern "C" __global__ void gpuflat_fast_11(GF_FAST_ARGS) {
   GF_FAST_SETUP
   double y0 = gf_widen(d[0 * npix]) * scale[0];
   double y1 = gf_widen(d[1 * npix]) * scale[1];
@@ -1182,7 +1181,7 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_11(GF_F
 #endif
 
 #if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_fast_12)
-extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_12(GF_FAST_ARGS) {
+extern "C" __global__ void gpuflat_fast_12(GF_FAST_ARGS) {
   GF_FAST_SETUP
   double y0 = gf_widen(d[0 * npix]) * scale[0];
   double y1 = gf_widen(d[1 * npix]) * scale[1];
@@ -1330,7 +1329,7 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_12(GF_F
 #endif
 
 #if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_fast_13)
-extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_13(GF_FAST_ARGS) {
+extern "C" __global__ void gpuflat_fast_13(GF_FAST_ARGS) {
   GF_FAST_SETUP
   double y0 = gf_widen(d[0 * npix]) * scale[0];
   double y1 = gf_widen(d[1 * npix]) * scale[1];
@@ -1490,7 +1489,7 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_13(GF_F
 #endif
 
 #if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_fast_14)
-extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_14(GF_FAST_ARGS) {
+extern "C" __global__ void gpuflat_fast_14(GF_FAST_ARGS) {
   GF_FAST_SETUP
   double y0 = gf_widen(d[0 * npix]) * scale[0];
   double y1 = gf_widen(d[1 * npix]) * scale[1];
@@ -1661,7 +1660,7 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_14(GF_F
 #endif
 
 #if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_fast_15)
-extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_15(GF_FAST_ARGS) {
+extern "C" __global__ void gpuflat_fast_15(GF_FAST_ARGS) {
   GF_FAST_SETUP
   double y0 = gf_widen(d[0 * npix]) * scale[0];
   double y1 = gf_widen(d[1 * npix]) * scale[1];
@@ -1843,7 +1842,7 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_15(GF_F
 #endif
 
 #if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_fast_16)
-extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_16(GF_FAST_ARGS) {
+extern "C" __global__ void gpuflat_fast_16(GF_FAST_ARGS) {
   GF_FAST_SETUP
   double y0 = gf_widen(d[0 * npix]) * scale[0];
   double y1 = gf_widen(d[1 * npix]) * scale[1];
@@ -2035,7 +2034,7 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_16(GF_F
 #endif
 
 #if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_fast_17)
-extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_17(GF_FAST_ARGS) {
+extern "C" __global__ void gpuflat_fast_17(GF_FAST_ARGS) {
   GF_FAST_SETUP
   double y0 = gf_widen(d[0 * npix]) * scale[0];
   double y1 = gf_widen(d[1 * npix]) * scale[1];
@@ -2255,7 +2254,7 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_17(GF_F
 #endif
 
 #if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_fast_18)
-extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_18(GF_FAST_ARGS) {
+extern "C" __global__ void gpuflat_fast_18(GF_FAST_ARGS) {
   GF_FAST_SETUP
   double y0 = gf_widen(d[0 * npix]) * scale[0];
   double y1 = gf_widen(d[1 * npix]) * scale[1];
@@ -2486,7 +2485,7 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_18(GF_F
 #endif
 
 #if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_fast_19)
-extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_19(GF_FAST_ARGS) {
+extern "C" __global__ void gpuflat_fast_19(GF_FAST_ARGS) {
   GF_FAST_SETUP
   double y0 = gf_widen(d[0 * npix]) * scale[0];
   double y1 = gf_widen(d[1 * npix]) * scale[1];
@@ -2729,7 +2728,7 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_19(GF_F
 #endif
 
 #if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_fast_20)
-extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_20(GF_FAST_ARGS) {
+extern "C" __global__ void gpuflat_fast_20(GF_FAST_ARGS) {
   GF_FAST_SETUP
   double y0 = gf_widen(d[0 * npix]) * scale[0];
   double y1 = gf_widen(d[1 * npix]) * scale[1];
@@ -2983,7 +2982,7 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_20(GF_F
 #endif
 
 #if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_fast_21)
-extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_21(GF_FAST_ARGS) {
+extern "C" __global__ void gpuflat_fast_21(GF_FAST_ARGS) {
   GF_FAST_SETUP
   double y0 = gf_widen(d[0 * npix]) * scale[0];
   double y1 = gf_widen(d[1 * npix]) * scale[1];
@@ -3251,7 +3250,7 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_21(GF_F
 #endif
 
 #if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_fast_22)
-extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_22(GF_FAST_ARGS) {
+extern "C" __global__ void gpuflat_fast_22(GF_FAST_ARGS) {
   GF_FAST_SETUP
   double y0 = gf_widen(d[0 * npix]) * scale[0];
   double y1 = gf_widen(d[1 * npix]) * scale[1];
@@ -3531,7 +3530,7 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_22(GF_F
 #endif
 
 #if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_fast_23)
-extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_23(GF_FAST_ARGS) {
+extern "C" __global__ void gpuflat_fast_23(GF_FAST_ARGS) {
   GF_FAST_SETUP
   double y0 = gf_widen(d[0 * npix]) * scale[0];
   double y1 = gf_widen(d[1 * npix]) * scale[1];
@@ -3824,7 +3823,7 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_23(GF_F
 #endif
 
 #if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_fast_24)
-extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_24(GF_FAST_ARGS) {
+extern "C" __global__ void gpuflat_fast_24(GF_FAST_ARGS) {
   GF_FAST_SETUP
   double y0 = gf_widen(d[0 * npix]) * scale[0];
   double y1 = gf_widen(d[1 * npix]) * scale[1];
@@ -4128,7 +4127,7 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_24(GF_F
 #endif
 
 #if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_fast_25)
-extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_25(GF_FAST_ARGS) {
+extern "C" __global__ void gpuflat_fast_25(GF_FAST_ARGS) {
   GF_FAST_SETUP
   double y0 = gf_widen(d[0 * npix]) * scale[0];
   double y1 = gf_widen(d[1 * npix]) * scale[1];
@@ -4449,7 +4448,7 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_25(GF_F
 #endif
 
 #if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_fast_26)
-extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_26(GF_FAST_ARGS) {
+extern "C" __global__ void gpuflat_fast_26(GF_FAST_ARGS) {
   GF_FAST_SETUP
   double y0 = gf_widen(d[0 * npix]) * scale[0];
   double y1 = gf_widen(d[1 * npix]) * scale[1];
@@ -4784,7 +4783,7 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_26(GF_F
 #endif
 
 #if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_fast_27)
-extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_27(GF_FAST_ARGS) {
+extern "C" __global__ void gpuflat_fast_27(GF_FAST_ARGS) {
   GF_FAST_SETUP
   double y0 = gf_widen(d[0 * npix]) * scale[0];
   double y1 = gf_widen(d[1 * npix]) * scale[1];
@@ -5133,7 +5132,7 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_27(GF_F
 #endif
 
 #if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_fast_28)
-extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_28(GF_FAST_ARGS) {
+extern "C" __global__ void gpuflat_fast_28(GF_FAST_ARGS) {
   GF_FAST_SETUP
   double y0 = gf_widen(d[0 * npix]) * scale[0];
   double y1 = gf_widen(d[1 * npix]) * scale[1];
@@ -5494,7 +5493,7 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_28(GF_F
 #endif
 
 #if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_fast_29)
-extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_29(GF_FAST_ARGS) {
+extern "C" __global__ void gpuflat_fast_29(GF_FAST_ARGS) {
   GF_FAST_SETUP
   double y0 = gf_widen(d[0 * npix]) * scale[0];
   double y1 = gf_widen(d[1 * npix]) * scale[1];
@@ -5870,7 +5869,7 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_29(GF_F
 #endif
 
 #if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_fast_30)
-extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_30(GF_FAST_ARGS) {
+extern "C" __global__ void gpuflat_fast_30(GF_FAST_ARGS) {
   GF_FAST_SETUP
   double y0 = gf_widen(d[0 * npix]) * scale[0];
   double y1 = gf_widen(d[1 * npix]) * scale[1];
@@ -6259,7 +6258,7 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_30(GF_F
 #endif
 
 #if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_fast_31)
-extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_31(GF_FAST_ARGS) {
+extern "C" __global__ void gpuflat_fast_31(GF_FAST_ARGS) {
   GF_FAST_SETUP
   double y0 = gf_widen(d[0 * npix]) * scale[0];
   double y1 = gf_widen(d[1 * npix]) * scale[1];
@@ -6661,7 +6660,7 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_31(GF_F
 #endif
 
 #if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_fast_32)
-extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_32(GF_FAST_ARGS) {
+extern "C" __global__ void gpuflat_fast_32(GF_FAST_ARGS) {
   GF_FAST_SETUP
   double y0 = gf_widen(d[0 * npix]) * scale[0];
   double y1 = gf_widen(d[1 * npix]) * scale[1];
@@ -7074,7 +7073,7 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_32(GF_F
 #endif
 
 #if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_fast_33)
-extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_33(GF_FAST_ARGS) {
+extern "C" __global__ void gpuflat_fast_33(GF_FAST_ARGS) {
   GF_FAST_SETUP
   double y0 = gf_widen(d[0 * npix]) * scale[0];
   double y1 = gf_widen(d[1 * npix]) * scale[1];
@@ -7548,7 +7547,7 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_33(GF_F
 #endif
 
 #if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_fast_34)
-extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_34(GF_FAST_ARGS) {
+extern "C" __global__ void gpuflat_fast_34(GF_FAST_ARGS) {
   GF_FAST_SETUP
   double y0 = gf_widen(d[0 * npix]) * scale[0];
   double y1 = gf_widen(d[1 * npix]) * scale[1];
@@ -8034,7 +8033,7 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_34(GF_F
 #endif
 
 #if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_fast_35)
-extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_35(GF_FAST_ARGS) {
+extern "C" __global__ void gpuflat_fast_35(GF_FAST_ARGS) {
   GF_FAST_SETUP
   double y0 = gf_widen(d[0 * npix]) * scale[0];
   double y1 = gf_widen(d[1 * npix]) * scale[1];
@@ -8534,7 +8533,7 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_35(GF_F
 #endif
 
 #if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_fast_36)
-extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_36(GF_FAST_ARGS) {
+extern "C" __global__ void gpuflat_fast_36(GF_FAST_ARGS) {
   GF_FAST_SETUP
   double y0 = gf_widen(d[0 * npix]) * scale[0];
   double y1 = gf_widen(d[1 * npix]) * scale[1];
@@ -9046,7 +9045,7 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_36(GF_F
 #endif
 
 #if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_fast_37)
-extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_37(GF_FAST_ARGS) {
+extern "C" __global__ void gpuflat_fast_37(GF_FAST_ARGS) {
   GF_FAST_SETUP
   double y0 = gf_widen(d[0 * npix]) * scale[0];
   double y1 = gf_widen(d[1 * npix]) * scale[1];
@@ -9575,7 +9574,7 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_37(GF_F
 #endif
 
 #if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_fast_38)
-extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_38(GF_FAST_ARGS) {
+extern "C" __global__ void gpuflat_fast_38(GF_FAST_ARGS) {
   GF_FAST_SETUP
   double y0 = gf_widen(d[0 * npix]) * scale[0];
   double y1 = gf_widen(d[1 * npix]) * scale[1];
@@ -10118,7 +10117,7 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_38(GF_F
 #endif
 
 #if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_fast_39)
-extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_39(GF_FAST_ARGS) {
+extern "C" __global__ void gpuflat_fast_39(GF_FAST_ARGS) {
   GF_FAST_SETUP
   double y0 = gf_widen(d[0 * npix]) * scale[0];
   double y1 = gf_widen(d[1 * npix]) * scale[1];
@@ -10676,7 +10675,7 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_39(GF_F
 #endif
 
 #if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_fast_40)
-extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_40(GF_FAST_ARGS) {
+extern "C" __global__ void gpuflat_fast_40(GF_FAST_ARGS) {
   GF_FAST_SETUP
   double y0 = gf_widen(d[0 * npix]) * scale[0];
   double y1 = gf_widen(d[1 * npix]) * scale[1];
@@ -11246,7 +11245,7 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_40(GF_F
 #endif
 
 #if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_fast_41)
-extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_41(GF_FAST_ARGS) {
+extern "C" __global__ void gpuflat_fast_41(GF_FAST_ARGS) {
   GF_FAST_SETUP
   double y0 = gf_widen(d[0 * npix]) * scale[0];
   double y1 = gf_widen(d[1 * npix]) * scale[1];
@@ -11837,7 +11836,7 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_41(GF_F
 #endif
 
 #if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_fast_42)
-extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_42(GF_FAST_ARGS) {
+extern "C" __global__ void gpuflat_fast_42(GF_FAST_ARGS) {
   GF_FAST_SETUP
   double y0 = gf_widen(d[0 * npix]) * scale[0];
   double y1 = gf_widen(d[1 * npix]) * scale[1];
@@ -12445,7 +12444,7 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_42(GF_F
 #endif
 
 #if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_fast_43)
-extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_43(GF_FAST_ARGS) {
+extern "C" __global__ void gpuflat_fast_43(GF_FAST_ARGS) {
   GF_FAST_SETUP
   double y0 = gf_widen(d[0 * npix]) * scale[0];
   double y1 = gf_widen(d[1 * npix]) * scale[1];
@@ -13070,7 +13069,7 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_43(GF_F
 #endif
 
 #if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_fast_44)
-extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_44(GF_FAST_ARGS) {
+extern "C" __global__ void gpuflat_fast_44(GF_FAST_ARGS) {
   GF_FAST_SETUP
   double y0 = gf_widen(d[0 * npix]) * scale[0];
   double y1 = gf_widen(d[1 * npix]) * scale[1];
@@ -13709,7 +13708,7 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_44(GF_F
 #endif
 
 #if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_fast_45)
-extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_45(GF_FAST_ARGS) {
+extern "C" __global__ void gpuflat_fast_45(GF_FAST_ARGS) {
   GF_FAST_SETUP
   double y0 = gf_widen(d[0 * npix]) * scale[0];
   double y1 = gf_widen(d[1 * npix]) * scale[1];
@@ -14366,7 +14365,7 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_45(GF_F
 #endif
 
 #if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_fast_46)
-extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_46(GF_FAST_ARGS) {
+extern "C" __global__ void gpuflat_fast_46(GF_FAST_ARGS) {
   GF_FAST_SETUP
   double y0 = gf_widen(d[0 * npix]) * scale[0];
   double y1 = gf_widen(d[1 * npix]) * scale[1];
@@ -15038,7 +15037,7 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_46(GF_F
 #endif
 
 #if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_fast_47)
-extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_47(GF_FAST_ARGS) {
+extern "C" __global__ void gpuflat_fast_47(GF_FAST_ARGS) {
   GF_FAST_SETUP
   double y0 = gf_widen(d[0 * npix]) * scale[0];
   double y1 = gf_widen(d[1 * npix]) * scale[1];
@@ -15725,7 +15724,7 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_47(GF_F
 #endif
 
 #if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_fast_48)
-extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_48(GF_FAST_ARGS) {
+extern "C" __global__ void gpuflat_fast_48(GF_FAST_ARGS) {
   GF_FAST_SETUP
   double y0 = gf_widen(d[0 * npix]) * scale[0];
   double y1 = gf_widen(d[1 * npix]) * scale[1];
@@ -16424,53 +16423,151 @@ extern "C" __global__ void __launch_bounds__(GF_FAST_BLOCK) gpuflat_fast_48(GF_F
 #endif
 
 #ifdef GPUFLAT_HOST_SHIM
+#if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_fast_clip)
 GPUFLAT_HOST_ENTRY(gpuflat_fast_clip)
+#endif
+#if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_fast_1)
 GPUFLAT_HOST_ENTRY(gpuflat_fast_1)
+#endif
+#if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_fast_2)
 GPUFLAT_HOST_ENTRY(gpuflat_fast_2)
+#endif
+#if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_fast_3)
 GPUFLAT_HOST_ENTRY(gpuflat_fast_3)
+#endif
+#if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_fast_4)
 GPUFLAT_HOST_ENTRY(gpuflat_fast_4)
+#endif
+#if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_fast_5)
 GPUFLAT_HOST_ENTRY(gpuflat_fast_5)
+#endif
+#if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_fast_6)
 GPUFLAT_HOST_ENTRY(gpuflat_fast_6)
+#endif
+#if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_fast_7)
 GPUFLAT_HOST_ENTRY(gpuflat_fast_7)
+#endif
+#if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_fast_8)
 GPUFLAT_HOST_ENTRY(gpuflat_fast_8)
+#endif
+#if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_fast_9)
 GPUFLAT_HOST_ENTRY(gpuflat_fast_9)
+#endif
+#if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_fast_10)
 GPUFLAT_HOST_ENTRY(gpuflat_fast_10)
+#endif
+#if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_fast_11)
 GPUFLAT_HOST_ENTRY(gpuflat_fast_11)
+#endif
+#if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_fast_12)
 GPUFLAT_HOST_ENTRY(gpuflat_fast_12)
+#endif
+#if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_fast_13)
 GPUFLAT_HOST_ENTRY(gpuflat_fast_13)
+#endif
+#if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_fast_14)
 GPUFLAT_HOST_ENTRY(gpuflat_fast_14)
+#endif
+#if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_fast_15)
 GPUFLAT_HOST_ENTRY(gpuflat_fast_15)
+#endif
+#if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_fast_16)
 GPUFLAT_HOST_ENTRY(gpuflat_fast_16)
+#endif
+#if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_fast_17)
 GPUFLAT_HOST_ENTRY(gpuflat_fast_17)
+#endif
+#if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_fast_18)
 GPUFLAT_HOST_ENTRY(gpuflat_fast_18)
+#endif
+#if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_fast_19)
 GPUFLAT_HOST_ENTRY(gpuflat_fast_19)
+#endif
+#if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_fast_20)
 GPUFLAT_HOST_ENTRY(gpuflat_fast_20)
+#endif
+#if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_fast_21)
 GPUFLAT_HOST_ENTRY(gpuflat_fast_21)
+#endif
+#if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_fast_22)
 GPUFLAT_HOST_ENTRY(gpuflat_fast_22)
+#endif
+#if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_fast_23)
 GPUFLAT_HOST_ENTRY(gpuflat_fast_23)
+#endif
+#if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_fast_24)
 GPUFLAT_HOST_ENTRY(gpuflat_fast_24)
+#endif
+#if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_fast_25)
 GPUFLAT_HOST_ENTRY(gpuflat_fast_25)
+#endif
+#if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_fast_26)
 GPUFLAT_HOST_ENTRY(gpuflat_fast_26)
+#endif
+#if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_fast_27)
 GPUFLAT_HOST_ENTRY(gpuflat_fast_27)
+#endif
+#if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_fast_28)
 GPUFLAT_HOST_ENTRY(gpuflat_fast_28)
+#endif
+#if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_fast_29)
 GPUFLAT_HOST_ENTRY(gpuflat_fast_29)
+#endif
+#if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_fast_30)
 GPUFLAT_HOST_ENTRY(gpuflat_fast_30)
+#endif
+#if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_fast_31)
 GPUFLAT_HOST_ENTRY(gpuflat_fast_31)
+#endif
+#if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_fast_32)
 GPUFLAT_HOST_ENTRY(gpuflat_fast_32)
+#endif
+#if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_fast_33)
 GPUFLAT_HOST_ENTRY(gpuflat_fast_33)
+#endif
+#if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_fast_34)
 GPUFLAT_HOST_ENTRY(gpuflat_fast_34)
+#endif
+#if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_fast_35)
 GPUFLAT_HOST_ENTRY(gpuflat_fast_35)
+#endif
+#if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_fast_36)
 GPUFLAT_HOST_ENTRY(gpuflat_fast_36)
+#endif
+#if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_fast_37)
 GPUFLAT_HOST_ENTRY(gpuflat_fast_37)
+#endif
+#if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_fast_38)
 GPUFLAT_HOST_ENTRY(gpuflat_fast_38)
+#endif
+#if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_fast_39)
 GPUFLAT_HOST_ENTRY(gpuflat_fast_39)
+#endif
+#if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_fast_40)
 GPUFLAT_HOST_ENTRY(gpuflat_fast_40)
+#endif
+#if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_fast_41)
 GPUFLAT_HOST_ENTRY(gpuflat_fast_41)
+#endif
+#if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_fast_42)
 GPUFLAT_HOST_ENTRY(gpuflat_fast_42)
+#endif
+#if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_fast_43)
 GPUFLAT_HOST_ENTRY(gpuflat_fast_43)
+#endif
+#if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_fast_44)
 GPUFLAT_HOST_ENTRY(gpuflat_fast_44)
+#endif
+#if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_fast_45)
 GPUFLAT_HOST_ENTRY(gpuflat_fast_45)
+#endif
+#if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_fast_46)
 GPUFLAT_HOST_ENTRY(gpuflat_fast_46)
+#endif
+#if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_fast_47)
 GPUFLAT_HOST_ENTRY(gpuflat_fast_47)
+#endif
+#if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_fast_48)
 GPUFLAT_HOST_ENTRY(gpuflat_fast_48)
+#endif
 #endif
