@@ -31,6 +31,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,7 +66,7 @@ def build(source: str, arch: str, nvcc: str, tmp: Path, kernels=None) -> tuple[d
     defines = []
     if kernels:
         defines = ["-DGPUFLAT_ONLY", *(f"-DGPUFLAT_ONLY_{k}" for k in kernels)]
-    cubin = tmp / f"{source}.{arch}.cubin"
+    cubin = tmp / f"{source}.{arch}.{abs(hash(tuple(kernels or ())))}.cubin"
     cmd = [nvcc, "-cubin", f"-arch={arch}", *options, "-lineinfo", "-Xptxas", "-v",
            *defines, str(ROOT / "kernels" / source), "-o", str(cubin)]  # fmt: skip
     res = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -171,11 +172,13 @@ def stats(ns, arch, nvcc, general=True) -> dict:
     out = {}
     with tempfile.TemporaryDirectory(prefix="gpuflat-stats-") as tmp:
         names = [f"gpuflat_fast_{n}" for n in ns] + ["gpuflat_fast_clip"]
-        jobs = [("fast.cu", names)]
+        # fast.cu in two halves, built at the same time (two cores), then combine.cu
+        jobs = [("fast.cu", names[0::2]), ("fast.cu", names[1::2])]
         if general:
             jobs.append(("combine.cu", None))
-        for source, kernels in jobs:
-            res, cubin = build(source, arch, nvcc, Path(tmp), kernels)
+        with ThreadPoolExecutor(2) as pool:
+            built = list(pool.map(lambda j: build(*j[:1], arch, nvcc, Path(tmp), j[1]), jobs))
+        for (source, _), (res, cubin) in zip(jobs, built, strict=True):
             code = functions(cubin, source)
             rare = rare_lines(source)
             for name, (regs, stack, st, ld) in sorted(res.items(), key=_order):
@@ -185,7 +188,7 @@ def stats(ns, arch, nvcc, general=True) -> dict:
                 if name[len("gpuflat_fast_") :].isdigit():
                     row["common_path"] = common_path(instrs, labels, rare)
                 out[name] = row
-    return out
+    return dict(sorted(out.items(), key=_order))
 
 
 def _order(item):

@@ -156,8 +156,8 @@ def build(flavour: str = "release") -> Path:
         objects.append(obj)
         procs.append((cmd, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                             text=True)))  # fmt: skip
-    for cmd, proc in procs:
-        _, err = proc.communicate()
+    done = [(cmd, proc, proc.communicate()[1]) for cmd, proc in procs]
+    for cmd, proc, err in done:
         if proc.returncode != 0:
             raise RuntimeError(f"shim build failed:\n{' '.join(cmd)}\n{err}")
     cmd = [*common, *(str(o) for o in objects), "-o", str(out)]

@@ -106,8 +106,7 @@ def _kernel(n: int) -> list[str]:
     out = [
         "\n",
         f"#if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_fast_{n})\n",
-        f'extern "C" __global__ void gpuflat_fast_{n}'
-        "(GF_FAST_ARGS) {\n",
+        f'extern "C" __global__ void gpuflat_fast_{n}(GF_FAST_ARGS) {{\n',
         "  GF_FAST_SETUP\n",
     ]
     out += [f"  double y{i} = gf_widen(d[{i} * npix]) * scale[{i}];\n" for i in range(n)]
