@@ -308,6 +308,7 @@ def step_index64():
 
     from gpuflat.backends import _numba
     from gpuflat.backends._cuda import BLOCK, LEVEL_COPIES, CupyDevice, median_from_state
+    from gpuflat.backends._kernels import median_launches
     from gpuflat.backends._params import KernelParams
 
     dev = CupyDevice()
@@ -387,12 +388,9 @@ def step_index64():
     d_hist = cp.zeros(2 * LEVEL_COPIES * 256, cp.uint32)
     sync()
     t0 = time.perf_counter()
-    for shift in (24, 16, 8, 0):
-        args = (d_frame, np.uint64(0), np.int64(total), np.int32(shift), d_state, d_hist)
-        dev.launch("level.cu", "gpuflat_level_hist", 1024, BLOCK, args, stream)
-        dev.launch(
-            "level.cu", "gpuflat_level_select", 1, 1, (d_state, d_hist, np.int32(shift)), stream
-        )
+    d_tot = cp.empty(512, cp.uint32)
+    for launch in median_launches(d_frame, None, int(total), d_state, d_hist, d_tot):
+        dev.launch(*launch, stream)
     stream.synchronize()
     t_median = time.perf_counter() - t0
     got_median = median_from_state(d_state.get())

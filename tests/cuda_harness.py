@@ -68,6 +68,7 @@ SIGNATURES = {
     **{f"gpuflat_fast_{n}": "PPPPqqqddddiiPPPPP" for n in range(1, 49)},
     "gpuflat_fast_clip": "PPPiqqqiPPPPPP",
     "gpuflat_level_hist": "PPqiPP",
+    "gpuflat_level_reduce": "PPP",
     "gpuflat_level_select": "PPi",
     "gpuflat_level_rowsum": "PPqqPP",
     **{f"gpuflat_convert_{s}": "PqiddiqP" for s in ("u8", "i16", "i32", "i64", "f32", "f64")},
@@ -87,7 +88,8 @@ WRITES |= {
 WRITES["gpuflat_fast_clip"] = (10, 11, 12, 13)
 WRITES |= {
     "gpuflat_level_hist": (5,),
-    "gpuflat_level_select": (0, 1),
+    "gpuflat_level_reduce": (0, 1, 2),
+    "gpuflat_level_select": (0,),
     "gpuflat_level_rowsum": (4, 5),
 }
 WRITES |= {name: (7,) for name in SIGNATURES if name.startswith("gpuflat_convert")}
@@ -399,10 +401,12 @@ def frame_level(frame, mask, how, *, flavour=None) -> float:
     state = np.zeros(8, np.uint32)
     hist = np.zeros(2 * LEVEL_COPIES * 256, np.uint32)
     npix = rows * cols
+    tot = np.full(512, 0xA5A5A5A5, np.uint32)
     for shift in (24, 16, 8, 0):
         args = [ptr(frame), ptr(mask), i64(npix), i32(shift), ptr(state), ptr(hist)]
         launch("gpuflat_level_hist", min(_blocks(npix), 40), BLOCK, args, flavour)
-        launch("gpuflat_level_select", 1, 1, [ptr(state), ptr(hist), i32(shift)], flavour)
+        launch("gpuflat_level_reduce", 1, 256, [ptr(state), ptr(hist), ptr(tot)], flavour)
+        launch("gpuflat_level_select", 1, 256, [ptr(state), ptr(tot), i32(shift)], flavour)
     return median_from_state(state)
 
 

@@ -47,6 +47,7 @@ from ._kernels import (
     kernel_names,
     kernel_plan,
     median_from_state,
+    median_launches,
     nvrtc_source,
     prebuilt_manifest,
     sass_for,
@@ -468,6 +469,10 @@ class _Slot:
         self.d_scratch = dev.empty(scratch_bytes, np.uint8) if scratch_bytes else None
         # the fast kernels' lists (``_cuda_fast``), and those a queued chunk uses
         self.d_list = dev.empty(width, np.uint32) if fast else None
+        self.d_counts = dev.empty(2, np.uint32) if fast else None
+        self.h_counts0 = dev.pinned(2, np.uint32) if fast else None
+        if fast:
+            self.h_counts0[...] = 0
         self.d_lists = None
         self.pending: tuple[int, int] | None = None  # pixel range queued on this slot
 
@@ -552,12 +557,9 @@ class CudaBackend:
         npix = np.int64(rows * cols)
         d_state = dev.zeros(8, np.uint32, stream)
         d_hist = dev.zeros(2 * LEVEL_COPIES * 256, np.uint32, stream)
-        grid = min(_blocks(int(npix)), 1024)
-        for shift in (24, 16, 8, 0):
-            args = (d_frame, d_mask, npix, np.int32(shift), d_state, d_hist)
-            dev.launch("level.cu", "gpuflat_level_hist", grid, BLOCK, args, stream)
-            args = (d_state, d_hist, np.int32(shift))
-            dev.launch("level.cu", "gpuflat_level_select", 1, 1, args, stream)
+        d_tot = dev.empty(512, np.uint32)
+        for launch in median_launches(d_frame, d_mask, int(npix), d_state, d_hist, d_tot):
+            dev.launch(*launch, stream)
         state = dev.pinned(8, np.uint32)
         dev.download(state, d_state, stream)
         dev.synchronize(stream)
@@ -634,10 +636,12 @@ class CudaBackend:
                 d_mask = slot.d_mask.reshape(-1)[: n * w].reshape(n, w)
                 dev.upload(d_mask, h_mask, slot.stream)
             chunk = (d_data, d_mask, w, slot.d_image, slot.d_uncert, slot.d_count)
+            if fast:  # the lists start empty
+                dev.upload(slot.d_counts, slot.h_counts0, slot.stream)
             slot.d_lists = queue_combine(
                 dev, slot.stream, [chunk], n=n, stride=w, scale=d_scale, weight=d_weight,
                 params=p, noise=d_noise, scratch=slot.d_scratch, rejected=d_rejected[c % 2],
-                d_list=slot.d_list,
+                d_list=slot.d_list, d_counts=slot.d_counts,
             )  # fmt: skip
             dev.download(slot.h_image[:w], slot.d_image[:w], slot.stream)
             dev.download(slot.h_uncert[:w], slot.d_uncert[:w], slot.stream)

@@ -24,7 +24,7 @@ import math
 import numpy as np
 
 from ._cuda_fast import FAST_MAX, fast_kernel, queue_combine
-from ._kernels import median_from_state
+from ._kernels import median_from_state, median_launches
 from ._params import KernelParams, noise_table
 
 #: the share of the free device memory a combination may use unless told otherwise
@@ -55,12 +55,15 @@ class _FeedSlot:
         self.d_scratch = dev.empty(scratch_bytes, np.uint8) if scratch_bytes else None
         self.d_rejected = dev.zeros(n, np.uint64, self.stream) if counters else None
         self.d_scale = self.d_weight = self.d_noise = None
-        self.d_list = self.d_lists = None  # the fast kernels' lists (``_cuda_fast``)
+        # the fast kernels' lists (``_cuda_fast``): made at the first combination that
+        # takes them
+        self.d_list = self.d_counts = self.h_counts0 = self.d_lists = None
         if level_rows:
             self.h_zero = dev.pinned(8, np.uint32)
             self.h_zero[...] = 0
             self.d_state = dev.empty(8, np.uint32)
             self.d_hist = dev.zeros(2 * 32 * 256, np.uint32, self.stream)  # GF_COPIES = 32
+            self.d_tot = dev.empty(512, np.uint32)  # level.cu's totals per digit
             self.d_sums = dev.empty(level_rows, np.float64)
             self.d_counts = dev.empty(level_rows, np.int64)
             self.h_state = dev.pinned(8, np.uint32)
@@ -274,13 +277,9 @@ class Feed:
                 dev.download(slot.h_counts, slot.d_counts, stream)
             elif how == "median":
                 dev.upload(slot.d_state, slot.h_zero, stream)
-                grid = min(_blocks(pixels, block), 1024)
-                for shift in (24, 16, 8, 0):
-                    args = (d_frame, d_fmask, np.int64(pixels), np.int32(shift), slot.d_state,
-                            slot.d_hist)  # fmt: skip
-                    launch("level.cu", "gpuflat_level_hist", grid, block, args, stream)
-                    args = (slot.d_state, slot.d_hist, np.int32(shift))
-                    launch("level.cu", "gpuflat_level_select", 1, 1, args, stream)
+                for one in median_launches(d_frame, d_fmask, pixels, slot.d_state, slot.d_hist,
+                                           slot.d_tot, block):  # fmt: skip
+                    launch(*one, stream)
                 dev.download(slot.h_state, slot.d_state, stream)
             else:
                 raise ValueError(f"how must be 'median' or 'mean', not {how!r}")
@@ -350,8 +349,14 @@ class Feed:
         else:
             data, masks, stride, offset = slot.d_work, slot.d_mask, width, 0
         p = KernelParams(*params)
+        nchunks = -(-self.rows * cols // self.chunk)  # a band's chunks at most
         if slot.d_list is None and fast_kernel(n, p):  # the fast kernels' lists, per slot
             slot.d_list = dev.empty(self.chunk, np.uint32)
+            slot.d_counts = dev.empty(2 * nchunks, np.uint32)
+            slot.h_counts0 = dev.pinned(2 * nchunks, np.uint32)
+            slot.h_counts0[...] = 0
+        if slot.d_list is not None:  # the lists start empty
+            dev.upload(slot.d_counts, slot.h_counts0, stream)
         chunks = []
         for p0 in range(0, width, self.chunk):
             w = min(self.chunk, width - p0)
@@ -362,7 +367,7 @@ class Feed:
         slot.d_lists = queue_combine(
             dev, stream, chunks, n=n, stride=stride, scale=slot.d_scale, weight=slot.d_weight,
             params=p, noise=slot.d_noise, scratch=slot.d_scratch, rejected=slot.d_rejected,
-            d_list=slot.d_list,
+            d_list=slot.d_list, d_counts=slot.d_counts,
         )  # fmt: skip
         for h, d in zip(slot.h_out, slot.d_out, strict=True):
             dev.download(h[:width], d[:width], stream)
