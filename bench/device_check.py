@@ -165,7 +165,7 @@ def step_compile():
     for name, r in rows.items():  # as tests/test_cuda_kernels.py asks of nvcc's build
         cap = name.rsplit("_", 1)[1].lstrip("x")
         # the sort buffer (double[CAP]), nothing else (the fast kernels: nothing at all)
-        local = name.startswith(("gpuflat_combine_", "gpuflat_listed_")) and cap.isdigit()
+        local = name.startswith("gpuflat_combine_") and cap.isdigit()
         most = 8 * int(cap) if local else 0
         check(r["local_size_bytes"] <= most, f"{name}: local memory {r['local_size_bytes']} B")
     default = os.environ.get("CUPY_CACHE_DIR", Path.home() / ".cupy" / "kernel_cache")
@@ -302,7 +302,7 @@ def _combine_args(d_data, d_scale, n, npix, p0, nthreads, scratch, params, outs,
         np.int32(p.sigma), np.int32(p.center), np.int32(p.dev), np.float64(p.sigma_low),
         np.float64(p.sigma_high), np.int32(p.maxiters), np.int32(p.method),
         np.int32(p.ccdclip), np.int32(p.nkeep), null, *outs,
-        null if rejected is None else rejected,
+        null if rejected is None else rejected, null, null,
     )  # fmt: skip
 
 

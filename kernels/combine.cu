@@ -47,7 +47,11 @@
 //                                    survive are added (atomicAdd; they are few, so the
 //                                    atomics stay cheap, and integer sums are exact in any
 //                                    order)
-// Launch with any 1-D grid covering nthreads threads; surplus threads return at once.
+//   const unsigned int  *list        NULL, or the pixels to combine: offsets from p0, the
+//                                    general list of the fast kernels (kernels/fast.cu)
+//   const unsigned int  *counts      with a list: counts[0] is its length (on the device)
+// Launch with any 1-D grid covering nthreads threads (surplus threads return at once), or
+// with a list any grid (grid-stride over the list).
 //
 // Each kernel sits in its own `#if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_<name>)`
 // (here, in level.cu and in convert.cu): nvcc builds all of them into the prebuilt kernels
@@ -559,37 +563,45 @@ __device__ __forceinline__ void combine_pixel(W &w, const Pixel &px, const unsig
       int dev, double sigma_low, double sigma_high, int maxiters, int method, int ccdclip,  \
       int nkeep, const double *__restrict__ noise, double *__restrict__ image,            \
       double *__restrict__ uncert, int *__restrict__ count,                                \
-      unsigned long long *__restrict__ rejected
+      unsigned long long *__restrict__ rejected, const unsigned int *__restrict__ list,      \
+      const unsigned int *__restrict__ counts
 
+// Without a list, thread t takes pixel p0 + t (t < nthreads). With one (the fast kernels'
+// general list: its first counts[0] entries), the grid strides over the list's entries j,
+// pixel p0 + list[j] (counts[0] <= nthreads, as gpuflat_combine_n's scratch has nthreads
+// slots).
 #define GF_COMBINE_SETUP                                                                    \
-  long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x;                           \
-  if (t >= nthreads) return;                                                                \
+  const long long len = list ? (long long)counts[0] : nthreads;                             \
+  const long long step = list ? (long long)gridDim.x * blockDim.x : nthreads;               \
   Params pr{clip_scaled, min_value, max_value, nlow, nhigh, sigma,                          \
             center,      dev,       sigma_low, sigma_high, maxiters, method,                \
             ccdclip,     nkeep};                                                            \
-  Pixel px{data, scale, npix, p0 + t, clip_scaled};
+  for (long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x; t < len; t += step) { \
+    Pixel px{data, scale, npix, p0 + (list ? (long long)list[t] : t), clip_scaled};
 
 template <int CAP, bool EXT>
 __device__ __forceinline__ void combine_local(GF_COMBINE_ARGS) {
   (void)scratch;
   GF_COMBINE_SETUP
-  double buf[CAP];
-  LocalStore<CAP> w{buf, 0ull, 0ull, 0ull};
-  combine_pixel<EXT>(w, px, mask, weight, n, pr, image, uncert, count, rejected, noise);
+    double buf[CAP];
+    LocalStore<CAP> w{buf, 0ull, 0ull, 0ull};
+    combine_pixel<EXT>(w, px, mask, weight, n, pr, image, uncert, count, rejected, noise);
+  }
 }
 
 template <bool EXT>
 __device__ __forceinline__ void combine_global(GF_COMBINE_ARGS) {
   GF_COMBINE_SETUP
-  GlobalStore w{(double *)scratch + t,
-                (unsigned char *)((double *)scratch + (long long)n * nthreads) + t, nthreads};
-  combine_pixel<EXT>(w, px, mask, weight, n, pr, image, uncert, count, rejected, noise);
+    GlobalStore w{(double *)scratch + t,
+                  (unsigned char *)((double *)scratch + (long long)n * nthreads) + t, nthreads};
+    combine_pixel<EXT>(w, px, mask, weight, n, pr, image, uncert, count, rejected, noise);
+  }
 }
 
 #define GF_COMBINE_CALL                                                                     \
   (data, mask, scale, weight, n, npix, p0, nthreads, scratch, clip_scaled, min_value,       \
    max_value, nlow, nhigh, sigma, center, dev, sigma_low, sigma_high, maxiters, method,      \
-   ccdclip, nkeep, noise, image, uncert, count, rejected)
+   ccdclip, nkeep, noise, image, uncert, count, rejected, list, counts)
 
 #if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_combine_16)
 extern "C" __global__ void gpuflat_combine_16(GF_COMBINE_ARGS) {
@@ -635,52 +647,7 @@ extern "C" __global__ void gpuflat_combine_xn(GF_COMBINE_ARGS) {
 }
 #endif
 
-// The general list of the fast kernels (kernels/fast.cu): the pixels they could not vouch
-// for, combined here as gpuflat_combine_16/32/64 would. The combine kernels' arguments
-// (nthreads unused: the list says how many), then
-//   const unsigned int *list     pixel offsets from p0, the first counts[0] of them
-//   const unsigned int *counts   counts[0]: the length of the list (set on the device)
-// Any grid: grid-stride over the list.
-template <int CAP>
-__device__ __forceinline__ void combine_listed(GF_COMBINE_ARGS,
-                                               const unsigned int *__restrict__ list,
-                                               const unsigned int *__restrict__ counts) {
-  (void)scratch;
-  (void)nthreads;
-  Params pr{clip_scaled, min_value, max_value, nlow, nhigh, sigma,
-            center,      dev,       sigma_low, sigma_high, maxiters, method,
-            ccdclip,     nkeep};
-  const long long len = counts[0];
-  const long long step = (long long)gridDim.x * blockDim.x;
-  for (long long j = (long long)blockIdx.x * blockDim.x + threadIdx.x; j < len; j += step) {
-    Pixel px{data, scale, npix, p0 + list[j], clip_scaled};
-    double buf[CAP];
-    LocalStore<CAP> w{buf, 0ull, 0ull, 0ull};
-    combine_pixel<false>(w, px, mask, weight, n, pr, image, uncert, count, rejected, noise);
-  }
-}
-
-#define GF_LISTED_ARGS \
-  GF_COMBINE_ARGS, const unsigned int *__restrict__ list, const unsigned int *__restrict__ counts
-#define GF_LISTED_CALL                                                                     \
-  (data, mask, scale, weight, n, npix, p0, nthreads, scratch, clip_scaled, min_value,       \
-   max_value, nlow, nhigh, sigma, center, dev, sigma_low, sigma_high, maxiters, method,      \
-   ccdclip, nkeep, noise, image, uncert, count, rejected, list, counts)
-
-#if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_listed_16)
-extern "C" __global__ void gpuflat_listed_16(GF_LISTED_ARGS) { combine_listed<16> GF_LISTED_CALL; }
-#endif
-#if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_listed_32)
-extern "C" __global__ void gpuflat_listed_32(GF_LISTED_ARGS) { combine_listed<32> GF_LISTED_CALL; }
-#endif
-#if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_listed_64)
-extern "C" __global__ void gpuflat_listed_64(GF_LISTED_ARGS) { combine_listed<64> GF_LISTED_CALL; }
-#endif
-
 #ifdef GPUFLAT_HOST_SHIM
-GPUFLAT_HOST_ENTRY(gpuflat_listed_16)
-GPUFLAT_HOST_ENTRY(gpuflat_listed_32)
-GPUFLAT_HOST_ENTRY(gpuflat_listed_64)
 GPUFLAT_HOST_ENTRY(gpuflat_combine_16)
 GPUFLAT_HOST_ENTRY(gpuflat_combine_32)
 GPUFLAT_HOST_ENTRY(gpuflat_combine_64)

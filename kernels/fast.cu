@@ -18,7 +18,7 @@
 //                        with their bounds left in image (lo) and uncert (hi);
 //   gpuflat_fast_clip  the clip list: survivors lo <= y <= hi, frame-order sums, rejected
 //                      counts; every thread runs the same loop over the frames;
-//   gpuflat_listed_16/32/64 (combine.cu): the general kernel over the general list.
+//   gpuflat_combine_16/32/64 (combine.cu, the general kernel) over the general list.
 //
 // All on one stream, in that order, after counts[0] = counts[1] = 0: no host sync. The
 // list kernels run any grid (grid-stride over the list).

@@ -54,7 +54,7 @@ FLAVOURS = {
 }
 
 # Kernel parameter types, in order: P pointer, i int, q long long, d double.
-_COMBINE = "PPPPiqqqPiddiiiiiddiiiiPPPPP"
+_COMBINE = "PPPPiqqqPiddiiiiiddiiiiPPPPPPP"
 SIGNATURES = {
     "gpuflat_combine_16": _COMBINE,
     "gpuflat_combine_32": _COMBINE,
@@ -64,7 +64,6 @@ SIGNATURES = {
     "gpuflat_combine_x32": _COMBINE,
     "gpuflat_combine_x64": _COMBINE,
     "gpuflat_combine_xn": _COMBINE,
-    **{f"gpuflat_listed_{c}": _COMBINE + "PP" for c in (16, 32, 64)},
     **{f"gpuflat_fast_{n}": "PPPPqqqddddiiPPPPP" for n in range(1, 49)},
     "gpuflat_fast_clip": "PPPiqqqiPPPPPP",
     "gpuflat_level_hist": "PPqiPP",
@@ -75,11 +74,7 @@ SIGNATURES = {
 }
 _CTYPES = {"P": ctypes.c_void_p, "i": ctypes.c_int32, "q": ctypes.c_int64, "d": ctypes.c_double}
 # Positions of the pointer arguments a kernel writes (the rest it only reads).
-WRITES = {
-    name: (8, 24, 25, 26, 27)
-    for name in SIGNATURES
-    if name.startswith(("gpuflat_combine", "gpuflat_listed"))
-}
+WRITES = {name: (8, 24, 25, 26, 27) for name in SIGNATURES if name.startswith("gpuflat_combine")}
 WRITES |= {
     name: (13, 14, 15, 16, 17)
     for name in SIGNATURES
@@ -244,7 +239,7 @@ def combine_args(
         i32(int(clip_scaled)), f64(min_value), f64(max_value), i32(nlow), i32(nhigh),
         i32(int(sigma)), i32(center), i32(dev), f64(sigma_low), f64(sigma_high),
         i32(maxiters), i32(method), i32(int(ccdclip)), i32(nkeep), ptr(noise),
-        ptr(image), ptr(uncert), ptr(count), ptr(rejected),
+        ptr(image), ptr(uncert), ptr(count), ptr(rejected), ptr(None), ptr(None),
     ]  # fmt: skip
 
 

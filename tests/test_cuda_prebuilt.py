@@ -50,9 +50,9 @@ KERNELS = ROOT / "kernels"
 NVCC = shutil.which("nvcc")
 _ENTRY = re.compile(r'^extern "C" __global__ void (\w+)\(', re.M)
 
-#: every kernel a run can use: 17 general, level and conversion kernels, the 3 general-list
-#: kernels, the level's reduce, the 48 fast kernels and their clip pass
-ALL = 70
+#: every kernel a run can use: the 17 combine, level and conversion kernels, the level's
+#: reduce, the 48 fast kernels and their clip pass
+ALL = 67
 
 
 def manifest() -> dict:
@@ -245,8 +245,8 @@ def test_fatbin_sass_has_no_ftz(shipped):
 
 def test_fatbin_has_no_register_spills(shipped):
     """A binary does not record spills apart from its stack frame, where they would live:
-    each kernel's frame is its sort buffer (the local-store combine kernels and the general
-    list's, as tests/test_cuda_kernels.py asks of nvcc's -Xptxas -v) or nothing (the fast
+    each kernel's frame is its sort buffer (the local-store combine kernels, as
+    tests/test_cuda_kernels.py asks of nvcc's -Xptxas -v) or nothing (the fast
     kernels, every other), so no spill fits. Registers within the limits that keep the
     general kernels' occupancy; the fast kernels hold their values in up to 255."""
     source, fatbin, _ = shipped
@@ -254,7 +254,7 @@ def test_fatbin_has_no_register_spills(shipped):
     assert set(res) == {(arch, k) for arch in FATBIN_SASS for k in names(source)}
     for (arch, kernel), (regs, stack) in res.items():
         cap = kernel.rsplit("_", 1)[1].lstrip("x")
-        local = kernel.startswith(("gpuflat_combine_", "gpuflat_listed_")) and cap.isdigit()
+        local = kernel.startswith("gpuflat_combine_") and cap.isdigit()
         most = 8 * int(cap) if local else 0
         assert stack <= most, f"{fatbin.name} {arch} {kernel}: {stack} bytes of stack"
         limit = 72 if kernel.startswith("gpuflat_combine_x") else 64

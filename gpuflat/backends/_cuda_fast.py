@@ -8,7 +8,7 @@ For the guide's parameters (``fast_eligible``: the numba fast path's test) and u
 2. ``gpuflat_fast_<n>`` over every pixel: it writes the pixels it vouches for and lists the
    others, in one buffer (``list``, one entry per pixel of the chunk at most);
 3. ``gpuflat_fast_clip`` over the clip list (pixels that clip: their survivors' sums);
-4. ``gpuflat_listed_<cap>`` (combine.cu: the general kernel) over the general list.
+4. the general kernel (``gpuflat_combine_16/32/64``, combine.cu) over the general list.
 
 The list kernels learn their lengths on the device, so nothing waits for the host; their
 grids are capped (``LIST_GRID`` blocks, grid-stride), as most chunks list few pixels.
@@ -49,11 +49,6 @@ def fast_kernel(n: int, params: KernelParams) -> str | None:
     return f"gpuflat_fast_{n}" if fast_eligible(KernelParams(*params), n) else None
 
 
-def listed_kernel(n: int) -> str:
-    """The general kernel over a fast kernel's general list (n <= FAST_MAX)."""
-    return "gpuflat_listed_" + combine_kernel(n).rsplit("_", 1)[1]
-
-
 def list_bytes(pixels: int, n: int, params: KernelParams) -> int:
     """Device bytes of the list buffer for chunks of ``pixels`` pixels (0: none needed)."""
     return 4 * pixels if fast_kernel(n, params) else 0
@@ -90,14 +85,15 @@ def queue_combine(dev, stream, chunks, *, n, stride, scale, weight, params, nois
         kernel = combine_kernel(n, extended=bool(p.ccdclip or p.nkeep))
         for data, mask, w, image, uncert, count in chunks:
             args = (data, mask, scale, weight, np.int32(n), np.int64(stride), np.int64(0),
-                    np.int64(w), scratch, *prm, noise, image, uncert, count, rejected)  # fmt: skip
+                    np.int64(w), scratch, *prm, noise, image, uncert, count, rejected, None,
+                    None)  # fmt: skip
             dev.launch("combine.cu", kernel, _blocks(w), BLOCK, args, stream)
         return None, None
     if d_list is None:
         d_list = dev.empty(max(c[2] for c in chunks), np.uint32)
     if d_counts is None:
         d_counts = dev.zeros(2 * len(chunks), np.uint32, stream)
-    listed = listed_kernel(n)
+    listed = combine_kernel(n)  # the general kernel, over the general list
     for c, (data, mask, w, image, uncert, count) in enumerate(chunks):
         counts = d_counts[2 * c : 2 * c + 2]
         lst = d_list[:w]

@@ -16,9 +16,10 @@ every value in a register and every index a compile-time constant (no local memo
 - a pixel that clips nothing is written at once. One that clips, when the contract asks
   for nothing more than its survivors' sums (one iteration, average or sum), goes on the
   clip list with its bounds in ``image``/``uncert``, for ``gpuflat_fast_clip``; any other
-  pixel the kernel cannot vouch for goes on the general list, for ``gpuflat_listed_*`` in
-  combine.cu (the general kernel). Both lists share one buffer (general entries from the
-  front, clip entries from the back) and are appended to warp by warp.
+  pixel the kernel cannot vouch for goes on the general list, for the general kernel
+  (combine.cu, ``gpuflat_combine_16/32/64`` given the list). Both lists share one buffer
+  (general entries from the front, clip entries from the back) and are appended to warp by
+  warp.
 
 ``python -m gpuflat.backends._networks`` writes the file; tests/test_cuda_kernels.py checks
 that it is what :func:`render` gives. Pure Python: nothing here is compiled.
@@ -174,7 +175,7 @@ _HEAD = r"""// fast.cu: the fast combine kernels, one straight-line kernel per s
 //                        with their bounds left in image (lo) and uncert (hi);
 //   gpuflat_fast_clip  the clip list: survivors lo <= y <= hi, frame-order sums, rejected
 //                      counts; every thread runs the same loop over the frames;
-//   gpuflat_listed_16/32/64 (combine.cu): the general kernel over the general list.
+//   gpuflat_combine_16/32/64 (combine.cu, the general kernel) over the general list.
 //
 // All on one stream, in that order, after counts[0] = counts[1] = 0: no host sync. The
 // list kernels run any grid (grid-stride over the list).
