@@ -81,6 +81,8 @@ def queue_combine(dev, stream, chunks, *, n, stride, scale, weight, params, nois
     p = KernelParams(*params)
     prm = kernel_args(p)
     fast = fast_kernel(n, p)
+    if any(c[2] >= 1 << 32 for c in chunks):  # the lists hold 32-bit pixel offsets
+        raise ValueError("a combine launch covers fewer than 2**32 pixels")
     if fast is None:
         kernel = combine_kernel(n, extended=bool(p.ccdclip or p.nkeep))
         for data, mask, w, image, uncert, count in chunks:

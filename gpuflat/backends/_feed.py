@@ -30,6 +30,7 @@ from ._params import KernelParams, noise_table
 #: the share of the free device memory a combination may use unless told otherwise
 DEFAULT_DEVICE_SHARE = 0.5
 SCRATCH_BYTES = 64 << 20  # gpuflat_combine_n's scratch per slot
+MAX_CHUNK = 1 << 30  # pixels per combine launch at most
 
 
 def _blocks(threads: int, block: int) -> int:
@@ -140,7 +141,8 @@ class Feed:
         total, stage, work = need(self.resident, rows)
         band_pixels = rows * cols
         scratch_w = scratch_width(rows)
-        self.chunk = scratch_w or band_pixels
+        # pixels per launch: the fast kernels' lists hold 32-bit offsets (MAX_CHUNK)
+        self.chunk = min(scratch_w or band_pixels, MAX_CHUNK)
         self.device_bytes = total
         self.slots = []
         self.d_stack = self.d_mstack = None
