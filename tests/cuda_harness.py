@@ -1,7 +1,8 @@
 """Run gpuflat's CUDA kernels on the CPU.
 
 ``kernels/cuda_shim.h`` lets g++ compile the very same ``.cu`` files as C++; this module
-builds them into a shared library (once per session, per flavour), loads it with ctypes
+builds them into a shared library (once per flavour and digest of the sources, the flags and
+the compiler: kept in a cache folder, see ``_cache_dir``), loads it with ctypes
 and runs a kernel's launch grid through the ``gpuflat_host_<kernel>(grid, block, args)``
 entries, which take their arguments as ``cudaLaunchKernel`` does (an array of pointers to
 the values). On top of that it offers ``combine_band``, ``frame_level`` and ``convert``
@@ -13,7 +14,6 @@ process started with ``LD_PRELOAD`` of libasan, see :func:`asan_env`).
 
 from __future__ import annotations
 
-import atexit
 import ctypes
 import hashlib
 import itertools
@@ -91,19 +91,21 @@ WRITES |= {name: (7,) for name in SIGNATURES if name.startswith("gpuflat_convert
 
 _libs: dict[str, ctypes.CDLL] = {}
 _paths: dict[str, Path] = {}
-_tmp: Path | None = None
 
 
 def compiler() -> str | None:
     return shutil.which(os.environ.get("CXX", "g++"))
 
 
-def _tmpdir() -> Path:
-    global _tmp
-    if _tmp is None:
-        _tmp = Path(tempfile.mkdtemp(prefix="gpuflat-shim-"))
-        atexit.register(shutil.rmtree, _tmp, True)
-    return _tmp
+def _cache_dir() -> Path:
+    """Where the built libraries are kept, by digest of everything that goes into them, so
+    that later sessions and subprocesses (the ASan runs, a fresh process's fake device) load
+    them instead of building again: ``$GPUFLAT_SHIM_CACHE``, else a folder of this user's in
+    the temporary directory."""
+    env = os.environ.get("GPUFLAT_SHIM_CACHE")
+    path = Path(env) if env else Path(tempfile.gettempdir()) / f"gpuflat-shim-{os.getuid()}"
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return path
 
 
 #: the fast kernels the AddressSanitizer build holds (all 48 take ~45 s to build there):
@@ -139,30 +141,40 @@ def build(flavour: str = "release") -> Path:
     cxx = compiler()
     if cxx is None:
         raise RuntimeError("no host C++ compiler (g++) found")
-    digest = hashlib.sha256()
+    common = [cxx, *BASE_FLAGS, *FLAVOURS[flavour], "-include", str(KERNELS / "cuda_shim.h")]
+    version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
+    digest = hashlib.sha256(repr((common, list(_parts(flavour)), version)).encode())
     for name in (*SOURCES, "cuda_shim.h"):
         digest.update((KERNELS / name).read_bytes())
-    out = _tmpdir() / f"gpuflat_kernels_{flavour}_{digest.hexdigest()[:12]}.so"
-    # each source compiled on its own, at the same time (fast.cu's 49 straight-line kernels
-    # take the longest), then linked
-    common = [cxx, *BASE_FLAGS, *FLAVOURS[flavour], "-include", str(KERNELS / "cuda_shim.h")]
-    objects, procs = [], []
-    for s, part, defines in _parts(flavour):
-        obj = out.with_name(f"{out.stem}_{s}{part}.o")
-        cmd = [*common, *defines, "-c", "-x", "c++", str(KERNELS / s), "-o", str(obj)]
-        objects.append(obj)
-        procs.append((cmd, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                            text=True)))  # fmt: skip
-    done = [(cmd, proc, proc.communicate()[1]) for cmd, proc in procs]
-    for cmd, proc, err in done:
-        if proc.returncode != 0:
-            raise RuntimeError(f"shim build failed:\n{' '.join(cmd)}\n{err}")
-    cmd = [*common, *(str(o) for o in objects), "-o", str(out)]
-    res = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if res.returncode != 0:
-        raise RuntimeError(f"shim build failed:\n{' '.join(cmd)}\n{res.stderr}")
+    out = _cache_dir() / f"gpuflat_kernels_{flavour}_{digest.hexdigest()[:16]}.so"
+    if not out.exists():
+        _build(common, flavour, out)
     _paths[flavour] = out
     return out
+
+
+def _build(common, flavour, out: Path) -> None:
+    """Each source compiled on its own, at the same time (fast.cu's 49 straight-line kernels
+    take the longest), then linked into ``out`` (atomically: another process may be
+    building the same library)."""
+    with tempfile.TemporaryDirectory(prefix="build-", dir=out.parent) as tmp:
+        objects, procs = [], []
+        for s, part, defines in _parts(flavour):
+            obj = Path(tmp) / f"{s}{part}.o"
+            cmd = [*common, *defines, "-c", "-x", "c++", str(KERNELS / s), "-o", str(obj)]
+            objects.append(obj)
+            procs.append((cmd, subprocess.Popen(cmd, stdout=subprocess.PIPE,
+                                                stderr=subprocess.PIPE, text=True)))  # fmt: skip
+        done = [(cmd, proc, proc.communicate()[1]) for cmd, proc in procs]
+        for cmd, proc, err in done:
+            if proc.returncode != 0:
+                raise RuntimeError(f"shim build failed:\n{' '.join(cmd)}\n{err}")
+        lib = Path(tmp) / out.name
+        cmd = [*common, *(str(o) for o in objects), "-o", str(lib)]
+        res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if res.returncode != 0:
+            raise RuntimeError(f"shim build failed:\n{' '.join(cmd)}\n{res.stderr}")
+        os.replace(lib, out)
 
 
 def load(flavour: str = "release") -> ctypes.CDLL:
