@@ -3,8 +3,9 @@
 Every step prints what it measured, appends its figures to ``<out>/figures.json`` and exits
 0 when everything it checked held, 1 otherwise. Steps: ``env``, ``compile``, ``sanitizer``
 (which runs ``sanitize-case``, small launches of every kernel, under compute-sanitizer),
-``gpu-tests``, ``gpu-pipeline``, ``pipeline``, ``index64``, ``subnormal``, ``throughput``;
-``warm`` compiles numba's code ahead of them (run in the background by the script).
+``gpu-tests``, ``gpu-pipeline``, ``pipeline``, ``index64``, ``subnormal``, ``throughput``,
+and from bench/device_check_fast.py ``fast``, ``level``, ``cli``; ``warm`` compiles
+numba's code ahead of them (run in the background by the script).
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # cuda_harness: the special-value bands
 
-KERNEL_FILES = ("combine.cu", "level.cu", "convert.cu")
+KERNEL_FILES = ("combine.cu", "level.cu", "convert.cu", "fast.cu")
+# the fast kernels the compile step loads (all 49 through NVRTC would take a minute)
+FAST_SAMPLE = {f"gpuflat_fast_{n}" for n in (1, 15, 16, 17, 24, 33, 40, 48)} | {"gpuflat_fast_clip"}
 OUT = Path(os.environ.get("DEVICE_CHECK_OUT", tempfile.gettempdir()))
 FAILED: list[str] = []
 
@@ -134,6 +137,8 @@ def step_compile():
     for source in KERNEL_FILES:
         text = (ROOT / "kernels" / source).read_text()
         for name in re.findall(r'extern "C" __global__ void (\w+)\(', text):
+            if source == "fast.cu" and name not in FAST_SAMPLE:
+                continue
             fn = dev._function(source, name)
             a = fn.attributes
             rows[name] = {
@@ -159,8 +164,9 @@ def step_compile():
     figures = {"kernels": rows, "compile_s": seconds}
     for name, r in rows.items():  # as tests/test_cuda_kernels.py asks of nvcc's build
         cap = name.rsplit("_", 1)[1].lstrip("x")
-        # the sort buffer (double[CAP]) and its three flag words, nothing else
-        most = 8 * int(cap) + 24 if name.startswith("gpuflat_combine_") and cap.isdigit() else 0
+        # the sort buffer (double[CAP]), nothing else (the fast kernels: nothing at all)
+        local = name.startswith("gpuflat_combine_") and cap.isdigit()
+        most = 8 * int(cap) if local else 0
         check(r["local_size_bytes"] <= most, f"{name}: local memory {r['local_size_bytes']} B")
     default = os.environ.get("CUPY_CACHE_DIR", Path.home() / ".cupy" / "kernel_cache")
     cache = Path(getattr(cp.cuda.compiler, "get_cache_dir", lambda: default)())
@@ -296,7 +302,7 @@ def _combine_args(d_data, d_scale, n, npix, p0, nthreads, scratch, params, outs,
         np.int32(p.sigma), np.int32(p.center), np.int32(p.dev), np.float64(p.sigma_low),
         np.float64(p.sigma_high), np.int32(p.maxiters), np.int32(p.method),
         np.int32(p.ccdclip), np.int32(p.nkeep), null, *outs,
-        null if rejected is None else rejected,
+        null if rejected is None else rejected, null, null,
     )  # fmt: skip
 
 
@@ -308,6 +314,7 @@ def step_index64():
 
     from gpuflat.backends import _numba
     from gpuflat.backends._cuda import BLOCK, LEVEL_COPIES, CupyDevice, median_from_state
+    from gpuflat.backends._kernels import median_launches
     from gpuflat.backends._params import KernelParams
 
     dev = CupyDevice()
@@ -387,12 +394,9 @@ def step_index64():
     d_hist = cp.zeros(2 * LEVEL_COPIES * 256, cp.uint32)
     sync()
     t0 = time.perf_counter()
-    for shift in (24, 16, 8, 0):
-        args = (d_frame, np.uint64(0), np.int64(total), np.int32(shift), d_state, d_hist)
-        dev.launch("level.cu", "gpuflat_level_hist", 1024, BLOCK, args, stream)
-        dev.launch(
-            "level.cu", "gpuflat_level_select", 1, 1, (d_state, d_hist, np.int32(shift)), stream
-        )
+    d_tot = cp.empty(512, cp.uint32)
+    for launch in median_launches(d_frame, None, int(total), d_state, d_hist, d_tot):
+        dev.launch(*launch, stream)
     stream.synchronize()
     t_median = time.perf_counter() - t0
     got_median = median_from_state(d_state.get())
@@ -747,7 +751,19 @@ STEPS = {
     "sanitizer": step_sanitizer,
     "sanitize-case": step_sanitize_case,
     "warm": step_warm,
+    "fast": lambda: _fast_steps().step_fast(),
+    "level": lambda: _fast_steps().step_level(),
+    "cli": lambda: _fast_steps().step_cli(),
 }
+
+
+def _fast_steps():
+    """bench/device_check_fast.py: the steps of issue 25 (fast kernels, levels, the CLI)."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import device_check_fast
+
+    device_check_fast.H = sys.modules[__name__]  # say, check, record: this run's
+    return device_check_fast
 
 
 def main(argv=None) -> int:

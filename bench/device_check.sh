@@ -19,9 +19,16 @@
 #                 image, uncertainty, count, mask, rejected, scales bit for bit
 #   6 throughput  kernel alone with and without rejected counters, H2D pageable/pinned,
 #                 frame level of an 8192^2 frame, W1/W2-sized end to end from FITS files
-#   7 subnormal   subnormal samples, scaled values, levels and conversions kept
-#   8 index64     combine and level kernels past 2**31 (and 2**32) elements
-#   9 gpu-pipeline  tests/test_cuda_gpu.py, the end-to-end tests (a skip fails, likewise)
+#   7 fast        the fast kernels and their lists against the general kernel, n = 15, 24,
+#                 40 on 4096^2 pixels clipping as flats do: G samples/s, share of the memory
+#                 bandwidth, bit for bit (bench/device_check_fast.py; issue 25)
+#   8 level       the median of an 8192^2 frame upload included, and its parts
+#   9 subnormal   subnormal samples, scaled values, levels and conversions kept
+#  10 index64     combine and level kernels past 2**31 (and 2**32) elements
+#  11 gpu-pipeline  tests/test_cuda_gpu.py, the end-to-end tests (a skip fails, likewise)
+#  12 cli         fresh-process `gpuflat run --device cuda` vs `--device cpu` on W1 and W2
+#                 FITS files, cold (empty caches; the CPU's only while the budget allows)
+#                 and warm, the products the same bits
 # Steps 4-9 compare with the numba backend, whose cold compile takes minutes. It is built
 # in the background from the start ("warm", two groups of steps, see step_warm) while
 # steps 1-3, which need no numba, run; a step waits for its group (the wait counts against
@@ -29,7 +36,9 @@
 #
 # Output: the log (device_check.log), a summary (summary.txt), the figures (figures.json) and
 # the GPU tests' reports (gpu_tests.xml, gpu_pipeline.xml) go to $OUT when it is set, else
-# to a new temporary folder (printed at the start and the end).
+# to a new temporary folder (printed at the start and the end). The figures and the log are
+# also copied into the checkout's docs/device/ as <date>-<gpu>-figures.json and
+# <date>-<gpu>.log (DEVICE_CHECK_DOCS=0: not).
 #
 # Exit status:
 #   0  every step passed
@@ -157,12 +166,13 @@ if [ -n "$missing" ]; then
 fi
 
 # -- the steps --------------------------------------------------------------------------------
-STEPS=${DEVICE_CHECK_STEPS:-env compile sanitizer gpu-tests pipeline throughput subnormal index64 gpu-pipeline}
+STEPS=${DEVICE_CHECK_STEPS:-env compile sanitizer gpu-tests pipeline throughput fast level subnormal index64 gpu-pipeline cli}
 failures=0
 declare -A LIMIT=([env]=60 [compile]=90 [gpu-tests]=180 [gpu-pipeline]=120 [pipeline]=120
-  [index64]=90 [subnormal]=60 [throughput]=150 [sanitizer]=120)
+  [index64]=90 [subnormal]=60 [throughput]=150 [sanitizer]=120 [fast]=90 [level]=60
+  [cli]=240)
 declare -A MIN=([env]=10 [compile]=20 [gpu-tests]=60 [gpu-pipeline]=30 [pipeline]=30
-  [index64]=30 [subnormal]=15 [throughput]=60 [sanitizer]=40)
+  [index64]=30 [subnormal]=15 [throughput]=60 [sanitizer]=40 [fast]=30 [level]=15 [cli]=40)
 
 run_step() {  # name, command...: run under the smaller of its limit and the time left
   local name=$1
@@ -177,6 +187,7 @@ run_step() {  # name, command...: run under the smaller of its limit and the tim
     return
   fi
   [ "$left" -lt "$limit" ] && limit=$left
+  export DEVICE_CHECK_STEP_LEFT=$limit
   echo
   echo "== $name (limit ${limit}s, $((SECONDS - T0))s elapsed)"
   local t=$SECONDS rc=0
@@ -195,8 +206,9 @@ run_step() {  # name, command...: run under the smaller of its limit and the tim
 # numba's cold compile, in the background: each group of steps' code (see step_warm in
 # device_check.py) at a few Python stack depths raced, each into its own cache folder; the
 # first of a group to finish is kept, and its steps run with NUMBA_CACHE_DIR set to it
-declare -A GROUP=([gpu-tests]=kernels [index64]=kernels [subnormal]=kernels
-  [gpu-pipeline]=pipeline [pipeline]=pipeline [throughput]=pipeline)
+declare -A GROUP=([gpu-tests]=kernels [index64]=kernels [subnormal]=kernels [fast]=kernels
+  [level]=kernels [gpu-pipeline]=pipeline [pipeline]=pipeline [throughput]=pipeline
+  [cli]=pipeline)
 declare -A WARM_PID=() WARM_DIR=()
 PADS=${DEVICE_CHECK_PADS:-0 37 74}
 for group in kernels pipeline; do
@@ -243,7 +255,8 @@ use_warm() {  # group: wait (within the budget) for its first warm to finish; us
 for step in $STEPS; do
   [ -n "${GROUP[$step]:-}" ] && use_warm "${GROUP[$step]}"
   case $step in
-    env | compile | sanitizer | gpu-tests | gpu-pipeline | pipeline | index64 | subnormal | throughput)
+    env | compile | sanitizer | gpu-tests | gpu-pipeline | pipeline | index64 | subnormal | \
+      throughput | fast | level | cli)
       run_step "$step" "$PY" "$REPO/bench/device_check.py" "$step" ;;
     *) echo "unknown step $step" ; exit 2 ;;
   esac
@@ -256,6 +269,14 @@ done
 echo
 echo "== summary ($((SECONDS - T0))s; output in $OUT_DIR)"
 cat "$SUMMARY"
+if [ "${DEVICE_CHECK_DOCS:-1}" != 0 ] && [ -e "$OUT_DIR/figures.json" ]; then
+  gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 |
+    tr 'A-Z' 'a-z' | sed -e 's/nvidia//' -e 's/[^a-z0-9]\+/-/g' -e 's/^-*//' -e 's/-*$//')
+  stem="$REPO/docs/device/$(date -u +%Y-%m-%d)-${gpu:-gpu}"
+  mkdir -p "$REPO/docs/device"
+  cp "$OUT_DIR/figures.json" "$stem-figures.json" && cp "$LOG" "$stem.log" &&
+    echo "figures and log copied to $stem-figures.json and $stem.log"
+fi
 if [ "$failures" -gt 0 ]; then
   echo "device check: $failures step(s) did not pass"
   exit 1

@@ -47,7 +47,11 @@
 //                                    survive are added (atomicAdd; they are few, so the
 //                                    atomics stay cheap, and integer sums are exact in any
 //                                    order)
-// Launch with any 1-D grid covering nthreads threads; surplus threads return at once.
+//   const unsigned int  *list        NULL, or the pixels to combine: offsets from p0, the
+//                                    general list of the fast kernels (kernels/fast.cu)
+//   const unsigned int  *counts      with a list: counts[0] is its length (on the device)
+// Launch with any 1-D grid covering nthreads threads (surplus threads return at once), or
+// with a list any grid (grid-stride over the list).
 //
 // Each kernel sits in its own `#if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_<name>)`
 // (here, in level.cu and in convert.cu): nvcc builds all of them into the prebuilt kernels
@@ -80,11 +84,13 @@ __device__ __forceinline__ bool gf_isfinite(float x) {
   return (__float_as_uint(x) & 0x7f800000u) != 0x7f800000u;
 }
 
-// Per-thread working storage for n <= CAP frames: sort buffer in a local array, two flag
-// bits per frame (valid; in the extrema window) in registers.
+// Per-thread working storage for n <= CAP frames: the sort buffer, a local array that the
+// store only points to (an array indexed at run time lives in local memory, and a struct
+// holding it would take its other fields there too), and three flag bits per frame
+// (valid; in the extrema window; survivor) in registers.
 template <int CAP>
 struct LocalStore {
-  double buf[CAP];
+  double *buf;
   unsigned long long valid_bits;
   unsigned long long inwin_bits;
   unsigned long long surv_bits;
@@ -337,11 +343,9 @@ __device__ __forceinline__ void combine_pixel(W &w, const Pixel &px, const unsig
     bool ok = gf_isfinite(x) && xd >= pr.min_value && xd <= pr.max_value;
     if (mask && mask[(long long)i * npix + p] != 0) ok = false;
     if (ok) {
-      double v, y;
-      px.values(i, v, y);
       w.set_valid(i);
       w.set_inwin(i, true);
-      w.s(m) = v;
+      w.s(m) = pr.clip_scaled ? xd * px.scale[i] : xd;  // Pixel::values' v, from this load
       ++m;
     }
   }
@@ -444,19 +448,19 @@ __device__ __forceinline__ void combine_pixel(W &w, const Pixel &px, const unsig
     while (af < bf && w.s(af) < lo) ++af;
     while (bf > af && w.s(bf - 1) > hi) --bf;
   }
-  if (!general) {
-    for (int i = 0; i < n; ++i) {
-      bool on = false;
-      if (bf > af && w.inwin(i)) {
-        double v, y;
-        px.values(i, v, y);
-        on = v >= w.s(af) && v <= w.s(bf - 1);
-      }
-      w.set_surv(i, on);
-    }
-  }
-  // 5b: nkeep, on the clipping only
+  // 5b: nkeep, on the clipping only (it needs the survivors of the range as flags first)
   if (EXT && pr.sigma && w1 > w0 && pr.nkeep != 0) {
+    if (!general) {
+      for (int i = 0; i < n; ++i) {
+        bool on = false;
+        if (bf > af && w.inwin(i)) {
+          double v, y;
+          px.values(i, v, y);
+          on = v >= w.s(af) && v <= w.s(bf - 1);
+        }
+        w.set_surv(i, on);
+      }
+    }
     int kw = w1 - w0;
     int keep = pr.nkeep > 0 ? (pr.nkeep < kw ? pr.nkeep : kw)
                             : (kw + pr.nkeep > 0 ? kw + pr.nkeep : 0);
@@ -468,18 +472,44 @@ __device__ __forceinline__ void combine_pixel(W &w, const Pixel &px, const unsig
     }
   }
 
-  // 6: combine the survivors
-  int k = bf - af;
-  if (general) {
-    k = 0;
-    for (int i = 0; i < n; ++i) k += w.surv(i) ? 1 : 0;
-  }
-  count[p] = k;
-  if (rejected) {
-    for (int i = 0; i < n; ++i) {
-      if (w.valid(i) && !w.surv(i)) atomicAdd(&rejected[i], 1ull);
+  // 6: combine the survivors. One pass over the frames (one load each) settles the
+  // survivors of a range [af, bf) (the frames in the window with s[af] <= v <= s[bf-1]),
+  // counts the rejected and makes the frame-order sums; the squared deviations need the
+  // mean first: a second pass.
+  const bool ranged = !general;
+  const double vlo = bf > af ? w.s(af) : 0.0;
+  const double vhi = bf > af ? w.s(bf - 1) : 0.0;
+  const bool sums = pr.method != 1;
+  int k = 0;
+  double sy = 0.0;
+  double swy = 0.0;
+  double sw = 0.0;
+  for (int i = 0; i < n; ++i) {
+    bool on;
+    double y = 0.0;
+    if (ranged) {
+      on = false;
+      if (bf > af && w.inwin(i)) {
+        double v;
+        px.values(i, v, y);
+        on = v >= vlo && v <= vhi;
+      }
+      w.set_surv(i, on);
+    } else {
+      on = w.surv(i);
+      if (on && sums) y = px.y(i);
+    }
+    k += on ? 1 : 0;
+    if (rejected && w.valid(i) && !on) atomicAdd(&rejected[i], 1ull);
+    if (on && sums) {
+      sy += y;
+      if (weight) {
+        swy += weight[i] * y;
+        sw += weight[i];
+      }
     }
   }
+  count[p] = k;
   if (k == 0) {
     image[p] = gf_nan();
     uncert[p] = gf_nan();
@@ -508,18 +538,6 @@ __device__ __forceinline__ void combine_pixel(W &w, const Pixel &px, const unsig
     uncert[p] = GF_MAD_TO_STD * mad / sqrt((double)k);
     return;
   }
-  double sy = 0.0;
-  double swy = 0.0;
-  double sw = 0.0;
-  for (int i = 0; i < n; ++i) {
-    if (!w.surv(i)) continue;
-    double y = px.y(i);
-    sy += y;
-    if (weight) {
-      swy += weight[i] * y;
-      sw += weight[i];
-    }
-  }
   double my = sy / (double)k;
   double ssy = 0.0;
   for (int i = 0; i < n; ++i) {
@@ -545,36 +563,45 @@ __device__ __forceinline__ void combine_pixel(W &w, const Pixel &px, const unsig
       int dev, double sigma_low, double sigma_high, int maxiters, int method, int ccdclip,  \
       int nkeep, const double *__restrict__ noise, double *__restrict__ image,            \
       double *__restrict__ uncert, int *__restrict__ count,                                \
-      unsigned long long *__restrict__ rejected
+      unsigned long long *__restrict__ rejected, const unsigned int *__restrict__ list,      \
+      const unsigned int *__restrict__ counts
 
+// Without a list, thread t takes pixel p0 + t (t < nthreads). With one (the fast kernels'
+// general list: its first counts[0] entries), the grid strides over the list's entries j,
+// pixel p0 + list[j] (counts[0] <= nthreads, as gpuflat_combine_n's scratch has nthreads
+// slots).
 #define GF_COMBINE_SETUP                                                                    \
-  long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x;                           \
-  if (t >= nthreads) return;                                                                \
+  const long long len = list ? (long long)counts[0] : nthreads;                             \
+  const long long step = list ? (long long)gridDim.x * blockDim.x : nthreads;               \
   Params pr{clip_scaled, min_value, max_value, nlow, nhigh, sigma,                          \
             center,      dev,       sigma_low, sigma_high, maxiters, method,                \
             ccdclip,     nkeep};                                                            \
-  Pixel px{data, scale, npix, p0 + t, clip_scaled};
+  for (long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x; t < len; t += step) { \
+    Pixel px{data, scale, npix, p0 + (list ? (long long)list[t] : t), clip_scaled};
 
 template <int CAP, bool EXT>
 __device__ __forceinline__ void combine_local(GF_COMBINE_ARGS) {
   (void)scratch;
   GF_COMBINE_SETUP
-  LocalStore<CAP> w;
-  combine_pixel<EXT>(w, px, mask, weight, n, pr, image, uncert, count, rejected, noise);
+    double buf[CAP];
+    LocalStore<CAP> w{buf, 0ull, 0ull, 0ull};
+    combine_pixel<EXT>(w, px, mask, weight, n, pr, image, uncert, count, rejected, noise);
+  }
 }
 
 template <bool EXT>
 __device__ __forceinline__ void combine_global(GF_COMBINE_ARGS) {
   GF_COMBINE_SETUP
-  GlobalStore w{(double *)scratch + t,
-                (unsigned char *)((double *)scratch + (long long)n * nthreads) + t, nthreads};
-  combine_pixel<EXT>(w, px, mask, weight, n, pr, image, uncert, count, rejected, noise);
+    GlobalStore w{(double *)scratch + t,
+                  (unsigned char *)((double *)scratch + (long long)n * nthreads) + t, nthreads};
+    combine_pixel<EXT>(w, px, mask, weight, n, pr, image, uncert, count, rejected, noise);
+  }
 }
 
 #define GF_COMBINE_CALL                                                                     \
   (data, mask, scale, weight, n, npix, p0, nthreads, scratch, clip_scaled, min_value,       \
    max_value, nlow, nhigh, sigma, center, dev, sigma_low, sigma_high, maxiters, method,      \
-   ccdclip, nkeep, noise, image, uncert, count, rejected)
+   ccdclip, nkeep, noise, image, uncert, count, rejected, list, counts)
 
 #if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_combine_16)
 extern "C" __global__ void gpuflat_combine_16(GF_COMBINE_ARGS) {

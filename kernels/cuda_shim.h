@@ -52,6 +52,7 @@ inline thread_local uint3 blockIdx;
 inline thread_local dim3 blockDim;
 inline thread_local dim3 gridDim;
 
+using std::fabs;
 using std::sqrt;
 
 inline double __longlong_as_double(long long v) {

@@ -9,17 +9,21 @@
 //     [0] key prefix of rank lo   [1] key prefix of rank hi
 //     [2] rank lo within prefix   [3] rank hi within prefix
 //     [4] k, the number of usable values (set by the first select)
-//   hist:  unsigned int[2 * GF_COPIES * 256], zero on entry (each select zeroes it again):
+//     [5], [6] the ranks [2], [3] as the select reads them (set by the reduce)
+//   hist:  unsigned int[2 * GF_COPIES * 256], zero on entry (each reduce zeroes it again):
 //     GF_COPIES sub-histograms for rank lo, then GF_COPIES for rank hi; a block adds into
 //     sub-histogram blockIdx.x % GF_COPIES, which spreads the atomics of a stack of nearly
 //     equal values over many addresses.
+//   tot:   unsigned int[512]: per digit, the totals for rank lo, then for rank hi.
 //
 //   for shift in 24, 16, 8, 0:
 //     gpuflat_level_hist(const float *data, const unsigned char *mask /* or NULL */,
 //                        long long npix, int shift, const unsigned int *state,
 //                        unsigned int *hist)                  any 1-D grid (grid-stride)
-//     gpuflat_level_select(unsigned int *state, unsigned int *hist, int shift)
-//                                                             grid 1, block 1
+//     gpuflat_level_reduce(unsigned int *state, unsigned int *hist, unsigned int *tot)
+//                                                             grid 1, block 256
+//     gpuflat_level_select(unsigned int *state, const unsigned int *tot, int shift)
+//                                                             grid 1, block 256
 //   then read state[0], state[1], state[4] and turn the keys back into floats.
 //
 // Mean: gpuflat_level_rowsum(const float *data, const unsigned char *mask /* or NULL */,
@@ -80,40 +84,79 @@ extern "C" __global__ void gpuflat_level_hist(const float *__restrict__ data,
 }
 #endif
 
-__device__ __forceinline__ void gf_pick(unsigned int *prefix, unsigned int *rank,
-                                        const unsigned int *h, int shift) {
-  unsigned int cum = 0;
-  for (unsigned int b = 0; b < 256u; ++b) {
-    unsigned int c = 0;
-    for (int j = 0; j < GF_COPIES; ++j) c += h[j * 256 + b];
-    if (*rank < cum + c) {
-      *prefix |= b << shift;
-      *rank -= cum;
-      return;
-    }
-    cum += c;
+// Between two hist passes, one block of 256 threads, thread b for digit b; no thread
+// reads what another writes in the same launch (the CPU build runs threads one by one).
+//
+// gpuflat_level_reduce: the totals of digit b over the GF_COPIES sub-histograms, for rank
+// lo (tot[b]) and rank hi (tot[256 + b]: lo's while the prefixes are equal, as the hist
+// pass counted them), the sub-histograms zeroed for the next pass; thread 0 keeps the
+// ranks of this digit (state[2], state[3]) in state[5], state[6] for the select.
+#if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_level_reduce)
+extern "C" __global__ void gpuflat_level_reduce(unsigned int *__restrict__ state,
+                                                unsigned int *__restrict__ hist,
+                                                unsigned int *__restrict__ tot) {
+  const unsigned int b = threadIdx.x;
+  if (blockIdx.x != 0 || b >= 256u) return;
+  const bool same = state[0] == state[1];
+  unsigned int lo = 0u;
+  unsigned int hi = 0u;
+  for (int j = 0; j < GF_COPIES; ++j) {
+    lo += hist[j * 256 + b];
+    hi += hist[(GF_COPIES + j) * 256 + b];
+    hist[j * 256 + b] = 0u;
+    hist[(GF_COPIES + j) * 256 + b] = 0u;
+  }
+  tot[b] = lo;
+  tot[256 + b] = same ? lo : hi;
+  if (b == 0u) {
+    state[5] = state[2];
+    state[6] = state[3];
   }
 }
+#endif
 
+// gpuflat_level_select: thread b adds the totals below its digit (an exclusive scan, each
+// thread its own) and, when a rank falls into its digit, extends that rank's prefix by
+// the digit and keeps the rank within it. On the first digit (shift 24) every thread
+// counts the usable values k itself (the sum of all totals) and the ranks are (k-1)/2
+// and k/2; thread 0 stores k.
 #if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_level_select)
-extern "C" __global__ void gpuflat_level_select(unsigned int *state, unsigned int *hist,
+extern "C" __global__ void gpuflat_level_select(unsigned int *__restrict__ state,
+                                                const unsigned int *__restrict__ tot,
                                                 int shift) {
-  if (blockIdx.x != 0 || threadIdx.x != 0) return;
-  // hi's histogram as the hist pass saw it: shared with lo while the prefixes are equal
-  const unsigned int *hlo = hist;
-  const unsigned int *hhi = state[0] == state[1] ? hist : hist + GF_COPIES * 256;
+  const unsigned int b = threadIdx.x;
+  if (blockIdx.x != 0 || b >= 256u) return;
+  unsigned int below_lo = 0u;
+  unsigned int below_hi = 0u;
+  unsigned int all = 0u;
+  for (unsigned int j = 0; j < 256u; ++j) {
+    const unsigned int c = tot[j];
+    below_lo += j < b ? c : 0u;
+    below_hi += j < b ? tot[256 + j] : 0u;
+    all += c;
+  }
+  unsigned int k;
+  unsigned int rlo;
+  unsigned int rhi;
   if (shift == 24) {
-    unsigned int k = 0;
-    for (int j = 0; j < GF_COPIES * 256; ++j) k += hist[j];
-    state[4] = k;
-    state[2] = k ? (k - 1) / 2 : 0u;
-    state[3] = k / 2;
+    k = all;
+    rlo = k ? (k - 1u) / 2u : 0u;
+    rhi = k / 2u;
+    if (b == 0u) state[4] = k;
+  } else {
+    k = state[4];
+    rlo = state[5];
+    rhi = state[6];
   }
-  if (state[4] != 0u) {
-    gf_pick(&state[0], &state[2], hlo, shift);
-    gf_pick(&state[1], &state[3], hhi, shift);
+  if (k == 0u) return;
+  if (rlo >= below_lo && rlo - below_lo < tot[b]) {
+    state[0] |= b << shift;
+    state[2] = rlo - below_lo;
   }
-  for (int j = 0; j < 2 * GF_COPIES * 256; ++j) hist[j] = 0u;
+  if (rhi >= below_hi && rhi - below_hi < tot[256 + b]) {
+    state[1] |= b << shift;
+    state[3] = rhi - below_hi;
+  }
 }
 #endif
 
@@ -142,6 +185,7 @@ extern "C" __global__ void gpuflat_level_rowsum(const float *__restrict__ data,
 
 #ifdef GPUFLAT_HOST_SHIM
 GPUFLAT_HOST_ENTRY(gpuflat_level_hist)
+GPUFLAT_HOST_ENTRY(gpuflat_level_reduce)
 GPUFLAT_HOST_ENTRY(gpuflat_level_select)
 GPUFLAT_HOST_ENTRY(gpuflat_level_rowsum)
 #endif

@@ -31,3 +31,14 @@ def write_fits(path, data, **header):
 @pytest.fixture
 def stack(rng):
     return flat_stack(rng)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``sweep`` (heavier sweeps) run only when ``-m`` names them
+    (``pytest -m sweep``); a plain ``pytest -q`` skips them, saying how to run them."""
+    if "sweep" in (config.getoption("markexpr", "") or ""):
+        return
+    skip = pytest.mark.skip(reason="a heavier sweep: run with pytest -m sweep (docs/gpu.md)")
+    for item in items:
+        if "sweep" in item.keywords:
+            item.add_marker(skip)

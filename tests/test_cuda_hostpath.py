@@ -249,7 +249,8 @@ def test_device_budget_default_and_too_small(tmp_path):
 
 @pytest.mark.parametrize(
     "fail_at",
-    [("gpuflat_convert_i16", 3), ("gpuflat_level_hist", 5), ("gpuflat_combine_16", 2)],
+    # the guide's parameters: a band's combination starts with the fast kernel for 15 frames
+    [("gpuflat_convert_i16", 3), ("gpuflat_level_hist", 5), ("gpuflat_fast_15", 2)],
 )
 @pytest.mark.parametrize("budget", ["resident", "streamed"])
 def test_failure_mid_band_leaves_nothing_queued(tmp_path, fail_at, budget):

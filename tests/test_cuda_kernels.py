@@ -175,7 +175,9 @@ def check_combine(data, mask, scale, weight, params, *, kernels=None, reference=
     if numba_backend is not None:
         want_rejected = np.zeros(n, np.int64)
         numba_backend.combine_band(data, mask, scale, weight, params, rejected=want_rejected)
-    for kernel in kernels or (None, "gpuflat_combine_n"):
+    if kernels is None:
+        kernels = (None, "gpuflat_combine_n", *(("fast",) if fast_applies(n, params) else ()))
+    for kernel in kernels:
         rejected = np.zeros(n, np.uint64)
         got = harness.combine_band(
             data, mask, scale, weight, params, kernel=kernel, pieces=2, rejected=rejected
@@ -186,6 +188,12 @@ def check_combine(data, mask, scale, weight, params, *, kernels=None, reference=
     if reference and numba_backend is not None:
         assert_identical(contract_combine(data, mask, scale, weight, params), want, "contract")
     return want
+
+
+def fast_applies(n, params):
+    from gpuflat.backends._cuda_fast import fast_kernel
+
+    return fast_kernel(n, params) is not None
 
 
 def harness_default(n):
@@ -248,17 +256,24 @@ def test_nvcc_compiles_without_spills(source, tmp_path):
         assert regs <= limit, f"{kernel} {arch} uses {regs} registers"
         cap = kernel.rsplit("_", 1)[1].lstrip("x")
         if kernel.startswith("gpuflat_combine_") and cap.isdigit():
-            # the store lives in local memory and nothing else does: the sort buffer and
-            # its three flag words (valid, in the window, survivor)
-            assert stack <= 8 * int(cap) + 24, (kernel, arch, stack)
+            # the sort buffer lives in local memory and nothing else does (its three flag
+            # words, valid, in the window, survivor, are in registers)
+            assert stack <= 8 * int(cap), (kernel, arch, stack)
         elif source != "combine.cu":
             assert stack == 0, (kernel, arch, stack)
 
 
 def test_sources_are_standalone():
-    """No includes (NVRTC has no standard headers) and no fast-math anywhere."""
-    for source in KERNEL_FILES:
+    """No includes (NVRTC has no standard headers) and no fast-math anywhere (the word
+    "fast" only in the fast kernels' names, fast.cu's, and "fast kernels"/"fast path")."""
+    for source in (*KERNEL_FILES, "fast.cu"):
         text = (ROOT / "kernels" / source).read_text()
+        text = re.sub(
+            r"[\w.]*_(fast|FAST)[\w.]*|[\w.]*(fast|FAST)_[\w.]*|\bfast\.cu\b"
+            r"|\bfast (combine )?(kernels?|path|launch)\b",
+            "",
+            text,
+        )
         assert "#include" not in text, source
         assert "fast" not in text.lower().replace("fast-math", "").replace("fast_math", ""), source
         assert text.count("#ifdef GPUFLAT_HOST_SHIM") == 1, source
@@ -677,6 +692,15 @@ _ASAN_SCRIPT = textwrap.dedent(
             for k in (None, "gpuflat_combine_xn" if p.ccdclip or p.nkeep else "gpuflat_combine_n"):
                 h.combine_band(d, m, s, w, p, kernel=k, pieces=3)
                 h.combine_band(d, None, s, None, p, kernel=k)
+    for n in h.ASAN_FAST:  # the fast kernels and their lists
+        d = rng.normal(1000, 30, (n, 203)).astype(np.float32)
+        d[rng.random(d.shape) < 0.02] = np.nan
+        d[rng.random(d.shape) < 0.02] *= 5
+        m = (rng.random(d.shape) < 0.02).astype(np.uint8)
+        s = rng.uniform(0.5, 2, n)
+        for p in (P(), P(method=2, sigma_low=2.0, sigma_high=2.0), P(method=1)):
+            h.combine_band(d, m, s, rng.uniform(0.5, 2, n), p, kernel="fast", pieces=3,
+                           rejected=np.zeros(n, np.uint64))
     f = rng.normal(1000, 30, (77, 131)).astype(np.float32)
     fm = (rng.random(f.shape) < 0.3).astype(np.uint8)
     for how in ("median", "mean"):
@@ -721,3 +745,331 @@ def test_asan_catches_out_of_bounds():
     )
     res = _run_asan(bad)
     assert res.returncode != 0 and "AddressSanitizer" in res.stderr, res.stderr[-2000:]
+
+
+# -- the fast kernels (kernels/fast.cu) --------------------------------------------------------
+#
+# Every test here has "fast" in its name (pytest -k fast). Each fast kernel is checked bit
+# for bit against numba on the CPU build, through the backend's own launch sequence
+# (``_cuda_fast.queue_combine``: the fast kernel, its clip list, its general list taken by
+# the general kernel). The heavier sweep (every n under hypothesis with many examples) is
+# marked ``sweep``: ``pytest -m sweep tests/test_cuda_kernels.py`` (docs/gpu.md).
+
+FAST_N = tuple(range(1, 49))
+FAST_PARAMS = {
+    "guide": KernelParams(),
+    "median": KernelParams(method=1),
+    "sum": KernelParams(method=2),
+    "iterate": KernelParams(maxiters=-1, sigma_low=2.0, sigma_high=2.0),
+    "two-passes-sum": KernelParams(maxiters=2, sigma_low=2.5, sigma_high=2.5, method=2),
+    "one-sided": KernelParams(sigma_low=float("inf"), sigma_high=1.5),
+    "tight": KernelParams(sigma_low=0.5, sigma_high=0.5),
+    "minmax": KernelParams(min_value=900.0, max_value=1100.0, sigma_low=3.0, sigma_high=3.0),
+}
+
+
+def fast_band(rng, n, npix):
+    """Flats as they come (clipping about one pixel in 200... and more), with the cases
+    the fast kernels must list or get right: NaN, inf, masks (caller), ties, MAD = 0,
+    subnormals, signed zeros, huge values, exact outliers at the bounds."""
+    data = flat_band(rng, n, npix, nan=0.0, outliers=0.004, ties=n % 3 == 0)
+    cases = rng.integers(0, 12, npix)
+    for p in np.flatnonzero(cases == 0):  # NaN or inf somewhere
+        data[rng.integers(n), p] = rng.choice([np.nan, np.inf, -np.inf])
+    for p in np.flatnonzero(cases == 1):  # every value equal: MAD = 0
+        data[:, p] = data[0, p]
+    for p in np.flatnonzero(cases == 2):  # one outlier among equal values
+        data[:, p] = 1000.0
+        data[rng.integers(n), p] = 1010.0
+    for p in np.flatnonzero(cases == 3):  # subnormals, signed zeros
+        data[:, p] = harness.special_values(rng, n, ["subnormal", "signed zero"])
+    for p in np.flatnonzero(cases == 4):  # a few distinct values: ties
+        data[:, p] = rng.choice(np.float32([990.0, 1000.0, 1010.0]), n)
+    for p in np.flatnonzero(cases == 5):  # huge (|y| > 1e300 cannot come from float32 x
+        data[:, p] = rng.choice(np.float32([3e38, -3e38, 1e38]), n)  # and 1/level scales)
+    for p in np.flatnonzero(cases == 6):  # one zero
+        data[rng.integers(n), p] = rng.choice(np.float32([0.0, -0.0]))
+    return data
+
+
+def _fast_case(n, name, seed):
+    rng = np.random.default_rng(seed)
+    npix = 96 if n <= 24 else 64
+    data = fast_band(rng, n, npix)
+    mask = (rng.random(data.shape) < 0.01).astype(np.uint8) if seed % 2 else None
+    scale = 1.0 / rng.uniform(500.0, 2000.0, n)
+    weight = rng.uniform(0.5, 2.0, n) if seed % 3 == 1 else None
+    return data, mask, scale, weight, FAST_PARAMS[name]
+
+
+@pytest.mark.parametrize("n", FAST_N)
+def test_fast_kernels_match_numba(n):
+    """Every fast kernel, every option set: bit for bit numba, rejected counts too."""
+    for k, name in enumerate(FAST_PARAMS):
+        data, mask, scale, weight, params = _fast_case(n, name, n * 16 + k)
+        check_combine(data, mask, scale, weight, params, kernels=("fast",), reference=False)
+
+
+def test_fast_kernels_special_values():
+    """Subnormal inputs and scaled values, +0/-0, NaN payloads, infinities (the fast kernels
+    list them all) and the ordinary pixels among them: bit for bit numba."""
+    rng = np.random.default_rng(25)
+    for n in (6, 11, 16, 17, 33, 48):  # special_band needs 6 frames
+        data = harness.special_band(rng, n, 64)
+        for kind in ("one", "mixed", "tiny"):
+            scale = harness.special_scales(rng, n, kind)
+            for name in ("guide", "median", "sum", "iterate"):
+                check_combine(data, None, scale, None, FAST_PARAMS[name], kernels=("fast",),
+                              reference=False)  # fmt: skip
+
+
+def _expected_lists(data, mask, scale, params):
+    """The pixels each list must hold, from the contract's definitions (NumPy)."""
+    n = data.shape[0]
+    y = data.astype(np.float64) * scale[:, None]
+    ok = ((np.abs(y) > 0) & (np.abs(y) <= 1e300)).all(axis=0)
+    x = data.astype(np.float64)
+    ok &= ((x >= params.min_value) & (x <= params.max_value)).all(axis=0)
+    if mask is not None:
+        ok &= (mask == 0).all(axis=0)
+    with np.errstate(invalid="ignore", over="ignore"):
+        s = np.sort(y, axis=0)
+        med = (s[(n - 1) // 2] + s[n // 2]) * 0.5
+        dev = np.sort(np.abs(y - med), axis=0)
+        mad = (dev[(n - 1) // 2] + dev[n // 2]) * 0.5
+        d = MAD_TO_STD * mad
+        lo = -np.inf if params.sigma_low == np.inf else med - params.sigma_low * d
+        hi = np.inf if params.sigma_high == np.inf else med + params.sigma_high * d
+        clips = (s[0] < lo) | (s[-1] > hi)
+    more = params.method == 1 or params.maxiters != 1
+    general = ~ok | (clips & more)
+    return np.flatnonzero(general), np.flatnonzero(ok & clips & ~more)
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 15, 16, 17, 31, 40, 48])
+def test_fast_lists_hold_the_right_pixels(n):
+    """The general list holds exactly the pixels the fast kernel cannot vouch for (or that
+    clip when the contract asks for more than the survivors' sums), the clip list exactly
+    those that clip otherwise, each pixel once, over several chunks."""
+    rng = np.random.default_rng(n)
+    for name in ("guide", "median", "iterate", "minmax"):
+        data = fast_band(rng, n, 300)
+        mask = (rng.random(data.shape) < 0.003).astype(np.uint8)
+        scale = 1.0 / rng.uniform(500.0, 2000.0, n)
+        params = FAST_PARAMS[name]
+        lists = []
+        harness.fast_combine_band(data, mask, scale, None, params, pieces=3, lists=lists)
+        general = np.concatenate([g for g, _ in lists])
+        clipped = np.concatenate([c for _, c in lists])
+        want_general, want_clipped = _expected_lists(data, mask, scale, params)
+        np.testing.assert_array_equal(general, want_general)
+        np.testing.assert_array_equal(clipped, want_clipped)
+        if name == "guide" and n >= 5:
+            assert general.size and clipped.size, (general.size, clipped.size)
+
+
+def test_fast_eligibility_is_numba_fast_path():
+    """``_cuda_fast.fast_eligible`` (no numba on the CUDA path) is numba's test, without
+    ccdclip and nkeep, and up to 48 frames."""
+    from gpuflat.backends._cuda_fast import FAST_MAX, fast_eligible
+    from gpuflat.backends._fast_cu import FAST_MAX as GENERATED_MAX
+    from gpuflat.backends._numba_fast import fast_eligible as numba_eligible
+
+    assert FAST_MAX == GENERATED_MAX
+    rng = np.random.default_rng(0)
+    for _ in range(400):
+        p = KernelParams(
+            clip_scaled=int(rng.integers(2)), nlow=int(rng.integers(2)),
+            nhigh=int(rng.integers(2)), sigma=int(rng.integers(2)),
+            center=int(rng.integers(2)), dev=int(rng.integers(2)),
+            maxiters=int(rng.choice([-1, 0, 1, 3])), method=int(rng.integers(3)),
+            ccdclip=int(rng.integers(2)) * int(rng.random() < 0.2),
+            nkeep=int(rng.random() < 0.2),
+        )  # fmt: skip
+        for n in (1, 15, 48, 49):
+            want = numba_eligible(p, n) and not p.ccdclip and p.nkeep == 0 and n <= 48
+            assert fast_eligible(p, n) == want, (p, n)
+
+
+def test_fast_source_is_current():
+    """kernels/fast.cu is what ``_fast_cu.render`` makes of the networks."""
+    from gpuflat.backends import _fast_cu
+
+    assert _fast_cu.FAST_CU == ROOT / "kernels" / "fast.cu"
+    assert _fast_cu.FAST_CU.read_text() == _fast_cu.render(), (
+        "run: python -m gpuflat.backends._generate"
+    )
+
+
+def _apply(net, values):
+    v = values.copy()
+    for a, b in net:
+        lo, hi = np.minimum(v[:, a], v[:, b]), np.maximum(v[:, a], v[:, b])
+        v[:, a], v[:, b] = lo, hi
+    return v
+
+
+def test_fast_networks_sort():
+    """The fast kernels' comparators sort: every 0/1 input up to 16 frames (the 0-1
+    principle), random inputs with ties for every n; and the MAD's splits give the median
+    of the deviations."""
+    from gpuflat.backends._fast_cu import GREEN16, SORT8, kth_terms, sort_network
+
+    assert len(GREEN16) == 60 and len(SORT8) == 19
+    for n in range(1, 17):
+        bits = ((np.arange(2**n)[:, None] >> np.arange(n)) & 1).astype(np.int8)
+        got = _apply(sort_network(n), bits)
+        assert (np.diff(got, axis=1) >= 0).all(), n
+    rng = np.random.default_rng(1)
+    for n in range(1, 49):
+        values = rng.integers(0, 5 if n % 2 else 1000, (300, n)).astype(np.float64)
+        np.testing.assert_array_equal(_apply(sort_network(n), values), np.sort(values, axis=1))
+        s = np.sort(rng.normal(0, 1, (50, n)), axis=1)
+        med = (s[:, (n - 1) // 2] + s[:, n // 2]) * 0.5
+        dev = np.sort(np.abs(s - med[:, None]), axis=1)
+        for r in {(n - 1) // 2, n // 2}:
+            cands = []
+            for a, b in kth_terms(n, r):
+                sides = [med - s[:, a]] if a is not None else []
+                sides += [s[:, b] - med] if b is not None else []
+                cands.append(np.max(sides, axis=0))
+            np.testing.assert_array_equal(np.min(cands, axis=0), dev[:, r])
+
+
+def test_fast_kernels_through_fake_device():
+    """The CUDA backend's combine_band on the deferred fake device takes the fast kernels
+    for the guide's parameters (and the general kernel otherwise): bit for bit numba."""
+    from fake_device import FakeDevice
+
+    from gpuflat.backends._cuda import CudaBackend
+
+    rng = np.random.default_rng(5)
+    for n, params in ((15, KernelParams()), (40, KernelParams(method=2)), (15, PARAMS["ccdproc"])):
+        data = fast_band(rng, n, 700)
+        mask = (rng.random(data.shape) < 0.01).astype(np.uint8)
+        scale = 1.0 / rng.uniform(500.0, 2000.0, n)
+        dev = FakeDevice()
+        backend = CudaBackend(dev, chunk_pixels=256)
+        rejected = np.zeros(n, np.int64)
+        got = backend.combine_band(data, mask, scale, None, params, rejected=rejected)
+        want_rejected = np.zeros(n, np.int64)
+        want = numba_backend.combine_band(data, mask, scale, None, params, rejected=want_rejected)
+        assert_identical(got, want, f"fake device n={n}")
+        np.testing.assert_array_equal(rejected, want_rejected)
+        fast = f"gpuflat_fast_{n}" in dev.launches
+        assert fast == fast_applies(n, params), dev.launches
+
+
+@st.composite
+def fast_params_strategy(draw):
+    return KernelParams(
+        min_value=draw(st.sampled_from([-math.inf, -1e31, 900.0])),
+        max_value=draw(st.sampled_from([math.inf, 1e31, 1100.0])),
+        sigma_low=draw(st.sampled_from([0.5, 1.0, 2.0, 3.0, 5.0, float("inf")])),
+        sigma_high=draw(st.sampled_from([0.0, 0.5, 1.0, 2.0, 5.0, float("inf")])),
+        maxiters=draw(st.sampled_from([-1, 1, 1, 2, 5])),
+        method=draw(st.integers(0, 2)),
+    )
+
+
+def _fast_hypothesis_case(n, npix, seed, distinct, outliers, use_mask, use_weight, params):
+    rng = np.random.default_rng(seed)
+    if distinct:
+        data = rng.choice(rng.normal(1000.0, 30.0, distinct), size=(n, npix))
+    else:
+        data = rng.normal(1000.0, 30.0, (n, npix))
+    big = rng.random(data.shape) < outliers
+    data[big] = rng.choice([-1e30, 1e30, 0.0, -0.0, 1e5, 10.0, np.nan, np.inf], size=big.sum())
+    data = data.astype(np.float32)
+    mask = (rng.random(data.shape) < 0.05).astype(np.uint8) if use_mask else None
+    scale = rng.choice([1.0, 1e-3, 1.0 / 3.0, 2.5], n) * rng.uniform(0.9, 1.1, n)
+    weight = rng.uniform(0.1, 3.0, n) if use_weight else None
+    check_combine(data, mask, scale, weight, params, kernels=("fast",), reference=False)
+
+
+_FAST_GIVEN = {
+    "n": st.integers(1, 48),
+    "npix": st.integers(1, 40),
+    "seed": st.integers(0, 2**32 - 1),
+    "distinct": st.sampled_from([1, 2, 3, 7, 0, 0]),
+    "outliers": st.sampled_from([0.0, 0.01, 0.05, 0.3]),
+    "use_mask": st.booleans(),
+    "use_weight": st.booleans(),
+    "params": fast_params_strategy(),
+}
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(**_FAST_GIVEN)
+def test_fast_hypothesis(n, npix, seed, distinct, outliers, use_mask, use_weight, params):
+    _fast_hypothesis_case(n, npix, seed, distinct, outliers, use_mask, use_weight, params)
+
+
+@pytest.mark.sweep
+@settings(max_examples=5000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(**_FAST_GIVEN)
+def test_fast_hypothesis_sweep(n, npix, seed, distinct, outliers, use_mask, use_weight, params):
+    _fast_hypothesis_case(n, npix, seed, distinct, outliers, use_mask, use_weight, params)
+
+
+def _kernel_stats():
+    path = ROOT / "bench" / "kernel_stats.py"
+    spec = importlib.util.spec_from_file_location("kernel_stats", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _check_fast_gate(arch, ns):
+    if NVCC is None:
+        pytest.skip("nvcc not found on PATH")
+    ks = _kernel_stats()
+    if ks.nvdisasm() is None:
+        pytest.skip("nvdisasm not found; pip install nvidia-cuda-nvdisasm")
+    table = ks.stats(ns, arch, NVCC, general=False)
+    assert set(table) == {f"gpuflat_fast_{n}" for n in ns} | {"gpuflat_fast_clip"}
+    for name, r in table.items():
+        assert r["stack"] == 0 and r["spill_stores"] == 0 and r["spill_loads"] == 0, (name, r)
+        assert r["registers"] <= 255, (name, r)
+    for n, limit in ks.TARGETS.items():
+        assert table[f"gpuflat_fast_{n}"]["common_path"] <= limit, (n, table[f"gpuflat_fast_{n}"])
+    return table
+
+
+# the fast kernels nvcc builds on every run: one and two frames, the odd and full single
+# runs, the first merge, a short last run, the targets' 15 and 40, the largest. Every fast
+# kernel's stack is also read from the shipped fatbin, for every architecture, on every run
+# (tests/test_cuda_prebuilt.py); the sweep builds them all here, for sm_80 and sm_90.
+FAST_GATE_N = (1, 2, 15, 16, 17, 24, 33, 40, 48)
+
+
+def test_fast_nvcc_no_local_memory_sm90():
+    """The nvcc gate of the fast kernels (sm_90, the prebuilt kernels' options): no local
+    memory at all (0 bytes of stack, no spills), and the common path within issue 25's
+    targets (bench/kernel_stats.py prints the figures)."""
+    table = _check_fast_gate("sm_90", FAST_GATE_N)
+    # the common path grows with n (a sanity check of the trace)
+    paths = [table[f"gpuflat_fast_{n}"]["common_path"] for n in FAST_GATE_N]
+    assert paths == sorted(paths) and len(set(paths)) == len(paths), paths
+
+
+@pytest.mark.sweep
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+def test_fast_nvcc_no_local_memory_all(arch):
+    _check_fast_gate(arch, FAST_N)
+
+
+@pytest.mark.parametrize("major", NVRTC_MAJORS)
+def test_fast_cupy_compile_has_no_ftz(major):
+    """A fast kernel and the clip kernel as CuPy's NVRTC builds them (-ftz=true last, each
+    kernel alone as the loader compiles it): no .ftz in the PTX, no .FTZ in the sm_90
+    machine code."""
+    from gpuflat.backends._kernels import cupy_nvrtc_options, nvrtc_source
+
+    nv = _nvrtc(major)
+    for kernel in ("gpuflat_fast_15", "gpuflat_fast_clip"):
+        ptx, cubin = nv.compile(nvrtc_source("fast.cu", kernel), cupy_nvrtc_options("sm_90"),
+                                "fast.cu")  # fmt: skip
+        assert _listing(nvrtc_harness.ptx_instructions(ptx), _FTZ_PTX)[0] == 0, kernel
+        code = nvrtc_harness.instructions(_sass(cubin))
+        assert len(code) > 100 and _listing(code, _FTZ_SASS)[0] == 0, kernel

@@ -84,7 +84,7 @@ FAST_PARAMS = {
 def test_generated_merges_are_current():
     """The merges in registers are the code ``_networks.render`` makes from the networks."""
     want = _networks.render(_numba_fast._trow.py_func, FAST_L)
-    assert _networks.MERGES.read_text() == want, "run: python -m gpuflat.backends._networks"
+    assert _networks.MERGES.read_text() == want, "run: python -m gpuflat.backends._generate"
 
 
 @pytest.mark.parametrize("name", sorted(_networks.DEPENDS_ON))
@@ -92,10 +92,10 @@ def test_numba_cache_follows_the_modules_it_holds(name):
     """numba keys the cache of a file's functions on that file's text alone, and they hold
     code inlined or called from the files in ``_networks.DEPENDS_ON``: the file must carry
     those files' digest, so that an edit there recompiles instead of loading stale code
-    (``python -m gpuflat.backends._networks`` sets them)."""
+    (``python -m gpuflat.backends._generate`` sets them)."""
     module = importlib.import_module(f"gpuflat.backends.{name[:-3]}")
     want = _networks.source_digest(_networks.DEPENDS_ON[name])
-    assert want == module._DEPENDS_ON, f"run: python -m gpuflat.backends._networks ({name})"
+    assert want == module._DEPENDS_ON, f"run: python -m gpuflat.backends._generate ({name})"
 
 
 def test_fast_family():

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ._cuda_fast import fast_kernel, queue_combine
 from ._kernels import (
     BITPIX_DTYPES,
     BLOCK,
@@ -46,6 +47,7 @@ from ._kernels import (
     kernel_names,
     kernel_plan,
     median_from_state,
+    median_launches,
     nvrtc_source,
     prebuilt_manifest,
     sass_for,
@@ -452,7 +454,7 @@ def device_info() -> dict:
 class _Slot:
     """One chunk in flight: its stream, pinned staging buffers and device buffers."""
 
-    def __init__(self, dev, n: int, width: int, has_mask: bool, scratch_bytes: int):
+    def __init__(self, dev, n: int, width: int, has_mask: bool, scratch_bytes: int, fast=False):
         self.stream = dev.stream()
         self.h_data = dev.pinned((n, width), np.float32)
         self.h_mask = dev.pinned((n, width), np.uint8) if has_mask else None
@@ -465,6 +467,13 @@ class _Slot:
         self.d_uncert = dev.empty(width, np.float64)
         self.d_count = dev.empty(width, np.int32)
         self.d_scratch = dev.empty(scratch_bytes, np.uint8) if scratch_bytes else None
+        # the fast kernels' lists (``_cuda_fast``), and those a queued chunk uses
+        self.d_list = dev.empty(width, np.uint32) if fast else None
+        self.d_counts = dev.empty(2, np.uint32) if fast else None
+        self.h_counts0 = dev.pinned(2, np.uint32) if fast else None
+        if fast:
+            self.h_counts0[...] = 0
+        self.d_lists = None
         self.pending: tuple[int, int] | None = None  # pixel range queued on this slot
 
 
@@ -548,12 +557,9 @@ class CudaBackend:
         npix = np.int64(rows * cols)
         d_state = dev.zeros(8, np.uint32, stream)
         d_hist = dev.zeros(2 * LEVEL_COPIES * 256, np.uint32, stream)
-        grid = min(_blocks(int(npix)), 1024)
-        for shift in (24, 16, 8, 0):
-            args = (d_frame, d_mask, npix, np.int32(shift), d_state, d_hist)
-            dev.launch("level.cu", "gpuflat_level_hist", grid, BLOCK, args, stream)
-            args = (d_state, d_hist, np.int32(shift))
-            dev.launch("level.cu", "gpuflat_level_select", 1, 1, args, stream)
+        d_tot = dev.empty(512, np.uint32)
+        for launch in median_launches(d_frame, d_mask, int(npix), d_state, d_hist, d_tot):
+            dev.launch(*launch, stream)
         state = dev.pinned(8, np.uint32)
         dev.download(state, d_state, stream)
         dev.synchronize(stream)
@@ -589,7 +595,8 @@ class CudaBackend:
         width = self.chunk_pixels or max(BLOCK, CHUNK_BYTES // per_pixel // BLOCK * BLOCK)
         width = min(width, npix)
         scratch = 9 * n * width if kernel[-1] == "n" else 0
-        slots = [_Slot(dev, n, width, mask is not None, scratch) for _ in range(2)]
+        fast = fast_kernel(n, given) is not None
+        slots = [_Slot(dev, n, width, mask is not None, scratch, fast) for _ in range(2)]
         # per-frame vectors, uploaded once; every slot's stream reads them, hence the wait
         d_scale = dev.empty(n, np.float64)
         dev.upload(d_scale, np.ascontiguousarray(scale, np.float64), slots[0].stream)
@@ -609,22 +616,6 @@ class CudaBackend:
             d_noise = dev.empty(noise.size, np.float64)
             dev.upload(d_noise, noise, slots[0].stream)
             dev.synchronize(slots[0].stream)
-        prm = (
-            np.int32(p.clip_scaled),
-            np.float64(p.min_value),
-            np.float64(p.max_value),
-            np.int32(p.nlow),
-            np.int32(p.nhigh),
-            np.int32(p.sigma),
-            np.int32(p.center),
-            np.int32(p.dev),
-            np.float64(p.sigma_low),
-            np.float64(p.sigma_high),
-            np.int32(p.maxiters),
-            np.int32(p.method),
-            np.int32(p.ccdclip),
-            np.int32(p.nkeep),
-        )
         outputs = (image, uncert, count)
         for c, p0 in enumerate(range(0, npix, width)):
             slot = slots[c % 2]
@@ -644,24 +635,14 @@ class CudaBackend:
                 h_mask[...] = mask[:, p0:p1]
                 d_mask = slot.d_mask.reshape(-1)[: n * w].reshape(n, w)
                 dev.upload(d_mask, h_mask, slot.stream)
-            args = (
-                d_data,
-                d_mask,
-                d_scale,
-                d_weight,
-                np.int32(n),
-                np.int64(w),
-                np.int64(0),
-                np.int64(w),
-                slot.d_scratch,
-                *prm,
-                d_noise,
-                slot.d_image,
-                slot.d_uncert,
-                slot.d_count,
-                d_rejected[c % 2],
-            )
-            dev.launch("combine.cu", kernel, _blocks(w), BLOCK, args, slot.stream)
+            chunk = (d_data, d_mask, w, slot.d_image, slot.d_uncert, slot.d_count)
+            if fast:  # the lists start empty
+                dev.upload(slot.d_counts, slot.h_counts0, slot.stream)
+            slot.d_lists = queue_combine(
+                dev, slot.stream, [chunk], n=n, stride=w, scale=d_scale, weight=d_weight,
+                params=p, noise=d_noise, scratch=slot.d_scratch, rejected=d_rejected[c % 2],
+                d_list=slot.d_list, d_counts=slot.d_counts,
+            )  # fmt: skip
             dev.download(slot.h_image[:w], slot.d_image[:w], slot.stream)
             dev.download(slot.h_uncert[:w], slot.d_uncert[:w], slot.stream)
             dev.download(slot.h_count[:w], slot.d_count[:w], slot.stream)

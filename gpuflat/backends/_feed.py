@@ -23,26 +23,18 @@ import math
 
 import numpy as np
 
-from ._kernels import combine_kernel, median_from_state
+from ._cuda_fast import FAST_MAX, fast_kernel, queue_combine
+from ._kernels import median_from_state, median_launches
 from ._params import KernelParams, noise_table
 
 #: the share of the free device memory a combination may use unless told otherwise
 DEFAULT_DEVICE_SHARE = 0.5
 SCRATCH_BYTES = 64 << 20  # gpuflat_combine_n's scratch per slot
+MAX_CHUNK = 1 << 30  # pixels per combine launch at most
 
 
 def _blocks(threads: int, block: int) -> int:
     return max(1, (threads + block - 1) // block)
-
-
-def _kernel_params(params) -> tuple:
-    p = KernelParams(*params)
-    return (
-        np.int32(p.clip_scaled), np.float64(p.min_value), np.float64(p.max_value),
-        np.int32(p.nlow), np.int32(p.nhigh), np.int32(p.sigma), np.int32(p.center),
-        np.int32(p.dev), np.float64(p.sigma_low), np.float64(p.sigma_high),
-        np.int32(p.maxiters), np.int32(p.method), np.int32(p.ccdclip), np.int32(p.nkeep),
-    )  # fmt: skip
 
 
 class _FeedSlot:
@@ -64,11 +56,15 @@ class _FeedSlot:
         self.d_scratch = dev.empty(scratch_bytes, np.uint8) if scratch_bytes else None
         self.d_rejected = dev.zeros(n, np.uint64, self.stream) if counters else None
         self.d_scale = self.d_weight = self.d_noise = None
+        # the fast kernels' lists (``_cuda_fast``): made at the first combination that
+        # takes them
+        self.d_list = self.d_counts = self.h_counts0 = self.d_lists = None
         if level_rows:
             self.h_zero = dev.pinned(8, np.uint32)
             self.h_zero[...] = 0
             self.d_state = dev.empty(8, np.uint32)
             self.d_hist = dev.zeros(2 * 32 * 256, np.uint32, self.stream)  # GF_COPIES = 32
+            self.d_tot = dev.empty(512, np.uint32)  # level.cu's totals per digit
             self.d_sums = dev.empty(level_rows, np.float64)
             self.d_counts = dev.empty(level_rows, np.int64)
             self.h_state = dev.pinned(8, np.uint32)
@@ -119,6 +115,7 @@ class Feed:
                 stage * (self.itemsize + per_mask)  # raw bytes, masks
                 + work * (4 + per_mask)  # float32 values, masks
                 + band_pixels * 20  # outputs
+                + (band_pixels * 4 if n <= FAST_MAX else 0)  # the fast kernels' lists
                 + 9 * n * scratch_width(rows)
                 + (nrows * 16 if pass1 else 0)
             )
@@ -144,7 +141,8 @@ class Feed:
         total, stage, work = need(self.resident, rows)
         band_pixels = rows * cols
         scratch_w = scratch_width(rows)
-        self.chunk = scratch_w or band_pixels
+        # pixels per launch: the fast kernels' lists hold 32-bit offsets (MAX_CHUNK)
+        self.chunk = min(scratch_w or band_pixels, MAX_CHUNK)
         self.device_bytes = total
         self.slots = []
         self.d_stack = self.d_mstack = None
@@ -281,13 +279,9 @@ class Feed:
                 dev.download(slot.h_counts, slot.d_counts, stream)
             elif how == "median":
                 dev.upload(slot.d_state, slot.h_zero, stream)
-                grid = min(_blocks(pixels, block), 1024)
-                for shift in (24, 16, 8, 0):
-                    args = (d_frame, d_fmask, np.int64(pixels), np.int32(shift), slot.d_state,
-                            slot.d_hist)  # fmt: skip
-                    launch("level.cu", "gpuflat_level_hist", grid, block, args, stream)
-                    args = (slot.d_state, slot.d_hist, np.int32(shift))
-                    launch("level.cu", "gpuflat_level_select", 1, 1, args, stream)
+                for one in median_launches(d_frame, d_fmask, pixels, slot.d_state, slot.d_hist,
+                                           slot.d_tot, block):  # fmt: skip
+                    launch(*one, stream)
                 dev.download(slot.h_state, slot.d_state, stream)
             else:
                 raise ValueError(f"how must be 'median' or 'mean', not {how!r}")
@@ -356,21 +350,27 @@ class Feed:
             stride, offset = self.shape[0] * cols, r0 * cols
         else:
             data, masks, stride, offset = slot.d_work, slot.d_mask, width, 0
-        prm = _kernel_params(params)
         p = KernelParams(*params)
-        kernel = combine_kernel(n, extended=bool(p.ccdclip or p.nkeep))
+        nchunks = -(-self.rows * cols // self.chunk)  # a band's chunks at most
+        if slot.d_list is None and fast_kernel(n, p):  # the fast kernels' lists, per slot
+            slot.d_list = dev.empty(self.chunk, np.uint32)
+            slot.d_counts = dev.empty(2 * nchunks, np.uint32)
+            slot.h_counts0 = dev.pinned(2 * nchunks, np.uint32)
+            slot.h_counts0[...] = 0
+        if slot.d_list is not None:  # the lists start empty
+            dev.upload(slot.d_counts, slot.h_counts0, stream)
+        chunks = []
         for p0 in range(0, width, self.chunk):
             w = min(self.chunk, width - p0)
             # the chunk's frames: base + offset + p0 + i * stride, for i < n
             lo, hi = offset + p0, offset + p0 + (n - 1) * stride + w
-            args = (
-                data[lo:hi], None if masks is None else masks[lo:hi], slot.d_scale,
-                slot.d_weight, np.int32(n), np.int64(stride), np.int64(0), np.int64(w),
-                slot.d_scratch, *prm, slot.d_noise, *(d[p0 : p0 + w] for d in slot.d_out),
-                slot.d_rejected,
-            )  # fmt: skip
-            dev.launch("combine.cu", kernel, _blocks(w, self.block), self.block, args,
-                       stream)  # fmt: skip
+            chunks.append((data[lo:hi], None if masks is None else masks[lo:hi], w,
+                           *(d[p0 : p0 + w] for d in slot.d_out)))  # fmt: skip
+        slot.d_lists = queue_combine(
+            dev, stream, chunks, n=n, stride=stride, scale=slot.d_scale, weight=slot.d_weight,
+            params=p, noise=slot.d_noise, scratch=slot.d_scratch, rejected=slot.d_rejected,
+            d_list=slot.d_list, d_counts=slot.d_counts,
+        )  # fmt: skip
         for h, d in zip(slot.h_out, slot.d_out, strict=True):
             dev.download(h[:width], d[:width], stream)
         slot.outputs = (dests, width)

@@ -67,7 +67,7 @@ def cupy_nvrtc_options(arch: str) -> tuple[str, ...]:
 # -- the prebuilt kernels (kernels/*.fatbin) ---------------------------------------------------
 
 #: the kernel files; each is built into one fatbin (``kernels/<stem>.fatbin``)
-KERNEL_FILES = ("combine.cu", "level.cu", "convert.cu")
+KERNEL_FILES = ("combine.cu", "level.cu", "convert.cu", "fast.cu")
 #: the machine code every fatbin holds, and the PTX the driver can compile for later GPUs
 FATBIN_SASS = ("sm_80", "sm_86", "sm_89", "sm_90")
 FATBIN_PTX = "compute_80"
@@ -257,6 +257,25 @@ def combine_kernel(n: int, extended: bool = False) -> str:
         if n <= cap:
             return f"gpuflat_combine_{x}{cap}"
     return f"gpuflat_combine_{x}n"
+
+
+LEVEL_BLOCK = 256  # threads of level.cu's reduce and select (one per digit)
+
+
+def median_launches(d_frame, d_mask, pixels: int, d_state, d_hist, d_tot, block: int = BLOCK):
+    """The launches (source, kernel, grid, block, args) of ``level.cu``'s exact median of
+    ``pixels`` values, after ``d_state`` (uint32 [8]) was zeroed on the stream and with
+    ``d_hist`` (uint32 [2 * LEVEL_COPIES * 256]) zero: per digit, the histogram pass, the
+    reduction of its sub-histograms and the select, a block of 256 threads each."""
+    grid = min(max(1, (pixels + block - 1) // block), 1024)
+    out = []
+    for shift in (24, 16, 8, 0):
+        args = (d_frame, d_mask, np.int64(pixels), np.int32(shift), d_state, d_hist)
+        out.append(("level.cu", "gpuflat_level_hist", grid, block, args))
+        out.append(("level.cu", "gpuflat_level_reduce", 1, LEVEL_BLOCK, (d_state, d_hist, d_tot)))
+        args = (d_state, d_tot, np.int32(shift))
+        out.append(("level.cu", "gpuflat_level_select", 1, LEVEL_BLOCK, args))
+    return out
 
 
 def _float_of_key(key) -> float:
