@@ -40,7 +40,9 @@ class CombineResult:
     of survivors per pixel; ``mask`` is True where ``count`` is 0 (all four None when the
     planes went elsewhere: ``combine_frames(results=...)``). ``rejected`` is, per
     frame, the number of its usable samples (finite, unmasked, within min/max) that did not
-    survive the extrema window or the clipping (None when a custom combiner ran).
+    survive the extrema window or the clipping (None when a custom combiner ran). ``unit``
+    is the product's: ``""`` (dimensionless) for a flat normalised by its level (``scale``
+    ``median`` or ``mean``), else the frames' unit (None when none had one: written as adu).
     """
 
     image: np.ndarray
@@ -127,7 +129,7 @@ class CombineResult:
 
         return CCDData(
             self.image,
-            unit=self.unit or "adu",
+            unit="adu" if self.unit is None else self.unit,
             uncertainty=StdDevUncertainty(self.uncertainty),
             mask=self.mask,
             meta=self.product_header(),
@@ -358,8 +360,11 @@ def _result(frames, scales, levels, config, backend, plan, timings, rejected,
             calibrator, applied=None) -> CombineResult:  # fmt: skip
     """The result before its planes (:func:`_finished`)."""
     first = frames[0]
-    units = (_unit(getattr(f, "unit", None)) for f in frames)
-    unit = next((u for u in units if u is not None), None)
+    if config.scale in ("median", "mean"):  # frame / level: a normalised flat has no unit
+        unit = ""
+    else:  # BUNIT "ADU" as "adu"
+        units = (_unit(getattr(f, "unit", None)) for f in frames)
+        unit = next((u.to_string() for u in units if u is not None), None)
     return CombineResult(
         image=None,
         uncertainty=None,
@@ -369,7 +374,7 @@ def _result(frames, scales, levels, config, backend, plan, timings, rejected,
         names=[f.name for f in frames],
         levels=levels,
         header=first.header.copy(),
-        unit=None if unit is None else unit.to_string(),  # BUNIT "ADU" as "adu"
+        unit=unit,
         config=config,
         backend=getattr(backend, "name", "custom"),
         plan=plan,

@@ -400,11 +400,11 @@ def _checksum(hdu, data, phase, total):
 
 
 def _unit_text(unit) -> str:
-    """The unit as CCDData writes it in BUNIT; one astropy does not know (the inputs'
-    BUNIT) as it is."""
+    """The unit as CCDData writes it in BUNIT (``''`` dimensionless, which CCDData.read
+    takes back; None as adu); one astropy does not know (the inputs' BUNIT) as it is."""
     from astropy import units as u  # loaded with astropy.io.fits already
 
-    return u.Unit(unit or "adu", parse_strict="silent").to_string()
+    return u.Unit("adu" if unit is None else unit, parse_strict="silent").to_string()
 
 
 def write_mef_product(path, primary_header, extensions, *, unit="adu", overwrite=False,
@@ -431,7 +431,7 @@ def write_mef_product(path, primary_header, extensions, *, unit="adu", overwrite
     with ExitStack() as stack:  # the planes stored in their own memory, as write_product
         for (name, ver), result, header in extensions:
             image_header = header.copy()
-            image_header["BUNIT"] = str(unit or "adu")
+            image_header["BUNIT"] = _unit_text(unit)
             image = result.image.astype(np.float32, copy=False)
             uncert = result.uncertainty.astype(np.float32, copy=False)
             planes = (

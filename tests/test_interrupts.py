@@ -58,7 +58,40 @@ def expected_image(night, filt):
     return gpuflat.combine(sorted(str(p) for p in night.glob(f"flat-{filt}-*.fits"))).image
 
 
+@pytest.fixture
+def signals_default():
+    """The three signals at their default disposition for the test, as a shell gives them
+    (a run keeps a signal its parent ignores ignored: under ``nohup`` SIGHUP would not stop
+    it); the parent's dispositions back afterwards."""
+    numbers = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    before = {s: signal.getsignal(s) for s in numbers}
+    for s in numbers:
+        if before[s] == signal.SIG_IGN:
+            signal.signal(s, signal.SIG_DFL)
+    yield
+    for s, handler in before.items():
+        signal.signal(s, handler)
+
+
+def test_a_run_keeps_an_ignored_signal_ignored(night, tmp_path, monkeypatch, signals_default):
+    """Started under ``nohup`` (SIGHUP ignored), a run is not stopped by SIGHUP."""
+    real = units.group_unit
+
+    def then_signal(*args, **kwargs):
+        entry = real(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGHUP)
+        return entry
+
+    monkeypatch.setattr(units, "group_unit", then_signal)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    out = tmp_path / "out"
+    assert main(["run", str(night), "-o", str(out), "-q"]) == 0
+    assert len(list(out.glob("*.fits"))) == 3
+    assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+
+
 @pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM", "SIGHUP"])
+@pytest.mark.usefixtures("signals_default")
 def test_a_signal_after_the_first_product(night, tmp_path, monkeypatch, capsys, sig):
     """The signal arrives once the first group's product is handed over: that product is
     finished, listed and reported; the run stops there, says so, and exits 128 + the

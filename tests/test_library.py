@@ -3,6 +3,7 @@ and its results' products (``write``, ``to_ccddata``) with the command's provena
 
 import numpy as np
 import pytest
+from astropy import units as u
 from astropy.io import fits
 from astropy.nddata import CCDData, StdDevUncertainty
 from conftest import flat_stack, write_fits
@@ -96,11 +97,29 @@ def test_frames_in_different_units_are_refused(frames, files):
         gpuflat.combine([*files, other])
     upper = str(files[0]).replace("flat-0", "upper")
     write_fits(upper, frames[0], IMAGETYP="FLAT", FILTER="V", BUNIT="ADU")
-    assert gpuflat.combine([*files, upper]).unit == "adu"
+    assert gpuflat.combine([*files, upper], scale="none").unit == "adu"
     # arrays have no unit: they take the others'
-    mixed = gpuflat.combine([frames[0], ccds[1]])
+    mixed = gpuflat.combine([frames[0], ccds[1]], scale="none")
     assert mixed.unit == "adu" and mixed.to_ccddata().unit == "adu"
-    assert gpuflat.combine([frames[0], CCDData(frames[1], unit="electron")]).unit == "electron"
+    electrons = [frames[0], CCDData(frames[1], unit="electron")]
+    assert gpuflat.combine(electrons, scale="none").unit == "electron"
+
+
+@pytest.mark.parametrize(
+    ("scale", "unit"),
+    [("median", u.dimensionless_unscaled), ("mean", u.dimensionless_unscaled),
+     ("none", u.adu), ("exptime:EXPTIME", u.adu), ((1.0, 2.0, 1.0, 0.5, 1.0), u.adu)],
+)  # fmt: skip
+def test_a_normalised_flat_is_dimensionless(frames, tmp_path, scale, unit):
+    """Frames divided by their level make a flat without a unit: BUNIT = '' (which
+    CCDData.read takes back as dimensionless); other scalings keep the frames' unit, as
+    ccdproc keeps it."""
+    ccds = [CCDData(a, unit="adu", meta={"EXPTIME": 2.0}) for a in frames]
+    result = gpuflat.combine(ccds, scale=scale, backend="cpu")
+    assert result.to_ccddata().unit == unit
+    path = result.write(tmp_path / "master.fits")
+    assert fits.getheader(path)["BUNIT"] == unit.to_string()
+    assert CCDData.read(path).unit == unit
 
 
 def test_bunit_adu_as_cameras_write_it(frames, tmp_path):
@@ -113,9 +132,9 @@ def test_bunit_adu_as_cameras_write_it(frames, tmp_path):
     out = tmp_path / "out"
     assert main(["run", str(d), "-o", str(out), "-q"]) == 0
     ccd = CCDData.read(out / "combined_flat_filter_V.fits")
-    assert ccd.unit == "adu" and ccd.header["BUNIT"] == "adu"
+    assert ccd.unit == u.dimensionless_unscaled and ccd.header["BUNIT"] == ""  # normalised
     np.testing.assert_allclose(ccd.data, reference(frames), rtol=1e-6)
-    assert gpuflat.combine(sorted(str(p) for p in d.iterdir())).unit == "adu"
+    assert gpuflat.combine(sorted(str(p) for p in d.iterdir()), scale="none").unit == "adu"
 
 
 def test_a_run_refuses_a_group_in_different_units(files, frames, tmp_path):
@@ -160,7 +179,8 @@ def test_a_result_writes_the_commands_product(files, tmp_path):
     assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name]
 
     ccd = result.to_ccddata()
-    assert isinstance(ccd.uncertainty, StdDevUncertainty) and ccd.unit == "adu"
+    assert isinstance(ccd.uncertainty, StdDevUncertainty)
+    assert ccd.unit == u.dimensionless_unscaled and header["BUNIT"] == ""
     for key in ("COMBINED", "NCOMBINE", "IMCMB005", "GPF_VERS", "FILTER"):
         assert ccd.meta[key] == header[key]
     assert ccd.meta["SCALE005"] == pytest.approx(header["SCALE005"], rel=1e-15)

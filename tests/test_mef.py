@@ -249,7 +249,7 @@ def test_cli_mosaic_product(mosaic, tmp_path):
             assert hdul[name].header["SCALE002"] == pytest.approx(expected.scales[1], rel=1e-14)
             assert hdul[name].header["IMAGETYP"] == "FLAT"
     ccd = CCDData.read(target, hdu="CCD2", hdu_uncertainty="CCD2_UNCERT", hdu_mask="CCD2_MASK")
-    assert ccd.unit == "adu" and ccd.shape == SHAPE
+    assert ccd.unit == "" and ccd.shape == SHAPE  # normalised: dimensionless
     # never clobbered without --overwrite
     before = target.read_bytes()
     assert main(["run", str(d), "-o", str(out), "-q", "--scale-per", "exposure"]) == 0
