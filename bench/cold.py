@@ -2,6 +2,7 @@
 
     python bench/cold.py                 # W1, 3 repeats
     python bench/cold.py --suite         # also time `make demo` + `make test` on a fresh clone
+    python bench/cold.py --suite-only    # only those, added to the last cold.json
 
 Every figure is a fresh process timed from outside (``bench.py``'s ``timed``), in one run,
 the contenders alternating:
@@ -14,7 +15,8 @@ the contenders alternating:
 * ``after_warmup``: the first ``gpuflat run W1`` in a fresh process after that warmup.
 
 Printed: each median and the ratios the targets are set in (cold / IRAF, after_warmup /
-warm); written to ``bench/results/cold.json``.
+warm); written to ``bench/results/cold.json``. The suite's time is a fresh clone's, its
+compiled kernels (numba's, the CUDA source's CPU builds, CuPy's) in new empty folders.
 """
 
 from __future__ import annotations
@@ -76,10 +78,12 @@ def suite_time() -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         clone = Path(tmp) / "fresh"
         subprocess.run(["git", "clone", "-q", str(HERE.parent), str(clone)], check=True)
+        env = {**os.environ, "GPUFLAT_SHIM_CACHE": f"{tmp}/shim", "CUPY_CACHE_DIR": f"{tmp}/cupy"}
+        env.pop("NUMBA_CACHE_DIR", None)  # numba's cache: the clone's own __pycache__
         out = {}
         for target in ("demo", "test"):
             t0 = time.perf_counter()
-            subprocess.run(["make", "-C", str(clone), target], check=True,
+            subprocess.run(["make", "-C", str(clone), target], check=True, env=env,
                            stdout=subprocess.DEVNULL)  # fmt: skip
             out[f"make_{target}_s"] = round(time.perf_counter() - t0, 1)
         return out
@@ -91,7 +95,15 @@ def main(argv=None):
     parser.add_argument("--cache", default=str(HERE / "cache"))
     parser.add_argument("--json", default=str(HERE / "results" / "cold.json"))
     parser.add_argument("--suite", action="store_true", help="also time make demo + make test")
+    parser.add_argument("--suite-only", action="store_true",
+                        help="only time make demo + make test, into the last --json")  # fmt: skip
     args = parser.parse_args(argv)
+    if args.suite_only:
+        path = Path(args.json)
+        result = {**json.loads(path.read_text()), **suite_time()}
+        path.write_text(json.dumps(result, indent=1) + "\n")
+        print(f"make demo {result['make_demo_s']} s, make test {result['make_test_s']} s: {path}")
+        return
     cache = Path(args.cache)
     directory = bench.make_workload("W1", cache)
     bench.warm_cache(directory)

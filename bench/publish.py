@@ -46,7 +46,8 @@ def snapshot(latest: dict, cold: dict | None) -> dict:
             "ratio": {c: r["ratio"] for c, r in w["results"].items()},
         }  # fmt: skip
     if cold:
-        out["cold"] = {k: cold[k] for k in ("workload", "repeats", "median_s")}
+        keys = ("workload", "repeats", "median_s", "make_demo_s", "make_test_s")
+        out["cold"] = {k: cold[k] for k in keys if k in cold}
     return out
 
 
@@ -82,6 +83,11 @@ def table(snap: dict) -> str:
             f"warm {c['warm']:.2f} s; `gpuflat warmup` {c['warmup']:.0f} s, after which a new "
             f"process's first run took {c['after_warmup']:.2f} s.",
         ]
+        if "make_test_s" in cold:
+            lines[-1] += (
+                f" A fresh clone's `make demo` took {cold['make_demo_s']:.0f} s and its"
+                f" `make test` {cold['make_test_s']:.0f} s."
+            )
     return "\n".join(lines)
 
 
