@@ -458,7 +458,7 @@ def _run_in_process(options, work, backend, bad_pixels, emit, on_event, entries)
     product's temporary removed), and every entry is settled (a unit stopped before its
     product was handed over is "interrupted" or "failed: ...") and said ("done")."""
     said = 0
-    writer = units.Writer()
+    writer = units.Writer(prepare=units.load_plotting if options.plots else None)
     workspace = Workspace(writer.busy_cores)  # one stack's memory, reused group after group
 
     def say(block):  # "done" for the finished units, in order

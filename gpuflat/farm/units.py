@@ -60,10 +60,13 @@ class Writer:
     One product is in flight at a time: handing over the next one waits for it, so a run
     holds at most one group's results beside those of the group being combined.
     ``settle(entry)`` waits for that entry's product and records how it went; ``close()``
-    waits for every one."""
+    waits for every one. ``prepare``, when given, runs first on the writer's thread (the
+    plotting modules' import, while the first group is read and combined)."""
 
-    def __init__(self):
+    def __init__(self, prepare=None):
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="gpuflat-writer")
+        if prepare is not None:
+            self._pool.submit(prepare)
         self._pending = {}
         # how each write ended (None: written; else why not), recorded by this writer's
         # thread: an interrupt may stop the main thread after a product was queued but
@@ -534,6 +537,14 @@ def _plots_then(write, target, group, result, verdicts, entry, defer=False):
     entry["timings"]["plots"] = round(time.perf_counter() - t, 3)
     log.info("group %s: plots in %.2f s", group.label(), entry["timings"]["plots"])
     return write(defer=defer)
+
+
+def load_plotting():
+    """Import what the plots use (matplotlib's Agg canvas, astropy.visualization: about
+    0.5 s), so that a group's plots are only drawn."""
+    from .. import _plots
+
+    _plots.load()
 
 
 def _plots(target, group, result, verdicts):
