@@ -318,8 +318,13 @@ def test_cli_run_calibrates_raw_frames(tmp_path, rng, capsys):
     )
     assert main(["run", "--config", str(toml), "-q"]) == 0
     gained = fits.getdata(tmp_path / "m2" / "combined_flat_filter_R.fits", header=True)
-    assert gained[1]["BUNIT"] == "electron" and gained[1]["HIERARCH GPUFLAT GAIN"] == 1.7
+    assert gained[1]["HIERARCH GPUFLAT GAIN"] == 1.7
     np.testing.assert_allclose(gained[0], data, rtol=1e-5)  # scaled by the median: no gain
+    assert gained[1]["BUNIT"] == ""  # normalised: dimensionless; unscaled, in electrons:
+    assert main(["run", "--config", str(toml), "-q", "-o", str(tmp_path / "m3"),
+                 "--scale", "none"]) == 0  # fmt: skip
+    unscaled = fits.getdata(tmp_path / "m3" / "combined_flat_filter_R.fits", header=True)
+    assert unscaled[1]["BUNIT"] == "electron"
     capsys.readouterr()
     assert main(["run", str(tmp_path / "raw"), "--overscan", "[1:2", "-o", str(out)]) == 2
     assert "--overscan '[1:2': a section is" in capsys.readouterr().err
