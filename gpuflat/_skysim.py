@@ -164,6 +164,7 @@ def simulate_sky(
     header["FILTER"] = (filter_name, "filter name")
     header["COMBINED"] = (True, "never an input: the truth to compare with")
     header["SIMSEED"] = (seed, "gpuflat simulation seed")
+    header["BUNIT"] = ("", "dimensionless, as a normalised master")  # CCDData.read takes it
     commit(truth_path, fits.HDUList([fits.PrimaryHDU(flat, header)]).writeto, overwrite=True)
     if progress is not None:
         progress(total, total)

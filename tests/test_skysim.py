@@ -7,7 +7,9 @@ import json
 
 import numpy as np
 import pytest
+from astropy import units as u
 from astropy.io import fits
+from astropy.nddata import CCDData
 from astropy.stats import mad_std
 
 from gpuflat import compare_flats
@@ -44,6 +46,7 @@ def test_frames_and_truth(nights):
     header = fits.getheader(paths[-1])
     assert header["COMBINED"] is True and header["IMAGETYP"] == "TRUEFLAT"
     np.testing.assert_array_equal(fits.getdata(paths[-1]), flat_field_truth(SHAPE, "V", 5))
+    assert CCDData.read(paths[-1]).unit == u.dimensionless_unscaled  # as the masters
     for p in paths[:-1]:  # never above the converter's end; sky 400-900 ADU
         data = fits.getdata(p)
         assert data.max() <= SATURATION
