@@ -301,7 +301,7 @@ def _combine_args(d_data, d_scale, n, npix, p0, nthreads, scratch, params, outs,
         np.float64(p.min_value), np.float64(p.max_value), np.int32(p.nlow), np.int32(p.nhigh),
         np.int32(p.sigma), np.int32(p.center), np.int32(p.dev), np.float64(p.sigma_low),
         np.float64(p.sigma_high), np.int32(p.maxiters), np.int32(p.method),
-        np.int32(p.ccdclip), np.int32(p.nkeep), null, *outs,
+        np.int32(p.ccdclip), np.int32(p.nkeep), np.int32(0), null, *outs,
         null if rejected is None else rejected, null, null,
     )  # fmt: skip
 
