@@ -372,7 +372,7 @@ def test_combine_api(tmp_path):
         guide = {"pclip": -0.5, "sigma_low": 5.0, "sigma_high": 5.0}
         want = reference_pclip(frames.reshape(7, -1), **(guide | opts))
         np.testing.assert_array_equal(result.count.ravel(), want[2])
-        np.testing.assert_allclose(result.image.ravel(), want[0], rtol=1e-12)
+        np.testing.assert_allclose(result.image.ravel(), want[0], rtol=1e-6)  # float32
     assert result.count.min() >= 3 and (result.count < 7).any()
 
 
