@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from .._calibrate import Calibration
-from .._config import CombineConfig
+from .._config import CLIPS, CombineConfig
 from .._extensions import parse_ext_list
 from .._qa import QAConfig
 from .._sources import Masking
@@ -86,7 +86,7 @@ _KINDS = {
     "min_frames": positive_int, "group_by": "keys", "ext": "str", "outdir": "str",
     "overwrite": "bool", "compress": "bool",
     "skip_bad": "bool", "plots": "bool", "report": "str", "method": ("average", "median", "sum"),
-    "scale": "str", "clip": ("sigma", "ccdclip", "none"), "sigma_low": float, "sigma_high": float,
+    "scale": "str", "clip": CLIPS, "sigma_low": float, "sigma_high": float,
     "center": ("median", "mean"), "dev": ("mad_std", "std"), "maxiters": maxiters,
     "min_value": float_or_none, "max_value": float_or_none, "nlow": int, "nhigh": int,
     "mask": "str", "mem_limit": byte_size, "device_mem_limit": byte_size_or_none,
