@@ -331,17 +331,16 @@ __device__ __forceinline__ double pclip_range(W &w, int w0, int w1, const Params
   int k = w1 - w0;
   if (k < 3) return 0.0;  // IRAF's MINCLIP
   double med = median_range(w, w0, w1);
-  double d;
-  if (pr.pclip < 0) {
-    int q = (k - 1) / 2 + pr.pclip;
-    d = med - w.s(w0 + (q > 0 ? q : 0));
-  } else {
-    int q = k / 2 + pr.pclip;
-    d = w.s(w0 + (q < k - 1 ? q : k - 1)) - med;
-  }
+  const bool below = pr.pclip < 0;
+  int q = below ? (k - 1) / 2 + pr.pclip : k / 2 + pr.pclip;
+  q = q < 0 ? 0 : (q > k - 1 ? k - 1 : q);
+  double x = w.s(w0 + q);
+  double d = below ? med - x : x - med;
   if (d != 0.0) {
-    while (af < bf && pr.sigma_low != inf && (med - w.s(af)) / d >= pr.sigma_low) ++af;
-    while (bf > af && pr.sigma_high != inf && (w.s(bf - 1) - med) / d >= pr.sigma_high) --bf;
+    if (pr.sigma_low != inf)
+      while (af < bf && (med - w.s(af)) / d >= pr.sigma_low) ++af;
+    if (pr.sigma_high != inf)
+      while (bf > af && (w.s(bf - 1) - med) / d >= pr.sigma_high) --bf;
   }
   return med;
 }
