@@ -293,6 +293,8 @@ x = 1000.0f + 100.0f * u + ((z & 1023ull) == 0ull ? 50000.0f : 0.0f);
 
 
 def _combine_args(d_data, d_scale, n, npix, p0, nthreads, scratch, params, outs, rejected):
+    from gpuflat.backends._params import pclip_offset
+
     p = params
     null = np.uint64(0)
     return (
@@ -301,7 +303,7 @@ def _combine_args(d_data, d_scale, n, npix, p0, nthreads, scratch, params, outs,
         np.float64(p.min_value), np.float64(p.max_value), np.int32(p.nlow), np.int32(p.nhigh),
         np.int32(p.sigma), np.int32(p.center), np.int32(p.dev), np.float64(p.sigma_low),
         np.float64(p.sigma_high), np.int32(p.maxiters), np.int32(p.method),
-        np.int32(p.ccdclip), np.int32(p.nkeep), null, *outs,
+        np.int32(p.ccdclip), np.int32(p.nkeep), np.int32(pclip_offset(p.pclip, n)), null, *outs,
         null if rejected is None else rejected, null, null,
     )  # fmt: skip
 

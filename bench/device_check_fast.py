@@ -93,7 +93,7 @@ def step_fast():
         fn = dev._function("combine.cu", kernel)
         null = np.uint64(0)
         args = (d_data, null, d_scale, null, np.int32(n), np.int64(npix), np.int64(0),
-                np.int64(npix), null, *kernel_args(params), null, *general, null, null,
+                np.int64(npix), null, *kernel_args(params, n), null, *general, null, null,
                 null)  # fmt: skip
 
         def run_general(fn=fn, args=args):

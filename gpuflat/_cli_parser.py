@@ -160,8 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     eng.add_argument("--scale", help="median (default), mean, none, or exptime:KEYWORD")
     eng.add_argument(
-        "--clip", choices=("sigma", "ccdclip", "none"),
-        help="rejection (default sigma; ccdclip: width from the CCD noise model, IRAF's)",
+        "--clip", choices=("sigma", "ccdclip", "pclip", "none"),
+        help="rejection (default sigma; ccdclip: width from the CCD noise model, IRAF's; "
+        "pclip: width from the median to a percentile pixel, IRAF's, see --pclip)",
     )  # fmt: skip
     eng.add_argument(
         "--sigma-low", type=float, metavar="N",
@@ -188,6 +189,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--nkeep", type=int, metavar="N",
         help="clipping keeps at least N of a pixel's samples, the nearest the centre "
         "(negative: rejects at most -N; IRAF's nkeep)",
+    )  # fmt: skip
+    eng.add_argument(
+        "--pclip", type=float, metavar="P",
+        help="--clip pclip only: the percentile pixel, P below (< 0) or above (> 0) the "
+        "median, |P| < 1 a fraction of half the frames, else a number of frames; clips at "
+        "--sigma-low/--sigma-high x its distance from the median (default -0.5, IRAF's)",
     )  # fmt: skip
     eng.add_argument(
         "--rdnoise", type=options.number_or_keyword, metavar="KEY|VALUE",

@@ -14,7 +14,8 @@ import numpy as np
 from .backends._params import CENTERS, DEVS, METHODS, KernelParams
 
 SCALE_WORDS = ("median", "mean", "none")
-CLIPS = ("sigma", "ccdclip", "none")
+CLIPS = ("sigma", "ccdclip", "pclip", "none")
+PCLIP_DEFAULT = -0.5  #: pclip when clip="pclip" and none is given (IRAF imcombine's default)
 #: the noise model's options: (name, default, the values allowed)
 NOISE_OPTIONS = (("rdnoise", ">= 0"), ("noise_gain", "> 0"), ("snoise", ">= 0"))
 BACKENDS = ("auto", "cpu", "cuda")
@@ -41,6 +42,8 @@ class CombineConfig:
     noise_gain: float | str = 1.0
     snoise: float | str = 0.0
     nkeep: int = 0
+    #: pclip's percentile pixel (clip='pclip' only; None there: IRAF's -0.5)
+    pclip: float | None = None
     mem_limit: float = 350e6
     backend: str = "auto"
     #: bytes of device memory a GPU combination may use (None: half the free device memory);
@@ -80,6 +83,7 @@ class CombineConfig:
         for name, allowed in NOISE_OPTIONS:
             object.__setattr__(self, name, _noise_option(name, getattr(self, name), allowed))
         _integer("nkeep", self.nkeep, minimum=-(2**31), extra=" (< 0: the most to reject)")
+        self._check_pclip()
         _integer("nlow", self.nlow, minimum=0)
         _integer("nhigh", self.nhigh, minimum=0)
         _number("mem_limit", self.mem_limit)
@@ -98,6 +102,37 @@ class CombineConfig:
         if self.weights is not None:
             object.__setattr__(self, "weights", _positive_vector("weights", self.weights))
 
+    def _check_pclip(self):
+        """pclip's parameter, only with clip='pclip' (then IRAF's default when None), and
+        the options percentile clipping does not use left at their defaults."""
+        if self.clip != "pclip":
+            if self.pclip is not None:
+                raise ValueError(
+                    f"pclip is only used with clip='pclip'; got pclip={self.pclip!r} with "
+                    f"clip={self.clip!r}"
+                )
+            return
+        if self.pclip is None:
+            object.__setattr__(self, "pclip", PCLIP_DEFAULT)
+        value = self.pclip
+        _number("pclip", value)
+        if not math.isfinite(value) or value == 0 or (abs(value) >= 1 and value % 1):
+            raise ValueError(
+                "pclip must be a fraction of the frames (0 < |pclip| < 1) or a whole number "
+                f"of them (|pclip| >= 1), negative below the median; got {value!r}"
+            )
+        object.__setattr__(self, "pclip", float(value))
+        for name, want, why in (
+            ("center", "median", "the clipping is about the median"),
+            ("dev", "mad_std", "the width is the distance to the percentile pixel"),
+            ("maxiters", 1, "the clipping makes one pass, as IRAF's"),
+        ):
+            if getattr(self, name) != want:
+                raise ValueError(
+                    f"{name} must be {want!r} with clip='pclip' ({why}); "
+                    f"got {getattr(self, name)!r}"
+                )
+
     def kernel_params(self, *, clip_scaled: bool = True, noise=None) -> KernelParams:
         """The numbers the backends' combine kernel takes; with ccdclip, ``noise`` is the
         per-frame (rdnoise, gain, snoise) as three sequences (see :meth:`noise_model`)."""
@@ -111,7 +146,7 @@ class CombineConfig:
             max_value=math.inf if self.max_value is None else float(self.max_value),
             nlow=self.nlow,
             nhigh=self.nhigh,
-            sigma=int(self.clip in ("sigma", "ccdclip")),
+            sigma=int(self.clip in ("sigma", "ccdclip", "pclip")),
             center=CENTERS[self.center],
             dev=DEVS[self.dev],
             sigma_low=float(self.sigma_low),
@@ -123,6 +158,7 @@ class CombineConfig:
             rdnoise=tuple(rdnoise),
             gain=tuple(gain),
             snoise=tuple(snoise),
+            pclip=self.pclip if self.clip == "pclip" else 0.0,
         )
 
     def noise_model(self, headers, names) -> tuple[tuple[float, ...], ...] | None:

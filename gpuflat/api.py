@@ -45,6 +45,7 @@ def combine(
     noise_gain: float | str = 1.0,
     snoise: float | str = 0.0,
     nkeep: int = 0,
+    pclip: float | None = None,
     mask=None,
     mem_limit: float = 350e6,
     backend: str = "auto",
@@ -84,10 +85,12 @@ def combine(
         Per-frame scale: 1/median (default), 1/mean, none, 1/exposure time from a header
         keyword, explicit factors, or a callable evaluated on each whole frame that returns
         the factor (the guide's ``inv_median``).
-    clip : {'sigma', 'ccdclip', 'none'}
+    clip : {'sigma', 'ccdclip', 'pclip', 'none'}
         Sigma clipping on the scaled values; ``'ccdclip'`` (IRAF imcombine's) takes each
         frame's width from the CCD noise model at the centre instead of the MAD or the
-        standard deviation (``rdnoise``, ``noise_gain``, ``snoise``). ``min_value``/
+        standard deviation (``rdnoise``, ``noise_gain``, ``snoise``); ``'pclip'`` (IRAF's
+        percentile clipping) takes as width the distance from the median to a percentile
+        pixel (``pclip``), in one pass. ``min_value``/
         ``max_value`` (raw values) and ``nlow``/``nhigh`` (extrema) reject too, with or
         without it.
     sigma_low, sigma_high : float
@@ -109,6 +112,13 @@ def combine(
         IRAF's nkeep: when the clipping leaves fewer than ``nkeep`` of the frames it was
         given, the clipped ones closest to the centre come back up to that number;
         negative: at most ``-nkeep`` are clipped. Thresholds and nlow/nhigh are not undone.
+    pclip : float, optional
+        ``clip='pclip'`` only (default -0.5, IRAF's): the percentile pixel, counted from the
+        median in the sorted samples of a pixel, below it when negative, above it when
+        positive; ``|pclip| < 1`` is a fraction of half the frames, else a whole number of
+        pixels (at least 1, at most half the frames). Pixels are clipped at ``sigma_low``
+        / ``sigma_high`` times the distance from the median to that pixel; fewer than 3
+        samples are not clipped. ``center``, ``dev`` and ``maxiters`` keep their defaults.
     mask : 2-D array or path, optional
         A bad-pixel mask (nonzero = bad) applied to every frame, on top of CCDData masks.
         NaN and inf samples never count either.
@@ -262,6 +272,7 @@ def combine_mosaic(
     noise_gain: float | str = 1.0,
     snoise: float | str = 0.0,
     nkeep: int = 0,
+    pclip: float | None = None,
     mask=None,
     mem_limit: float = 350e6,
     backend: str = "auto",
@@ -314,8 +325,8 @@ def combine_mosaic(
     progress : callable(done, total), optional
         Called after each extension.
     method, scale, clip, sigma_low, sigma_high, center, dev, maxiters, min_value, \
-max_value, nlow, nhigh, weights, rdnoise, noise_gain, snoise, nkeep, mem_limit, backend,
-device_mem_limit
+max_value, nlow, nhigh, weights, rdnoise, noise_gain, snoise, nkeep, pclip, mem_limit,
+backend, device_mem_limit
         As in :func:`combine`.
     overscan, overscan_axis, overscan_model, trim, bias, dark, exposure_key, gain
         As in :func:`combine`, per extension: a section named by a header keyword is read

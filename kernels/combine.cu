@@ -16,7 +16,8 @@
 //   gpuflat_combine_n
 //       any n: the sort buffer and flags live in a caller-provided global scratch buffer;
 //   gpuflat_combine_x16, _x32, _x64, _xn
-//       the same with ccdclip and nkeep (steps 5b, 5c), which the others refuse (count -1).
+//       the same with ccdclip, pclip and nkeep (steps 5b, 5c, 5d), which the others refuse
+//       (count -1).
 //
 // Arguments, in order (C types; pass exactly these widths from the host):
 //   const float         *data        [n * npix], frame-major: data[i * npix + p]
@@ -38,6 +39,8 @@
 //   int                  method
 //   int                  ccdclip     1: the clipping width from the CCD noise model
 //   int                  nkeep       least survivors the clipping leaves (< 0: most rejected)
+//   int                  pclip       0, or pclip's percentile pixel: a signed number of sorted
+//                                    positions from the median (_params.pclip_offset)
 //   const double        *noise       [3 * n] or NULL (ccdclip only): (rdnoise/gain)^2 of
 //                                    every frame, then gain, then snoise
 //   double              *image       [npix]  (written at p0 .. p0 + nthreads - 1)
@@ -148,7 +151,7 @@ struct Params {
   int nlow, nhigh, sigma, center, dev;
   double sigma_low, sigma_high;
   int maxiters, method;
-  int ccdclip, nkeep;
+  int ccdclip, nkeep, pclip;
 };
 
 // The inputs of one pixel: recomputing x, y and v from the band is cheaper than storing
@@ -319,6 +322,29 @@ __device__ __forceinline__ void nkeep_restore(W &w, const Pixel &px, int n, int 
   }
 }
 
+// pclip (contract step 5d) on the sorted window [w0, w1): narrows [af, bf) to the survivors
+// and returns the median (0 when the window is too small to clip).
+template <class W>
+__device__ __forceinline__ double pclip_range(W &w, int w0, int w1, const Params &pr, int &af,
+                                              int &bf) {
+  const double inf = gf_inf();
+  int k = w1 - w0;
+  if (k < 3) return 0.0;  // IRAF's MINCLIP
+  double med = median_range(w, w0, w1);
+  const bool below = pr.pclip < 0;
+  int q = below ? (k - 1) / 2 + pr.pclip : k / 2 + pr.pclip;
+  q = q < 0 ? 0 : (q > k - 1 ? k - 1 : q);
+  double x = w.s(w0 + q);
+  double d = below ? med - x : x - med;
+  if (d != 0.0) {
+    if (pr.sigma_low != inf)
+      while (af < bf && (med - w.s(af)) / d >= pr.sigma_low) ++af;
+    if (pr.sigma_high != inf)
+      while (bf > af && (w.s(bf - 1) - med) / d >= pr.sigma_high) --bf;
+  }
+  return med;
+}
+
 template <bool EXT, class W>
 __device__ __forceinline__ void combine_pixel(W &w, const Pixel &px, const unsigned char *mask,
                                               const double *weight, int n, const Params &pr,
@@ -328,8 +354,8 @@ __device__ __forceinline__ void combine_pixel(W &w, const Pixel &px, const unsig
   const long long p = px.p;
   const long long npix = px.npix;
   w.init(n);
-  if (!EXT && (pr.ccdclip || pr.nkeep)) {
-    // ccdclip and nkeep take the gpuflat_combine_x* kernels: an impossible count says so
+  if (!EXT && (pr.ccdclip || pr.nkeep || pr.pclip)) {
+    // ccdclip, nkeep and pclip take the gpuflat_combine_x* kernels: an impossible count says so
     count[p] = -1;
     image[p] = gf_nan();
     uncert[p] = gf_nan();
@@ -396,6 +422,8 @@ __device__ __forceinline__ void combine_pixel(W &w, const Pixel &px, const unsig
   if (EXT && pr.sigma && w1 > w0 && pr.ccdclip) {
     c = ccd_clip(w, px, n, w1 - w0, pr, noise);
     general = true;
+  } else if (EXT && pr.sigma && w1 > w0 && pr.pclip) {
+    c = pclip_range(w, w0, w1, pr, af, bf);
   } else if (pr.sigma && w1 > w0) {
     const double inf = gf_inf();
     int a = w0;
@@ -561,7 +589,7 @@ __device__ __forceinline__ void combine_pixel(W &w, const Pixel &px, const unsig
       long long npix, long long p0, long long nthreads, void *scratch, int clip_scaled,    \
       double min_value, double max_value, int nlow, int nhigh, int sigma, int center,      \
       int dev, double sigma_low, double sigma_high, int maxiters, int method, int ccdclip,  \
-      int nkeep, const double *__restrict__ noise, double *__restrict__ image,            \
+      int nkeep, int pclip, const double *__restrict__ noise, double *__restrict__ image,  \
       double *__restrict__ uncert, int *__restrict__ count,                                \
       unsigned long long *__restrict__ rejected, const unsigned int *__restrict__ list,      \
       const unsigned int *__restrict__ counts
@@ -575,7 +603,7 @@ __device__ __forceinline__ void combine_pixel(W &w, const Pixel &px, const unsig
   const long long step = list ? (long long)gridDim.x * blockDim.x : nthreads;               \
   Params pr{clip_scaled, min_value, max_value, nlow, nhigh, sigma,                          \
             center,      dev,       sigma_low, sigma_high, maxiters, method,                \
-            ccdclip,     nkeep};                                                            \
+            ccdclip,     nkeep,     pclip};                                                 \
   for (long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x; t < len; t += step) { \
     Pixel px{data, scale, npix, p0 + (list ? (long long)list[t] : t), clip_scaled};
 
@@ -601,7 +629,7 @@ __device__ __forceinline__ void combine_global(GF_COMBINE_ARGS) {
 #define GF_COMBINE_CALL                                                                     \
   (data, mask, scale, weight, n, npix, p0, nthreads, scratch, clip_scaled, min_value,       \
    max_value, nlow, nhigh, sigma, center, dev, sigma_low, sigma_high, maxiters, method,      \
-   ccdclip, nkeep, noise, image, uncert, count, rejected, list, counts)
+   ccdclip, nkeep, pclip, noise, image, uncert, count, rejected, list, counts)
 
 #if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_combine_16)
 extern "C" __global__ void gpuflat_combine_16(GF_COMBINE_ARGS) {
@@ -624,7 +652,7 @@ extern "C" __global__ void gpuflat_combine_n(GF_COMBINE_ARGS) {
 }
 #endif
 
-// ccdclip and nkeep: the same kernels with steps 5b and 5c compiled in (they cost registers
+// ccdclip, pclip and nkeep: the same kernels with steps 5b-5d compiled in (they cost registers
 // the guide's path should not pay for)
 #if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_combine_x16)
 extern "C" __global__ void gpuflat_combine_x16(GF_COMBINE_ARGS) {

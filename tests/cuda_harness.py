@@ -54,7 +54,7 @@ FLAVOURS = {
 }
 
 # Kernel parameter types, in order: P pointer, i int, q long long, d double.
-_COMBINE = "PPPPiqqqPiddiiiiiddiiiiPPPPPPP"
+_COMBINE = "PPPPiqqqPiddiiiiiddiiiiiPPPPPPP"
 SIGNATURES = {
     "gpuflat_combine_16": _COMBINE,
     "gpuflat_combine_32": _COMBINE,
@@ -74,7 +74,7 @@ SIGNATURES = {
 }
 _CTYPES = {"P": ctypes.c_void_p, "i": ctypes.c_int32, "q": ctypes.c_int64, "d": ctypes.c_double}
 # Positions of the pointer arguments a kernel writes (the rest it only reads).
-WRITES = {name: (8, 24, 25, 26, 27) for name in SIGNATURES if name.startswith("gpuflat_combine")}
+WRITES = {name: (8, 25, 26, 27, 28) for name in SIGNATURES if name.startswith("gpuflat_combine")}
 WRITES |= {
     name: (13, 14, 15, 16, 17)
     for name in SIGNATURES
@@ -236,12 +236,13 @@ def combine_args(
 ):  # fmt: skip
     """The combine kernels' argument list as ctypes values (``noise``: the noise model
     table, ``_params.noise_table``, which the caller keeps alive; needed with ccdclip)."""
-    from gpuflat.backends._params import KernelParams
+    from gpuflat.backends._params import KernelParams, pclip_offset
 
     n, npix = data.shape
     prm = KernelParams(*params)
     (clip_scaled, min_value, max_value, nlow, nhigh, sigma, center, dev, sigma_low, sigma_high,
      maxiters, method, ccdclip, nkeep) = prm[:14]  # fmt: skip
+    pclip = pclip_offset(prm.pclip, n)
     if ccdclip and (noise is None or noise.size != 3 * n):
         raise ValueError("ccdclip needs the noise table of the n frames")
     i32, i64, f64 = ctypes.c_int32, ctypes.c_int64, ctypes.c_double
@@ -250,7 +251,7 @@ def combine_args(
         i32(n), i64(npix), i64(p0), i64(nthreads), ptr(scratch),
         i32(int(clip_scaled)), f64(min_value), f64(max_value), i32(nlow), i32(nhigh),
         i32(int(sigma)), i32(center), i32(dev), f64(sigma_low), f64(sigma_high),
-        i32(maxiters), i32(method), i32(int(ccdclip)), i32(nkeep), ptr(noise),
+        i32(maxiters), i32(method), i32(int(ccdclip)), i32(nkeep), i32(pclip), ptr(noise),
         ptr(image), ptr(uncert), ptr(count), ptr(rejected), ptr(None), ptr(None),
     ]  # fmt: skip
 
@@ -265,6 +266,7 @@ def combine_band(
     picks; ``"fast"``: the fast kernels and their lists, see :func:`fast_combine_band`);
     ``pieces`` splits the pixels over that many launches (exercises ``p0``).
     """
+    from gpuflat.backends._cuda_fast import extended
     from gpuflat.backends._kernels import combine_kernel
     from gpuflat.backends._params import KernelParams, noise_table
 
@@ -279,7 +281,7 @@ def combine_band(
     scale = np.ascontiguousarray(scale, np.float64)
     weight = None if weight is None else np.ascontiguousarray(weight, np.float64)
     prm = KernelParams(*params)
-    kernel = kernel or combine_kernel(n, extended=bool(prm.ccdclip or prm.nkeep))
+    kernel = kernel or combine_kernel(n, extended=extended(prm))
     image = np.full(npix, -1.0)
     uncert = np.full(npix, -1.0)
     count = np.full(npix, -1, np.int32)

@@ -48,6 +48,8 @@ PARAMS = [
     KernelParams(clip_scaled=0, center=1, dev=1, sigma_low=3.0, sigma_high=3.0),
     KernelParams(clip_scaled=0, method=1, nlow=1, nhigh=2, maxiters=-1),
     KernelParams(min_value=500.0, max_value=3000.0, center=1, dev=0, maxiters=3),
+    KernelParams(pclip=-0.5, sigma_low=2.0, sigma_high=2.0),
+    KernelParams(pclip=2.0, nkeep=-1, method=1, nlow=1),
 ]
 
 
@@ -327,7 +329,7 @@ def _ccdclip(n):
 
 
 @pytest.mark.parametrize("n", [3, 15, 40, 65, 150])
-@pytest.mark.parametrize("extended", ["plain", "nkeep", "ccdclip"])
+@pytest.mark.parametrize("extended", ["plain", "nkeep", "ccdclip", "pclip"])
 def test_prebuilt_and_nvrtc_kernels_agree(backend, n, extended):
     """Every combine kernel (16/32/64/n, plain and x), bit for bit, from the fatbin (where
     this GPU has its code) and from NVRTC (CuPy's -ftz=true included)."""
@@ -336,6 +338,7 @@ def test_prebuilt_and_nvrtc_kernels_agree(backend, n, extended):
         "plain": KernelParams(),
         "nkeep": KernelParams(nkeep=2, maxiters=-1, sigma_low=2.0, sigma_high=2.0),
         "ccdclip": _ccdclip(n),
+        "pclip": KernelParams(pclip=-0.5, nkeep=3, sigma_low=1.5, sigma_high=1.5),
     }[extended]
     nvrtc = _nvrtc_backend()
     got_rej, want_rej = np.zeros(n, np.int64), np.zeros(n, np.int64)

@@ -160,6 +160,8 @@ OPTIONS = {
     "extrema": {"nlow": 1, "nhigh": 1, "min_value": 500.0},
     "ccdclip-nkeep": {"clip": "ccdclip", "rdnoise": 5.0, "noise_gain": 1.5, "nkeep": 12},
     "sigma-nkeep": {"sigma_low": 1.0, "sigma_high": 1.0, "nkeep": -3},
+    "pclip": {"clip": "pclip", "sigma_low": 2.0, "sigma_high": 2.0},
+    "pclip-above-nkeep": {"clip": "pclip", "pclip": 2, "sigma_low": 1.0, "nkeep": 12},
 }
 
 

@@ -32,7 +32,7 @@ from astropy.io import fits
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gpuflat.backends._params import KernelParams
+from gpuflat.backends._params import KernelParams, pclip_offset
 
 ROOT = Path(__file__).resolve().parents[1]
 KERNEL_FILES = ("combine.cu", "level.cu", "convert.cu")
@@ -60,6 +60,27 @@ def _mad(s, a, b, med):
     return _median(dev, 0, len(dev))
 
 
+def _contract_pclip(s, w0, w1, off, sigma_low, sigma_high):
+    """Step 5d: the surviving sorted positions [af, bf) of the window."""
+    k = w1 - w0
+    if k < 3:
+        return w0, w1
+    med = _median(s, w0, w1)
+    if off < 0:
+        d = med - s[w0 + max(0, (k - 1) // 2 + off)]
+    else:
+        d = s[w0 + min(k - 1, k // 2 + off)] - med
+    if d == 0:
+        return w0, w1
+    kept = [
+        r
+        for r in range(w0, w1)
+        if not (sigma_low != math.inf and (med - s[r]) / d >= sigma_low)
+        and not (sigma_high != math.inf and (s[r] - med) / d >= sigma_high)
+    ]
+    return (kept[0], kept[-1] + 1) if kept else (w0, w0)
+
+
 def contract_pixel(x, msk, scale, weight, prm: KernelParams):
     """One pixel, literally as the contract says (Python floats are IEEE doubles)."""
     n = len(x)
@@ -85,7 +106,10 @@ def contract_pixel(x, msk, scale, weight, prm: KernelParams):
         return [i for i in window if s[a] <= v[i] <= s[b - 1]]
 
     af, bf = w0, w1
-    if prm.sigma and w1 > w0:
+    off = pclip_offset(prm.pclip, n)
+    if prm.sigma and w1 > w0 and off and not prm.ccdclip:
+        af, bf = _contract_pclip(s, w0, w1, off, prm.sigma_low, prm.sigma_high)
+    elif prm.sigma and w1 > w0:
         a, b, lo, hi, it = w0, w1, -math.inf, math.inf, 0
         while b > a and (prm.maxiters < 0 or it < prm.maxiters):
             it += 1
@@ -530,6 +554,84 @@ def test_combine_hypothesis(n, npix, seed, distinct, nan, outliers, use_mask, us
     check_combine(data, mask, scale, weight, params, reference=n <= 40)
 
 
+# -- pclip (contract step 5d): the extended kernels only -------------------------------------
+
+PCLIP_PARAMS = {
+    "pclip": KernelParams(pclip=-0.5, sigma_low=3.0, sigma_high=3.0),
+    "pclip-above": KernelParams(pclip=0.5, sigma_low=2.0, sigma_high=2.0),
+    "pclip-pixels-below": KernelParams(pclip=-2.0, sigma_low=1.5, sigma_high=2.5, method=1),
+    "pclip-pixels-above": KernelParams(pclip=3.0, sigma_low=1.0, sigma_high=1.0, method=2),
+    "pclip-extreme": KernelParams(pclip=-0.99, sigma_low=0.5, sigma_high=0.5),
+    "pclip-one-sided": KernelParams(pclip=-1.0, sigma_low=float("inf"), sigma_high=0.5),
+    "pclip-zero-sigmas": KernelParams(pclip=1.0, sigma_low=0.0, sigma_high=0.0),
+    "pclip-raw-median": KernelParams(pclip=-0.5, clip_scaled=0, sigma_low=1.0, method=1),
+    "pclip-window": KernelParams(pclip=-0.3, nlow=1, nhigh=2, sigma_low=1.0, sigma_high=1.0),
+    "pclip-minmax": KernelParams(pclip=2.0, min_value=900.0, max_value=1100.0, sigma_low=1.0),
+    "pclip-nkeep": KernelParams(pclip=-0.5, nkeep=4, sigma_low=0.3, sigma_high=0.3),
+    "pclip-nkeep-neg": KernelParams(pclip=1.0, nkeep=-1, sigma_low=0.2, sigma_high=0.2),
+}
+PCLIP_KERNELS = (None, "gpuflat_combine_xn", "gpuflat_combine_x64")
+
+
+@pytest.mark.parametrize("name", PCLIP_PARAMS)
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 6, 8, 15, 16, 17, 33, 64, 65])
+def test_pclip_matches_numba(name, n):
+    """Bit for bit numba (and the transcription of the contract without nkeep), on the
+    extended kernels; the plain ones refuse pclip (count -1)."""
+    rng = np.random.default_rng(n * 1000 + len(name) + 7)
+    data = flat_band(rng, n, 48, ties=n % 2 == 1)
+    mask = (rng.random(data.shape) < 0.05).astype(np.uint8) if n % 3 else None
+    scale = 1.0 / rng.uniform(500.0, 2000.0, n)
+    weight = rng.uniform(0.5, 2.0, n) if n % 4 in (1, 2) else None
+    params = PCLIP_PARAMS[name]
+    kernels = PCLIP_KERNELS if n <= 64 else (None, "gpuflat_combine_xn")
+    check_combine(data, mask, scale, weight, params, kernels=kernels, reference=not params.nkeep)
+    _, _, count = harness.combine_band(data, mask, scale, weight, params, kernel=harness_default(n))
+    assert (count == -1).all()
+
+
+@pytest.mark.parametrize("name", PCLIP_PARAMS)
+@pytest.mark.parametrize("scale_kind", ["one", "mixed", "tiny"])
+def test_pclip_subnormals_signed_zeros_nan_payloads(name, scale_kind):
+    rng = np.random.default_rng(len(name) * 13 + len(scale_kind))
+    n = 11
+    data = harness.special_band(rng, n, 64)
+    scale = harness.special_scales(rng, n, scale_kind)
+    mask = (rng.random(data.shape) < 0.05).astype(np.uint8)
+    check_combine(data, mask, scale, None, PCLIP_PARAMS[name], kernels=PCLIP_KERNELS[:2],
+                  reference=False)  # fmt: skip
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    n=st.integers(1, 70),
+    npix=st.integers(1, 12),
+    seed=st.integers(0, 2**32 - 1),
+    distinct=st.sampled_from([1, 2, 3, 7, 0]),
+    nan=st.sampled_from([0.0, 0.1, 0.5]),
+    outliers=st.sampled_from([0.0, 0.05, 0.3]),
+    use_mask=st.booleans(),
+    base=params_strategy(),
+    pclip=st.sampled_from([-0.99, -0.5, -0.1, 0.1, 0.5, -1.0, 1.0, -3.0, 4.0, 100.0]),
+    nkeep=st.sampled_from([0, 0, 1, 3, -1, 50]),
+)
+def test_pclip_hypothesis(n, npix, seed, distinct, nan, outliers, use_mask, base, pclip, nkeep):
+    rng = np.random.default_rng(seed)
+    if distinct:
+        data = rng.choice(rng.normal(1000.0, 30.0, distinct), size=(n, npix))
+    else:
+        data = rng.normal(1000.0, 30.0, (n, npix))
+    big = rng.random(data.shape) < outliers
+    data[big] = rng.choice([-1e30, 1e30, 0.0, 1e5, 10.0], size=big.sum())
+    data = data.astype(np.float32)
+    data[rng.random(data.shape) < nan] = rng.choice([np.nan, np.inf, -np.inf])
+    mask = (rng.random(data.shape) < 0.2).astype(np.uint8) if use_mask else None
+    scale = rng.choice([1.0, 1e-3, 1.0 / 3.0, 2.5], n) * rng.uniform(0.9, 1.1, n)
+    params = base._replace(sigma=1, pclip=pclip, nkeep=nkeep)
+    check_combine(data, mask, scale, None, params, kernels=PCLIP_KERNELS[:2],
+                  reference=n <= 40 and not nkeep)  # fmt: skip
+
+
 # -- CPU execution: frame level --------------------------------------------------------------
 
 
@@ -688,8 +790,11 @@ _ASAN_SCRIPT = textwrap.dedent(
                   P(center=1, dev=1, method=2, maxiters=-1, sigma_low=1.0, sigma_high=1.0),
                   P(ccdclip=1, nkeep=3, rdnoise=(5.0,) * n, gain=(2.0,) * n,
                     snoise=(0.01,) * n, maxiters=-1, sigma_low=1.0, sigma_high=1.0, method=1),
-                  P(nkeep=-1, sigma_low=0.5, sigma_high=0.5)):
-            for k in (None, "gpuflat_combine_xn" if p.ccdclip or p.nkeep else "gpuflat_combine_n"):
+                  P(nkeep=-1, sigma_low=0.5, sigma_high=0.5),
+                  P(pclip=-0.5, sigma_low=1.0, sigma_high=1.0, nlow=1),
+                  P(pclip=3.0, nkeep=2, sigma_low=0.5, sigma_high=0.5, method=1)):
+            x = p.ccdclip or p.nkeep or p.pclip
+            for k in (None, "gpuflat_combine_xn" if x else "gpuflat_combine_n"):
                 h.combine_band(d, m, s, w, p, kernel=k, pieces=3)
                 h.combine_band(d, None, s, None, p, kernel=k)
     for n in h.ASAN_FAST:  # the fast kernels and their lists
@@ -870,7 +975,7 @@ def test_fast_lists_hold_the_right_pixels(n):
 
 def test_fast_eligibility_is_numba_fast_path():
     """``_cuda_fast.fast_eligible`` (no numba on the CUDA path) is numba's test, without
-    ccdclip and nkeep, and up to 48 frames."""
+    ccdclip, nkeep and pclip, and up to 48 frames."""
     from gpuflat.backends._cuda_fast import FAST_MAX, fast_eligible
     from gpuflat.backends._fast_cu import FAST_MAX as GENERATED_MAX
     from gpuflat.backends._numba_fast import fast_eligible as numba_eligible
@@ -885,9 +990,10 @@ def test_fast_eligibility_is_numba_fast_path():
             maxiters=int(rng.choice([-1, 0, 1, 3])), method=int(rng.integers(3)),
             ccdclip=int(rng.integers(2)) * int(rng.random() < 0.2),
             nkeep=int(rng.random() < 0.2),
+            pclip=float(rng.choice([0.0, -0.5, 2.0], p=[0.8, 0.1, 0.1])),
         )  # fmt: skip
         for n in (1, 15, 48, 49):
-            want = numba_eligible(p, n) and not p.ccdclip and p.nkeep == 0 and n <= 48
+            want = numba_eligible(p, n) and not (p.ccdclip or p.nkeep or p.pclip) and n <= 48
             assert fast_eligible(p, n) == want, (p, n)
 
 

@@ -68,6 +68,8 @@ CASES = {
     "one-chunk": (20, 300, None, True, False, KernelParams(nlow=1, nhigh=1)),
     "odd-chunks": (33, 1000, 384, False, False, KernelParams(method=2)),
     "large-stack": (70, 500, 128, True, True, KernelParams(maxiters=-1)),
+    "pclip": (15, 1000, 256, True, True, KernelParams(pclip=-0.5, sigma_low=2.0, sigma_high=2.0)),
+    "pclip-nkeep-large": (70, 300, 128, True, False, KernelParams(pclip=3.0, nkeep=-2, method=1)),
 }
 
 

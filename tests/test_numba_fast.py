@@ -35,7 +35,7 @@ def per_pixel(data, mask, scale, weight, params):
         np.ascontiguousarray(scale, np.float64),
         _numba._NO_WEIGHT if weight is None else weight,
         weight is not None,
-        _numba._as_tuple(params),
+        _numba._as_tuple(params, n),
         0,
         npix,
         *out,

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._cuda_fast import fast_kernel, queue_combine
+from ._cuda_fast import extended, fast_kernel, queue_combine
 from ._kernels import (
     BITPIX_DTYPES,
     BLOCK,
@@ -590,7 +590,7 @@ class CudaBackend:
         if npix == 0:
             return image, uncert, count
         given = KernelParams(*params)
-        kernel = combine_kernel(n, extended=bool(given.ccdclip or given.nkeep))
+        kernel = combine_kernel(n, extended=extended(given))
         per_pixel = n * (5 if mask is not None else 4)
         width = self.chunk_pixels or max(BLOCK, CHUNK_BYTES // per_pixel // BLOCK * BLOCK)
         width = min(width, npix)

@@ -20,15 +20,16 @@ from __future__ import annotations
 import numpy as np
 
 from ._kernels import BLOCK, combine_kernel
-from ._params import KernelParams
+from ._params import KernelParams, pclip_offset
 
 FAST_MAX = 48  # as _fast_cu.FAST_MAX (kernels/fast.cu has gpuflat_fast_1 .. _48)
 LIST_GRID = 1024  # blocks of the list kernels at most (grid-stride loops)
 
 
 def fast_eligible(params: KernelParams, n: int) -> bool:
-    """The numba fast path's test (``_numba_fast.fast_eligible``, and no ccdclip or nkeep),
-    restated here so that the CUDA path never imports numba; tests check that they agree."""
+    """The numba fast path's test (``_numba_fast.fast_eligible``, and no ccdclip, nkeep or
+    pclip), restated here so that the CUDA path never imports numba; tests check that they
+    agree."""
     p = params
     return (
         1 <= n <= FAST_MAX
@@ -41,6 +42,7 @@ def fast_eligible(params: KernelParams, n: int) -> bool:
         and p.maxiters != 0
         and not p.ccdclip
         and p.nkeep == 0
+        and not p.pclip
     )
 
 
@@ -54,14 +56,21 @@ def list_bytes(pixels: int, n: int, params: KernelParams) -> int:
     return 4 * pixels if fast_kernel(n, params) else 0
 
 
-def kernel_args(params: KernelParams) -> tuple:
-    """The parameters of the general kernel, with their C types."""
+def extended(params: KernelParams) -> bool:
+    """Whether the band takes the ``gpuflat_combine_x*`` kernels (ccdclip, nkeep, pclip)."""
+    p = KernelParams(*params)
+    return bool(p.ccdclip or p.nkeep or p.pclip)
+
+
+def kernel_args(params: KernelParams, n: int) -> tuple:
+    """The parameters of the general kernel for ``n`` frames, with their C types."""
     p = KernelParams(*params)
     return (
         np.int32(p.clip_scaled), np.float64(p.min_value), np.float64(p.max_value),
         np.int32(p.nlow), np.int32(p.nhigh), np.int32(p.sigma), np.int32(p.center),
         np.int32(p.dev), np.float64(p.sigma_low), np.float64(p.sigma_high),
         np.int32(p.maxiters), np.int32(p.method), np.int32(p.ccdclip), np.int32(p.nkeep),
+        np.int32(pclip_offset(p.pclip, n)),
     )  # fmt: skip
 
 
@@ -79,12 +88,12 @@ def queue_combine(dev, stream, chunks, *, n, stride, scale, weight, params, nois
     buffers in use (None, None for the general kernel), which the caller must keep until
     the stream is done with them."""
     p = KernelParams(*params)
-    prm = kernel_args(p)
+    prm = kernel_args(p, n)
     fast = fast_kernel(n, p)
     if any(c[2] >= 1 << 32 for c in chunks):  # the lists hold 32-bit pixel offsets
         raise ValueError("a combine launch covers fewer than 2**32 pixels")
     if fast is None:
-        kernel = combine_kernel(n, extended=bool(p.ccdclip or p.nkeep))
+        kernel = combine_kernel(n, extended=extended(p))
         for data, mask, w, image, uncert, count in chunks:
             args = (data, mask, scale, weight, np.int32(n), np.int64(stride), np.int64(0),
                     np.int64(w), scratch, *prm, noise, image, uncert, count, rejected, None,

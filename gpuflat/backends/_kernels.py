@@ -250,8 +250,8 @@ def convert_args(dtype, bscale, bzero, blank):
 
 
 def combine_kernel(n: int, extended: bool = False) -> str:
-    """The combine kernel for a stack of ``n`` frames; ``extended``: ccdclip or nkeep (the
-    ``gpuflat_combine_x*`` kernels)."""
+    """The combine kernel for a stack of ``n`` frames; ``extended``: ccdclip, nkeep or pclip
+    (the ``gpuflat_combine_x*`` kernels, ``_cuda_fast.extended``)."""
     x = "x" if extended else ""
     for cap in (16, 32, 64):
         if n <= cap:

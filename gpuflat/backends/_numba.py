@@ -22,7 +22,7 @@ from ._numba_fast import (
     size_class,
 )
 from ._numba_ops import hi, lo
-from ._params import KernelParams, noise_table
+from ._params import KernelParams, noise_table, pclip_offset
 
 # the digest of _numba_fast.py, _numba_median.py, _numba_merges.py and _numba_ops.py (see
 # _networks.DEPENDS_ON)
@@ -172,9 +172,33 @@ def _nkeep_restore(v, inwin, sv, n, need, c, ccdclip, scale, clip_scaled, noise)
         sv[best] = True
 
 
+@nb.njit(cache=True, nogil=True)
+def _pclip_range(s, w0, w1, off, sigma_low, sigma_high):
+    """pclip (contract step 5d) on the sorted window ``s[w0:w1]``: the surviving sorted
+    positions ``[af, bf)`` and the median."""
+    k = w1 - w0
+    if k < 3:  # IRAF's MINCLIP
+        return w0, w1, 0.0
+    med = _median(s, w0, w1)
+    if off < 0:
+        x = s[w0 + max(0, (k - 1) // 2 + off)]
+        d = med - x
+    else:
+        x = s[w0 + min(k - 1, k // 2 + off)]
+        d = x - med
+    af = w0
+    bf = w1
+    if d != 0.0:
+        while af < bf and sigma_low != _INF and (med - s[af]) / d >= sigma_low:
+            af += 1
+        while bf > af and sigma_high != _INF and (s[bf - 1] - med) / d >= sigma_high:
+            bf -= 1
+    return af, bf, med
+
+
 # What a caller of ``_combine_pixels`` may ask of it, in the length of a tuple (numba knows
 # it when it compiles, and prunes the branches that test it): everything, or (the fast
-# path, whose parameters exclude them) neither the noise model nor nkeep
+# path, whose parameters exclude them) neither the noise model, nkeep nor pclip
 _ALL_RULES = (0, 0)
 _SIGMA_ONLY = (0,)
 
@@ -185,7 +209,7 @@ def _combine_pixels(
     rules,
 ):  # fmt: skip
     """Pixels ``[p0, p1)``, literally as docs/kernel-contract.md says. ``rules``:
-    ``_ALL_RULES``, or ``_SIGMA_ONLY`` where ``prm`` has neither ccdclip nor nkeep."""
+    ``_ALL_RULES``, or ``_SIGMA_ONLY`` where ``prm`` has no ccdclip, nkeep or pclip."""
     n = data.shape[0]
     _pixels(
         data, mask, has_mask, scale, weight, has_weight, prm, p0, p1, image, uncert, count,
@@ -217,6 +241,7 @@ def _pixels(
         ccdclip,
         nkeep,
         noise,
+        pclip,
     ) = prm
     n = data.shape[0]
     v = fs[0]  # clip values, frame order
@@ -268,6 +293,8 @@ def _pixels(
                 sigma_high, maxiters,
             )  # fmt: skip
             general = True
+        elif len(rules) == 2 and sigma and w1 > w0 and pclip != 0:
+            af, bf, c = _pclip_range(s, w0, w1, pclip, sigma_low, sigma_high)
         elif sigma and w1 > w0:
             a = w0
             b = w1
@@ -952,6 +979,16 @@ def _ccdclip_lanes(tl, il, fl, n, w0, prm, scale, srt):
 
 
 @nb.njit(cache=True, nogil=True)
+def _pclip_lanes(tl, il, w0, prm):
+    """Step 5d (pclip) on every lane, as ``_pclip_range`` does per pixel (lanes past the
+    block's have empty windows)."""
+    for lane in range(_L):
+        af, bf, _ = _pclip_range(tl[_TS, :, lane], w0, il[_W1, lane], prm[15], prm[8], prm[9])
+        il[_AF, lane] = af
+        il[_BF, lane] = bf
+
+
+@nb.njit(cache=True, nogil=True)
 def _nkeep_lanes(il, w0, nkeep):
     """nkeep on every lane: a lane whose clipping left fewer than it keeps goes to the
     per-pixel path (``_nkeep_restore``); most lanes lose a sample or two at most."""
@@ -1124,6 +1161,8 @@ def _combine_range(
             _window(tl, il, n, nlow)
         if prm[5] and prm[12]:  # 5
             _ccdclip_lanes(tl, il, fl, n, nlow, prm, scale, srt)
+        elif prm[5] and prm[15] != 0:
+            _pclip_lanes(tl, il, nlow, prm)
         else:
             _sigma_clip(tl, il, fl, n, nlow, prm, mrg)
         if prm[5] and prm[13] != 0:  # 5b
@@ -1207,7 +1246,7 @@ def combine_band(data, mask, scale, weight, params: KernelParams, out=None, reje
     )
     rej = _NO_REJECTED if rejected is None else rejected
     n = data.shape[0]
-    if fast_eligible(params, n) and not params.ccdclip and params.nkeep == 0:
+    if fast_eligible(params, n) and not (params.ccdclip or params.nkeep or params.pclip):
         # sorts runs of 16 frames in registers and merges them by a network
         net, cls = merge_network(n), size_class(n)
 
@@ -1234,7 +1273,7 @@ _NO_WEIGHT = np.ones(1)
 
 def _as_tuple(params: KernelParams, n: int | None = None):
     """Fixed numeric types, so that numba compiles the kernel once; the noise model table
-    (``_params.noise_table``) last."""
+    (``_params.noise_table``), then pclip's offset (``_params.pclip_offset``), last."""
     if n is None:
         n = len(params.rdnoise)
     return (
@@ -1253,6 +1292,7 @@ def _as_tuple(params: KernelParams, n: int | None = None):
         bool(params.ccdclip),
         int(params.nkeep),
         noise_table(params, n),
+        int(pclip_offset(params.pclip, n)),
     )
 
 

@@ -18,6 +18,9 @@ class KernelParams(NamedTuple):
     model, with the per-frame ``rdnoise`` (electrons), ``gain`` (e-/ADU) and ``snoise``
     (fraction), one value per frame each (empty unless ``ccdclip``). ``nkeep``: the least
     number of window frames the clipping leaves (negative: the most it rejects).
+    ``pclip`` (nonzero, with ``sigma``): IRAF's percentile clipping, the user's parameter
+    as given (a fraction of the frames when below 1 in absolute value, else a number of
+    them); the backends hand the kernels :func:`pclip_offset` of it.
     """
 
     clip_scaled: int = 1
@@ -37,6 +40,7 @@ class KernelParams(NamedTuple):
     rdnoise: tuple = ()
     gain: tuple = ()
     snoise: tuple = ()
+    pclip: float = 0.0
 
 
 def noise_table(params: KernelParams, n: int) -> np.ndarray:
@@ -56,3 +60,18 @@ def noise_table(params: KernelParams, n: int) -> np.ndarray:
         )
     ratio = rd / gain
     return np.ascontiguousarray(np.concatenate([ratio * ratio, gain, sn]), np.float64)
+
+
+def pclip_offset(pclip: float, n: int) -> int:
+    """pclip's percentile pixel for a stack of ``n`` frames, as IRAF imcombine sets it
+    once per combination (docs/kernel-contract.md, step 5d): a signed number of sorted
+    positions from the median (negative: below it), at least 1 and at most ``n // 2`` in
+    absolute value; a fraction (``|pclip| < 1``) counts in units of ``n // 2``, and the
+    product is truncated toward zero. 0 when ``pclip`` is 0 (no percentile clipping)."""
+    if not pclip:
+        return 0
+    half = n // 2
+    p = pclip * half if abs(pclip) < 1 else pclip
+    if pclip < 0:
+        return min(-1, max(-half, int(p)))
+    return max(1, min(half, int(p)))

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from .._calibrate import Calibration
-from .._config import CombineConfig
+from .._config import CLIPS, CombineConfig
 from .._extensions import parse_ext_list
 from .._qa import QAConfig
 from .._sources import Masking
@@ -86,7 +86,7 @@ _KINDS = {
     "min_frames": positive_int, "group_by": "keys", "ext": "str", "outdir": "str",
     "overwrite": "bool", "compress": "bool",
     "skip_bad": "bool", "plots": "bool", "report": "str", "method": ("average", "median", "sum"),
-    "scale": "str", "clip": ("sigma", "ccdclip", "none"), "sigma_low": float, "sigma_high": float,
+    "scale": "str", "clip": CLIPS, "sigma_low": float, "sigma_high": float,
     "center": ("median", "mean"), "dev": ("mad_std", "std"), "maxiters": maxiters,
     "min_value": float_or_none, "max_value": float_or_none, "nlow": int, "nhigh": int,
     "mask": "str", "mem_limit": byte_size, "device_mem_limit": byte_size_or_none,
@@ -99,7 +99,7 @@ _KINDS = {
     "rdnoise": number_or_keyword, "noise_gain": number_or_keyword, "snoise": number_or_keyword,
     "nkeep": int, "mask_sources": "bool", "source_sigma": float, "source_grow": float,
     "source_iters": positive_int, "source_npixels": positive_int, "saturation": "str",
-    "max_saturated": float,
+    "max_saturated": float, "pclip": float,
 }  # fmt: skip
 _EXPECTED = {
     float: "a number",
@@ -151,6 +151,7 @@ class RunOptions:
     noise_gain: str = "1"
     snoise: str = "0"
     nkeep: int = 0
+    pclip: float | None = None
     mask: str | None = None
     mem_limit: float = 350e6
     device_mem_limit: float | None = None
@@ -200,7 +201,7 @@ class RunOptions:
                 maxiters=self.maxiters, min_value=self.min_value, max_value=self.max_value,
                 nlow=self.nlow, nhigh=self.nhigh, rdnoise=self.rdnoise,
                 noise_gain=self.noise_gain, snoise=self.snoise, nkeep=self.nkeep,
-                mem_limit=self.mem_limit, backend=self.device,
+                pclip=self.pclip, mem_limit=self.mem_limit, backend=self.device,
                 device_mem_limit=self.device_mem_limit,
             )  # fmt: skip
             qa = QAConfig(level_range=self.level_range, reject_factor=self.qa_reject_factor,
@@ -277,8 +278,8 @@ _PATHS = ("outdir", "report", "mask", "bias", "dark")
 _CALIBRATION_PARAM = re.compile(
     r"^(overscan_axis|overscan_model|overscan|trim|bias|dark|exposure_key|gain)\b"
 )
-#: the noise model's parameter names at the start of their messages, said as flags
-_NOISE_PARAM = re.compile(r"^(rdnoise|noise_gain|snoise|nkeep)\b")
+#: the noise model's, nkeep's and pclip's names at the start of their messages, as flags
+_NOISE_PARAM = re.compile(r"^(rdnoise|noise_gain|snoise|nkeep|pclip)\b")
 #: the mask pass's and the saturation rule's parameter names in their messages, as flags
 _MASK_PARAM = re.compile(
     r"^(mask_sources|source_sigma|source_grow|source_iters|source_npixels|saturation|"

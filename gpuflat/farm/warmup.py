@@ -5,7 +5,7 @@ caches and compile nothing (container image builds, farm node set-up).
 Each step runs the real code on a little data, so that the specialisations compiled are
 those a run uses, by construction: the library and the ccdproc drop-in at each size class
 of the fast path (1-16, 17-24, 25-32, 33-40, 41-48 and over 48 frames), the generic
-block path (the noise model, nkeep, extrema, mean centre and std width...), the exact
+block path (the noise model, nkeep, pclip, extrema, mean centre and std width...), the exact
 frame median and mean, and the levels of 8- and 16-bit integers from their stored bytes;
 then the CUDA kernels where a GPU is present. A step whose kernels are cached already
 takes a few milliseconds: a second warmup finishes in about a second.
@@ -115,6 +115,7 @@ def _generic():
     data = _stack(7)
     api.combine(list(data), backend="cpu", clip="ccdclip", rdnoise=5.0, noise_gain=1.5)
     api.combine(list(data), backend="cpu", nkeep=3, center="mean", dev="std", maxiters=3)
+    api.combine(list(data), backend="cpu", clip="pclip", nkeep=2)
     api.combine(list(data), backend="cpu", nlow=1, nhigh=1, mem_limit=_banded(data))
 
 
