@@ -190,6 +190,11 @@ def build_parser() -> argparse.ArgumentParser:
         "(negative: rejects at most -N; IRAF's nkeep)",
     )  # fmt: skip
     eng.add_argument(
+        "--grow", type=float, metavar="R",
+        help="a sample the clipping (or --nlow/--nhigh) rejects also rejects its frame's "
+        "samples within R pixels, a disk (IRAF's grow: star wings; default 0, none)",
+    )  # fmt: skip
+    eng.add_argument(
         "--rdnoise", type=options.number_or_keyword, metavar="KEY|VALUE",
         help="ccdclip: read noise in electrons, a number or each frame's keyword (default 0)",
     )  # fmt: skip

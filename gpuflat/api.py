@@ -45,6 +45,7 @@ def combine(
     noise_gain: float | str = 1.0,
     snoise: float | str = 0.0,
     nkeep: int = 0,
+    grow: float = 0.0,
     mask=None,
     mem_limit: float = 350e6,
     backend: str = "auto",
@@ -109,6 +110,14 @@ def combine(
         IRAF's nkeep: when the clipping leaves fewer than ``nkeep`` of the frames it was
         given, the clipped ones closest to the centre come back up to that number;
         negative: at most ``-nkeep`` are clipped. Thresholds and nlow/nhigh are not undone.
+    grow : float
+        IRAF imcombine's grow: a radius in pixels. A sample the rejection took (the
+        clipping or nlow/nhigh; not a mask, a NaN or min/max) takes with it the same
+        frame's samples within that distance (a disk, dx^2 + dy^2 <= grow^2); each
+        pixel is combined over its survivors less those, without clipping again; with
+        ``nkeep > 0`` a pixel left with fewer than ``nkeep`` keeps its result without the
+        grow. For the wings of stars and cosmic rays in sky flats (docs/sky-flats.md).
+        0 (default): none.
     mask : 2-D array or path, optional
         A bad-pixel mask (nonzero = bad) applied to every frame, on top of CCDData masks.
         NaN and inf samples never count either.
@@ -262,6 +271,7 @@ def combine_mosaic(
     noise_gain: float | str = 1.0,
     snoise: float | str = 0.0,
     nkeep: int = 0,
+    grow: float = 0.0,
     mask=None,
     mem_limit: float = 350e6,
     backend: str = "auto",
@@ -314,7 +324,7 @@ def combine_mosaic(
     progress : callable(done, total), optional
         Called after each extension.
     method, scale, clip, sigma_low, sigma_high, center, dev, maxiters, min_value, \
-max_value, nlow, nhigh, weights, rdnoise, noise_gain, snoise, nkeep, mem_limit, backend,
+max_value, nlow, nhigh, weights, rdnoise, noise_gain, snoise, nkeep, grow, mem_limit, backend,
 device_mem_limit
         As in :func:`combine`.
     overscan, overscan_axis, overscan_model, trim, bias, dark, exposure_key, gain
