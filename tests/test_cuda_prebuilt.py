@@ -51,8 +51,8 @@ NVCC = shutil.which("nvcc")
 _ENTRY = re.compile(r'^extern "C" __global__ void (\w+)\(', re.M)
 
 #: every kernel a run can use: the 17 combine, level and conversion kernels, the level's
-#: reduce, the 48 fast kernels and their clip pass
-ALL = 67
+#: reduce, the 48 fast kernels and their clip pass, the grow's 4 status kernels
+ALL = 71
 
 
 def manifest() -> dict:
