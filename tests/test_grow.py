@@ -227,7 +227,7 @@ def test_cuda_backend_is_bit_for_bit_numba(case):
     opts = {**CASES[case], "grow": 2.0, "mem_limit": 40e3}
     want = combine(stack, masks, **opts)
     dev = FakeDevice()
-    got = combine(stack, masks, CudaBackend(dev, chunk_pixels=256), **opts)
+    got = combine(stack, masks, CudaBackend(dev, chunk_pixels=64), **opts)  # several chunks
     dev.assert_idle()
     assert got.backend == "cuda" and not got.plan.single
     assert same((got.image, got.uncertainty, got.count, got.rejected),
