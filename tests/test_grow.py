@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 from astropy.io import fits
 from fake_device import FakeDevice, same
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from reference import reference_combine
 from scipy import ndimage
 
@@ -232,6 +234,39 @@ def test_cuda_backend_is_bit_for_bit_numba(case):
     assert got.backend == "cuda" and not got.plan.single
     assert same((got.image, got.uncertainty, got.count, got.rejected),
                 (want.image, want.uncertainty, want.count, want.rejected))  # fmt: skip
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    n=st.integers(3, 9),
+    shape=st.tuples(st.integers(1, 23), st.integers(1, 19)),
+    radius=st.sampled_from([0.7, 1.0, 1.4142, 2.0, 2.3, 3.5]),
+    rows=st.integers(1, 25),
+    sigma=st.sampled_from([1.5, 2.5, 4.0]),
+    nkeep=st.sampled_from([0, 0, 2]),
+    masked=st.booleans(),
+)
+def test_hypothesis_reference_and_bands(seed, n, shape, radius, rows, sigma, nkeep, masked):
+    """Any shape (a single row or column too), radius and band height: the reference's
+    counts and rejected samples exactly, its values to rounding, and the single band's bits
+    whatever the band height."""
+    rng = np.random.default_rng(seed)
+    stack, masks = sky_stack(rng, n=n, shape=shape, stars=1, masked=0.05 if masked else 0.0)
+    opts = {"sigma_low": sigma, "sigma_high": sigma, "nkeep": nkeep}
+    whole = combine(stack, masks, grow=radius, **opts)
+    image, unc, k, rej = reference_grow(stack, masks, whole.scales, None, radius, **opts)
+    np.testing.assert_array_equal(whole.count, k)
+    np.testing.assert_array_equal(whole.rejected, rej)
+    np.testing.assert_allclose(whole.image, image, rtol=1e-12, atol=0, equal_nan=True)
+    np.testing.assert_allclose(whole.uncertainty, unc, rtol=1e-9, atol=1e-300, equal_nan=True)
+    # a band of ``rows`` rows: the memory of two such bands with their halos and little more
+    per_row = shape[1] * (2 * n * (4 + masked) + 28 + 2 * n + 43)
+    pass1 = shape[0] * shape[1] * 17
+    mem = max(pass1, (rows + 2 * int(radius)) * per_row) + 1
+    banded = combine(stack, masks, grow=radius, mem_limit=mem, **opts)
+    assert same((banded.image, banded.uncertainty, banded.count, banded.rejected),
+                (whole.image, whole.uncertainty, whole.count, whole.rejected))  # fmt: skip
 
 
 @pytest.mark.parametrize(
