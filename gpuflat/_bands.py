@@ -8,61 +8,79 @@ from __future__ import annotations
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from . import _grow
 from ._stream import band_mask, stage
 
 
 def combine_bands(ctx, reader, backend, planes, *, buffers, stack, pass1, scales, weights,
-                  params, rejected, band_combiner, workspace) -> None:  # fmt: skip
+                  params, rejected, band_combiner, workspace, grow=0.0) -> None:  # fmt: skip
     """Pass 2 on the plain path: every band read (unless ``stack`` holds the whole stack,
     read by pass 1) into one of ``buffers`` in turn by ``reader`` while the other is
     combined into ``planes`` (:class:`gpuflat._memory.Planes` or a streamed product).
-    ``planes`` is discarded when this fails."""
+    With ``grow`` (pixels, :mod:`gpuflat._grow`) each band is read with ``_grow.halo(grow)``
+    rows above and below (the buffers hold them). ``planes`` is discarded when this
+    fails."""
     frames, bands, timings, timed = ctx.frames, ctx.bands, ctx.timings, ctx.timed
     n = len(frames)
-    cols = frames[0].shape[1]
+    nrows, cols = frames[0].shape
     clock = time.perf_counter
-    if band_combiner is None:
+    halo = _grow.halo(grow)
+
+    def span(k):  # the rows read for band k: the band and its halo rows
+        r0, r1 = bands[k]
+        return max(0, r0 - halo), min(nrows, r1 + halo)
+
+    if band_combiner is None and grow > 0:
+
+        def combine_rows(d, m, k, busy):
+            r0, r1 = bands[k]
+            _grow.combine_rows(backend, d, m, span(k), bands[k], cols, scales, weights,
+                               params, grow, planes.rows(r0, r1), rejected, busy)  # fmt: skip
+            planes.done(r0, r1)
+    elif band_combiner is None:
         # the backend writes the band's rows of the results where they lie (the float64
         # values rounded to out_dtype as they are stored, as an assignment would)
 
-        def combine_rows(d, m, r0, r1, busy):
+        def combine_rows(d, m, k, busy):
+            r0, r1 = bands[k]
             out = planes.rows(r0, r1)
             backend.combine_band(d, m, scales, weights, params, out=out, rejected=rejected,
                                  busy_cores=busy)  # fmt: skip
             planes.done(r0, r1)
     else:
 
-        def combine_rows(d, m, r0, r1, busy):
+        def combine_rows(d, m, k, busy):
+            r0, r1 = bands[k]
             for a, b in zip(planes.rows(r0, r1), band_combiner(d, m, scales, weights),
                             strict=True):  # fmt: skip
                 a[...] = b.reshape(-1)
             planes.done(r0, r1)
 
     def band_view(k):
-        r0, r1 = bands[k]
-        return buffers[k % len(buffers)][: n * (r1 - r0) * cols].reshape(n, r1 - r0, cols)
+        a, b = span(k)
+        return buffers[k % len(buffers)][: n * (b - a) * cols].reshape(n, b - a, cols)
 
     def read(k):
-        r0, r1 = bands[k]
+        a, b = span(k)
         t = clock()
         if stack is None or not pass1:
             buf = band_view(k)
             for i, f in enumerate(frames):
-                f.read_rows(r0, r1, buf[i])
-        mask = band_mask(frames, ctx.bad_pixel_mask, r0, r1) if ctx.masked else None
+                f.read_rows(a, b, buf[i])
+        mask = band_mask(frames, ctx.bad_pixel_mask, a, b) if ctx.masked else None
         timings["read"] += clock() - t
         return mask
 
     try:
         pending = reader.submit(read, 0)
-        for k, (r0, r1) in enumerate(bands):
+        for k in range(len(bands)):
             mask = timed("wait", pending.result)
             reading = k + 1 < len(bands)  # the reader reads the next band meanwhile
             if reading:
                 pending = reader.submit(read, k + 1)
-            data = band_view(k).reshape(n, (r1 - r0) * cols)
+            data = band_view(k).reshape(n, -1)
             busy = reading + (0 if workspace is None else workspace.busy_cores())
-            timed("combine", combine_rows, data, mask, r0, r1, busy)
+            timed("combine", combine_rows, data, mask, k, busy)
             if ctx.progress is not None:
                 ctx.progress(k + 1, len(bands))
     except BaseException:

@@ -197,6 +197,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--sigma-low/--sigma-high x its distance from the median (default -0.5, IRAF's)",
     )  # fmt: skip
     eng.add_argument(
+        "--grow", type=float, metavar="R",
+        help="a sample the clipping (or --nlow/--nhigh) rejects also rejects its frame's "
+        "samples within R pixels, a disk (IRAF's grow: star wings; default 0, none)",
+    )  # fmt: skip
+    eng.add_argument(
         "--rdnoise", type=options.number_or_keyword, metavar="KEY|VALUE",
         help="ccdclip: read noise in electrons, a number or each frame's keyword (default 0)",
     )  # fmt: skip

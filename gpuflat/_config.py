@@ -19,6 +19,8 @@ PCLIP_DEFAULT = -0.5  #: pclip when clip="pclip" and none is given (IRAF imcombi
 #: the noise model's options: (name, default, the values allowed)
 NOISE_OPTIONS = (("rdnoise", ">= 0"), ("noise_gain", "> 0"), ("snoise", ">= 0"))
 BACKENDS = ("auto", "cpu", "cuda")
+#: the largest grow radius (pixels): the halo rows a band is read with
+MAX_GROW = 64.0
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,9 @@ class CombineConfig:
     nkeep: int = 0
     #: pclip's percentile pixel (clip='pclip' only; None there: IRAF's -0.5)
     pclip: float | None = None
+    #: IRAF imcombine's grow: a sample the rejection took also takes its frame's samples
+    #: within this radius in pixels (a disk); 0 = none (see docs/kernel-contract.md, "Grow")
+    grow: float = 0.0
     mem_limit: float = 350e6
     backend: str = "auto"
     #: bytes of device memory a GPU combination may use (None: half the free device memory);
@@ -84,6 +89,12 @@ class CombineConfig:
             object.__setattr__(self, name, _noise_option(name, getattr(self, name), allowed))
         _integer("nkeep", self.nkeep, minimum=-(2**31), extra=" (< 0: the most to reject)")
         self._check_pclip()
+        _number("grow", self.grow)
+        if not (0 <= self.grow <= MAX_GROW):  # also rejects NaN
+            raise ValueError(
+                f"grow must be a radius in pixels from 0 (none) to {MAX_GROW:g}, got {self.grow!r}"
+            )
+        object.__setattr__(self, "grow", float(self.grow))
         _integer("nlow", self.nlow, minimum=0)
         _integer("nhigh", self.nhigh, minimum=0)
         _number("mem_limit", self.mem_limit)

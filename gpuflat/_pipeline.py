@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from astropy.io import fits
 
-from . import _levels
+from . import _grow, _levels
 from ._bands import combine_bands, combine_fed
 from ._config import CombineConfig
 from ._levels import measure, measure_fed, raw_formats
@@ -260,14 +260,17 @@ def _combine(frames, config, backend, *, dtype, out_dtype, clip_scaled, bad_pixe
     fed = (
         getattr(backend, "accepts_raw", False)
         and band_combiner is None
+        and not config.grow > 0  # the grow's two combinations take the plain path
         and not callable(config.scale)
         and np.dtype(dtype) == np.float32
     )
     formats = [getattr(f, "raw_format", None) for f in frames] if fed else []
     itemsize = max([np.dtype(dtype).itemsize] + [np.dtype(f.dtype).itemsize for f in formats if f])
+    halo = _grow.halo(config.grow)
     plan = plan_bands(
         n, shape, itemsize=itemsize, masked=masked, mem_limit=config.mem_limit,
-        extra_per_row=extra[0], extra_fixed=extra[1],
+        extra_per_row=extra[0], extra_fixed=extra[1], halo=halo,
+        pass2_per_row=shape[1] * _grow.bytes_per_pixel(n) if config.grow > 0 else 0,
     )  # fmt: skip
     if calibrator is not None:
         calibrator.rows = plan.rows  # a frame is calibrated one band-sized chunk at a time
@@ -325,7 +328,7 @@ def _combine(frames, config, backend, *, dtype, out_dtype, clip_scaled, bad_pixe
     # band, the last short one too, a contiguous view). Fresh memory costs page faults.
     raw = raw_formats(backend, frames, plan, config, calibrator, dtype) if pass1 else None
     item = np.dtype(dtype).itemsize
-    band = n * plan.rows * cols * item  # bytes
+    band = n * min(nrows, plan.rows + 2 * halo) * cols * item  # bytes, with the grow's halo
     frame = nrows * cols * max([f.dtype.itemsize for f in raw] if raw else [item])
     size = band if plan.single else max(2 * band, 2 * frame * pass1)
     memory = np.empty(size, np.uint8) if workspace is None else workspace.stack(size, np.uint8)
@@ -351,7 +354,7 @@ def _combine(frames, config, backend, *, dtype, out_dtype, clip_scaled, bad_pixe
         combine_bands(
             ctx, reader, backend, planes, buffers=buffers, stack=stack, pass1=pass1,
             scales=scales, weights=weights, params=params, rejected=rejected,
-            band_combiner=band_combiner, workspace=workspace,
+            band_combiner=band_combiner, workspace=workspace, grow=config.grow,
         )  # fmt: skip
     return _finished(result, planes)
 

@@ -46,6 +46,7 @@ def combine(
     snoise: float | str = 0.0,
     nkeep: int = 0,
     pclip: float | None = None,
+    grow: float = 0.0,
     mask=None,
     mem_limit: float = 350e6,
     backend: str = "auto",
@@ -119,6 +120,14 @@ def combine(
         pixels (at least 1, at most half the frames). Pixels are clipped at ``sigma_low``
         / ``sigma_high`` times the distance from the median to that pixel; fewer than 3
         samples are not clipped. ``center``, ``dev`` and ``maxiters`` keep their defaults.
+    grow : float
+        IRAF imcombine's grow: a radius in pixels. A sample the rejection took (the
+        clipping or nlow/nhigh; not a mask, a NaN or min/max) takes with it the same
+        frame's samples within that distance (a disk, dx^2 + dy^2 <= grow^2); each
+        pixel is combined over its survivors less those, without clipping again; with
+        ``nkeep > 0`` a pixel left with fewer than ``nkeep`` keeps its result without the
+        grow. For the wings of stars and cosmic rays in sky flats (docs/sky-flats.md).
+        0 (default): none.
     mask : 2-D array or path, optional
         A bad-pixel mask (nonzero = bad) applied to every frame, on top of CCDData masks.
         NaN and inf samples never count either.
@@ -273,6 +282,7 @@ def combine_mosaic(
     snoise: float | str = 0.0,
     nkeep: int = 0,
     pclip: float | None = None,
+    grow: float = 0.0,
     mask=None,
     mem_limit: float = 350e6,
     backend: str = "auto",
@@ -325,8 +335,8 @@ def combine_mosaic(
     progress : callable(done, total), optional
         Called after each extension.
     method, scale, clip, sigma_low, sigma_high, center, dev, maxiters, min_value, \
-max_value, nlow, nhigh, weights, rdnoise, noise_gain, snoise, nkeep, pclip, mem_limit,
-backend, device_mem_limit
+max_value, nlow, nhigh, weights, rdnoise, noise_gain, snoise, nkeep, pclip, grow,
+mem_limit, backend, device_mem_limit
         As in :func:`combine`.
     overscan, overscan_axis, overscan_model, trim, bias, dark, exposure_key, gain
         As in :func:`combine`, per extension: a section named by a header keyword is read

@@ -17,7 +17,10 @@
 //       any n: the sort buffer and flags live in a caller-provided global scratch buffer;
 //   gpuflat_combine_x16, _x32, _x64, _xn
 //       the same with ccdclip, pclip and nkeep (steps 5b, 5c, 5d), which the others refuse
-//       (count -1).
+//       (count -1);
+//   gpuflat_combine_s16, _s32, _s64, _sn
+//       the x kernels that also write every sample's status (step 8; one more argument,
+//       `unsigned char *status`, after the list below).
 //
 // Arguments, in order (C types; pass exactly these widths from the host):
 //   const float         *data        [n * npix], frame-major: data[i * npix + p]
@@ -350,7 +353,7 @@ __device__ __forceinline__ void combine_pixel(W &w, const Pixel &px, const unsig
                                               const double *weight, int n, const Params &pr,
                                               double *image, double *uncert, int *count,
                                               unsigned long long *rejected,
-                                              const double *noise) {
+                                              const double *noise, unsigned char *status) {
   const long long p = px.p;
   const long long npix = px.npix;
   w.init(n);
@@ -529,6 +532,8 @@ __device__ __forceinline__ void combine_pixel(W &w, const Pixel &px, const unsig
     }
     k += on ? 1 : 0;
     if (rejected && w.valid(i) && !on) atomicAdd(&rejected[i], 1ull);
+    // step 8: the sample's status (the gpuflat_combine_s* kernels; NULL in the others)
+    if (status) status[(long long)i * npix + p] = w.valid(i) ? (on ? 1 : 2) : 0;
     if (on && sums) {
       sy += y;
       if (weight) {
@@ -608,28 +613,36 @@ __device__ __forceinline__ void combine_pixel(W &w, const Pixel &px, const unsig
     Pixel px{data, scale, npix, p0 + (list ? (long long)list[t] : t), clip_scaled};
 
 template <int CAP, bool EXT>
-__device__ __forceinline__ void combine_local(GF_COMBINE_ARGS) {
+__device__ __forceinline__ void combine_local(GF_COMBINE_ARGS, unsigned char *status) {
   (void)scratch;
   GF_COMBINE_SETUP
     double buf[CAP];
     LocalStore<CAP> w{buf, 0ull, 0ull, 0ull};
-    combine_pixel<EXT>(w, px, mask, weight, n, pr, image, uncert, count, rejected, noise);
+    combine_pixel<EXT>(w, px, mask, weight, n, pr, image, uncert, count, rejected, noise,
+                       status);
   }
 }
 
 template <bool EXT>
-__device__ __forceinline__ void combine_global(GF_COMBINE_ARGS) {
+__device__ __forceinline__ void combine_global(GF_COMBINE_ARGS, unsigned char *status) {
   GF_COMBINE_SETUP
     GlobalStore w{(double *)scratch + t,
                   (unsigned char *)((double *)scratch + (long long)n * nthreads) + t, nthreads};
-    combine_pixel<EXT>(w, px, mask, weight, n, pr, image, uncert, count, rejected, noise);
+    combine_pixel<EXT>(w, px, mask, weight, n, pr, image, uncert, count, rejected, noise,
+                       status);
   }
 }
 
-#define GF_COMBINE_CALL                                                                     \
-  (data, mask, scale, weight, n, npix, p0, nthreads, scratch, clip_scaled, min_value,       \
-   max_value, nlow, nhigh, sigma, center, dev, sigma_low, sigma_high, maxiters, method,      \
-   ccdclip, nkeep, pclip, noise, image, uncert, count, rejected, list, counts)
+#define GF_COMBINE_NAMES                                                                    \
+  data, mask, scale, weight, n, npix, p0, nthreads, scratch, clip_scaled, min_value,        \
+      max_value, nlow, nhigh, sigma, center, dev, sigma_low, sigma_high, maxiters, method,  \
+      ccdclip, nkeep, pclip, noise, image, uncert, count, rejected, list, counts
+// the kernels without statuses: a constant NULL, which inlining folds away
+#define GF_COMBINE_CALL (GF_COMBINE_NAMES, nullptr)
+// the gpuflat_combine_s* kernels: GF_COMBINE_ARGS and then
+//   unsigned char *status  [n * npix]: status[i * npix + p] = 0 (sample not valid, step 1),
+//                          1 (a survivor), 2 (valid, not a survivor); step 8
+#define GF_STATUS_CALL (GF_COMBINE_NAMES, status)
 
 #if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_combine_16)
 extern "C" __global__ void gpuflat_combine_16(GF_COMBINE_ARGS) {
@@ -675,6 +688,32 @@ extern "C" __global__ void gpuflat_combine_xn(GF_COMBINE_ARGS) {
 }
 #endif
 
+// every sample's status too (step 8, for the grow: gpuflat/_grow.py), with ccdclip and nkeep
+#if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_combine_s16)
+extern "C" __global__ void gpuflat_combine_s16(GF_COMBINE_ARGS,
+                                               unsigned char *__restrict__ status) {
+  combine_local<16, true> GF_STATUS_CALL;
+}
+#endif
+#if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_combine_s32)
+extern "C" __global__ void gpuflat_combine_s32(GF_COMBINE_ARGS,
+                                               unsigned char *__restrict__ status) {
+  combine_local<32, true> GF_STATUS_CALL;
+}
+#endif
+#if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_combine_s64)
+extern "C" __global__ void gpuflat_combine_s64(GF_COMBINE_ARGS,
+                                               unsigned char *__restrict__ status) {
+  combine_local<64, true> GF_STATUS_CALL;
+}
+#endif
+#if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_combine_sn)
+extern "C" __global__ void gpuflat_combine_sn(GF_COMBINE_ARGS,
+                                              unsigned char *__restrict__ status) {
+  combine_global<true> GF_STATUS_CALL;
+}
+#endif
+
 #ifdef GPUFLAT_HOST_SHIM
 GPUFLAT_HOST_ENTRY(gpuflat_combine_16)
 GPUFLAT_HOST_ENTRY(gpuflat_combine_32)
@@ -684,4 +723,8 @@ GPUFLAT_HOST_ENTRY(gpuflat_combine_x16)
 GPUFLAT_HOST_ENTRY(gpuflat_combine_x32)
 GPUFLAT_HOST_ENTRY(gpuflat_combine_x64)
 GPUFLAT_HOST_ENTRY(gpuflat_combine_xn)
+GPUFLAT_HOST_ENTRY(gpuflat_combine_s16)
+GPUFLAT_HOST_ENTRY(gpuflat_combine_s32)
+GPUFLAT_HOST_ENTRY(gpuflat_combine_s64)
+GPUFLAT_HOST_ENTRY(gpuflat_combine_sn)
 #endif

@@ -64,6 +64,7 @@ SIGNATURES = {
     "gpuflat_combine_x32": _COMBINE,
     "gpuflat_combine_x64": _COMBINE,
     "gpuflat_combine_xn": _COMBINE,
+    **{f"gpuflat_combine_s{c}": _COMBINE + "P" for c in ("16", "32", "64", "n")},
     **{f"gpuflat_fast_{n}": "PPPPqqqddddiiPPPPP" for n in range(1, 49)},
     "gpuflat_fast_clip": "PPPiqqqiPPPPPP",
     "gpuflat_level_hist": "PPqiPP",
@@ -75,6 +76,7 @@ SIGNATURES = {
 _CTYPES = {"P": ctypes.c_void_p, "i": ctypes.c_int32, "q": ctypes.c_int64, "d": ctypes.c_double}
 # Positions of the pointer arguments a kernel writes (the rest it only reads).
 WRITES = {name: (8, 25, 26, 27, 28) for name in SIGNATURES if name.startswith("gpuflat_combine")}
+WRITES |= {name: (*WRITES[name], 31) for name in WRITES if name.startswith("gpuflat_combine_s")}
 WRITES |= {
     name: (13, 14, 15, 16, 17)
     for name in SIGNATURES
@@ -257,10 +259,13 @@ def combine_args(
 
 
 def combine_band(
-    data, mask, scale, weight, params, *, kernel=None, pieces=1, flavour=None, rejected=None
-):
+    data, mask, scale, weight, params, *, kernel=None, pieces=1, flavour=None, rejected=None,
+    status=None,
+):  # fmt: skip
     """The combine kernel on the CPU, with the CUDA backend's signature (``rejected``: a
-    uint64 array of n counters the kernel adds the rejected samples to).
+    uint64 array of n counters the kernel adds the rejected samples to; ``status``: a uint8
+    [n, npix] array every sample's status is written to, by the ``gpuflat_combine_s*``
+    kernels).
 
     ``kernel`` forces one of the combine kernels (default: the general kernel the backend
     picks; ``"fast"``: the fast kernels and their lists, see :func:`fast_combine_band`);
@@ -281,7 +286,7 @@ def combine_band(
     scale = np.ascontiguousarray(scale, np.float64)
     weight = None if weight is None else np.ascontiguousarray(weight, np.float64)
     prm = KernelParams(*params)
-    kernel = kernel or combine_kernel(n, extended=extended(prm))
+    kernel = kernel or combine_kernel(n, extended=extended(prm), status=status is not None)
     image = np.full(npix, -1.0)
     uncert = np.full(npix, -1.0)
     count = np.full(npix, -1, np.int32)
@@ -306,6 +311,8 @@ def combine_band(
             rejected,
             noise if noise.size else None,
         )
+        if kernel.startswith("gpuflat_combine_s"):
+            args.append(ptr(status))
         launch(kernel, _blocks(w), BLOCK, args, flavour)
     return image, uncert, count
 

@@ -37,9 +37,11 @@ def reference_combine(
     snoise=None,
     nkeep=0,
     return_rejected=False,
+    return_survivors=False,
 ):
     """Combine ``data[n, npix]``; returns (image, uncertainty, count), and with
-    ``return_rejected`` also the per-frame number of valid samples that did not survive.
+    ``return_rejected`` also the per-frame number of valid samples that did not survive,
+    with ``return_survivors`` (after it) the survivors (bool [n, npix]).
 
     ``ccdclip`` (with ``sigma``): per-frame widths from the noise model (``rdnoise``,
     ``gain``, ``snoise``: one value per frame); ``nkeep``: IRAF's nkeep on the clipping.
@@ -107,9 +109,12 @@ def reference_combine(
             uncert = sd / np.sqrt(k) if method == "average" else sd * np.sqrt(k)
     image = np.where(k == 0, np.nan, image)
     uncert = np.where(k == 0, np.nan, uncert)
+    out = (image, uncert, k)
     if return_rejected:
-        return image, uncert, k, (valid & ~survive).sum(axis=1)
-    return image, uncert, k
+        out += ((valid & ~survive).sum(axis=1),)
+    if return_survivors:
+        out += (survive,)
+    return out
 
 
 def _noise_sigma(c, sc, rdnoise, gain, snoise):

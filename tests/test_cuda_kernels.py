@@ -274,11 +274,12 @@ def test_nvcc_compiles_without_spills(source, tmp_path):
     assert kernels and {(k, a) for k in kernels for a in ("sm_80", "sm_90")} == set(found)
     for (kernel, arch), (regs, stack, spill_st, spill_ld) in found.items():
         assert spill_st == 0 and spill_ld == 0, f"{kernel} {arch} spills: {regs=} {stack=}"
-        # ccdclip/nkeep's kernels (gpuflat_combine_x*) may take a few more: they are only
-        # launched for those options, the guide's path stays within 64
-        limit = 72 if kernel.startswith("gpuflat_combine_x") else 64
+        # ccdclip/nkeep's kernels (gpuflat_combine_x*, and _s*, with statuses for the grow)
+        # may take a few more: they are only launched for those options, the guide's path
+        # stays within 64
+        limit = 72 if kernel.startswith(("gpuflat_combine_x", "gpuflat_combine_s")) else 64
         assert regs <= limit, f"{kernel} {arch} uses {regs} registers"
-        cap = kernel.rsplit("_", 1)[1].lstrip("x")
+        cap = kernel.rsplit("_", 1)[1].lstrip("xs")
         if kernel.startswith("gpuflat_combine_") and cap.isdigit():
             # the sort buffer lives in local memory and nothing else does (its three flag
             # words, valid, in the window, survivor, are in registers)
@@ -797,6 +798,9 @@ _ASAN_SCRIPT = textwrap.dedent(
             for k in (None, "gpuflat_combine_xn" if x else "gpuflat_combine_n"):
                 h.combine_band(d, m, s, w, p, kernel=k, pieces=3)
                 h.combine_band(d, None, s, None, p, kernel=k)
+            st = np.empty(d.shape, np.uint8)  # every sample's status (the grow's kernels)
+            h.combine_band(d, m, s, w, p, pieces=3, status=st)
+            h.combine_band(d, m, s, w, p, kernel="gpuflat_combine_sn", status=st)
     for n in h.ASAN_FAST:  # the fast kernels and their lists
         d = rng.normal(1000, 30, (n, 203)).astype(np.float32)
         d[rng.random(d.shape) < 0.02] = np.nan
@@ -1179,3 +1183,88 @@ def test_fast_cupy_compile_has_no_ftz(major):
         assert _listing(nvrtc_harness.ptx_instructions(ptx), _FTZ_PTX)[0] == 0, kernel
         code = nvrtc_harness.instructions(_sass(cubin))
         assert len(code) > 100 and _listing(code, _FTZ_SASS)[0] == 0, kernel
+
+
+# -- CPU execution: every sample's status (contract step 8, for the grow) -------------------
+
+STATUS_KERNELS = ("gpuflat_combine_s16", "gpuflat_combine_s32", "gpuflat_combine_s64",
+                  "gpuflat_combine_sn")  # fmt: skip
+STATUS_PARAMS = {
+    **PARAMS,
+    "ccdclip-nkeep": KernelParams(ccdclip=1, nkeep=3, sigma_low=1.0, sigma_high=1.0),
+    "nkeep-neg-window": KernelParams(nkeep=-1, nlow=1, nhigh=1, sigma_low=0.5, maxiters=-1),
+}
+
+
+def check_status(data, mask, scale, weight, params):
+    """The status kernels (``gpuflat_combine_s*``) against the numba backend's status path,
+    bit for bit (results and statuses); and the statuses against the plain combination:
+    0 exactly where a sample is not valid (step 1), as many 1s as the count, as many 2s
+    per frame as its rejected samples, the results the same bits."""
+    from gpuflat.backends import _numba_grow
+
+    n, npix = data.shape
+    if params.ccdclip:
+        rng = np.random.default_rng(n)
+        rd, gain = tuple(rng.uniform(2, 9, n)), tuple(rng.uniform(0.5, 3, n))
+        params = params._replace(rdnoise=rd, gain=gain, snoise=(0.01,) * n)
+    want_status = np.full((n, npix), 9, np.uint8)
+    want = _numba_grow.combine_band_status(data, mask, scale, weight, params, None, want_status)
+    rejected = np.zeros(n, np.int64)
+    plain = numba_backend.combine_band(data, mask, scale, weight, params, rejected=rejected)
+    assert_identical(want, plain, f"status path vs combine_band {params}")
+    x = data.astype(np.float64)
+    valid = np.isfinite(data) & (x >= params.min_value) & (x <= params.max_value)
+    if mask is not None:
+        valid &= mask == 0
+    np.testing.assert_array_equal(want_status != 0, valid)
+    np.testing.assert_array_equal((want_status == 1).sum(0), want[2])
+    np.testing.assert_array_equal((want_status == 2).sum(1), rejected)
+    for kernel in STATUS_KERNELS:
+        cap = kernel.rsplit("_s", 1)[1]
+        if cap.isdigit() and n > int(cap):
+            continue
+        status = np.full((n, npix), 9, np.uint8)
+        got = harness.combine_band(data, mask, scale, weight, params, kernel=kernel, pieces=2,
+                                   status=status)  # fmt: skip
+        assert_identical(got, want, f"{kernel} {params}")
+        np.testing.assert_array_equal(status, want_status, err_msg=f"{kernel} {params}")
+
+
+@pytest.mark.parametrize("name", STATUS_PARAMS)
+@pytest.mark.parametrize("n", [1, 2, 5, 16, 17, 40, 65])
+def test_status_matches_numba(name, n):
+    rng = np.random.default_rng(n * 31 + len(name))
+    data = flat_band(rng, n, 37, ties=n % 2 == 1)
+    mask = (rng.random(data.shape) < 0.05).astype(np.uint8) if n % 3 else None
+    scale = 1.0 / rng.uniform(500.0, 2000.0, n)
+    weight = rng.uniform(0.5, 2.0, n) if n % 4 in (1, 2) else None
+    check_status(data, mask, scale, weight, STATUS_PARAMS[name])
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    n=st.integers(1, 70),
+    npix=st.integers(1, 12),
+    seed=st.integers(0, 2**32 - 1),
+    distinct=st.sampled_from([1, 2, 3, 0]),
+    nan=st.sampled_from([0.0, 0.1, 0.5]),
+    use_mask=st.booleans(),
+    params=params_strategy(),
+    ccdclip=st.integers(0, 1),
+    nkeep=st.sampled_from([0, 0, 1, 3, -1]),
+)
+def test_status_hypothesis(n, npix, seed, distinct, nan, use_mask, params, ccdclip, nkeep):
+    rng = np.random.default_rng(seed)
+    if distinct:
+        data = rng.choice(rng.normal(1000.0, 30.0, distinct), size=(n, npix))
+    else:
+        data = rng.normal(1000.0, 30.0, (n, npix))
+    big = rng.random(data.shape) < 0.1
+    data[big] = rng.choice([-1e30, 1e30, 0.0, 1e5, 10.0], size=big.sum())
+    data = data.astype(np.float32)
+    data[rng.random(data.shape) < nan] = rng.choice([np.nan, np.inf, -np.inf])
+    mask = (rng.random(data.shape) < 0.2).astype(np.uint8) if use_mask else None
+    scale = rng.choice([1.0, 1e-3, 1.0 / 3.0, 2.5], n) * rng.uniform(0.9, 1.1, n)
+    params = params._replace(ccdclip=ccdclip, nkeep=nkeep)
+    check_status(data, mask, scale, None, params)

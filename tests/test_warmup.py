@@ -40,6 +40,7 @@ def battery():
     api.combine(list(data[:9]), clip="ccdclip", rdnoise=4.0, noise_gain=2.0, nkeep=-2)
     api.combine(list(data[:9]), center="mean", dev="std", nlow=1, nhigh=2)
     api.combine(list(data[:8]), clip="pclip", pclip=2, sigma_low=1.0, nkeep=3)
+    api.combine(list(data[:9]), grow=2.0, mem_limit=3.0 * data[:9].nbytes)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ccdproc_compat.combine([CCDData(d, unit="adu") for d in data[:7]], sigma_clip=True)

@@ -1,6 +1,7 @@
 """Backends: one small protocol (``frame_level``, ``combine_band``), numba and CUDA siblings.
 
-``frame_level(frame, mask, how, busy_cores=0)`` and ``combine_band(..., busy_cores=0)``:
+``frame_level(frame, mask, how, busy_cores=0)`` and ``combine_band(..., busy_cores=0)``
+(and ``status=``: every sample's status, docs/kernel-contract.md step 8, for the grow):
 ``busy_cores`` says how many cores other work of the run keeps busy meanwhile (the
 pipeline's reader, reading the next band; the run's writer); a CPU backend works on the
 others (never fewer than one), a GPU backend ignores it. The results do not depend on it.
@@ -38,13 +39,22 @@ class NumbaBackend:
             return _numba.frame_level(frame, mask, how)
 
     def combine_band(
-        self, data, mask, scale, weight, params, out=None, rejected=None, busy_cores=0
+        self, data, mask, scale, weight, params, out=None, rejected=None, busy_cores=0,
+        status=None,
     ):  # fmt: skip
         """``busy_cores``: as for :meth:`frame_level`. On two cores, a band combined on
-        both while the reader converted the next one took the run longer than on one."""
-        from . import _numba
-
+        both while the reader converted the next one took the run longer than on one.
+        ``status`` (uint8 [n, npix]): every sample's status is written there (contract step
+        8; the per-pixel path, no rejected counts)."""
         with _threads_left(busy_cores):
+            if status is not None:
+                from . import _numba_grow
+
+                return _numba_grow.combine_band_status(
+                    data, mask, scale, weight, params, out, status
+                )
+            from . import _numba
+
             return _numba.combine_band(data, mask, scale, weight, params, out, rejected)
 
     def measures_raw(self, fmt) -> bool:

@@ -20,6 +20,7 @@ ENTRY_POINTS = (
     ("_numba", "_combine_range"),
     ("_numba", "_row_sums"),
     ("_numba", "_median_hist_part"),
+    ("_numba_grow", "_status_range"),  # grow
     ("_numba_median", "_bracket_part"),
     ("_numba_median", "_raw_hist_part"),
     ("_numba_ccdmask", "_medsub_net_rows"),  # gpuflat mask

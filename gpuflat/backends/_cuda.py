@@ -454,8 +454,12 @@ def device_info() -> dict:
 class _Slot:
     """One chunk in flight: its stream, pinned staging buffers and device buffers."""
 
-    def __init__(self, dev, n: int, width: int, has_mask: bool, scratch_bytes: int, fast=False):
+    def __init__(self, dev, n: int, width: int, has_mask: bool, scratch_bytes: int, fast=False,
+                 status=False):  # fmt: skip
         self.stream = dev.stream()
+        # every sample's status (the grow's first combination)
+        self.h_status = dev.pinned((n, width), np.uint8) if status else None
+        self.d_status = dev.empty((n, width), np.uint8) if status else None
         self.h_data = dev.pinned((n, width), np.float32)
         self.h_mask = dev.pinned((n, width), np.uint8) if has_mask else None
         self.h_image = dev.pinned(width, np.float64)
@@ -577,11 +581,14 @@ class CudaBackend:
         out: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
         rejected: np.ndarray | None = None,
         busy_cores: int = 0,
+        status: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Reject and combine one band ``data[n, npix]``; returns (image, uncert, count),
         written into ``out`` when given; per-frame rejected samples are added to
-        ``rejected`` (int64 [n]) when given. ``busy_cores`` (host cores busy elsewhere)
-        does not concern the device."""
+        ``rejected`` (int64 [n]) when given; every sample's status is written into
+        ``status`` (uint8 [n, npix]) when given (the general kernel with statuses,
+        ``gpuflat_combine_s*``). ``busy_cores`` (host cores busy elsewhere) does not
+        concern the device."""
         dev = self.device
         n, npix = data.shape
         if out is None:
@@ -590,13 +597,14 @@ class CudaBackend:
         if npix == 0:
             return image, uncert, count
         given = KernelParams(*params)
-        kernel = combine_kernel(n, extended=extended(given))
+        kernel = combine_kernel(n, extended=extended(given), status=status is not None)
         per_pixel = n * (5 if mask is not None else 4)
         width = self.chunk_pixels or max(BLOCK, CHUNK_BYTES // per_pixel // BLOCK * BLOCK)
         width = min(width, npix)
         scratch = 9 * n * width if kernel[-1] == "n" else 0
-        fast = fast_kernel(n, given) is not None
-        slots = [_Slot(dev, n, width, mask is not None, scratch, fast) for _ in range(2)]
+        fast = status is None and fast_kernel(n, given) is not None
+        slots = [_Slot(dev, n, width, mask is not None, scratch, fast, status is not None)
+                 for _ in range(2)]  # fmt: skip
         # per-frame vectors, uploaded once; every slot's stream reads them, hence the wait
         d_scale = dev.empty(n, np.float64)
         dev.upload(d_scale, np.ascontiguousarray(scale, np.float64), slots[0].stream)
@@ -621,7 +629,7 @@ class CudaBackend:
             slot = slots[c % 2]
             if slot.pending is not None:  # the slot's previous chunk must be done
                 dev.synchronize(slot.stream)
-                _drain(slot, outputs)
+                _drain(slot, outputs, status)
             p1 = min(npix, p0 + width)
             w = p1 - p0
             # stage in pinned memory; the chunk is a [n, w] array with row stride w
@@ -638,11 +646,17 @@ class CudaBackend:
             chunk = (d_data, d_mask, w, slot.d_image, slot.d_uncert, slot.d_count)
             if fast:  # the lists start empty
                 dev.upload(slot.d_counts, slot.h_counts0, slot.stream)
+            d_status = None
+            if status is not None:
+                d_status = slot.d_status.reshape(-1)[: n * w].reshape(n, w)
             slot.d_lists = queue_combine(
                 dev, slot.stream, [chunk], n=n, stride=w, scale=d_scale, weight=d_weight,
                 params=p, noise=d_noise, scratch=slot.d_scratch, rejected=d_rejected[c % 2],
-                d_list=slot.d_list, d_counts=slot.d_counts,
+                d_list=slot.d_list, d_counts=slot.d_counts, d_status=d_status,
             )  # fmt: skip
+            if status is not None:
+                h_status = slot.h_status.reshape(-1)[: n * w].reshape(n, w)
+                dev.download(h_status, d_status, slot.stream)
             dev.download(slot.h_image[:w], slot.d_image[:w], slot.stream)
             dev.download(slot.h_uncert[:w], slot.d_uncert[:w], slot.stream)
             dev.download(slot.h_count[:w], slot.d_count[:w], slot.stream)
@@ -650,7 +664,7 @@ class CudaBackend:
         for slot in slots:
             if slot.pending is not None:
                 dev.synchronize(slot.stream)
-                _drain(slot, outputs)
+                _drain(slot, outputs, status)
         if rejected is not None:  # every slot's stream is done with its counters
             for slot, d in zip(slots, d_rejected, strict=True):
                 h = dev.pinned(n, np.uint64)
@@ -690,12 +704,15 @@ def _launch_convert(dev, d_raw, d_out, count: int, fmt, stream) -> None:
     dev.launch("convert.cu", kernel, _blocks(count), BLOCK, args, stream)
 
 
-def _drain(slot: _Slot, outputs) -> None:
-    """Copy a finished chunk from the slot's pinned buffers into the band's outputs."""
+def _drain(slot: _Slot, outputs, status=None) -> None:
+    """Copy a finished chunk from the slot's pinned buffers into the band's outputs (and
+    its statuses into ``status``, when given)."""
     p0, p1 = slot.pending
     w = p1 - p0
     for out, h in zip(outputs, (slot.h_image, slot.h_uncert, slot.h_count), strict=True):
         out[p0:p1] = h[:w]
+    if status is not None:
+        status[:, p0:p1] = slot.h_status.reshape(-1)[: status.shape[0] * w].reshape(-1, w)
     slot.pending = None
 
 

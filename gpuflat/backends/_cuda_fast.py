@@ -79,25 +79,26 @@ def _blocks(threads: int) -> int:
 
 
 def queue_combine(dev, stream, chunks, *, n, stride, scale, weight, params, noise, scratch,
-                  rejected, d_list=None, d_counts=None):  # fmt: skip
+                  rejected, d_list=None, d_counts=None, d_status=None):  # fmt: skip
     """Queue the combination of ``chunks`` on ``stream``: each chunk a tuple (data, mask,
     width, image, uncert, count) of device arrays, the chunk's frame i at
     ``data[i * stride : i * stride + width]`` (mask likewise, or None). ``d_list``:
     uint32 [>= the widest chunk] and ``d_counts``: uint32 [2 * len(chunks)] (made here
     when None) for the fast kernels; ``scratch``: gpuflat_combine_n's. Returns the list
     buffers in use (None, None for the general kernel), which the caller must keep until
-    the stream is done with them."""
+    the stream is done with them. ``d_status`` (uint8, frame i's at ``i * stride``, one
+    chunk): every sample's status is written there by a ``gpuflat_combine_s*`` kernel."""
     p = KernelParams(*params)
     prm = kernel_args(p, n)
-    fast = fast_kernel(n, p)
+    fast = None if d_status is not None else fast_kernel(n, p)
     if any(c[2] >= 1 << 32 for c in chunks):  # the lists hold 32-bit pixel offsets
         raise ValueError("a combine launch covers fewer than 2**32 pixels")
     if fast is None:
-        kernel = combine_kernel(n, extended=extended(p))
+        kernel = combine_kernel(n, extended=extended(p), status=d_status is not None)
         for data, mask, w, image, uncert, count in chunks:
             args = (data, mask, scale, weight, np.int32(n), np.int64(stride), np.int64(0),
                     np.int64(w), scratch, *prm, noise, image, uncert, count, rejected, None,
-                    None)  # fmt: skip
+                    None) + ((d_status,) if d_status is not None else ())  # fmt: skip
             dev.launch("combine.cu", kernel, _blocks(w), BLOCK, args, stream)
         return None, None
     if d_list is None:

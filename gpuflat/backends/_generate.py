@@ -22,7 +22,11 @@ def main():
     text = _fast_cu.render()
     _fast_cu.FAST_CU.write_text(text)
     print(f"{_fast_cu.FAST_CU}: {len(text.splitlines())} lines")
-    for name in ("_numba_fast.py", "_numba.py"):  # each after the files it depends on
+    for name in (
+        "_numba_fast.py",
+        "_numba.py",
+        "_numba_grow.py",
+    ):  # each after the files it depends on
         path = MERGES.with_name(name)
         text = re.sub(
             r'^_DEPENDS_ON = "[0-9a-f]*"',

@@ -249,10 +249,12 @@ def convert_args(dtype, bscale, bzero, blank):
     return kernel, mode, s, z, has_blank, value
 
 
-def combine_kernel(n: int, extended: bool = False) -> str:
+def combine_kernel(n: int, extended: bool = False, status: bool = False) -> str:
     """The combine kernel for a stack of ``n`` frames; ``extended``: ccdclip, nkeep or pclip
-    (the ``gpuflat_combine_x*`` kernels, ``_cuda_fast.extended``)."""
-    x = "x" if extended else ""
+    (the ``gpuflat_combine_x*`` kernels, ``_cuda_fast.extended``); ``status``: every
+    sample's status too (the ``gpuflat_combine_s*`` kernels, extended, with one more
+    argument)."""
+    x = "s" if status else "x" if extended else ""
     for cap in (16, 32, 64):
         if n <= cap:
             return f"gpuflat_combine_{x}{cap}"

@@ -36,6 +36,7 @@ DEPENDS_ON = {
     "_numba.py": ("_numba_fast.py", "_numba_median.py", "_numba_merges.py", "_numba_ops.py"),
     "_numba_fast.py": ("_numba_merges.py", "_numba_ops.py"),
     "_numba_merges.py": ("_numba_ops.py",),
+    "_numba_grow.py": ("_numba.py",),
 }
 
 

@@ -97,7 +97,8 @@ _KINDS = {
     "overscan_axis": overscan_axis, "overscan_model": "str", "trim": "str", "bias": "str",
     "dark": "str", "exposure_key": "str", "gain": number_or_keyword,
     "rdnoise": number_or_keyword, "noise_gain": number_or_keyword, "snoise": number_or_keyword,
-    "nkeep": int, "mask_sources": "bool", "source_sigma": float, "source_grow": float,
+    "nkeep": int, "grow": float, "mask_sources": "bool", "source_sigma": float,
+    "source_grow": float,
     "source_iters": positive_int, "source_npixels": positive_int, "saturation": "str",
     "max_saturated": float, "pclip": float,
 }  # fmt: skip
@@ -152,6 +153,7 @@ class RunOptions:
     snoise: str = "0"
     nkeep: int = 0
     pclip: float | None = None
+    grow: float = 0.0
     mask: str | None = None
     mem_limit: float = 350e6
     device_mem_limit: float | None = None
@@ -201,7 +203,8 @@ class RunOptions:
                 maxiters=self.maxiters, min_value=self.min_value, max_value=self.max_value,
                 nlow=self.nlow, nhigh=self.nhigh, rdnoise=self.rdnoise,
                 noise_gain=self.noise_gain, snoise=self.snoise, nkeep=self.nkeep,
-                pclip=self.pclip, mem_limit=self.mem_limit, backend=self.device,
+                pclip=self.pclip, grow=self.grow, mem_limit=self.mem_limit,
+                backend=self.device,
                 device_mem_limit=self.device_mem_limit,
             )  # fmt: skip
             qa = QAConfig(level_range=self.level_range, reject_factor=self.qa_reject_factor,
@@ -278,8 +281,9 @@ _PATHS = ("outdir", "report", "mask", "bias", "dark")
 _CALIBRATION_PARAM = re.compile(
     r"^(overscan_axis|overscan_model|overscan|trim|bias|dark|exposure_key|gain)\b"
 )
-#: the noise model's, nkeep's and pclip's names at the start of their messages, as flags
-_NOISE_PARAM = re.compile(r"^(rdnoise|noise_gain|snoise|nkeep|pclip)\b")
+#: the noise model's, nkeep's, pclip's and grow's names at the start of their messages,
+#: as flags
+_NOISE_PARAM = re.compile(r"^(rdnoise|noise_gain|snoise|nkeep|pclip|grow)\b")
 #: the mask pass's and the saturation rule's parameter names in their messages, as flags
 _MASK_PARAM = re.compile(
     r"^(mask_sources|source_sigma|source_grow|source_iters|source_npixels|saturation|"

@@ -117,6 +117,7 @@ def _generic():
     api.combine(list(data), backend="cpu", nkeep=3, center="mean", dev="std", maxiters=3)
     api.combine(list(data), backend="cpu", clip="pclip", nkeep=2)
     api.combine(list(data), backend="cpu", nlow=1, nhigh=1, mem_limit=_banded(data))
+    api.combine(list(data), backend="cpu", grow=1.5, mem_limit=_banded(data))
 
 
 def _banded(data):
