@@ -236,6 +236,41 @@ def test_cuda_backend_is_bit_for_bit_numba(case):
                 (want.image, want.uncertainty, want.count, want.rejected))  # fmt: skip
 
 
+@pytest.mark.parametrize("radius", [1.0, 2.0])
+def test_with_pclip(radius):
+    """The grow of pclip's rejections: against pclip's independent reference (its
+    survivors, dilated, the rest combined without rejection), and the CUDA backend on the
+    fake device bit for bit numba's."""
+    from test_pclip import reference_pclip
+
+    rng = np.random.default_rng(11)
+    stack, masks = sky_stack(rng, masked=0.02)
+    opts = {"clip": "pclip", "pclip": -0.5, "sigma_low": 2.0, "sigma_high": 2.0}
+    got = combine(stack, masks, grow=radius, **opts)
+    n, ny, nx = stack.shape
+    data, mask = stack.reshape(n, -1), masks.reshape(n, -1).astype(np.uint8)
+    *_, surv = reference_pclip(data, mask, got.scales, pclip=-0.5, sigma_low=2.0,
+                               sigma_high=2.0, return_survivors=True)  # fmt: skip
+    valid = np.isfinite(data) & (mask == 0)
+    grown = np.stack([ndimage.binary_dilation(r, structure=disk(radius))
+                      for r in (valid & ~surv).reshape(n, ny, nx)])  # fmt: skip
+    final = surv & ~grown.reshape(n, -1)
+    image, unc, k = reference_combine(data, (~final).astype(np.uint8), got.scales, None,
+                                      sigma=False)  # fmt: skip
+    assert got.rejected.sum() > combine(stack, masks, **opts).rejected.sum() + 20
+    np.testing.assert_array_equal(got.count, k.reshape(ny, nx))
+    np.testing.assert_array_equal(got.rejected, (valid & ~final).sum(1))
+    np.testing.assert_allclose(got.image, image.reshape(ny, nx), rtol=1e-12, equal_nan=True)
+    np.testing.assert_allclose(got.uncertainty, unc.reshape(ny, nx), rtol=1e-9, atol=1e-300,
+                               equal_nan=True)  # fmt: skip
+    dev = FakeDevice()
+    cuda = combine(stack, masks, CudaBackend(dev, chunk_pixels=64), grow=radius,
+                   mem_limit=40e3, **opts)  # fmt: skip
+    dev.assert_idle()
+    assert same((cuda.image, cuda.uncertainty, cuda.count, cuda.rejected),
+                (got.image, got.uncertainty, got.count, got.rejected))  # fmt: skip
+
+
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     seed=st.integers(0, 2**32 - 1),

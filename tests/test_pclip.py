@@ -41,12 +41,14 @@ def iraf_pixels(pclip, nimages):
 
 def reference_pclip(data, mask=None, scale=None, weight=None, *, pclip=-0.5, sigma_low=3.0,
                     sigma_high=3.0, nkeep=0, nlow=0, nhigh=0, min_value=-np.inf,
-                    max_value=np.inf, method="average", clip_scaled=True):  # fmt: skip
+                    max_value=np.inf, method="average", clip_scaled=True,
+                    return_survivors=False):  # fmt: skip
     """(image, uncert, count, rejected per frame) of ``data[n, npix]``. Per pixel, as
     icpclip: the ``n1`` samples of the window sorted, IRAF's 1-based ``n2 = 1 + n1 / 2`` and
     percentile pixel ``n3``, the median, ``sigma = t (d[n3] - median)``, a sample rejected
     when its residual over sigma reaches lsigma / hsigma; nothing when ``n1 < 3`` or sigma
-    is 0. nkeep: the rejected nearest the median come back, ties by frame index."""
+    is 0. nkeep: the rejected nearest the median come back, ties by frame index.
+    ``return_survivors``: the survivors (bool [n, npix]) too, last."""
     n, npix = data.shape
     x = data.astype(np.float64)
     scale = np.ones(n) if scale is None else np.asarray(scale, np.float64)
@@ -104,7 +106,8 @@ def reference_pclip(data, mask=None, scale=None, weight=None, *, pclip=-0.5, sig
             uncert = sd / np.sqrt(k) if method == "average" else sd * np.sqrt(k)
     image = np.where(k == 0, np.nan, image)
     uncert = np.where(k == 0, np.nan, uncert)
-    return image, uncert, k, (valid & ~survive).sum(axis=1)
+    out = image, uncert, k, (valid & ~survive).sum(axis=1)
+    return (*out, survive) if return_survivors else out
 
 
 def params_of(opts):
