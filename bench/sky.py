@@ -14,9 +14,11 @@ timed from outside (``bench.py``'s ``timed``), the contenders alternating:
 Each master is compared with the simulation's true flat (``gpuflat.compare_flats``): the
 pixels off by more than 5 sigma, sigma being the robust scatter of the starless master
 around the truth (the issue's yardstick), and (``off_5_expected``) by more than 5 times each
-pixel's own expected noise, sigma x sqrt(N / NCOMBINE). Also timed in-process (``gpuflat.combine``,
-the library, medians of the repeats), where the start-up of a process does not hide the
-mask pass. Printed, and written to ``bench/results/sky.json``.
+pixel's own expected noise, sigma x sqrt(N / NCOMBINE). The floor of a masked master:
+the starless night combined with the masks found on the night with stars (in-process), its
+pixels off the truth there only because the masks took samples. Also timed in-process
+(``gpuflat.combine``, the library, medians of the repeats), where the start-up of a process
+does not hide the mask pass. Printed, and written to ``bench/results/sky.json``.
 """
 
 from __future__ import annotations
@@ -67,6 +69,27 @@ def in_process(directory, masked, repeats) -> float:
         gpuflat.combine(frames, backend=bench.DEVICE, mask_sources=masked)
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def starless_with_the_masks(dirs, truth, sigma) -> dict:
+    """The floor of a source-masked master: the starless night combined with the masks the
+    mask pass finds on the night with stars (the same frames but for the stars), compared
+    with the truth. Every pixel it has off is there because masks took samples away, not
+    because of stars: no mask of those sizes can do better."""
+    import numpy as np
+    from astropy.nddata import CCDData
+
+    import gpuflat
+
+    stars = sorted(str(p) for p in Path(dirs["stars"]).glob("sky-*.fits"))
+    found = gpuflat.combine(stars, backend=bench.DEVICE, mask_sources=True).source_masks
+    plain = sorted(Path(dirs["starless"]).glob("sky-*.fits"))
+    ccds = [CCDData.read(p, unit="adu") for p in plain]
+    for i, ccd in enumerate(ccds):
+        ccd.mask = found.mask(i).astype(bool)
+    result = gpuflat.combine(ccds, backend=bench.DEVICE)
+    return gpuflat.compare_flats(result.image.astype(np.float64), truth, sigma=sigma,
+                                 count=result.count)  # fmt: skip
 
 
 def figure(path, root, n, truth, sigma, entry) -> None:
@@ -137,6 +160,7 @@ def main(argv=None) -> int:
             c: gpuflat.compare_flats(str(root / f"out-{n}-{c}" / product), truth, sigma=sigma)
             for c in CONTENDERS
         }
+        floor = starless_with_the_masks(dirs, truth, sigma)
         median = {c: statistics.median(v) for c, v in times.items()}
         library = {
             c: in_process(source[c], c == "masked", args.repeats) for c in ("plain", "masked")
@@ -154,6 +178,9 @@ def main(argv=None) -> int:
             "in_process_masked_over_plain": library["masked"] / library["plain"],
             "masked_over_starless_off": figures["masked"]["off"]
             / max(1, figures["starless"]["off"]),
+            # the starless night with the masked run's masks: the floor of a masked master
+            "starless_with_masks_off": floor["off"],
+            "starless_with_masks_off_expected": floor["off_expected"],
         }
         results["nights"][str(n)] = entry
         if args.figure and n == args.frames[0]:
@@ -162,7 +189,8 @@ def main(argv=None) -> int:
         print(
             f"{n:2d} x {args.size}^2: pixels off > 5 sigma: starless {off['starless']}, "
             f"plain {off['plain']}, masked {off['masked']} "
-            f"(masked / starless {entry['masked_over_starless_off']:.2f}; against each "
+            f"(masked / starless {entry['masked_over_starless_off']:.2f}; the starless "
+            f"night with the same masks {floor['off']}; against each "
             f"pixel's expected noise: {entry['off_5_expected']}); "
             f"fresh process: plain {median['plain']:.2f} s, masked {median['masked']:.2f} s "
             f"({entry['masked_over_plain']:.2f}x); in-process: plain {library['plain']:.3f} s, "
