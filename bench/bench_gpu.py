@@ -15,6 +15,7 @@ import time
 import numpy as np
 
 from gpuflat.backends._cuda import BLOCK, CudaBackend, CupyDevice, combine_kernel, device_info
+from gpuflat.backends._cuda_fast import kernel_args
 from gpuflat.backends._params import KernelParams
 
 OPTIONS = {
@@ -38,14 +39,12 @@ def kernel_seconds(data, scale, params, repeat):
     uncert = cp.empty(npix, cp.float64)
     count = cp.empty(npix, cp.int32)
     scratch = cp.empty(9 * n * npix, cp.uint8) if name == "gpuflat_combine_n" else np.uint64(0)
-    p = params
+    null = np.uint64(0)
     args = (
-        d_data, np.uint64(0), d_scale, np.uint64(0), np.int32(n), np.int64(npix), np.int64(0),
-        np.int64(npix), scratch, np.int32(p.clip_scaled), np.float64(p.min_value),
-        np.float64(p.max_value), np.int32(p.nlow), np.int32(p.nhigh), np.int32(p.sigma),
-        np.int32(p.center), np.int32(p.dev), np.float64(p.sigma_low), np.float64(p.sigma_high),
-        np.int32(p.maxiters), np.int32(p.method), image, uncert, count,
+        d_data, null, d_scale, null, np.int32(n), np.int64(npix), np.int64(0), np.int64(npix),
+        scratch, *kernel_args(params, n), null, image, uncert, count,
         cp.zeros(n, cp.uint64),  # per-frame rejected counters, as the pipeline asks for
+        null, null,  # no general list (a band)
     )  # fmt: skip
     grid = (npix + BLOCK - 1) // BLOCK
     fn((grid,), (BLOCK,), args)  # warm up (and compile)

@@ -199,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     eng.add_argument(
         "--grow", type=float, metavar="R",
         help="a sample the clipping (or --nlow/--nhigh) rejects also rejects its frame's "
-        "samples within R pixels, a disk (IRAF's grow: star wings; default 0, none)",
+        "samples within R pixels, a disk (IRAF's grow: star wings; 0 to 64, default 0: none)",
     )  # fmt: skip
     eng.add_argument(
         "--rdnoise", type=options.number_or_keyword, metavar="KEY|VALUE",

@@ -30,9 +30,7 @@ import math
 import numpy as np
 
 from ._sources import grow as dilate
-
-#: a sample's status (docs/kernel-contract.md, step 8)
-SURVIVOR, REJECTED = 1, 2
+from .backends._params import REJECTED, SURVIVOR
 
 
 def halo(radius: float) -> int:
@@ -50,8 +48,8 @@ def bytes_per_pixel(n: int) -> int:
 def plain(params):
     """The kernel parameters of the second combination: no rejection (the thresholds stay,
     so that the samples valid there are those valid in the first, less the grown)."""
-    return params._replace(nlow=0, nhigh=0, sigma=0, ccdclip=0, nkeep=0, rdnoise=(),
-                           gain=(), snoise=())  # fmt: skip
+    return params._replace(nlow=0, nhigh=0, sigma=0, ccdclip=0, nkeep=0, pclip=0.0,
+                           rdnoise=(), gain=(), snoise=())  # fmt: skip
 
 
 def combine_rows(backend, data, mask, span, band, cols, scales, weights, params, radius,

@@ -156,10 +156,10 @@ def combine_frames(
     """Combine opened frames (``_frames.FitsFrame`` / ``_frames.ArrayFrame``) band by band.
 
     ``band_combiner(data, mask, scales, weights)`` replaces the backend's kernel (the
-    ccdproc compatibility path uses it); ``progress(done, total)`` is called per band;
-    ``calibrator`` (a :class:`gpuflat._calibrate.Calibrator`, fresh for this call)
-    calibrates every frame as its bands are read, in both passes; ``workspace`` (a
-    :class:`Workspace`) lends the stack, else it is allocated for this call;
+    ccdproc compatibility path uses it; not with a grow); ``progress(done, total)`` is
+    called per band; ``calibrator`` (a :class:`gpuflat._calibrate.Calibrator`, fresh for
+    this call) calibrates every frame as its bands are read, in both passes; ``workspace``
+    (a :class:`Workspace`) lends the stack, else it is allocated for this call;
     ``results(result, shape)``, when given, makes the object that takes the results band by
     band instead of a :class:`Planes` (called once the scales are known, with the
     CombineResult as it will be returned, its planes None), and the result keeps None for
@@ -242,6 +242,8 @@ def _combine(frames, config, backend, *, dtype, out_dtype, clip_scaled, bad_pixe
     mask pass's (options, masks) that the frames' masks include, for the result."""
     n = len(frames)
     shape = frames[0].shape
+    if band_combiner is not None and config.grow > 0:
+        raise ValueError("grow is not available with a custom band_combiner")
     _check_shapes(frames)
     _check_units(frames)
     if bad_pixel_mask is not None and bad_pixel_mask.shape != shape:

@@ -304,12 +304,14 @@ def grow(mask, radius) -> np.ndarray:
     out = mask.copy()
     if r <= 0:
         return out
-    ny = mask.shape[0]
-    # dx^2 <= radius^2 - dy^2, in integers: dx^2 <= floor(radius^2) - dy^2
-    width = {dy: math.isqrt(math.floor(radius * radius) - dy * dy) for dy in range(-r, r + 1)}
+    ny, nx = mask.shape
+    # dx^2 <= radius^2 - dy^2, in integers: dx^2 <= floor(radius^2) - dy^2; offsets as
+    # wide as the mask reach nothing
+    width = {dy: math.isqrt(math.floor(radius * radius) - dy * dy)
+             for dy in range(-min(r, ny - 1), min(r, ny - 1) + 1)}  # fmt: skip
     run = mask.copy()  # the mask dilated along rows by w
     for w in range(r + 1):
-        if w:
+        if 0 < w < nx:
             run[:, w:] |= mask[:, :-w]
             run[:, :-w] |= mask[:, w:]
         for dy in (d for d, v in width.items() if v == w):

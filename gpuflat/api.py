@@ -127,7 +127,7 @@ def combine(
         pixel is combined over its survivors less those, without clipping again; with
         ``nkeep > 0`` a pixel left with fewer than ``nkeep`` keeps its result without the
         grow. For the wings of stars and cosmic rays in sky flats (docs/sky-flats.md).
-        0 (default): none.
+        0 (default): none; at most 64.
     mask : 2-D array or path, optional
         A bad-pixel mask (nonzero = bad) applied to every frame, on top of CCDData masks.
         NaN and inf samples never count either.

@@ -688,7 +688,8 @@ extern "C" __global__ void gpuflat_combine_xn(GF_COMBINE_ARGS) {
 }
 #endif
 
-// every sample's status too (step 8, for the grow: gpuflat/_grow.py), with ccdclip and nkeep
+// every sample's status too (step 8, for the grow: gpuflat/_grow.py), with ccdclip, nkeep
+// and pclip
 #if !defined(GPUFLAT_ONLY) || defined(GPUFLAT_ONLY_gpuflat_combine_s16)
 extern "C" __global__ void gpuflat_combine_s16(GF_COMBINE_ARGS,
                                                unsigned char *__restrict__ status) {

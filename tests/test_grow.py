@@ -191,6 +191,23 @@ def test_edges():
     np.testing.assert_allclose(got.image, np.nanmean(keep, 0), rtol=1e-13)
 
 
+@pytest.mark.parametrize(("shape", "radius"), [((3, 2), 4.0), ((1, 9), 2.5), ((10, 3), 64.0),
+                                             ((2, 40), 7.0)])  # fmt: skip
+def test_a_radius_wider_than_the_frame(shape, radius):
+    """A grow wider than the frame (up to the allowed 64) takes the whole frame's samples
+    within reach, as the reference's dilation does: no failure on a few rows or columns."""
+    rng = np.random.default_rng(3)
+    stack, _ = sky_stack(rng, n=5, shape=shape, stars=1, nan=0.0, edges=False)
+    stack[2, 0, 0] *= 5.0  # a rejection to grow
+    got = combine(stack, None, grow=radius, sigma_low=3.0, sigma_high=3.0)
+    image, _, k, rej = reference_grow(stack, None, got.scales, None, radius, sigma_low=3.0,
+                                      sigma_high=3.0)  # fmt: skip
+    assert got.rejected.sum() > 0
+    np.testing.assert_array_equal(got.count, k)
+    np.testing.assert_array_equal(got.rejected, rej)
+    np.testing.assert_allclose(got.image, image, rtol=1e-12, equal_nan=True)
+
+
 def test_masks_and_nans_do_not_grow():
     """Masked, non-finite and thresholded samples are not rejections: nothing grows from
     them (IRAF: the grow applies only to the rejection algorithms' pixels)."""

@@ -598,7 +598,7 @@ class CudaBackend:
             return image, uncert, count
         given = KernelParams(*params)
         kernel = combine_kernel(n, extended=extended(given), status=status is not None)
-        per_pixel = n * (5 if mask is not None else 4)
+        per_pixel = n * (5 if mask is not None else 4) + (n if status is not None else 0)
         width = self.chunk_pixels or max(BLOCK, CHUNK_BYTES // per_pixel // BLOCK * BLOCK)
         width = min(width, npix)
         scratch = 9 * n * width if kernel[-1] == "n" else 0

@@ -20,9 +20,6 @@ from ._numba import _ALL_RULES, _pixels
 # the digest of _numba.py (see _networks.DEPENDS_ON)
 _DEPENDS_ON = "205b4b223bed9d2c"
 
-#: a sample's status: not valid (step 1), a survivor, valid but rejected
-INVALID, SURVIVOR, REJECTED = 0, 1, 2
-
 
 @nb.njit(cache=True, nogil=True)
 def _status_range(

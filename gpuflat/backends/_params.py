@@ -11,6 +11,10 @@ DEVS = {"mad_std": 0, "std": 1}
 METHODS = {"average": 0, "median": 1, "sum": 2}
 
 
+#: a sample's status (docs/kernel-contract.md, step 8): not valid (step 1), a survivor,
+#: valid but rejected (the grow's status pass; the kernels write the numbers themselves)
+INVALID, SURVIVOR, REJECTED = 0, 1, 2
+
 class KernelParams(NamedTuple):
     """Per-pixel rejection and combine options, as numbers (see docs/kernel-contract.md).
 
