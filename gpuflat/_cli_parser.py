@@ -193,8 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
     eng.add_argument(
         "--pclip", type=float, metavar="P",
         help="--clip pclip only: the percentile pixel, P below (< 0) or above (> 0) the "
-        "median, |P| < 1 a fraction of half the frames, else a number of frames; clips at "
-        "--sigma-low/--sigma-high x its distance from the median (default -0.5, IRAF's)",
+        "median, a fraction of half the frames when between -1 and 1, else a number of "
+        "frames; clips at --sigma-low/--sigma-high x its distance from the median "
+        "(default -0.5, IRAF's)",
     )  # fmt: skip
     eng.add_argument(
         "--grow", type=float, metavar="R",

@@ -15,6 +15,7 @@ METHODS = {"average": 0, "median": 1, "sum": 2}
 #: valid but rejected (the grow's status pass; the kernels write the numbers themselves)
 INVALID, SURVIVOR, REJECTED = 0, 1, 2
 
+
 class KernelParams(NamedTuple):
     """Per-pixel rejection and combine options, as numbers (see docs/kernel-contract.md).
 
