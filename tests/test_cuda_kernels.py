@@ -1206,7 +1206,7 @@ def check_status(data, mask, scale, weight, params):
     bit for bit (results and statuses); and the statuses against the plain combination:
     0 exactly where a sample is not valid (step 1), as many 1s as the count, as many 2s
     per frame as its rejected samples, the results the same bits."""
-    from gpuflat.backends import _numba_grow
+    from gpuflat.backends import NumbaBackend, _numba_grow
 
     n, npix = data.shape
     if params.ccdclip:
@@ -1225,6 +1225,10 @@ def check_status(data, mask, scale, weight, params):
     np.testing.assert_array_equal(want_status != 0, valid)
     np.testing.assert_array_equal((want_status == 1).sum(0), want[2])
     np.testing.assert_array_equal((want_status == 2).sum(1), rejected)
+    with_status = np.zeros(n, np.int64)  # the backend's rejected counts with statuses too
+    NumbaBackend().combine_band(data, mask, scale, weight, params, rejected=with_status,
+                                status=np.empty((n, npix), np.uint8))  # fmt: skip
+    np.testing.assert_array_equal(with_status, rejected)
     for kernel in STATUS_KERNELS:
         cap = kernel.rsplit("_s", 1)[1]
         if cap.isdigit() and n > int(cap):

@@ -20,6 +20,8 @@ from __future__ import annotations
 import logging
 from contextlib import contextmanager
 
+import numpy as np
+
 from ..errors import BackendUnavailableError
 
 log = logging.getLogger("gpuflat")
@@ -45,14 +47,18 @@ class NumbaBackend:
         """``busy_cores``: as for :meth:`frame_level`. On two cores, a band combined on
         both while the reader converted the next one took the run longer than on one.
         ``status`` (uint8 [n, npix]): every sample's status is written there (contract step
-        8; the per-pixel path, no rejected counts)."""
+        8), and the rejected counts are those of its statuses."""
         with _threads_left(busy_cores):
             if status is not None:
                 from . import _numba_grow
+                from ._params import REJECTED
 
-                return _numba_grow.combine_band_status(
+                result = _numba_grow.combine_band_status(
                     data, mask, scale, weight, params, out, status
                 )
+                if rejected is not None:
+                    rejected += np.count_nonzero(status == REJECTED, axis=1)
+                return result
             from . import _numba
 
             return _numba.combine_band(data, mask, scale, weight, params, out, rejected)
