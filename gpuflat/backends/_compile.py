@@ -28,9 +28,10 @@ ENTRY_POINTS = (
     ("_numba_ccdmask", "fill_short_gaps"),
 )
 
-#: About how long the first compile of one run's kernels takes (the fast path of the
-#: guide's parameters and the frame median), measured on a 2-core machine.
-FIRST_RUN_SECONDS = 10
+#: About how long the first compile of one run's kernels takes on a 2-core machine: the
+#: guide's parameters (the fast path and the frame median) 10 s; options that take the
+#: per-pixel path as well (--clip pclip 17 s, --grow 30 s: their whole cold run) longer.
+FIRST_RUN_SECONDS = "10-30"
 
 
 def _dispatchers():
