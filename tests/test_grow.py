@@ -332,6 +332,26 @@ def test_validation(value, error):
         gpuflat.combine(np.ones((3, 4, 4), np.float32), grow=value)
 
 
+def test_a_run_says_when_pixels_lose_every_sample(tmp_path, capsys):
+    """Every frame's rejection next to one pixel: the grow takes all its samples; the run
+    says so (the product marks it: NaN, MASK = 1)."""
+    stack = np.full((5, 12, 12), 1000.0, np.float32)
+    stack += np.random.default_rng(1).normal(0, 1, stack.shape).astype(np.float32)
+    for i, (y, x) in enumerate([(5, 6), (6, 5), (4, 5), (5, 4), (6, 6)]):
+        stack[i, y, x] = 9000.0
+    for i, frame in enumerate(stack):
+        fits.writeto(tmp_path / f"f{i}.fits", frame,
+                     fits.Header({"IMAGETYP": "FLAT", "FILTER": "V"}))  # fmt: skip
+    out = tmp_path / "out"
+    assert cli.main(["run", str(tmp_path), "-o", str(out), "--grow", "1.5", "--scale", "none",
+                     "--sigma-low", "3", "--sigma-high", "3"]) == 0  # fmt: skip
+    err = capsys.readouterr().err
+    with fits.open(out / "combined_flat_filter_V.fits") as hdul:
+        empty = int(hdul["MASK"].data.sum())
+        assert hdul["MASK"].data[5, 5] == 1 and np.isnan(hdul[0].data[5, 5])
+    assert f"{empty} pixel(s) without a surviving sample" in err, err
+
+
 def test_cli_help_validation_and_provenance(tmp_path, capsys):
     rng = np.random.default_rng(2)
     stack, _ = sky_stack(rng, n=5, shape=(20, 16))

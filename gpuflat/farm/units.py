@@ -358,6 +358,9 @@ def _survivors(entry, survivors, empty, pixels, frames) -> None:
     """The entry's figures of the combined planes."""
     entry["rejected_fraction"] = float(1 - survivors / pixels / frames)
     entry["pixels_without_survivor"] = empty
+    if empty:  # NaN there, MASK = 1: never with the guide's clipping, possible with a grow
+        log.warning("%s: %d pixel(s) without a surviving sample (NaN, MASK = 1)",
+                    entry["product"], empty)  # fmt: skip
 
 
 def _write_streamed(product, entry, frames, defer=False):
