@@ -131,6 +131,44 @@ def test_band_height_does_not_matter(tmp_path, findbadcolumns):
     np.testing.assert_array_equal(small, want)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_straight_line_median_is_scipys(dtype):
+    """The 7 x 7 median of straight-line code, two windows at a time (``_median_net``),
+    against SciPy's ``median_filter``: ties (values on a coarse grid), infinities, NaNs,
+    widths odd and even down to one column, and bands of rows out of a larger image."""
+    from scipy import ndimage
+
+    from gpuflat.backends._numba_ccdmask import _medsub_pairs_rows
+
+    rng = np.random.default_rng(5)
+    for shape in ((40, 37), (23, 20), (9, 8), (7, 3), (12, 1), (1, 9), (2, 2)):
+        data = np.round(rng.normal(0, 3, shape)).astype(dtype)  # many ties
+        data[rng.random(shape) < 0.03] = np.inf
+        data[rng.random(shape) < 0.03] = -np.inf
+        for nans in (False, True):
+            if nans:
+                data[rng.random(shape) < 0.02] = np.nan
+            with np.errstate(invalid="ignore"):
+                want = data - ndimage.median_filter(data, size=(7, 7), mode="reflect")
+            out = np.full(shape, 99, dtype)
+            _medsub_pairs_rows(data, 0, shape[0], 0, shape[0], out, 0)
+            np.testing.assert_array_equal(out, want, err_msg=f"{shape} nans={nans}")
+            r_a, r_b = shape[0] // 3, shape[0] - shape[0] // 4
+            d_r0 = max(0, r_a - 3)  # a band: the rows its windows read, output rows only
+            band = np.full((r_b - r_a, shape[1]), 99, dtype)
+            _medsub_pairs_rows(data[d_r0 : r_b + 3], d_r0, shape[0], r_a, r_b, band, r_a)
+            np.testing.assert_array_equal(band, want[r_a:r_b], err_msg=f"{shape} band")
+
+
+def test_generated_median_is_current():
+    """The straight-line median in the tree is what ``_median_net.render`` makes."""
+    from gpuflat.backends import _median_net
+
+    path = _median_net.__file__.replace("_median_net.py", "_numba_ccdmask_net.py")
+    with open(path) as f:
+        assert f.read() == _median_net.render(), "run: python -m gpuflat.backends._generate"
+
+
 @pytest.mark.parametrize(
     ("kw", "error", "text"),
     [

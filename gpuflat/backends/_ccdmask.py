@@ -10,7 +10,8 @@ import functools
 import numpy as np
 
 from . import _threads
-from ._numba_ccdmask import _mask_rows, _medsub_net_rows, _medsub_rows
+from ._median_net import SIZES
+from ._numba_ccdmask import _mask_rows, _medsub_net_rows, _medsub_pairs_rows, _medsub_rows
 
 
 @functools.cache
@@ -40,14 +41,17 @@ def medsub_band(data, d_r0, nrows, r_a, r_b, nlmed, ncmed, out, out_r0) -> None:
     into ``out`` (whose row 0 is image row ``out_r0``), on numba's thread count."""
     k = (nlmed * ncmed) // 2
     ks = np.array([k], np.int64)
-    nets = median_networks(nlmed, ncmed)
+    pairs = (nlmed, ncmed) in SIZES
+    nets = None if pairs else median_networks(nlmed, ncmed)
     bounds = _split(r_a, r_b)
 
     def part(t):
         a, b = bounds[t], bounds[t + 1]
         if b <= a:
             return
-        if nets is None:
+        if pairs:
+            _medsub_pairs_rows(data, d_r0, nrows, a, b, out, out_r0)
+        elif nets is None:
             _medsub_rows(data, d_r0, nrows, a, b, nlmed, ncmed, ks, out, out_r0)
         else:
             _medsub_net_rows(data, d_r0, nrows, a, b, nlmed, ncmed, k, *nets, out, out_r0)

@@ -23,7 +23,7 @@ ENTRY_POINTS = (
     ("_numba_grow", "_status_range"),  # grow
     ("_numba_median", "_bracket_part"),
     ("_numba_median", "_raw_hist_part"),
-    ("_numba_ccdmask", "_medsub_net_rows"),  # gpuflat mask
+    ("_numba_ccdmask", "_medsub_pairs_rows"),  # gpuflat mask (7 x 7 medians)
     ("_numba_ccdmask", "_mask_rows"),
     ("_numba_ccdmask", "fill_short_gaps"),
 )

@@ -37,6 +37,8 @@ DEPENDS_ON = {
     "_numba_fast.py": ("_numba_merges.py", "_numba_ops.py"),
     "_numba_merges.py": ("_numba_ops.py",),
     "_numba_grow.py": ("_numba.py",),
+    "_numba_ccdmask_net.py": ("_numba_ops.py",),
+    "_numba_ccdmask.py": ("_numba_ccdmask_net.py", "_numba_ops.py"),
 }
 
 

@@ -31,6 +31,11 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
+from ._numba_ccdmask_net import median_pairs_7x7, sort_columns_7x7
+
+# the digest of the files it calls into (see _networks.DEPENDS_ON)
+_DEPENDS_ON = "8967b1b20405a151"
+
 
 @nb.njit(cache=True, nogil=True)
 def _reflect(i, n):
@@ -443,6 +448,68 @@ def _medsub_net_rows(data, d_r0, nrows, r_a, r_b, nl, nc, k, run, colnet, winnet
                 else:
                     med = lanes[k, t]
                 out[o, c] = data[dr, c] - med
+
+
+@nb.njit(cache=True, nogil=True)
+def _medsub_pairs_rows(data, d_r0, nrows, r_a, r_b, out, out_r0):
+    """``out[r - out_r0] = data[r] - median`` (7 x 7) for the rows ``[r_a, r_b)`` by the
+    straight-line code of ``_numba_ccdmask_net`` (see ``_median_net``): each row's columns
+    sorted, in two planes (even and odd columns of the row extended by 3 reflected columns
+    each side), then the medians of the windows two by two. Windows holding a NaN take
+    SciPy's own selection."""
+    nl = nc = 7
+    h = 3
+    ncols = data.shape[1]
+    pairs = (ncols + 1) // 2
+    width = pairs + h  # pair columns w: extended columns 2 w and 2 w + 1 (data 2 w - 3 ..)
+    w_a, w_b = 2, min(width, (ncols + 1) // 2 + 1)  # both columns inside the data
+    planes = np.empty((2, nl, width), data.dtype)
+    medians = np.empty((2, pairs), data.dtype)
+    rows = np.empty(nl, np.int64)
+    nans = np.empty(2 * width, np.int64)
+    buf = np.empty(nl * nc, np.float64)
+    for r in range(r_a, r_b):
+        for i in range(nl):
+            rows[i] = _reflect(r - h + i, nrows) - d_r0
+        if w_b > w_a:
+            sort_columns_7x7(data, rows, w_a, w_b, planes)
+        for w in range(width):  # the columns reflected at the edges
+            if w_a <= w < w_b:
+                continue
+            for u in range(2):
+                c = _reflect(2 * w + u - h, ncols)
+                for i in range(nl):  # insertion sort
+                    x = data[rows[i], c]
+                    t = i
+                    while t > 0 and planes[u, t - 1, w] > x:
+                        planes[u, t, w] = planes[u, t - 1, w]
+                        t -= 1
+                    planes[u, t, w] = x
+        median_pairs_7x7(planes, medians, pairs)
+        o, dr = r - out_r0, r - d_r0
+        for t in range(ncols // 2):
+            out[o, 2 * t] = data[dr, 2 * t] - medians[0, t]
+            out[o, 2 * t + 1] = data[dr, 2 * t + 1] - medians[1, t]
+        if ncols % 2:
+            out[o, ncols - 1] = data[dr, ncols - 1] - medians[0, pairs - 1]
+        found = 0  # a NaN in the row's windows (the networks move values, never lose one)
+        for w in range(width):
+            for i in range(nl):
+                found += (planes[0, i, w] != planes[0, i, w]) + (planes[1, i, w] != planes[1, i, w])
+        if found == 0:
+            continue
+        for v in range(2 * width):
+            nans[v] = 0
+            for i in range(nl):
+                x = planes[v % 2, i, v // 2]
+                nans[v] += x != x
+        for c in range(ncols):
+            wn = 0
+            for j in range(nc):
+                wn += nans[c + j]
+            if wn > 0:
+                med = _window_rank(data, d_r0, nrows, ncols, r, c, nl, nc, (nl * nc) // 2, buf)
+                out[o, c] = data[dr, c] - data.dtype.type(med)
 
 
 @nb.njit(cache=True, nogil=True)

@@ -42,7 +42,7 @@ from ._numba_merges import MAX_IN_REGISTERS, merge_in_registers
 from ._numba_ops import hi, lo
 
 # the digest of _numba_merges.py and _numba_ops.py (see _networks.DEPENDS_ON)
-_DEPENDS_ON = "90963ae204f78908"
+_DEPENDS_ON = "77f44e58aad567ec"
 
 FAST_L = 64  # lanes per block (the same as the generic block path's)
 # prefetch distance, in pixels per frame row: 4 blocks ahead, into L2 (``_prefetch``). With

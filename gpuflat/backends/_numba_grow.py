@@ -18,7 +18,7 @@ from . import _numba
 from ._numba import _ALL_RULES, _pixels
 
 # the digest of _numba.py (see _networks.DEPENDS_ON)
-_DEPENDS_ON = "205b4b223bed9d2c"
+_DEPENDS_ON = "6f2207465afb90c3"
 
 
 @nb.njit(cache=True, nogil=True)

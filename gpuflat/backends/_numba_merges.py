@@ -8,7 +8,7 @@ import numpy as np
 from ._numba_ops import hi, lo
 
 # the digest of _numba_ops.py (see _networks.DEPENDS_ON)
-_DEPENDS_ON = "f8f503868ca71601"
+_DEPENDS_ON = "f40e208c56493092"
 MAX_IN_REGISTERS = 48
 _LU = np.uint64(64)  # lanes per block
 

@@ -14,11 +14,14 @@ from numba.extending import intrinsic
 
 def _select_op(larger):
     """A numba intrinsic for one side of a compare-exchange as a single select:
-    ``a if a < b else b`` (or ``b if a < b else a`` when ``larger``)."""
+    ``a if a < b else b`` (or ``b if a < b else a`` when ``larger``), on two values of one
+    float type."""
 
     @intrinsic
     def op(typingctx, a, b):
-        sig = types.float64(types.float64, types.float64)
+        if not (isinstance(a, types.Float) and a == b):
+            return None
+        sig = a(a, b)
 
         def codegen(context, builder, signature, args):
             a, b = args

@@ -64,10 +64,9 @@ def _stack(n, rows=24, cols=80, seed=0):
 
 def _ccdmask():
     """gpuflat mask's kernels for float32 ratios (the ratio of two masters is float32, and
-    so are most ratio files): the median's networks, the sigma mask with a NaN window,
-    findbadcolumns. Float64 ratios and median windows too large for the networks (its
-    tracker) compile when first used, with the notice (each is about as long to compile
-    as all of this)."""
+    so are most ratio files): the 7 x 7 median, the sigma mask with a NaN window,
+    findbadcolumns. Float64 ratios and other median windows (their networks, or the
+    tracker for large ones) compile when first used, with the notice."""
     from .._badpix import ccdmask
 
     ratio = np.random.default_rng(3).normal(1.0, 0.01, (40, 48)).astype(np.float32)
