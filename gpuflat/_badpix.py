@@ -164,7 +164,7 @@ def band_bytes(shape, dtype, params: MaskParams, inline: bool) -> tuple[int, int
     """Working memory of a band: ``(per band row, per band)``. Per row, ``medsub`` and the
     data read (unless the image is in memory already); per band, their halos (the rows the
     windows reach beyond the band) and each thread's column state (the median's sorted
-    columns and lanes, the sigma window's column histograms: a few hundred bytes a column)."""
+    columns and lanes, the sigma window's counts by bin edge: a few hundred bytes a column)."""
     from .backends import _threads
 
     ncols = shape[1]
@@ -173,7 +173,7 @@ def band_bytes(shape, dtype, params: MaskParams, inline: bool) -> tuple[int, int
     per_row = ncols * item * copies
     halo = 2 * (params.nlsig // 2 + params.nlmed // 2) * ncols * item * copies
     run = 1 << max(0, (params.nlmed - 1).bit_length())
-    state = ncols * (run * item + 4 * 32 + params.nlsig + 16) + run * params.ncmed * 64 * item
+    state = ncols * (run * item + 4 * 32 + 48) + run * params.ncmed * 64 * item
     return per_row, halo + _threads.parts() * state
 
 
