@@ -160,6 +160,41 @@ def test_straight_line_median_is_scipys(dtype):
             np.testing.assert_array_equal(band, want[r_a:r_b], err_msg=f"{shape} band")
 
 
+def test_lane_vectors_are_numpys():
+    """The sigma mask's 32-lane vector operations against NumPy on the same arrays."""
+    import numba
+
+    from gpuflat.backends._numba_lanes import (
+        LANES,
+        add_below,
+        add_row_difference,
+        count_at_most,
+    )
+
+    @numba.njit
+    def run(win, table, new, old, k, row, x, y, edges):
+        add_row_difference(win, table, new, old)
+        add_below(table, row, x, y, edges)
+        return count_at_most(win, k)
+
+    rng = np.random.default_rng(2)
+    for _ in range(20):
+        table = rng.integers(-50, 50, (6, LANES)).astype(np.int32)
+        win = rng.integers(-100, 100, LANES).astype(np.int32)
+        edges = rng.integers(0, 40, LANES).astype(np.int32)
+        new, old, row = rng.integers(0, 6, 3)
+        x, y = rng.integers(0, 40, 2)
+        k = int(rng.integers(-100, 100))
+        want_win = win + table[new] - table[old]
+        want_table = table.copy()
+        want_table[row] += (x < edges).astype(np.int32) - (y < edges)
+        assert run(win, table, new, old, k, row, np.int32(x), np.int32(y), edges) == np.sum(
+            want_win <= k
+        )
+        np.testing.assert_array_equal(win, want_win)
+        np.testing.assert_array_equal(table, want_table)
+
+
 def test_generated_median_is_current():
     """The straight-line median in the tree is what ``_median_net.render`` makes."""
     from gpuflat.backends import _median_net

@@ -74,12 +74,13 @@ def mask_band(data, d_r0, medsub, m_r0, nrows, r_a, r_b, nlsig, ncsig, lsigma, h
         a, b = bounds[t], bounds[t + 1]
         if b > a:
             _mask_rows(data, d_r0, medsub, m_r0, nrows, a, b, nlsig, ncsig, ks, factors,
-                       limits, inv_w, NBINS, NBINS, mask, mask_r0)  # fmt: skip
+                       limits, inv_w, NBINS, mask, mask_r0)  # fmt: skip
 
     _threads.run_parts(part, len(bounds) - 1)
 
 
-#: Histogram bins of the sigma window (their width: a quarter of the band's typical sigma)
+#: Bins of the sigma window's values (their width: a quarter of the band's typical sigma);
+#: their inner edges are the vector lanes of ``_numba_lanes`` (at most ``LANES``)
 NBINS = 32
 _SAMPLE = 1 << 14
 

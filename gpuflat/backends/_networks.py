@@ -38,7 +38,7 @@ DEPENDS_ON = {
     "_numba_merges.py": ("_numba_ops.py",),
     "_numba_grow.py": ("_numba.py",),
     "_numba_ccdmask_net.py": ("_numba_ops.py",),
-    "_numba_ccdmask.py": ("_numba_ccdmask_net.py", "_numba_ops.py"),
+    "_numba_ccdmask.py": ("_numba_ccdmask_net.py", "_numba_lanes.py", "_numba_ops.py"),
 }
 
 

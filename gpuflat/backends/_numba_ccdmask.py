@@ -39,9 +39,10 @@ import numba as nb
 import numpy as np
 
 from ._numba_ccdmask_net import median_pairs_7x7, sort_columns_7x7
+from ._numba_lanes import LANES, add_below, add_row_difference, count_at_most
 
 # the digest of the files its functions call into (see _networks.DEPENDS_ON)
-_DEPENDS_ON = "8967b1b20405a151"
+_DEPENDS_ON = "bb2eb2b6da2ed6bc"
 
 
 @nb.njit(cache=True, nogil=True)
@@ -270,44 +271,55 @@ def _bins_row(medsub, row, inv_w, half, nbins, out):
 
 
 @nb.njit(cache=True, nogil=True)
-def _update_columns(below, nans, b_in, b_out, edges, nbins, lanes):
+def _update_columns(below, nans, b_in, b_out, edges, nbins):
     """Each column's window gains the value of bin ``b_in[c]`` and loses that of bin
     ``b_out[c]`` (``nbins``: a NaN; beyond: none): ``below[c, j]`` counts the values in
     the bins under ``edges[j]``."""
-    for c in range(below.shape[0]):
+    for c in range(b_in.shape[0]):
         x, y = b_in[c], b_out[c]
         nans[c] += (x == nbins) - (y == nbins)
-        for j in range(lanes):
-            below[c, j] += np.int32(x < edges[j]) - np.int32(y < edges[j])
+        add_below(below, c, x, y, edges)
 
 
 @nb.njit(cache=True, nogil=True)
-def _window_bins(below, nans, cmap, nc, k_lo, k_hi, win, b_lo, b_hi, wnan, lanes):
+def _window_bins(below, nans, cmap, nc, ks, pad, win, bins, under, wnan):
     """Per output column ``c`` (its window: the columns ``cmap[c : c + nc]``), the bins of
-    the elements of rank ``k_lo`` and ``k_hi``: how many bin edges have at most ``k``
-    values under them (the counts grow with the edge); and the window's NaNs."""
-    for j in range(lanes):
-        win[j] = 0
+    the elements of rank ``ks[q]``: how many bin edges have at most ``ks[q]`` values under
+    them (the counts grow with the edge; the ``pad`` lanes past the last edge count none,
+    so always), into ``bins[q, c]``, and how many values lie under that bin into
+    ``under[q, c]``; the window's NaNs into ``wnan[c]``. ``below``'s last row is zeros."""
+    ncols = below.shape[0] - 1
+    win[:] = 0
     wn = 0
     for v in range(nc):
         wn += nans[cmap[v]]
-        for j in range(lanes):
-            win[j] += below[cmap[v], j]
-    for c in range(below.shape[0]):
+        add_row_difference(win, below, cmap[v], ncols)
+    for c in range(ncols):
         if c > 0:
             old, new = cmap[c - 1], cmap[c + nc - 1]
             if old != new:
                 wn += nans[new] - nans[old]
-                for j in range(lanes):
-                    win[j] += below[new, j] - below[old, j]
-        a = 0
-        b = 0
-        for j in range(lanes):
-            a += np.int32(win[j] <= k_lo)
-            b += np.int32(win[j] <= k_hi)
-        b_lo[c] = a
-        b_hi[c] = b
+                add_row_difference(win, below, new, old)
+        for q in range(2):
+            b = count_at_most(win, ks[q]) - pad
+            bins[q, c] = b
+            under[q, c] = win[b - 1] if b > 0 else 0
         wnan[c] = wn
+
+
+@nb.njit(cache=True, nogil=True)
+def _rank_in_bin(src, src_r0, nrows, cmap, r, c, nl, nc, rank, b, inv_w, half, nbins, buf):
+    """The element of rank ``rank`` among the values of bin ``b`` of a window without
+    NaNs (rank 0: the bin's smallest), by SciPy's selection over those values."""
+    n = 0
+    for i in range(nl):
+        rr = _reflect(r - nl // 2 + i, nrows) - src_r0
+        for j in range(nc):
+            v = src[rr, cmap[c + j]]
+            if _bin(v, inv_w, half, nbins) == b:
+                buf[n] = v
+                n += 1
+    return _scipy_select(buf, n, rank)
 
 
 @nb.njit(cache=True, nogil=True)
@@ -330,7 +342,7 @@ def _decide_row(x, m, b_lo, b_hi, wnan, half, nbins, w, lim_l, lim_h, out):
 
 @nb.njit(cache=True, nogil=True)
 def _mask_rows(data, d_r0, medsub, m_r0, nrows, r_a, r_b, nl, nc, ks, factors, limits, inv_w,
-               nbins, lanes, mask, mask_r0):  # fmt: skip
+               nbins, mask, mask_r0):  # fmt: skip
     """The sigma mask of the rows ``[r_a, r_b)``: not finite, or ``medsub`` below
     ``-lsigma * sigma`` or above ``hsigma * sigma``, with ``sigma = (high - low) / 2``,
     ``high`` and ``low`` the elements of rank ``ks[0]`` and ``ks[1]`` (SciPy's 69.1 and 30.9
@@ -339,58 +351,64 @@ def _mask_rows(data, d_r0, medsub, m_r0, nrows, r_a, r_b, nl, nc, ks, factors, l
     two as float64.
 
     Most pixels are decided without the percentiles themselves: the window's values are
-    counted below each edge of ``nbins`` bins of width ``1 / inv_w`` (the counts kept per
-    column as rows come and go, summed over the window's columns as it slides, ``lanes``
-    edges at a time: ``nbins - 1`` of them, the lanes past them counting nothing), which
-    tells the bins the two elements lie in, so bounds of sigma; a pixel well inside (or
-    well outside) the thresholds for every sigma within the bounds is decided. The others,
-    and every window holding a NaN, get the exact percentiles by SciPy's own selection."""
+    counted below each of the ``nbins - 1`` inner edges of ``nbins`` bins of width
+    ``1 / inv_w`` (at most ``LANES + 1`` bins; the counts kept per column as rows come and
+    go, summed over the window's columns as it slides, all edges at once), which tells the
+    bins the two elements lie in, so bounds of sigma; a pixel well inside (or well outside)
+    the thresholds for every sigma within the bounds is decided. The others get the exact
+    percentiles by a selection among the values of those bins; a window holding a NaN, by
+    SciPy's own selection."""
     ncols = medsub.shape[1]
     hl = nl // 2
-    k_hi, k_lo = np.int32(ks[0]), np.int32(ks[1])
     half = nbins // 2
     w = 1.0 / inv_w if inv_w > 0.0 and np.isfinite(inv_w) else 0.0
-    edges = np.zeros(lanes, np.int32)  # lane j counts the bins below edges[j] (0: none)
+    edges = np.zeros(LANES, np.int32)  # lane j counts the bins below edges[j] (0: none)
     edges[: nbins - 1] = np.arange(1, nbins, dtype=np.int32)
-    below = np.zeros((ncols, lanes), np.int32)  # per column: its window's values, by edge
-    nans = np.zeros(ncols, np.int64)  # NaNs in each column's window
+    below = np.zeros((ncols + 1, LANES), np.int32)  # per column: its window's values, by
+    nans = np.zeros(ncols, np.int64)  # edge (and a row of zeros); NaNs in each column's
     cmap = np.empty(ncols + nc - 1, np.int64)  # the window columns, reflected at the edges
     for v in range(ncols + nc - 1):
         cmap[v] = _reflect(v - nc // 2, ncols)
     b_in = np.empty(ncols, np.int32)
     b_out = np.empty(ncols, np.int32)
-    b_lo = np.empty(ncols, np.int32)
-    b_hi = np.empty(ncols, np.int32)
+    bins = np.empty((2, ncols), np.int32)
+    under = np.empty((2, ncols), np.int32)
     wnan = np.empty(ncols, np.int64)
-    win = np.empty(lanes, np.int32)
+    win = np.empty(LANES, np.int32)
     buf = np.empty(nl * nc, np.float64)
     neg_l, pos_h, halfd = factors[0], factors[1], factors[2]
+    pad = LANES - (nbins - 1)
     for r in range(r_a, r_b):
         if r == r_a:
             b_out[:] = nbins + 1  # no value leaves
             for i in range(nl):
                 _bins_row(medsub, _reflect(r - hl + i, nrows) - m_r0, inv_w, half, nbins, b_in)
-                _update_columns(below, nans, b_in, b_out, edges, nbins, lanes)
+                _update_columns(below, nans, b_in, b_out, edges, nbins)
         else:
             rout = _reflect(r - 1 - hl, nrows) - m_r0
             rin = _reflect(r - hl + nl - 1, nrows) - m_r0
             if rout != rin:
                 _bins_row(medsub, rin, inv_w, half, nbins, b_in)
                 _bins_row(medsub, rout, inv_w, half, nbins, b_out)
-                _update_columns(below, nans, b_in, b_out, edges, nbins, lanes)
-        _window_bins(below, nans, cmap, nc, k_lo, k_hi, win, b_lo, b_hi, wnan, lanes)
-        b_lo -= lanes - (nbins - 1)  # the lanes past the edges count 0, so always
-        b_hi -= lanes - (nbins - 1)
+                _update_columns(below, nans, b_in, b_out, edges, nbins)
+        _window_bins(below, nans, cmap, nc, ks, pad, win, bins, under, wnan)
         o, mr = r - mask_r0, r - m_r0
-        _decide_row(data[r - d_r0], medsub[mr], b_lo, b_hi, wnan, half, nbins, w, limits[0],
-                    limits[1], mask[o])  # fmt: skip
+        _decide_row(data[r - d_r0], medsub[mr], bins[1], bins[0], wnan, half, nbins, w,
+                    limits[0], limits[1], mask[o])  # fmt: skip
         for c in range(ncols):
-            if mask[o, c] == 2:  # the exact percentiles, SciPy's way
+            if mask[o, c] != 2:
+                continue
+            if wnan[c] == 0 and w > 0.0:  # the exact percentiles among their bins' values
+                high = _rank_in_bin(medsub, m_r0, nrows, cmap, r, c, nl, nc, ks[0] - under[0, c],
+                                    bins[0, c], inv_w, half, nbins, buf)  # fmt: skip
+                low = _rank_in_bin(medsub, m_r0, nrows, cmap, r, c, nl, nc, ks[1] - under[1, c],
+                                   bins[1, c], inv_w, half, nbins, buf)  # fmt: skip
+            else:  # SciPy's way, NaNs and all
                 high = _window_rank(medsub, m_r0, nrows, ncols, r, c, nl, nc, ks[0], buf)
                 low = _window_rank(medsub, m_r0, nrows, ncols, r, c, nl, nc, ks[1], buf)
-                sigma = (medsub.dtype.type(high) - medsub.dtype.type(low)) * halfd
-                m = medsub[mr, c]
-                mask[o, c] = 1 if m < neg_l * sigma or m > pos_h * sigma else 0
+            sigma = (medsub.dtype.type(high) - medsub.dtype.type(low)) * halfd
+            m = medsub[mr, c]
+            mask[o, c] = 1 if m < neg_l * sigma or m > pos_h * sigma else 0
 
 
 @nb.njit(cache=True, nogil=True)
