@@ -87,6 +87,16 @@ def test_same_as_ccdproc(params):
         np.testing.assert_array_equal(got, want, err_msg=f"{dtype.__name__}, {params}")
 
 
+def test_counts_in_int32_lanes(monkeypatch):
+    """Windows of 2**15 values or more count in int32 lanes: the same mask."""
+    from gpuflat.backends import _ccdmask
+
+    monkeypatch.setattr(_ccdmask, "INT16_COUNTS", 0)
+    data = _ratio(np.random.default_rng(8), nans=True)
+    for params in PARAMS[:2]:
+        np.testing.assert_array_equal(gpuflat.ccdmask(data, **params), _ccdproc(data, **params))
+
+
 def test_nan_windows_float64_and_tiny_images():
     """NaN windows take SciPy's own selection (its answer depends on where NaNs sit);
     windows much larger than the image reflect many times."""
@@ -160,7 +170,8 @@ def test_straight_line_median_is_scipys(dtype):
             np.testing.assert_array_equal(band, want[r_a:r_b], err_msg=f"{shape} band")
 
 
-def test_lane_vectors_are_numpys():
+@pytest.mark.parametrize("dtype", [np.int16, np.int32])
+def test_lane_vectors_are_numpys(dtype):
     """The sigma mask's 32-lane vector operations against NumPy on the same arrays."""
     import numba
 
@@ -179,15 +190,15 @@ def test_lane_vectors_are_numpys():
 
     rng = np.random.default_rng(2)
     for _ in range(20):
-        table = rng.integers(-50, 50, (6, LANES)).astype(np.int32)
-        win = rng.integers(-100, 100, LANES).astype(np.int32)
-        edges = rng.integers(0, 40, LANES).astype(np.int32)
+        table = rng.integers(-50, 50, (6, LANES)).astype(dtype)
+        win = rng.integers(-100, 100, LANES).astype(dtype)
+        edges = rng.integers(0, 40, LANES).astype(dtype)
         new, old, row = rng.integers(0, 6, 3)
         x, y = rng.integers(0, 40, 2)
         k = int(rng.integers(-100, 100))
         want_win = win + table[new] - table[old]
         want_table = table.copy()
-        want_table[row] += (x < edges).astype(np.int32) - (y < edges)
+        want_table[row] += (x < edges).astype(dtype) - (y < edges)
         assert run(win, table, new, old, k, row, np.int32(x), np.int32(y), edges) == np.sum(
             want_win <= k
         )

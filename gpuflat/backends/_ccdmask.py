@@ -12,6 +12,7 @@ import numpy as np
 from . import _threads
 from ._median_net import SIZES
 from ._numba_ccdmask import _mask_rows, _medsub_net_rows, _medsub_pairs_rows, _medsub_rows
+from ._numba_lanes import LANES
 
 
 @functools.cache
@@ -70,15 +71,20 @@ def mask_band(data, d_r0, medsub, m_r0, nrows, r_a, r_b, nlsig, ncsig, lsigma, h
     inv_w = _inverse_bin_width(medsub[max(0, r_a - m_r0) : r_b - m_r0])
     bounds = _split(r_a, r_b)
 
+    counts = np.int16 if n < INT16_COUNTS else np.int32  # of the window's values, by edge
+
     def part(t):
         a, b = bounds[t], bounds[t + 1]
         if b > a:
+            below = np.zeros((medsub.shape[1] + 1, LANES), counts)
             _mask_rows(data, d_r0, medsub, m_r0, nrows, a, b, nlsig, ncsig, ks, factors,
-                       limits, inv_w, NBINS, mask, mask_r0)  # fmt: skip
+                       limits, inv_w, NBINS, below, mask, mask_r0)  # fmt: skip
 
     _threads.run_parts(part, len(bounds) - 1)
 
 
+#: Windows of fewer values count them in int16 lanes (twice the lanes per instruction)
+INT16_COUNTS = 2**15
 #: Bins of the sigma window's values (their width: a quarter of the band's typical sigma);
 #: their inner edges are the vector lanes of ``_numba_lanes`` (at most ``LANES``)
 NBINS = 32

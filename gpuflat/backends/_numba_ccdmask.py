@@ -42,7 +42,7 @@ from ._numba_ccdmask_net import median_pairs_7x7, sort_columns_7x7
 from ._numba_lanes import LANES, add_below, add_row_difference, count_at_most
 
 # the digest of the files its functions call into (see _networks.DEPENDS_ON)
-_DEPENDS_ON = "bb2eb2b6da2ed6bc"
+_DEPENDS_ON = "347f62560089ae6e"
 
 
 @nb.njit(cache=True, nogil=True)
@@ -342,7 +342,7 @@ def _decide_row(x, m, b_lo, b_hi, wnan, half, nbins, w, lim_l, lim_h, out):
 
 @nb.njit(cache=True, nogil=True)
 def _mask_rows(data, d_r0, medsub, m_r0, nrows, r_a, r_b, nl, nc, ks, factors, limits, inv_w,
-               nbins, mask, mask_r0):  # fmt: skip
+               nbins, below, mask, mask_r0):  # fmt: skip
     """The sigma mask of the rows ``[r_a, r_b)``: not finite, or ``medsub`` below
     ``-lsigma * sigma`` or above ``hsigma * sigma``, with ``sigma = (high - low) / 2``,
     ``high`` and ``low`` the elements of rank ``ks[0]`` and ``ks[1]`` (SciPy's 69.1 and 30.9
@@ -353,7 +353,8 @@ def _mask_rows(data, d_r0, medsub, m_r0, nrows, r_a, r_b, nl, nc, ks, factors, l
     Most pixels are decided without the percentiles themselves: the window's values are
     counted below each of the ``nbins - 1`` inner edges of ``nbins`` bins of width
     ``1 / inv_w`` (at most ``LANES + 1`` bins; the counts kept per column as rows come and
-    go, summed over the window's columns as it slides, all edges at once), which tells the
+    go, in ``below``: zeros, ``(ncols + 1, LANES)``, int16 or int32 to hold ``nl * nc``;
+    summed over the window's columns as it slides, all edges at once), which tells the
     bins the two elements lie in, so bounds of sigma; a pixel well inside (or well outside)
     the thresholds for every sigma within the bounds is decided. The others get the exact
     percentiles by a selection among the values of those bins; a window holding a NaN, by
@@ -362,10 +363,10 @@ def _mask_rows(data, d_r0, medsub, m_r0, nrows, r_a, r_b, nl, nc, ks, factors, l
     hl = nl // 2
     half = nbins // 2
     w = 1.0 / inv_w if inv_w > 0.0 and np.isfinite(inv_w) else 0.0
-    edges = np.zeros(LANES, np.int32)  # lane j counts the bins below edges[j] (0: none)
-    edges[: nbins - 1] = np.arange(1, nbins, dtype=np.int32)
-    below = np.zeros((ncols + 1, LANES), np.int32)  # per column: its window's values, by
-    nans = np.zeros(ncols, np.int64)  # edge (and a row of zeros); NaNs in each column's
+    edges = np.zeros(LANES, below.dtype)  # lane j counts the bins below edges[j] (0: none)
+    for j in range(nbins - 1):
+        edges[j] = j + 1
+    nans = np.zeros(ncols, np.int64)  # NaNs in each column's window
     cmap = np.empty(ncols + nc - 1, np.int64)  # the window columns, reflected at the edges
     for v in range(ncols + nc - 1):
         cmap[v] = _reflect(v - nc // 2, ncols)
@@ -374,7 +375,7 @@ def _mask_rows(data, d_r0, medsub, m_r0, nrows, r_a, r_b, nl, nc, ks, factors, l
     bins = np.empty((2, ncols), np.int32)
     under = np.empty((2, ncols), np.int32)
     wnan = np.empty(ncols, np.int64)
-    win = np.empty(LANES, np.int32)
+    win = np.empty(LANES, below.dtype)
     buf = np.empty(nl * nc, np.float64)
     neg_l, pos_h, halfd = factors[0], factors[1], factors[2]
     pad = LANES - (nbins - 1)
