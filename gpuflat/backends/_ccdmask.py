@@ -1,7 +1,8 @@
-"""The Python side of ccdmask's kernels (:mod:`gpuflat.backends._numba_ccdmask`): the
-comparator networks of the moving median (from :func:`_networks.batcher`, handed to the
-kernel as arrays), the sigma histogram's bin width, SciPy's percentile ranks, and a band's
-rows split over numba's thread count (:mod:`_threads`). Nothing here is compiled."""
+"""The Python side of ccdmask's kernels (:mod:`gpuflat.backends._numba_ccdmask`): which
+moving median a window takes (7 x 7: the generated straight-line code; else comparator
+networks from :func:`_networks.batcher`, handed to the kernel as arrays, or the tracker),
+the sigma mask's bin width and count lanes, SciPy's percentile ranks, and a band's rows
+split over numba's thread count (:mod:`_threads`). Nothing here is compiled."""
 
 from __future__ import annotations
 
