@@ -16,7 +16,10 @@ pixels off by more than 5 sigma, sigma being the robust scatter of the starless 
 around the truth (the issue's yardstick), and (``off_5_expected``) by more than 5 times each
 pixel's own expected noise, sigma x sqrt(N / NCOMBINE). The floor of a masked master:
 the starless night combined with the masks found on the night with stars (in-process), its
-pixels off the truth there only because the masks took samples. Also timed in-process
+pixels off the truth there only because the masks took samples. What no source mask can
+beat: the night with stars combined with perfect masks, the pixels where the simulation's
+own noise-free star light exceeds T times a frame's sky noise, for several T (lower T
+masks more light and takes more samples; the best count is reported). Also timed in-process
 (``gpuflat.combine``, the library, medians of the repeats), where the start-up of a process
 does not hide the mask pass. Printed, and written to ``bench/results/sky.json``.
 """
@@ -92,6 +95,37 @@ def starless_with_the_masks(dirs, truth, sigma) -> dict:
                                  count=result.count)  # fmt: skip
 
 
+#: thresholds of the perfect masks (star light over the frame's sky noise)
+ORACLE_LEVELS = (0.5, 1.0, 1.5, 2.0, 3.0, 5.0)
+
+
+def perfect_masks(dirs, n, size, cover, seed, truth, sigma) -> dict:
+    """What no source mask can beat: the night with stars combined with masks made from
+    the simulation's own star light (every pixel where a frame's noise-free star light
+    exceeds T times its sky noise; no detection, no grow), for each T of
+    ``ORACLE_LEVELS``, compared with the truth. Lower T masks more star light and takes
+    more samples."""
+    import numpy as np
+    from astropy.nddata import CCDData
+
+    import gpuflat
+    from gpuflat._skysim import star_light
+
+    stars = sorted(Path(dirs["stars"]).glob("sky-*.fits"))
+    lights = list(star_light((size, size), n_frames=n, cover=cover, seed=seed))
+    out = {}
+    for level in ORACLE_LEVELS:
+        ccds = [CCDData.read(p, unit="adu") for p in stars]
+        for ccd, light in zip(ccds, lights, strict=True):
+            ccd.mask = light > level
+        result = gpuflat.combine(ccds, backend=bench.DEVICE)
+        figures = gpuflat.compare_flats(result.image.astype(np.float64), truth, sigma=sigma,
+                                        count=result.count)  # fmt: skip
+        fraction = float(np.mean([c.mask.mean() for c in ccds]))
+        out[str(level)] = {"off": figures["off"], "masked_fraction": fraction}
+    return out
+
+
 def figure(path, root, n, truth, sigma, entry) -> None:
     """Where the masters are off the truth by more than 5 sigma: the plain one, the masked
     one and the starless night's, each such pixel a dot (drawn 3 pixels wide)."""
@@ -161,6 +195,7 @@ def main(argv=None) -> int:
             for c in CONTENDERS
         }
         floor = starless_with_the_masks(dirs, truth, sigma)
+        perfect = perfect_masks(dirs, n, args.size, args.cover, args.seed, truth, sigma)
         median = {c: statistics.median(v) for c, v in times.items()}
         library = {
             c: in_process(source[c], c == "masked", args.repeats) for c in ("plain", "masked")
@@ -181,6 +216,9 @@ def main(argv=None) -> int:
             # the starless night with the masked run's masks: the floor of a masked master
             "starless_with_masks_off": floor["off"],
             "starless_with_masks_off_expected": floor["off_expected"],
+            # the night with stars and perfect masks (the simulation's star light above T)
+            "perfect_masks_off": perfect,
+            "perfect_masks_best_off": min(v["off"] for v in perfect.values()),
         }
         results["nights"][str(n)] = entry
         if args.figure and n == args.frames[0]:
@@ -190,7 +228,8 @@ def main(argv=None) -> int:
             f"{n:2d} x {args.size}^2: pixels off > 5 sigma: starless {off['starless']}, "
             f"plain {off['plain']}, masked {off['masked']} "
             f"(masked / starless {entry['masked_over_starless_off']:.2f}; the starless "
-            f"night with the same masks {floor['off']}; against each "
+            f"night with the same masks {floor['off']}; perfect masks at best "
+            f"{entry['perfect_masks_best_off']}; against each "
             f"pixel's expected noise: {entry['off_5_expected']}); "
             f"fresh process: plain {median['plain']:.2f} s, masked {median['masked']:.2f} s "
             f"({entry['masked_over_plain']:.2f}x); in-process: plain {library['plain']:.3f} s, "

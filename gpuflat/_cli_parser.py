@@ -322,11 +322,11 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     sky.add_argument(
         "--source-grow", type=float, metavar="R",
-        help="grow each source's mask by a disk of R pixels (default 2)",
+        help="grow each source's mask by a disk of R pixels (default 1.5)",
     )  # fmt: skip
     sky.add_argument(
         "--source-npixels", type=_flag(options.positive_int, "an integer >= 1"), metavar="N",
-        help="a source is a connected region of at least N pixels (default 3)",
+        help="a source is a connected region of at least N pixels (default 2)",
     )  # fmt: skip
     sky.add_argument(
         "--source-iters", type=_flag(options.positive_int, "an integer >= 1"), metavar="N",

@@ -120,15 +120,8 @@ def simulate_sky(
     outdir.mkdir(parents=True, exist_ok=True)
 
     flat = flat_field_truth((ny, nx), filter_name, seed)
-    drng = _rng(seed, _TAG_DITHER)
-    offsets = drng.uniform(-reach, reach, (n_frames, 2))
-    offsets[0] = 0.0
-    srng = _rng(seed, _TAG_SEEING)
-    fwhms = srng.uniform(2.2, 3.6, n_frames)
-    t = np.linspace(0.0, 1.0, n_frames)
-    skies = SKY_RANGE[0] + (SKY_RANGE[1] - SKY_RANGE[0]) * (0.5 + 0.5 * np.cos(np.pi * (t + 0.2)))
-    skies *= _rng(seed, _TAG_FRAME, 0).uniform(0.97, 1.03, n_frames)
-    field = _field(seed, ny, nx, reach, cover, fwhms.mean(), skies.min()) if cover else None
+    night = _Night(seed, ny, nx, n_frames, cover, reach)
+    offsets, fwhms, skies = night.offsets, night.fwhms, night.skies
 
     when = _START
     total = n_frames + 1
@@ -137,11 +130,8 @@ def simulate_sky(
         sky = float(skies[i])
         signal = np.full((ny, nx), sky, np.float32)
         cover_i = 0.0
-        if field is not None:
-            light = np.zeros((ny, nx), np.float32)
-            ys, xs, fluxes = field
-            dy, dx = offsets[i]
-            _add_moffat(light, ys - reach - dy, xs - reach - dx, fluxes, fwhms[i])
+        if night.field is not None:
+            light = night.light(i)
             cover_i = float(np.mean(light > _sky_noise(sky)))
             signal += light
             del light
@@ -169,6 +159,46 @@ def simulate_sky(
     if progress is not None:
         progress(total, total)
     return [*paths, truth_path]
+
+
+def star_light(shape=(512, 768), *, n_frames: int = 7, cover: float = 0.05,
+               dither: float | None = None, seed: int = 0):  # fmt: skip
+    """The noise-free star light of every frame of the night :func:`simulate_sky` writes
+    with these arguments, in units of the frame's sky noise (before the flat), frame by
+    frame: what a perfect source mask would know (``bench/sky.py``'s floor)."""
+    ny, nx = _check_shape(shape)
+    reach = 0.08 * min(ny, nx) if dither is None else float(dither)
+    night = _Night(_check_seed(seed), ny, nx, int(n_frames), cover, reach)
+    for i in range(int(n_frames)):
+        if night.field is None:
+            yield np.zeros((ny, nx), np.float32)
+        else:
+            yield night.light(i) / np.float32(_sky_noise(float(night.skies[i])))
+
+
+class _Night:
+    """A night's pointings, seeing, sky levels and star field (all drawn from ``seed``)."""
+
+    def __init__(self, seed, ny, nx, n_frames, cover, reach):
+        self.shape, self.reach = (ny, nx), reach
+        self.offsets = _rng(seed, _TAG_DITHER).uniform(-reach, reach, (n_frames, 2))
+        self.offsets[0] = 0.0
+        self.fwhms = _rng(seed, _TAG_SEEING).uniform(2.2, 3.6, n_frames)
+        t = np.linspace(0.0, 1.0, n_frames)
+        low, high = SKY_RANGE
+        self.skies = low + (high - low) * (0.5 + 0.5 * np.cos(np.pi * (t + 0.2)))
+        self.skies *= _rng(seed, _TAG_FRAME, 0).uniform(0.97, 1.03, n_frames)
+        self.field = None
+        if cover:
+            self.field = _field(seed, ny, nx, reach, cover, self.fwhms.mean(), self.skies.min())
+
+    def light(self, i) -> np.ndarray:
+        """Frame ``i``'s star light (ADU, before the flat)."""
+        light = np.zeros(self.shape, np.float32)
+        ys, xs, fluxes = self.field
+        dy, dx = self.offsets[i]
+        _add_moffat(light, ys - self.reach - dy, xs - self.reach - dx, fluxes, self.fwhms[i])
+        return light
 
 
 def _sky_noise(sky: float) -> float:

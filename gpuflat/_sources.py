@@ -58,9 +58,9 @@ class Masking:
 
     mask_sources: bool = False
     source_sigma: float = 3.0
-    source_grow: float = 2.0
+    source_grow: float = 1.5
     source_iters: int = 1
-    source_npixels: int = 5
+    source_npixels: int = 2
     saturation: float | str | None = None
 
     def __post_init__(self):

@@ -63,9 +63,9 @@ def combine(
     device_mem_limit: float | None = None,
     mask_sources: bool = False,
     source_sigma: float = 3.0,
-    source_grow: float = 2.0,
+    source_grow: float = 1.5,
     source_iters: int = 1,
-    source_npixels: int = 3,
+    source_npixels: int = 2,
     saturation: float | str | None = None,
 ) -> CombineResult:
     """Combine flat frames: scale, sigma-clip per pixel across the stack, average.
@@ -166,7 +166,7 @@ def combine(
         ``result.masked_pixels`` says how many pixels each frame lost. See
         docs/sky-flats.md.
     source_sigma, source_grow, source_iters, source_npixels
-        As above: 3 sigma, 2 pixels, 1 round, 3 pixels.
+        As above: 3 sigma, 1.5 pixels, 1 round, 2 pixels.
     saturation : float or str, optional
         A saturation level in raw ADU (before any calibration), or the header keyword that
         holds each frame's (``"SATURATE"``): pixels at or above it are masked (grown like
@@ -298,9 +298,9 @@ def combine_mosaic(
     device_mem_limit: float | None = None,
     mask_sources: bool = False,
     source_sigma: float = 3.0,
-    source_grow: float = 2.0,
+    source_grow: float = 1.5,
     source_iters: int = 1,
-    source_npixels: int = 3,
+    source_npixels: int = 2,
     saturation: float | str | None = None,
 ) -> MosaicResult:
     """Combine multi-extension (mosaic) flats: every image extension on its own.

@@ -14,7 +14,7 @@ from astropy.stats import mad_std
 
 from gpuflat import compare_flats
 from gpuflat._simulate import flat_field_truth
-from gpuflat._skysim import SATURATION, simulate_sky
+from gpuflat._skysim import SATURATION, simulate_sky, star_light
 from gpuflat.cli import main
 
 SHAPE = (128, 160)
@@ -70,6 +70,22 @@ def test_stars_move_between_frames(nights):
     star_b = (b - d) > 100
     assert star_a.sum() > 20 and star_b.sum() > 20
     assert (star_a & star_b).sum() < 0.5 * min(star_a.sum(), star_b.sum())
+
+
+def test_star_light_is_the_frames_stars(nights):
+    """``star_light`` (the bench's perfect masks) gives each frame's own stars: above its
+    sky noise on the fraction of pixels its header says (STARCOV), and where the frame with
+    stars differs from the same frame without them."""
+    lights = list(star_light(SHAPE, n_frames=4, cover=0.05, seed=5))
+    assert len(lights) == 4
+    pairs = zip(nights["stars"][:-1], nights["starless"][:-1], lights, strict=True)
+    for a, b, light in pairs:
+        starcov = fits.getheader(a)["STARCOV"]  # written to 4 digits
+        assert np.mean(light > 1) == pytest.approx(starcov, abs=5e-5)
+        diff = fits.getdata(a) - fits.getdata(b)
+        assert np.median(diff[light > 20]) > 100  # bright star light: in the frame
+        assert np.median(np.abs(diff[light < 0.01])) < 0.5  # none: nothing added
+    assert not any(light.any() for light in star_light(SHAPE, n_frames=2, cover=0, seed=5))
 
 
 def test_compare_against_numpy():

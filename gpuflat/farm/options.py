@@ -177,9 +177,9 @@ class RunOptions:
     gain: str | None = None
     mask_sources: bool = False
     source_sigma: float = 3.0
-    source_grow: float = 2.0
+    source_grow: float = 1.5
     source_iters: int = 1
-    source_npixels: int = 3
+    source_npixels: int = 2
     saturation: str | None = None
     max_saturated: float = 0.01
     # derived, validated values
