@@ -58,11 +58,12 @@ def expected_image(night, filt):
     return gpuflat.combine(sorted(str(p) for p in night.glob(f"flat-{filt}-*.fits"))).image
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def signals_default():
-    """The three signals at their default disposition for the test, as a shell gives them
-    (a run keeps a signal its parent ignores ignored: under ``nohup`` SIGHUP would not stop
-    it); the parent's dispositions back afterwards."""
+    """The three signals at their default disposition for every test here, as an
+    interactive shell gives them (a run keeps a signal its parent ignores ignored: under
+    ``nohup`` SIGHUP would not stop it, and a shell's background job ignores SIGINT); the
+    parent's dispositions back afterwards."""
     numbers = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
     before = {s: signal.getsignal(s) for s in numbers}
     for s in numbers:
@@ -73,7 +74,7 @@ def signals_default():
         signal.signal(s, handler)
 
 
-def test_a_run_keeps_an_ignored_signal_ignored(night, tmp_path, monkeypatch, signals_default):
+def test_a_run_keeps_an_ignored_signal_ignored(night, tmp_path, monkeypatch):
     """Started under ``nohup`` (SIGHUP ignored), a run is not stopped by SIGHUP."""
     real = units.group_unit
 
@@ -91,7 +92,6 @@ def test_a_run_keeps_an_ignored_signal_ignored(night, tmp_path, monkeypatch, sig
 
 
 @pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM", "SIGHUP"])
-@pytest.mark.usefixtures("signals_default")
 def test_a_signal_after_the_first_product(night, tmp_path, monkeypatch, capsys, sig):
     """The signal arrives once the first group's product is handed over: that product is
     finished, listed and reported; the run stops there, says so, and exits 128 + the
