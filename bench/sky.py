@@ -113,9 +113,9 @@ def perfect_masks(dirs, n, size, cover, seed, truth, sigma) -> dict:
 
     stars = sorted(Path(dirs["stars"]).glob("sky-*.fits"))
     lights = list(star_light((size, size), n_frames=n, cover=cover, seed=seed))
+    ccds = [CCDData.read(p, unit="adu") for p in stars]
     out = {}
     for level in ORACLE_LEVELS:
-        ccds = [CCDData.read(p, unit="adu") for p in stars]
         for ccd, light in zip(ccds, lights, strict=True):
             ccd.mask = light > level
         result = gpuflat.combine(ccds, backend=bench.DEVICE)

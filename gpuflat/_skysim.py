@@ -106,7 +106,7 @@ def simulate_sky(
         raise ValueError(f"n_frames must be >= 1, got {n_frames}")
     if not 0 <= cover <= 0.3:
         raise ValueError(f"cover must be between 0 and 0.3, got {cover!r}")
-    reach = 0.08 * min(ny, nx) if dither is None else float(dither)
+    reach = _reach(ny, nx, dither)
     if not 0 <= reach <= min(ny, nx) / 2:
         raise ValueError(f"dither must be between 0 and half the smaller side, got {dither!r}")
     outdir = Path(outdir)
@@ -167,13 +167,17 @@ def star_light(shape=(512, 768), *, n_frames: int = 7, cover: float = 0.05,
     with these arguments, in units of the frame's sky noise (before the flat), frame by
     frame: what a perfect source mask would know (``bench/sky.py``'s floor)."""
     ny, nx = _check_shape(shape)
-    reach = 0.08 * min(ny, nx) if dither is None else float(dither)
-    night = _Night(_check_seed(seed), ny, nx, int(n_frames), cover, reach)
+    night = _Night(_check_seed(seed), ny, nx, int(n_frames), cover, _reach(ny, nx, dither))
     for i in range(int(n_frames)):
         if night.field is None:
             yield np.zeros((ny, nx), np.float32)
         else:
             yield night.light(i) / np.float32(_sky_noise(float(night.skies[i])))
+
+
+def _reach(ny, nx, dither) -> float:
+    """The largest pointing offset: ``dither``, or 8% of the smaller side."""
+    return 0.08 * min(ny, nx) if dither is None else float(dither)
 
 
 class _Night:
